@@ -1,0 +1,157 @@
+"""A user's Maildir++ store: folder names and paths, and crash-safe delivery.
+
+Layout (the one Dovecot reads by default, so it can serve the same store): the account's root holds
+`cur/ new/ tmp/` for INBOX; every other folder is a sibling directory `.<name>` with the name in
+modified UTF-7 (RFC 3501 §5.1.3) and `.` as the hierarchy separator.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+INBOX = "INBOX"
+SEPARATOR = "."
+_SUBDIRS = ("cur", "new", "tmp")
+_HOST = re.sub(r"[/:.]", "_", socket.gethostname()) or "localhost"
+
+
+class MailboxNameError(ValueError):
+    """A folder name that cannot name a Maildir++ folder safely."""
+
+
+def encode_mutf7(name: str) -> str:
+    """RFC 3501 §5.1.3: printable ASCII stands for itself ('&' as '&-'), the rest as modified base64."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+def decode_mutf7(text: str) -> str:
+    """Inverse of `encode_mutf7`; raises MailboxNameError on a malformed name."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "&":
+            if not 0x20 <= ord(ch) <= 0x7E:
+                raise MailboxNameError(f"mailbox name has a raw non-ASCII character: {text!r}")
+            out.append(ch)
+            i += 1
+            continue
+        end = text.find("-", i + 1)
+        if end < 0:
+            raise MailboxNameError(f"unterminated modified-UTF-7 sequence in {text!r}")
+        chunk = text[i + 1 : end]
+        if not chunk:
+            out.append("&")
+        else:
+            b64 = chunk.replace(",", "/")
+            try:
+                raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+                out.append(raw.decode("utf-16-be"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise MailboxNameError(f"bad modified-UTF-7 sequence in {text!r}") from e
+        i = end + 1
+    return "".join(out)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Maildir:
+    """One account's mail store rooted at `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder_dir(self, name: str) -> Path:
+        """Directory of folder `name` (a Unicode IMAP name with '/' or '.' hierarchy)."""
+        if name.upper() == INBOX:
+            return self.root
+        parts = re.split(r"[/.]", name)
+        if any(p in ("", "..") or "\x00" in p for p in parts):
+            raise MailboxNameError(f"not a valid folder name: {name!r}")
+        return self.root / ("." + SEPARATOR.join(encode_mutf7(p) for p in parts))
+
+    def create(self, name: str) -> Path:
+        folder = self.folder_dir(name)
+        for sub in _SUBDIRS:
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        if folder != self.root:
+            # Dovecot and Courier only treat a dot-directory as a folder once this marker exists.
+            (folder / "maildirfolder").touch()
+        return folder
+
+    def folders(self) -> Iterator[str]:
+        """Names of existing folders, INBOX first."""
+        if (self.root / "cur").is_dir():
+            yield INBOX
+        if not self.root.is_dir():
+            return
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") and entry.name not in (".", "..") and (entry / "cur").is_dir():
+                try:
+                    yield SEPARATOR.join(decode_mutf7(p) for p in entry.name[1:].split(SEPARATOR))
+                except MailboxNameError:
+                    continue
+
+    @staticmethod
+    def unique_name(token: str) -> str:
+        """A Maildir base name fixed by `token`, so a retried delivery can find its earlier attempt."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+            raise ValueError(f"unsafe Maildir token {token!r}")
+        return f"K{token}.{_HOST}"
+
+    def find(self, name: str, base: str) -> Path | None:
+        """The delivered file with base name `base` in folder `name`, in new/ or cur/ (any flags)."""
+        folder = self.folder_dir(name)
+        candidate = folder / "new" / base
+        if candidate.exists():
+            return candidate
+        cur = folder / "cur"
+        if cur.is_dir():
+            for entry in os.scandir(cur):
+                if entry.name == base or entry.name.startswith(base + ":"):
+                    return Path(entry.path)
+        return None
+
+    def deliver(self, name: str, base: str, write: Callable[[BinaryIO], None]) -> Path:
+        """Write a message with `write` into folder `name` as tmp → fsync → new → fsync dir.
+
+        The message is visible to readers only once complete; a crash leaves at most a file in tmp/.
+        """
+        folder = self.create(name)
+        tmp = folder / "tmp" / base
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        final = folder / "new" / base
+        os.rename(tmp, final)
+        _fsync_dir(folder / "new")
+        return final
