@@ -1,0 +1,141 @@
+"""Builds every service from the settings and runs them in one event loop, with a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kepmta import devinit, pki
+from kepmta.accounts import AccountStore
+from kepmta.config import Settings
+from kepmta.db.engine import open_engine
+from kepmta.delivery import DeliveryWorker, ProviderIdentity
+from kepmta.events import EventRecorder, Issuer
+from kepmta.evidence.ledger import Ledger
+from kepmta.evidence.signer import EvidenceSigner
+from kepmta.evidence.tsa import BuiltinTsa
+from kepmta.hooks.read import ReadHook
+from kepmta.imap.server import ImapServer
+from kepmta.maildir import Maildir
+from kepmta.smtp.submission import start_submission
+from kepmta.submission import SubmissionService, originals_dir
+
+log = logging.getLogger(__name__)
+
+
+def server_tls(settings: Settings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996, RFC 8314 §4.1
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return ctx
+
+
+class ImapBackendAdapter:
+    """What the IMAP server needs from the rest of kepmta."""
+
+    def __init__(self, accounts: AccountStore, read_hook: ReadHook, evidence_folder: str) -> None:
+        self.accounts = accounts
+        self.read_hook = read_hook
+        self.evidence_folder = evidence_folder
+
+    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
+        account = await self.accounts.authenticate(username, password)
+        return account.address if account else None
+
+    def maildir(self, user: str) -> Maildir:
+        return self.accounts.maildir(user)
+
+    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
+        await self.read_hook.opened(user, path)
+
+    def read_only_folders(self, user: str) -> frozenset[str]:
+        # Evidence receipts are the user's proof: readable, never changed through IMAP.
+        return frozenset({self.evidence_folder})
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine | None = None
+        self.servers: list[asyncio.Server] = []
+        self.imap: ImapServer | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.ports: dict[str, int] = {}
+
+    async def start(self, demo_accounts: list[devinit.DemoAccount] | None = None) -> None:
+        s = self.settings
+        self.engine = engine = await open_engine(s.database_url)
+        accounts = AccountStore(engine, s.mail_root)
+        for demo in demo_accounts or []:
+            if await accounts.get(demo.address) is None:
+                await accounts.add(demo.address, demo.display_name, demo.password)
+
+        evidence_certs = pki.load_certs(s.evidence_cert)
+        signer_pair = pki.load_pair(s.evidence_cert, s.evidence_key)
+        tsa = BuiltinTsa(pki.load_pair(s.tsa_cert, s.tsa_key), pki.load_certs(s.tsa_cert)[1:])
+        ledger = Ledger(engine)
+        issuer = Issuer(s.provider_name, s.domain, (s.policy.id,), s.policy.message_type)
+        recorder = EventRecorder(issuer, EvidenceSigner(signer_pair, evidence_certs[1:], tsa), ledger)
+        identity = ProviderIdentity(
+            signer=signer_pair,
+            chain=tuple(evidence_certs[1:]),
+            service_address=s.service_address,
+            policy_ids=(s.policy.id,),
+            message_type=s.policy.message_type,
+            evidence_folder=s.policy.evidence_folder,
+        )
+        worker = DeliveryWorker(engine, accounts, recorder, identity, originals_dir(s.spool_dir))
+        service = SubmissionService(
+            accounts,
+            recorder,
+            domain=s.domain,
+            spool_dir=s.spool_dir,
+            size_limit=s.policy.local_max_size,
+            qualified_trust=pki.load_certs(s.qualified_ca),
+            wake_delivery=worker.wake,
+        )
+        await service.recover()
+        tls = server_tls(s)
+        self.tasks.append(asyncio.create_task(worker.run(), name="delivery"))
+        self.servers = await start_submission(
+            service, tls, s.listen, s.hostname, s.ports.submission, s.ports.submissions
+        )
+        backend = ImapBackendAdapter(accounts, ReadHook(recorder, worker.wake), s.policy.evidence_folder)
+        self.imap = ImapServer(backend, tls, special_folders={s.policy.evidence_folder: "\\Archive"})
+        await self.imap.start(s.listen, s.ports.imap, s.ports.imaps)
+        submission, submissions = (srv.sockets[0].getsockname()[1] for srv in self.servers)
+        self.ports = {"submission": submission, "submissions": submissions, **self.imap.ports}
+        log.info("kepmta serving %s on %s: %s", s.domain, s.listen, self.ports)
+
+    async def stop(self) -> None:
+        for srv in self.servers:
+            srv.close()
+        if self.imap:
+            await self.imap.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for srv in self.servers:
+            await srv.wait_closed()
+        if self.engine:
+            await self.engine.dispose()
+
+
+async def serve(settings: Settings, demo_accounts: list[devinit.DemoAccount] | None = None) -> None:
+    """Run until SIGTERM or SIGINT."""
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start(demo_accounts)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await app.stop()

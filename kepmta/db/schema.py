@@ -1,0 +1,96 @@
+"""The database schema: one definition for SQLite and PostgreSQL (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+_Id = BigInteger().with_variant(Integer, "sqlite")
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("address", String(254), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(200), primary_key=True),  # the provider message id
+    Column("sender", String(254), nullable=False),
+    Column("ua_message_id", String(998)),
+    Column("subject", Text, nullable=False),
+    Column("submitted_at", DateTime(timezone=True), nullable=False),
+    Column("authenticated_at", DateTime(timezone=True)),
+    Column("digest", LargeBinary),  # SHA-256 of the original as attached to the dispatch
+    Column("size", BigInteger),
+    # file name of the original as attached, in the spool's originals/; absent for a refusal
+    Column("spool_path", Text),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("message_id", String(200), ForeignKey("messages.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),  # 1-based, as EvidenceRefersToRecipient
+    Column("address", String(254), nullable=False),
+)
+
+# The evidence ledger. Rows are only ever inserted: `hash` chains each record to the one before.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("seq", _Id, primary_key=True, autoincrement=True),
+    Column("evidence_id", String(200), nullable=False, unique=True),
+    Column("message_id", String(200), ForeignKey("messages.id"), nullable=False, index=True),
+    Column("event", String(40), nullable=False),
+    Column("reason", String(8), nullable=False),
+    Column("recipient", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("xml", LargeBinary, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),  # "deliver" | "receipt"
+    Column("message_id", String(200), ForeignKey("messages.id"), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("state", String(10), nullable=False, index=True),  # "pending" | "done"
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+)
+
+# One row the first time a recipient opens a dispatch: what keeps ContentHandover once-only.
+handovers = Table(
+    "handovers",
+    metadata,
+    Column("message_id", String(200), ForeignKey("messages.id"), nullable=False),
+    Column("recipient", Integer, nullable=False),
+    Column("read_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("message_id", "recipient"),
+)

@@ -1,0 +1,213 @@
+"""Local delivery: REM dispatches into recipients' INBOX, receipts into senders' evidence folder.
+
+Runs the durable jobs that an acceptance or an evidence committed. Each job is idempotent: its
+Maildir file name is fixed by the job, so a retry after a crash finds the earlier attempt instead of
+delivering twice, and the evidence that follows a delivery is committed with the job's completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.parser
+import email.policy
+import email.utils
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kepmta.accounts import AccountStore
+from kepmta.db.schema import messages
+from kepmta.events import EventRecorder, MessageFacts, load_facts
+from kepmta.evidence.ledger import Ledger, LedgerRecord
+from kepmta.evidence.model import Event, Reason
+from kepmta.evidence.xml import from_xml
+from kepmta.maildir import INBOX, Maildir
+from kepmta.pki import KeyPair
+from kepmta.queue import jobs
+from kepmta.rem.dispatch import DispatchInfo, write_dispatch
+from kepmta.rem.receipt import ReceiptInfo, build_receipt
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
+
+
+class DeliveryError(Exception):
+    """A job that cannot be done now; it is retried later."""
+
+
+@dataclass(frozen=True)
+class ProviderIdentity:
+    """What provider-signed REM messages are signed with and say about their sender."""
+
+    signer: KeyPair
+    chain: tuple[x509.Certificate, ...]
+    service_address: str
+    policy_ids: tuple[str, ...]
+    message_type: str
+    evidence_folder: str
+
+
+def _addresses(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(addr for _, addr in email.utils.getaddresses([str(v) for v in values]) if addr)
+
+
+def _token(message_id: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in message_id.split("@")[0])
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        accounts: AccountStore,
+        recorder: EventRecorder,
+        identity: ProviderIdentity,
+        originals: Path,
+    ) -> None:
+        self.engine = engine
+        self.originals = originals
+        self.accounts = accounts
+        self.recorder = recorder
+        self.ledger: Ledger = recorder.ledger
+        self.identity = identity
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            if not await self.run_once():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
+
+    async def run_once(self) -> int:
+        """Do every job that is due; returns how many were attempted."""
+        batch = await jobs.due(self.engine)
+        for job in batch:
+            try:
+                if job.kind == jobs.DELIVER:
+                    await self._deliver(job)
+                elif job.kind == jobs.RECEIPT:
+                    await self._receipt(job)
+                else:
+                    raise DeliveryError(f"unknown job kind {job.kind!r}")
+            except Exception as e:
+                log.exception("job %d (%s of %s) failed; will retry", job.id, job.kind, job.message_id)
+                await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
+        return len(batch)
+
+    async def _facts(self, message_id: str) -> tuple[MessageFacts, Path | None]:
+        async with self.engine.connect() as conn:
+            facts = await load_facts(conn, message_id)
+            spool = (
+                await conn.execute(select(messages.c.spool_path).where(messages.c.id == message_id))
+            ).scalar()
+        if facts is None:
+            raise DeliveryError(f"message {message_id} is not in the database")
+        return facts, self.originals / spool if spool else None
+
+    async def _acceptance(self, message_id: str) -> LedgerRecord:
+        for record in await self.ledger.for_message(message_id):
+            if record.event == Event.SUBMISSION_ACCEPTANCE.value:
+                return record
+        raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
+
+    @staticmethod
+    def _deliver_once(
+        box: Maildir, folder: str, base: str, retry: bool, write: Callable[[BinaryIO], None]
+    ) -> None:
+        if retry and box.find(folder, base) is not None:
+            return  # an earlier attempt got the file in before it could record so
+        box.deliver(folder, base, write)
+
+    async def _deliver(self, job: jobs.Job) -> None:
+        position = int(job.payload["recipient"])
+        address = str(job.payload["address"])
+        facts, original = await self._facts(job.message_id)
+        if original is None:
+            raise DeliveryError(f"message {job.message_id} has no stored original")
+        acceptance = await self._acceptance(job.message_id)
+        with original.open("rb") as f:
+            head = email.parser.BytesParser(policy=email.policy.default).parse(f, headersonly=True)
+        ident = self.identity
+        info = DispatchInfo(
+            provider_message_id=facts.message_id,
+            sender=facts.sender,
+            to=_addresses(head.get_all("To", [])),
+            cc=_addresses(head.get_all("Cc", [])),
+            subject=facts.subject,
+            ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
+            evidence_id=acceptance.evidence_id,
+            event_uri=Event.SUBMISSION_ACCEPTANCE.uri,
+            reason_uri=Reason.RA01.uri,
+            policy_ids=ident.policy_ids,
+            service_address=ident.service_address,
+            message_type=ident.message_type,
+            submission_time=facts.submitted_at,
+        )
+
+        def write(out: BinaryIO) -> None:
+            write_dispatch(
+                out,
+                original,
+                info,
+                acceptance.xml,
+                acceptance.der,
+                Event.SUBMISSION_ACCEPTANCE.value,
+                ident.signer,
+                ident.chain,
+            )
+
+        box = self.accounts.maildir(address)
+        base = Maildir.unique_name(f"{_token(job.message_id)}-d{job.id}")
+        await asyncio.to_thread(self._deliver_once, box, INBOX, base, job.attempts > 0, write)
+        # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
+        signed = await self.recorder.sign(facts, Reason.RD01, Reason.RD01.label, recipient=position)
+        async with self.ledger.writing() as conn:
+            await self.recorder.commit(conn, signed)
+            await jobs.complete(conn, job.id)
+        log.info("delivered %s to %s", job.message_id, address)
+
+    async def _receipt(self, job: jobs.Job) -> None:
+        record = await self.ledger.get(int(job.payload["seq"]))
+        evidence = from_xml(record.xml)
+        facts, _ = await self._facts(job.message_id)
+        ident = self.identity
+        recipient = evidence.recipient
+        info = ReceiptInfo(
+            event_name=evidence.event.value,
+            evidence_id=evidence.evidence_id,
+            event_uri=evidence.event.uri,
+            reason_uri=evidence.reason.uri,
+            reason_code=evidence.reason.value,
+            details=evidence.details,
+            provider_message_id=facts.message_id,
+            ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
+            sender=facts.sender,
+            recipients=(recipient.address,) if recipient else facts.recipients,
+            subject=facts.subject,
+            event_time=evidence.event_time,
+            service_address=ident.service_address,
+            policy_ids=ident.policy_ids,
+            digest_b64=None,
+        )
+        raw = await asyncio.to_thread(build_receipt, info, record.xml, record.der, ident.signer, ident.chain)
+        box = self.accounts.maildir(facts.sender)
+        base = Maildir.unique_name(f"{_token(job.message_id)}-e{record.seq}")
+
+        def write(out: BinaryIO) -> None:
+            out.write(raw)
+
+        await asyncio.to_thread(self._deliver_once, box, ident.evidence_folder, base, job.attempts > 0, write)
+        async with self.engine.begin() as conn:
+            await jobs.complete(conn, job.id)

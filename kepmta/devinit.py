@@ -1,0 +1,166 @@
+"""`serve --dev`: a complete development provider in one folder, made on first start.
+
+Creates a provider CA with the transaction (evidence-signing) and TLS certificates under it, a
+time-stamp authority certificate, a separate "qualified" CA standing in for the e-signature
+providers, the database, and demo accounts with passwords and personal S/MIME certificates.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from kepmta import pki
+from kepmta.config import Ports
+
+DOMAIN = "kep.test"
+DEFAULT_PORTS = Ports(submission=10587, submissions=10465, imap=10143, imaps=10993)
+DEMO_ACCOUNTS = (
+    ("ali.yilmaz", "Ali Yılmaz"),
+    ("ayse.kaya", "Ayşe Kaya"),
+    ("mehmet.demir", "Mehmet Demir"),
+)
+CONFIG_NAME = "kepmta.toml"
+ACCOUNTS_NAME = "dev-accounts.json"
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    address: str
+    display_name: str
+    password: str
+    cert: Path
+    key: Path
+
+
+def is_initialised(data: Path) -> bool:
+    return (data / ACCOUNTS_NAME).exists()
+
+
+def needs_init(data: Path) -> bool:
+    """A missing or empty folder is initialised; anything else must already be a kepmta folder."""
+    return not data.exists() or not any(data.iterdir())
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def choose_ports(base: int | None) -> Ports:
+    """The well-known dev ports, or `base`+0..3, or free ones when the defaults are taken."""
+    if base is not None:
+        return Ports(base, base + 1, base + 2, base + 3)
+    wanted = DEFAULT_PORTS.as_dict()
+    if all(_port_free(p) for p in wanted.values()):
+        return DEFAULT_PORTS
+    return Ports(_free_port(), _free_port(), _free_port(), _free_port())
+
+
+def _config_text(ports: Ports) -> str:
+    return f"""# Development provider made by `kepmta serve --dev`. Paths are relative to this file.
+
+[server]
+domain = "{DOMAIN}"
+provider_name = "kepmta development KEP provider"
+hostname = "localhost"
+listen = "127.0.0.1"
+data_dir = "."
+
+[ports]
+submission = {ports.submission}
+submissions = {ports.submissions}
+imap = {ports.imap}
+imaps = {ports.imaps}
+
+[tls]
+cert = "pki/tls.pem"
+key = "pki/tls.key"
+
+[evidence]
+cert = "pki/transaction.pem"
+key = "pki/transaction.key"
+provider_ca = "pki/provider-ca.pem"
+tsa_cert = "pki/tsa.pem"
+tsa_key = "pki/tsa.key"
+
+[trust]
+qualified_ca = "pki/qualified-ca.pem"
+
+[database]
+url = "sqlite+aiosqlite:///kepmta.db"
+"""
+
+
+def create_identity(data: Path, ports: Ports) -> list[DemoAccount]:
+    """Write the PKI, the configuration and the demo account list; the database comes at start."""
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    d = data / "pki"
+    org = "kepmta development provider"
+    ca = pki.issue("kepmta Development Provider CA", pki.Role.CA, organization=org)
+    pki.save(ca, d / "provider-ca.pem", d / "provider-ca.key")
+    transaction = pki.issue(
+        "kepmta Development Transaction Certificate",
+        pki.Role.EVIDENCE,
+        ca,
+        organization=org,
+        email=f"rem-service@{DOMAIN}",
+    )
+    pki.save(transaction, d / "transaction.pem", d / "transaction.key", chain=(ca.cert,))
+    tls = pki.issue("localhost", pki.Role.TLS_SERVER, ca, organization=org, dns_names=("localhost",))
+    pki.save(tls, d / "tls.pem", d / "tls.key", chain=(ca.cert,))
+    tsa = pki.issue("kepmta Development Time-Stamp Authority", pki.Role.TSA, ca, organization=org)
+    pki.save(tsa, d / "tsa.pem", d / "tsa.key")
+    qualified = pki.issue("kepmta Development Qualified CA", pki.Role.CA, organization="Dev e-imza")
+    pki.save(qualified, d / "qualified-ca.pem", d / "qualified-ca.key")
+
+    demo = []
+    for local, name in DEMO_ACCOUNTS:
+        address = f"{local}@{DOMAIN}"
+        person = pki.issue(name, pki.Role.SMIME, qualified, organization="Dev e-imza", email=address)
+        cert, key = data / "users" / f"{address}.pem", data / "users" / f"{address}.key"
+        pki.save(person, cert, key)
+        demo.append(DemoAccount(address, name, secrets.token_urlsafe(12), cert, key))
+    (data / CONFIG_NAME).write_text(_config_text(ports))
+    # Written last: its presence says the folder is complete (see is_initialised).
+    pki.write_private(
+        data / ACCOUNTS_NAME,
+        json.dumps(
+            [
+                {
+                    "address": a.address,
+                    "display_name": a.display_name,
+                    "password": a.password,
+                    "cert": str(a.cert),
+                    "key": str(a.key),
+                }
+                for a in demo
+            ],
+            indent=2,
+            ensure_ascii=False,
+        ).encode(),
+    )
+    return demo
+
+
+def demo_accounts(data: Path) -> list[DemoAccount]:
+    rows = json.loads((data / ACCOUNTS_NAME).read_text())
+    return [
+        DemoAccount(r["address"], r["display_name"], r["password"], Path(r["cert"]), Path(r["key"]))
+        for r in rows
+    ]

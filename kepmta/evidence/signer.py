@@ -1,0 +1,56 @@
+"""Signing evidence: EN 319 522-3 XML inside an attached CAdES-B-T CMS SignedData.
+
+We differ from the EN 319 522-3 baseline (an enveloped XAdES signature) on purpose: the XML is the
+content of a CMS signature with a signature time-stamp, which OpenSSL verifies with no options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from kepmta.evidence.errors import TokenImprintError
+from kepmta.evidence.model import Evidence
+from kepmta.evidence.tsa import TimeStamper, imprint_of, token_imprint
+from kepmta.evidence.xml import to_xml
+from kepmta.pki import KeyPair
+from kepmta.smime import cms
+
+
+@dataclass(frozen=True)
+class SignedEvidence:
+    evidence: Evidence
+    xml: bytes
+    der: bytes  # ContentInfo: attached SignedData, CAdES-B-T, the XML as content
+
+    @property
+    def filename(self) -> str:
+        """`<EventName>.p7m`, the name the evidence travels under (EVIDENCE.md)."""
+        return f"{self.evidence.event.value}.p7m"
+
+
+class EvidenceSigner:
+    """Signs evidence with the provider's transaction certificate and time-stamps the signature."""
+
+    def __init__(self, pair: KeyPair, chain: Sequence[x509.Certificate], tsa: TimeStamper) -> None:
+        self._pair = pair
+        self._chain = tuple(chain)
+        self._tsa = tsa
+
+    async def sign(self, ev: Evidence) -> SignedEvidence:
+        xml = to_xml(ev)
+        # ECDSA signing is CPU work; keep it off the event loop.
+        signed = await asyncio.to_thread(cms.sign, self._pair, content=xml, detached=False, chain=self._chain)
+        # EN 319 122-1 §5.3: the signature time-stamp covers the SignerInfo signature value.
+        imprint = imprint_of(cms.signature_value(signed))
+        token = await self._tsa.timestamp(imprint)
+        # A TSA answering for other data would leave evidence that later fails verification;
+        # refuse it now, while the event can still be retried.
+        if not hmac.compare_digest(token_imprint(token), imprint):
+            raise TokenImprintError("the TSA returned a token over different data")
+        stamped = cms.add_signature_timestamp(signed, token)
+        return SignedEvidence(evidence=ev, xml=xml, der=bytes(stamped.dump()))

@@ -1,0 +1,261 @@
+"""RFC 3161 time-stamps: a built-in TSA for development and tests, and token verification.
+
+The built-in TSA answers real RFC 3161 requests (so `openssl ts -query` works against it) and
+issues tokens directly for the evidence signer. `check_token` is what the offline verifier uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asn1crypto.cms
+import asn1crypto.core
+import asn1crypto.parser
+import asn1crypto.tsp
+import asn1crypto.x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from kepmta.evidence.errors import (
+    TimeStampError,
+    TokenCertificateError,
+    TokenFormatError,
+    TokenImprintError,
+    TokenSignatureError,
+)
+from kepmta.pki import KeyPair
+from kepmta.smime import cms
+
+DEFAULT_POLICY = "1.3.6.1.4.1.99999.1.1"
+# Digest lengths a request's messageImprint may use; the token keeps the requester's algorithm.
+_DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
+
+
+class TimeStamper(Protocol):
+    async def timestamp(self, imprint: bytes) -> bytes:
+        """A TimeStampToken (ContentInfo DER) over the SHA-256 `imprint`."""
+        ...
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    gen_time: datetime
+    policy: str
+    serial: int
+    tsa_subject: str
+
+
+class _Rejection(Exception):
+    """A request the TSA refuses: RFC 3161 §2.4.2 PKIFailureInfo bit name and a text."""
+
+    def __init__(self, fail_info: str, text: str) -> None:
+        super().__init__(text)
+        self.fail_info = fail_info
+        self.text = text
+
+
+class BuiltinTsa:
+    """A TSA signing with a local key: development and tests, not a qualified service."""
+
+    def __init__(
+        self, pair: KeyPair, chain: Sequence[x509.Certificate] = (), policy: str = DEFAULT_POLICY
+    ) -> None:
+        eku = _eku(pair.cert)
+        if eku is None or ExtendedKeyUsageOID.TIME_STAMPING not in eku.value:
+            # RFC 3161 §2.3: verifiers reject tokens from a certificate without id-kp-timeStamping.
+            raise ValueError("the TSA certificate needs the extended key usage id-kp-timeStamping")
+        self._pair = pair
+        self._chain = tuple(chain)
+        self._policy = policy
+
+    def respond(self, request_der: bytes) -> bytes:
+        """Answer a DER TimeStampReq with a DER TimeStampResp (RFC 3161 §2.4.1, §2.4.2)."""
+        try:
+            request = _parse_request(request_der, self._policy)
+            token = self._issue(
+                imprint=request["message_imprint"],
+                nonce=request["nonce"].native,
+                cert_req=bool(request["cert_req"].native),
+            )
+        except _Rejection as rejection:
+            status = {
+                "status": "rejection",
+                "status_string": [rejection.text],
+                "fail_info": asn1crypto.tsp.PKIFailureInfo({rejection.fail_info}),
+            }
+            # asn1crypto's TimeStampResp makes timeStampToken mandatory, but RFC 3161 §2.4.2 has it
+            # OPTIONAL and absent on rejection: emit SEQUENCE { status } directly.
+            status_der = asn1crypto.tsp.PKIStatusInfo(status).dump()
+            return bytes(asn1crypto.parser.emit(0, 1, 16, status_der))
+        granted = {"status": {"status": "granted"}, "time_stamp_token": token}
+        return bytes(asn1crypto.tsp.TimeStampResp(granted).dump())
+
+    async def timestamp(self, imprint: bytes) -> bytes:
+        """A token over the SHA-256 `imprint`, with the TSA certificate included for verifiers."""
+        if len(imprint) != _DIGEST_SIZES["sha256"]:
+            raise ValueError("imprint must be a 32-byte SHA-256 value")
+        message_imprint = asn1crypto.tsp.MessageImprint(
+            {"hash_algorithm": {"algorithm": "sha256"}, "hashed_message": imprint}
+        )
+        # ECDSA signing is CPU work; keep it off the event loop.
+        token = await asyncio.to_thread(self._issue, imprint=message_imprint, nonce=None, cert_req=True)
+        return bytes(token.dump())
+
+    def _issue(
+        self, *, imprint: asn1crypto.tsp.MessageImprint, nonce: int | None, cert_req: bool
+    ) -> asn1crypto.cms.ContentInfo:
+        # RFC 3161 §2.4.2: genTime is UTC; whole seconds plus a one-second accuracy keep it exact.
+        now = datetime.now(UTC).replace(microsecond=0)
+        tsa_cert = asn1crypto.x509.Certificate.load(self._pair.cert.public_bytes(serialization.Encoding.DER))
+        fields: dict[str, Any] = {
+            "version": "v1",
+            "policy": self._policy,
+            "message_imprint": imprint,
+            # RFC 3161 §2.4.2: serialNumber unique per token; 127 random bits make collisions
+            # negligible without any shared counter, and +1 keeps it positive and non-zero.
+            "serial_number": secrets.randbits(127) + 1,
+            "gen_time": now,
+            "accuracy": {"seconds": 1},
+            "tsa": asn1crypto.x509.GeneralName(name="directory_name", value=tsa_cert.subject),
+        }
+        if nonce is not None:
+            fields["nonce"] = nonce  # RFC 3161 §2.4.2: echo the requester's nonce
+        tst_info = asn1crypto.tsp.TSTInfo(fields)
+        token = cms.sign(
+            self._pair,
+            content=tst_info.dump(),
+            detached=False,
+            chain=self._chain,
+            content_type="tst_info",
+            signing_time=now,
+        )
+        # RFC 3161 §2.4.1: without certReq the TSA certificate must not be included.
+        return token if cert_req else cms.without_certificates(token)
+
+
+def _parse_request(der: bytes, policy: str) -> asn1crypto.tsp.TimeStampReq:
+    try:
+        request = asn1crypto.tsp.TimeStampReq.load(der, strict=True)
+        request.native  # noqa: B018 - forces the full parse so a malformed field fails here
+    except Exception as exc:  # asn1crypto raises several exception types on garbage
+        raise _Rejection("bad_data_format", f"not a DER TimeStampReq: {exc}") from exc
+    if request["version"].native != "v1":
+        raise _Rejection("bad_request", "only TimeStampReq version 1 is supported")
+    algo = request["message_imprint"]["hash_algorithm"]["algorithm"].native
+    if algo not in _DIGEST_SIZES:
+        raise _Rejection("bad_alg", f"hash algorithm {algo} is not accepted")
+    if len(request["message_imprint"]["hashed_message"].native) != _DIGEST_SIZES[algo]:
+        raise _Rejection("bad_data_format", f"the {algo} imprint has the wrong length")
+    requested = request["req_policy"]
+    if not isinstance(requested, asn1crypto.core.Void) and requested.dotted != policy:
+        raise _Rejection("unaccepted_policy", f"policy {requested.dotted} is not offered")
+    if not isinstance(request["extensions"], asn1crypto.core.Void) and len(request["extensions"]) > 0:
+        raise _Rejection("unaccepted_extensions", "request extensions are not supported")
+    return request
+
+
+def _eku(cert: x509.Certificate) -> x509.Extension[x509.ExtendedKeyUsage] | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _tst_info(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.tsp.TSTInfo:
+    encap = ci["content"]["encap_content_info"]
+    if encap["content_type"].native != "tst_info":
+        raise TokenFormatError("the token's content is not a TSTInfo (id-ct-TSTInfo)")
+    content = cms.encapsulated_content(ci)
+    if content is None:
+        raise TokenFormatError("the token carries no TSTInfo")
+    try:
+        info = asn1crypto.tsp.TSTInfo.load(content, strict=True)
+        info.native  # noqa: B018 - forces the full parse
+    except Exception as exc:  # asn1crypto raises several exception types on garbage
+        raise TokenFormatError(f"the TSTInfo does not parse: {exc}") from exc
+    if info["version"].native != "v1":
+        raise TokenFormatError("TSTInfo version is not 1")
+    return info
+
+
+def _load_token(token: bytes) -> tuple[asn1crypto.cms.ContentInfo, asn1crypto.tsp.TSTInfo]:
+    try:
+        ci = cms.load(token)
+        cms.signer_info(ci)
+    except cms.CmsError as exc:
+        raise TokenFormatError(f"the token is not CMS SignedData: {exc}") from exc
+    return ci, _tst_info(ci)
+
+
+def token_imprint(token: bytes) -> bytes:
+    """The SHA-256 imprint a token claims to cover, read without verifying anything."""
+    _, info = _load_token(token)
+    imprint = info["message_imprint"]
+    if imprint["hash_algorithm"]["algorithm"].native != "sha256":
+        raise TokenImprintError("the token imprint is not SHA-256")
+    return bytes(imprint["hashed_message"].native)
+
+
+def check_token(token: bytes, imprint: bytes, trust: Sequence[x509.Certificate]) -> TokenInfo:
+    """Verify an RFC 3161 token over the SHA-256 `imprint`, with its TSA chained to `trust`.
+
+    Raises a TimeStampError subclass naming the failed check.
+    """
+    ci, info = _load_token(token)
+    if not hmac.compare_digest(token_imprint(token), imprint):
+        raise TokenImprintError("the token time-stamps different data (messageImprint mismatch)")
+    embedded = cms.certificates(ci)
+    try:
+        # RFC 3161 §2.4.1: certificates may be omitted, so the TSA may also be one of the anchors.
+        signer = cms.signer_certificate(ci, extra=trust)
+    except cms.CmsError as exc:
+        raise TokenCertificateError("the TSA certificate is neither in the token nor trusted") from exc
+    try:
+        cms.check_message_digest(ci)
+        cms.check_signature(ci, signer)
+        # RFC 3161 §2.4.1 (as updated by RFC 5816): the ESS signing certificate is mandatory.
+        cms.check_signing_certificate_v2(ci, signer)
+    except cms.CmsError as exc:
+        raise TokenSignatureError(f"the token signature is invalid: {exc}") from exc
+    eku = _eku(signer)
+    # RFC 3161 §2.3: exactly the one purpose id-kp-timeStamping, in a critical extension.
+    if eku is None or list(eku.value) != [ExtendedKeyUsageOID.TIME_STAMPING] or not eku.critical:
+        raise TokenCertificateError(
+            "the TSA certificate must carry only the critical extended key usage timeStamping"
+        )
+    gen_time: datetime = info["gen_time"].native
+    try:
+        cms.validate_chain(signer, intermediates=embedded, trust=trust, at=gen_time)
+    except cms.ChainError as exc:
+        raise TokenCertificateError(f"the TSA certificate is not trusted: {exc}") from exc
+    return TokenInfo(
+        gen_time=gen_time.astimezone(UTC),
+        policy=info["policy"].dotted,
+        serial=int(info["serial_number"].native),
+        tsa_subject=signer.subject.rfc4514_string(),
+    )
+
+
+def imprint_of(data: bytes) -> bytes:
+    """SHA-256 of `data`: what a signature time-stamp imprints (RFC 3161 Appendix A)."""
+    return hashlib.sha256(data).digest()
+
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "BuiltinTsa",
+    "TimeStampError",
+    "TimeStamper",
+    "TokenInfo",
+    "check_token",
+    "imprint_of",
+    "token_imprint",
+]

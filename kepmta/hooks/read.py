@@ -1,0 +1,87 @@
+"""The read hook: the first time a recipient opens a dispatch, ContentHandover evidence, once.
+
+Fed by whatever IMAP server the recipient reads with (ours, or Dovecot through its notify hook);
+it only needs the account and the file that was opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from kepmta import addresses
+from kepmta.db.schema import handovers
+from kepmta.events import EventRecorder, load_facts, utcnow
+from kepmta.evidence.model import Reason
+
+log = logging.getLogger(__name__)
+
+DISPATCH_TYPE = "http://uri.etsi.org/19522/v1#/ERDMessageType/dispatch"
+_HEAD_LIMIT = 256 * 1024
+
+
+def dispatch_id(path: Path) -> str | None:
+    """The provider message id of a REM dispatch file, or None if the file is not a dispatch."""
+    with path.open("rb") as f:
+        head = f.read(_HEAD_LIMIT)
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+        head[: end + 4], headersonly=True
+    )
+    if str(parsed.get("REM-MessageType", "")).strip() != DISPATCH_TYPE:
+        return None
+    found = re.search(r"<([^<>\s]+)>", str(parsed.get("Message-ID", "")))
+    return found.group(1) if found else None
+
+
+class ReadHook:
+    def __init__(self, recorder: EventRecorder, wake_delivery: Callable[[], None]) -> None:
+        self.recorder = recorder
+        self.wake_delivery = wake_delivery
+        self.engine = recorder.ledger.engine
+
+    async def opened(self, user: str, path: Path) -> None:
+        """`user` has just seen the message in `path` for the first time since it was unseen."""
+        try:
+            message_id = await asyncio.to_thread(dispatch_id, path)
+        except OSError as e:
+            log.warning("read hook: cannot read %s: %s", path, e)
+            return
+        if message_id is None:
+            return
+        reader = str(addresses.parse(user))
+        async with self.engine.connect() as conn:
+            facts = await load_facts(conn, message_id)
+            if facts is None or reader not in facts.recipients:
+                return  # not a dispatch we made for this reader: it proves nothing
+            position = facts.recipients.index(reader) + 1
+            seen = await conn.execute(
+                select(handovers.c.read_at).where(
+                    handovers.c.message_id == message_id, handovers.c.recipient == position
+                )
+            )
+            if seen.first() is not None:
+                return
+        # EN 319 522-2: ContentHandover, the recipient has taken the content
+        signed = await self.recorder.sign(facts, Reason.RE01, Reason.RE01.label, recipient=position)
+        try:
+            async with self.recorder.ledger.writing() as conn:
+                # The unique (message, recipient) row decides, even against a concurrent first read.
+                await conn.execute(
+                    insert(handovers).values(message_id=message_id, recipient=position, read_at=utcnow())
+                )
+                await self.recorder.commit(conn, signed)
+        except IntegrityError:
+            return
+        self.wake_delivery()
+        log.info("%s opened %s", reader, message_id)

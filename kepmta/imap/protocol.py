@@ -1,0 +1,537 @@
+"""IMAP4rev1 wire syntax: reading commands with their literals, tokenising arguments, writing responses.
+
+A command is read as one byte string: its lines with their CRLFs and, after every line ending in a
+literal marker `{n}` / `{n+}`, the n literal octets (RFC 3501 §4.3, RFC 7888). The lexer then walks
+that string, so a literal is just another token wherever the grammar allows a string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import datetime as dt
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+MAX_LINE = 64 * 1024
+MAX_LITERAL = 100 * 1024 * 1024
+# A command may carry several literals (e.g. LOGIN); together they may not exceed one big message.
+MAX_COMMAND = MAX_LITERAL + MAX_LINE
+
+_TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]+]+")
+_LITERAL_MARK = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n\Z")
+_LITERAL_TOKEN = re.compile(rb"\{(\d{1,12})\+?\}\r?\n")
+_PARTIAL = re.compile(rb"<(\d{1,10})\.(\d{1,10})>")
+_SECTION_ATOMS = frozenset({"BODY", "BODY.PEEK"})
+
+
+class BadCommand(Exception):
+    """A command that breaks the grammar; answered with a tagged (or untagged) BAD carrying the text."""
+
+
+class Refused(BadCommand):
+    """A command refused while it was still being read (too long, literal too big)."""
+
+    def __init__(self, tag: str | None, text: str) -> None:
+        super().__init__(text)
+        self.tag = tag
+
+
+class CommandFailed(Exception):
+    """A well-formed command that cannot be carried out: a tagged NO with an optional response code."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class LineTooLong(Exception):
+    def __init__(self, head: bytes) -> None:
+        super().__init__("line too long")
+        self.head = head
+
+
+class ConnectionClosed(Exception):
+    """The client went away, or must be disconnected after a fatal protocol violation."""
+
+    def __init__(self, farewell: str | None = None) -> None:
+        super().__init__(farewell or "connection closed")
+        self.farewell = farewell
+
+
+# --- tokens -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Atom:
+    """An atom; FETCH's `BODY[...]<a.b>` forms keep their section tokens and partial range here."""
+
+    value: str
+    section: tuple[Token, ...] | None = None
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class String:
+    """A quoted string or a literal, as the octets the client sent."""
+
+    value: bytes
+    literal: bool = False
+
+
+@dataclass(frozen=True)
+class ParenList:
+    items: tuple[Token, ...]
+
+
+Token = Atom | String | ParenList
+
+
+class _Lexer:
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def sequence(self, closer: int | None) -> list[Token]:
+        data = self.data
+        items: list[Token] = []
+        while True:
+            at_end = self.pos >= len(data) or data[self.pos] in b"\r\n"
+            if at_end:
+                if closer is not None:
+                    raise BadCommand(f"missing '{chr(closer)}'")
+                return items
+            ch = data[self.pos]
+            if closer is not None and ch == closer:
+                self.pos += 1
+                return items
+            if ch == ord(")"):
+                raise BadCommand("unexpected ')'")
+            if items:
+                # RFC 3501 §9: tokens are separated by exactly one space.
+                if ch != 0x20:
+                    raise BadCommand("missing space between arguments")
+                self.pos += 1
+                if self.pos >= len(data) or data[self.pos] in b" \r\n" or data[self.pos] == closer:
+                    raise BadCommand("unexpected space")
+                ch = data[self.pos]
+            elif ch == 0x20:
+                raise BadCommand("unexpected space")
+            items.append(self.token(ch, closer))
+
+    def token(self, ch: int, closer: int | None) -> Token:
+        if ch == ord("("):
+            self.pos += 1
+            return ParenList(tuple(self.sequence(ord(")"))))
+        if ch == ord(")"):
+            raise BadCommand("unexpected ')'")
+        if ch == ord('"'):
+            return self.quoted()
+        if ch == ord("{"):
+            return self.literal()
+        return self.atom(closer)
+
+    def quoted(self) -> String:
+        data = self.data
+        out = bytearray()
+        i = self.pos + 1
+        while i < len(data):
+            c = data[i]
+            if c == ord('"'):
+                self.pos = i + 1
+                return String(bytes(out))
+            if c in b"\r\n":
+                break
+            if c == ord("\\"):
+                i += 1
+                if i >= len(data) or data[i] not in b'"\\':
+                    raise BadCommand("invalid escape in quoted string")
+                c = data[i]
+            out.append(c)
+            i += 1
+        raise BadCommand("unterminated quoted string")
+
+    def literal(self) -> String:
+        m = _LITERAL_TOKEN.match(self.data, self.pos)
+        if not m:
+            raise BadCommand("malformed literal")
+        size = int(m.group(1))
+        start = m.end()
+        if start + size > len(self.data):
+            raise BadCommand("literal is shorter than announced")
+        self.pos = start + size
+        return String(self.data[start : self.pos], literal=True)
+
+    def atom(self, closer: int | None) -> Atom:
+        data = self.data
+        start = self.pos
+        i = start
+        while i < len(data):
+            c = data[i]
+            if c <= 0x20 or c in b'(){"\x7f' or c == closer:
+                break
+            if c == ord("[") and data[start:i].decode("ascii", "replace").upper() in _SECTION_ATOMS:
+                self.pos = i
+                return self.section_atom(data[start:i].decode("ascii").upper())
+            i += 1
+        self.pos = i
+        raw = data[start:i]
+        try:
+            return Atom(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            raise BadCommand("8-bit characters are not allowed in an atom") from None
+
+    def section_atom(self, name: str) -> Atom:
+        self.pos += 1
+        section = tuple(self.sequence(ord("]")))
+        partial = None
+        if self.pos < len(self.data) and self.data[self.pos] == ord("<"):
+            m = _PARTIAL.match(self.data, self.pos)
+            if not m or int(m.group(2)) == 0:
+                raise BadCommand("malformed partial range, expected <start.length>")
+            partial = (int(m.group(1)), int(m.group(2)))
+            self.pos = m.end()
+        return Atom(name, section, partial)
+
+
+@dataclass(frozen=True)
+class Command:
+    tag: str
+    name: str
+    args: tuple[Token, ...]
+
+
+def split_tag(line: bytes) -> str | None:
+    """The tag of a (possibly malformed) command line, for addressing the BAD reply."""
+    m = _TAG.match(line)
+    if not m or m.end() >= len(line) or line[m.end()] != 0x20:
+        return None
+    return m.group().decode("ascii")
+
+
+def parse_command(data: bytes) -> Command:
+    """Tokenise a complete command (lines and literals, as `CommandReader.read` returns it)."""
+    tag = split_tag(data)
+    if tag is None:
+        raise BadCommand("missing or invalid tag")
+    lexer = _Lexer(data, len(tag) + 1)
+    tokens = lexer.sequence(None)
+    if lexer.data[lexer.pos :] not in (b"\r\n", b"\n", b""):
+        raise BadCommand("garbage after command")
+    if not tokens or not isinstance(tokens[0], Atom) or tokens[0].section is not None:
+        raise BadCommand("missing command name")
+    return Command(tag, tokens[0].value.upper(), tuple(tokens[1:]))
+
+
+# --- argument cursor --------------------------------------------------------------------------------
+
+
+class Args:
+    """Consumes a command's tokens in grammar order; every mismatch is a BadCommand naming what was due."""
+
+    def __init__(self, tokens: Sequence[Token]) -> None:
+        self._tokens = tokens
+        self._i = 0
+
+    def peek(self) -> Token | None:
+        return self._tokens[self._i] if self._i < len(self._tokens) else None
+
+    def more(self) -> bool:
+        return self._i < len(self._tokens)
+
+    def next(self, what: str) -> Token:
+        if self._i >= len(self._tokens):
+            raise BadCommand(f"missing {what}")
+        tok = self._tokens[self._i]
+        self._i += 1
+        return tok
+
+    def atom(self, what: str) -> str:
+        tok = self.next(what)
+        if not isinstance(tok, Atom) or tok.section is not None:
+            raise BadCommand(f"expected {what}")
+        return tok.value
+
+    def astring(self, what: str) -> bytes:
+        tok = self.next(what)
+        if isinstance(tok, String):
+            return tok.value
+        if isinstance(tok, Atom) and tok.section is None:
+            return tok.value.encode("ascii")
+        raise BadCommand(f"expected {what}")
+
+    def paren_list(self, what: str) -> tuple[Token, ...]:
+        tok = self.next(what)
+        if not isinstance(tok, ParenList):
+            raise BadCommand(f"expected {what} in parentheses")
+        return tok.items
+
+    def number(self, what: str) -> int:
+        text = self.atom(what)
+        if not text.isdigit() or len(text) > 10:
+            raise BadCommand(f"expected {what} as a number")
+        return int(text)
+
+    def end(self) -> None:
+        if self._i < len(self._tokens):
+            raise BadCommand("unexpected extra arguments")
+
+
+# --- sequence sets (RFC 3501 §9 sequence-set) --------------------------------------------------------
+
+_SEQ_RANGE = re.compile(r"(\d+|\*)(?::(\d+|\*))?\Z")
+
+
+@dataclass(frozen=True)
+class SequenceSet:
+    """Ranges with `None` standing for `*`, the largest number in use."""
+
+    ranges: tuple[tuple[int | None, int | None], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> SequenceSet:
+        ranges: list[tuple[int | None, int | None]] = []
+        for piece in text.split(","):
+            m = _SEQ_RANGE.match(piece)
+            if not m:
+                raise BadCommand(f"invalid sequence set {text!r}")
+            lo = None if m.group(1) == "*" else int(m.group(1))
+            hi_text = m.group(2) if m.group(2) is not None else m.group(1)
+            hi = None if hi_text == "*" else int(hi_text)
+            if lo == 0 or hi == 0 or (lo or 0) > 0xFFFFFFFF or (hi or 0) > 0xFFFFFFFF:
+                raise BadCommand(f"invalid sequence set {text!r}: numbers run from 1 to 4294967295")
+            ranges.append((lo, hi))
+        return cls(tuple(ranges))
+
+    def intervals(self, star: int) -> list[tuple[int, int]]:
+        """Sorted, merged closed intervals, with `*` taken as `star`."""
+        spans = sorted(
+            (min(a, b), max(a, b))
+            for a, b in ((star if lo is None else lo, star if hi is None else hi) for lo, hi in self.ranges)
+        )
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        return merged
+
+    def max_explicit(self) -> int:
+        """The largest number given outright; ranges ending in `*` always fit the mailbox."""
+        return max((n for r in self.ranges if None not in r for n in r if n is not None), default=0)
+
+
+class IntervalSet:
+    """Membership test over merged intervals in O(log n)."""
+
+    def __init__(self, intervals: list[tuple[int, int]]) -> None:
+        self._starts = [lo for lo, _ in intervals]
+        self._intervals = intervals
+
+    def __contains__(self, n: object) -> bool:
+        if not isinstance(n, int):
+            return False
+        i = bisect.bisect_right(self._starts, n) - 1
+        return i >= 0 and self._intervals[i][1] >= n
+
+
+def format_uid_set(uids: Iterable[int]) -> str:
+    """Compact `a:b,c` form for COPYUID / APPENDUID (RFC 4315 §3)."""
+    out: list[str] = []
+    run: list[int] = []
+    for uid in uids:
+        if run and uid == run[-1] + 1:
+            run.append(uid)
+            continue
+        if run:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}:{run[-1]}")
+        run = [uid]
+    if run:
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}:{run[-1]}")
+    return ",".join(out)
+
+
+# --- response formatting ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """Octets of an open file, streamed into a response instead of being read into memory."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+Segment = bytes | FileSlice
+
+_QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*\Z")
+
+
+def string(value: bytes) -> bytes:
+    """A quoted string when the octets allow one, else a literal (RFC 3501 §4.3)."""
+    if len(value) < 1024 and _QUOTABLE.match(value):
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(value) + value
+
+
+def nstring(value: bytes | None) -> bytes:
+    return b"NIL" if value is None else string(value)
+
+
+def literal_header(length: int) -> bytes:
+    return b"{%d}\r\n" % length
+
+
+def paren(items: Iterable[bytes]) -> bytes:
+    return b"(" + b" ".join(items) + b")"
+
+
+# --- reading commands -------------------------------------------------------------------------------
+
+
+class CommandReader:
+    """Reads CRLF lines and literals from a stream with its own buffer, enforcing the size limits.
+
+    Owning the buffer lets STARTTLS discard whatever a client pipelined after the command, which
+    would otherwise be taken as if it had arrived under TLS (the CVE-2011-0411 injection).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+
+    def discard_buffer(self) -> None:
+        self._buf.clear()
+        # Octets the stream received but nobody has read yet are cleartext as well. StreamReader has
+        # no public way to drop them, hence the guarded look at its buffer.
+        pending = getattr(self._reader, "_buffer", None)
+        if isinstance(pending, bytearray):
+            pending.clear()
+
+    async def _fill(self) -> None:
+        chunk = await self._reader.read(65536)
+        if not chunk:
+            raise ConnectionClosed()
+        self._buf += chunk
+
+    async def line(self, limit: int = MAX_LINE) -> bytes:
+        """One line including its LF; raises LineTooLong (after skipping the rest of it) past `limit`."""
+        scanned = 0
+        while True:
+            nl = self._buf.find(b"\n", scanned)
+            if nl >= 0:
+                line = bytes(self._buf[: nl + 1])
+                del self._buf[: nl + 1]
+                if len(line) > limit:
+                    raise LineTooLong(line[:256])
+                return line
+            if len(self._buf) > limit:
+                head = bytes(self._buf[:256])
+                await self._skip_line()
+                raise LineTooLong(head)
+            scanned = len(self._buf)
+            await self._fill()
+
+    async def _skip_line(self) -> None:
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                del self._buf[: nl + 1]
+                return
+            self._buf.clear()
+            await self._fill()
+
+    async def exactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            await self._fill()
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def command(self, send_continuation: Callable[[], Awaitable[None]]) -> bytes:
+        """A whole command; raises Refused when it must be turned down before it is complete."""
+        try:
+            first = await self.line()
+        except LineTooLong as e:
+            raise Refused(split_tag(e.head), "command line too long") from None
+        parts = [first]
+        total = len(first)
+        line = first
+        while True:
+            m = _LITERAL_MARK.search(line)
+            if not m:
+                return b"".join(parts)
+            size, non_sync = int(m.group(1)), bool(m.group(2))
+            tag = split_tag(first)
+            if size > MAX_LITERAL or total + size > MAX_COMMAND:
+                if non_sync:
+                    # RFC 7888 §4: the octets are already on their way; a session that cannot take
+                    # them cannot resynchronise either.
+                    raise ConnectionClosed("literal too large")
+                raise Refused(tag, "[TOOBIG] literal too large")
+            if not non_sync:
+                await send_continuation()
+            parts.append(await self.exactly(size))
+            total += size
+            try:
+                nxt = await self.line()
+            except LineTooLong:
+                raise Refused(tag, "command line too long") from None
+            parts.append(nxt)
+            total += len(nxt)
+            line = nxt
+
+
+# --- dates (RFC 3501 §9 date-time, date) ---------------------------------------------------------------
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DATE_TIME = re.compile(r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\Z")
+_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})\Z")
+
+
+def _month(name: str) -> int:
+    for i, m in enumerate(_MONTHS):
+        if m.lower() == name.lower():
+            return i + 1
+    raise BadCommand(f"unknown month {name!r}")
+
+
+def format_date_time(when: dt.datetime) -> bytes:
+    """INTERNALDATE as `"dd-Mon-yyyy hh:mm:ss +zzzz"`."""
+    offset = when.utcoffset() or dt.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    text = (
+        f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"
+    )
+    return b'"' + text.encode("ascii") + b'"'
+
+
+def parse_date_time(text: str) -> dt.datetime:
+    m = _DATE_TIME.match(text)
+    if not m:
+        raise BadCommand(f'invalid date-time {text!r}, expected "dd-Mon-yyyy hh:mm:ss +zzzz"')
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    offset = dt.timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == "-" else 1)
+    try:
+        return dt.datetime(
+            int(year), _month(mon), int(day), int(hh), int(mm), int(ss), tzinfo=dt.timezone(offset)
+        )
+    except ValueError:
+        raise BadCommand(f"invalid date-time {text!r}") from None
+
+
+def parse_date(text: str) -> dt.date:
+    m = _DATE.match(text)
+    if not m:
+        raise BadCommand(f"invalid date {text!r}, expected dd-Mon-yyyy")
+    try:
+        return dt.date(int(m.group(3)), _month(m.group(2)), int(m.group(1)))
+    except ValueError:
+        raise BadCommand(f"invalid date {text!r}") from None

@@ -1,0 +1,112 @@
+"""The embedded IMAP4rev1 server (RFC 3501): listeners and the interface the application provides."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+from kepmta.imap.mailbox import StoreRegistry
+from kepmta.imap.session import Session
+from kepmta.maildir import Maildir
+
+log = logging.getLogger("kepmta.imap")
+
+
+class ImapBackend(Protocol):
+    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
+        """Canonical account address on success, None on failure."""
+
+    def maildir(self, user: str) -> Maildir:
+        """The account's store (root may not exist yet: create INBOX on first login)."""
+
+    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
+        """Called after a message's \\Seen flag went from unset to set through this server (non-PEEK
+        FETCH of BODY[...]/RFC822/RFC822.TEXT, STORE/UID STORE +FLAGS or FLAGS with \\Seen), with the
+        message's current file path. Called again if \\Seen is removed and set again: the backend
+        de-duplicates. Must not be called for BODY.PEEK, RFC822.HEADER, EXAMINE'd mailboxes, or
+        APPEND with \\Seen."""
+
+    def read_only_folders(self, user: str) -> frozenset[str]:
+        """Folders the user may read but not change (the evidence folder 'Kanıt'): refuse APPEND,
+        EXPUNGE, STORE of \\Deleted, COPY/MOVE into, DELETE/RENAME of them with a NO [CANNOT] ...)."""
+
+
+class ImapServer:
+    """Listens for IMAP (with STARTTLS) and IMAPS, and runs one `Session` per connection."""
+
+    # RFC 3501 §5.4: an authenticated client may be idle for at least 30 minutes.
+    autologout_seconds: float = 30 * 60
+    preauth_timeout_seconds: float = 3 * 60
+    max_auth_failures = 5
+    # How often an IDLE session checks the folder for mail that other code delivered.
+    idle_poll_seconds: float = 0.5
+    shutdown_grace_seconds: float = 5
+
+    def __init__(
+        self, backend: ImapBackend, tls: ssl.SSLContext, *, special_folders: dict[str, str] | None = None
+    ) -> None:
+        self.backend = backend
+        self.tls = tls
+        self.special_folders = dict(special_folders or {})
+        self.ports: dict[str, int] = {}
+        self.stores = StoreRegistry()
+        self._servers: list[asyncio.Server] = []
+        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self._closing = False
+
+    async def start(self, host: str, starttls_port: int | None, tls_port: int | None) -> None:
+        if starttls_port is not None:
+            plain = await asyncio.start_server(self._plain, host, starttls_port)
+            self._servers.append(plain)
+            self.ports["imap"] = plain.sockets[0].getsockname()[1]
+        if tls_port is not None:
+            secure = await asyncio.start_server(
+                self._implicit_tls, host, tls_port, ssl=self.tls, ssl_handshake_timeout=30
+            )
+            self._servers.append(secure)
+            self.ports["imaps"] = secure.sockets[0].getsockname()[1]
+        log.info("IMAP listening on %s %s", host, self.ports)
+
+    async def _plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, tls=False)
+
+    async def _implicit_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, tls=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        session = Session(self, reader, writer, tls=tls)
+        self._sessions[task] = session
+        try:
+            await session.run()
+        except asyncio.CancelledError:
+            # Only close() cancels sessions, and it waits for them; nothing is left to propagate to.
+            if not self._closing:
+                raise
+        finally:
+            self._sessions.pop(task, None)
+
+    async def close(self) -> None:
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        sessions = dict(self._sessions)
+        for session in sessions.values():
+            await session.say_goodbye("server shutting down")
+            session.disconnect()
+        if sessions:
+            # Disconnected sessions end on their own; one stuck in a slow read is cancelled.
+            _, stuck = await asyncio.wait(sessions, timeout=self.shutdown_grace_seconds)
+            for task in stuck:
+                task.cancel()
+            for task in stuck:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()

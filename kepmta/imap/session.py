@@ -1,0 +1,979 @@
+"""One IMAP connection: its state (RFC 3501 §3), the commands and their responses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kepmta.imap import fetch, folders, search
+from kepmta.imap.mailbox import (
+    DELETED,
+    SEEN,
+    SYSTEM_FLAGS,
+    FolderStore,
+    MailboxView,
+    MessageFile,
+    format_flags,
+    system_flag,
+)
+from kepmta.imap.protocol import (
+    Args,
+    Atom,
+    BadCommand,
+    Command,
+    CommandFailed,
+    CommandReader,
+    ConnectionClosed,
+    FileSlice,
+    IntervalSet,
+    LineTooLong,
+    ParenList,
+    Refused,
+    Segment,
+    SequenceSet,
+    String,
+    Token,
+    format_uid_set,
+    parse_command,
+    parse_date_time,
+    split_tag,
+    string,
+)
+from kepmta.maildir import INBOX, Maildir
+
+if TYPE_CHECKING:
+    from kepmta.imap.server import ImapServer
+
+log = logging.getLogger("kepmta.imap")
+
+_COMMON_CAPS = (
+    "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
+)
+_STREAM_CHUNK = 1 << 20
+_unique = itertools.count(1)
+
+
+class State(Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+
+
+_ANY = frozenset(State)
+_PRE = frozenset({State.NOT_AUTHENTICATED})
+_AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+_AUTH_ONLY = frozenset({State.AUTHENTICATED})
+_SEL = frozenset({State.SELECTED})
+# RFC 3501 §7.4.1: no EXPUNGE responses while these are answered.
+_NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "UID FETCH", "UID STORE", "UID SEARCH"})
+
+
+@dataclass(frozen=True)
+class _Spec:
+    handler: Callable[[Session, Command, Args], Awaitable[str]]
+    states: frozenset[State]
+
+
+class Session:
+    def __init__(
+        self, server: ImapServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool
+    ) -> None:
+        self.server = server
+        self.backend = server.backend
+        self.reader = CommandReader(reader)
+        self.writer = writer
+        self.tls = tls
+        self.state = State.NOT_AUTHENTICATED
+        self.user = ""
+        self.maildir: Maildir | None = None
+        self.read_only_folders: frozenset[str] = frozenset()
+        self.view: MailboxView | None = None
+        self.auth_failures = 0
+        self._logout = False
+        peer = writer.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    # --- I/O ----------------------------------------------------------------------------------------
+
+    async def send(self, *lines: bytes) -> None:
+        self.writer.write(b"".join(line + b"\r\n" for line in lines))
+        await self.writer.drain()
+
+    async def send_segments(self, segments: Sequence[Segment]) -> None:
+        for seg in segments:
+            if isinstance(seg, FileSlice):
+                pos, end = seg.offset, seg.offset + seg.length
+                while pos < end:
+                    chunk = await asyncio.to_thread(os.pread, seg.fd, min(_STREAM_CHUNK, end - pos), pos)
+                    if not chunk:
+                        raise ConnectionClosed("message file shrank while being sent")
+                    self.writer.write(chunk)
+                    pos += len(chunk)
+                    await self.writer.drain()
+            else:
+                self.writer.write(seg)
+        await self.writer.drain()
+
+    async def say_goodbye(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(b"* BYE " + reason.encode() + b"\r\n")
+            await asyncio.wait_for(self.writer.drain(), 1)
+
+    def disconnect(self) -> None:
+        """Drop the connection; the session's pending read then ends it."""
+        self.writer.transport.abort()
+
+    def capabilities(self) -> str:
+        if self.state is not State.NOT_AUTHENTICATED:
+            return _COMMON_CAPS
+        if not self.tls:
+            # RFC 3501 §6.2.3 / RFC 9051 §6.2.3: no cleartext passwords before TLS.
+            return _COMMON_CAPS + " STARTTLS LOGINDISABLED"
+        return _COMMON_CAPS + " AUTH=PLAIN"
+
+    # --- main loop ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self.send(f"* OK [CAPABILITY {self.capabilities()}] kepmta IMAP4rev1 ready".encode())
+            while not self._logout:
+                timeout = (
+                    self.server.preauth_timeout_seconds
+                    if self.state is State.NOT_AUTHENTICATED
+                    else self.server.autologout_seconds
+                )
+                try:
+                    raw = await asyncio.wait_for(self.reader.command(self._continue), timeout)
+                except Refused as e:
+                    await self.send(_tagged(e.tag or "*", "BAD", str(e)))
+                    continue
+                except TimeoutError:
+                    await self.say_goodbye("autologout, idle for too long")
+                    return
+                await self.execute(raw)
+        except ConnectionClosed as e:
+            if e.farewell:
+                await self.say_goodbye(e.farewell)
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("IMAP session for %s failed", self.user or self.peer_ip)
+            await self.say_goodbye("internal server error")
+        finally:
+            self._unselect()
+            with contextlib.suppress(Exception):
+                self.writer.close()
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+    async def _continue(self) -> None:
+        await self.send(b"+ Ready for literal data")
+
+    async def execute(self, raw: bytes) -> None:
+        try:
+            cmd = parse_command(raw)
+        except BadCommand as e:
+            await self.send(_tagged(split_tag(raw) or "*", "BAD", str(e)))
+            return
+        name = cmd.name
+        args = Args(cmd.args)
+        if name == "UID":
+            sub = args.peek()
+            if not isinstance(sub, Atom) or sub.section is not None:
+                await self.send(_tagged(cmd.tag, "BAD", "UID needs a command"))
+                return
+            name = "UID " + sub.value.upper()
+            args.next("command")
+        spec = _COMMANDS.get(name)
+        if spec is None:
+            await self.send(_tagged(cmd.tag, "BAD", f"unknown command {name}"))
+            return
+        if self.state not in spec.states:
+            await self.send(_tagged(cmd.tag, "BAD", f"{name} is not valid in the {self.state.value} state"))
+            return
+        status, text = "OK", ""
+        try:
+            text = await spec.handler(self, cmd, args)
+        except _AlreadyAnswered:
+            return
+        except BadCommand as e:
+            status, text = "BAD", f"{name}: {e}"
+        except CommandFailed as e:
+            status, text = "NO", (f"[{e.code}] " if e.code else "") + e.text
+        except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            raise
+        except Exception:
+            log.exception("IMAP %s failed for %s", name, self.user or self.peer_ip)
+            status, text = "NO", f"[SERVERBUG] {name} failed on an internal error"
+        if self._logout:
+            await self.send(_tagged(cmd.tag, status, text))
+            return
+        await self.send(
+            *self._updates(allow_expunge=name not in _NO_EXPUNGE_DURING), _tagged(cmd.tag, status, text)
+        )
+        if self.auth_failures >= self.server.max_auth_failures:
+            raise ConnectionClosed("too many authentication failures")
+
+    def _updates(self, *, allow_expunge: bool) -> list[bytes]:
+        if self.view is None:
+            return []
+        self.view.store.refresh()
+        return self.view.updates(allow_expunge=allow_expunge)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _md(self) -> Maildir:
+        assert self.maildir is not None
+        return self.maildir
+
+    def _selected(self) -> MailboxView:
+        assert self.view is not None
+        return self.view
+
+    def _unselect(self) -> None:
+        if self.view is not None:
+            self.view.close()
+            self.server.stores.release(self.view.store)
+            self.view = None
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    def _mailbox(self, args: Args) -> str:
+        return folders.name_from_wire(args.astring("mailbox name"))
+
+    def _open_store(self, name: str) -> FolderStore:
+        return self.server.stores.open(name, folders.folder_dir(self._md(), name))
+
+    def _release(self, store: FolderStore) -> None:
+        self.server.stores.release(store)
+
+    def _is_read_only_folder(self, name: str) -> bool:
+        return name in self.read_only_folders
+
+    def _refuse_read_only_folder(self, name: str, what: str) -> None:
+        if self._is_read_only_folder(name):
+            raise CommandFailed(f"{what} is not permitted in {name}: the folder is read-only", "CANNOT")
+
+    def _targets(self, text: str, *, uid: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) pairs a sequence set or UID set names, in mailbox order."""
+        view = self._selected()
+        numbers = SequenceSet.parse(text)
+        if uid:
+            star = view.uids[-1] if view.uids else 0
+            wanted = IntervalSet(numbers.intervals(star))
+            return [(i + 1, u) for i, u in enumerate(view.uids) if u in wanted]
+        if numbers.max_explicit() > view.exists:
+            # RFC 9051 §6.4.5 / RFC 3501 §9: a sequence number beyond EXISTS is a client error.
+            raise BadCommand(f"message sequence number out of range (mailbox has {view.exists})")
+        if not view.exists:
+            return []
+        ranges = numbers.intervals(view.exists)
+        out: list[tuple[int, int]] = []
+        for lo, hi in ranges:
+            out.extend((seq, view.uids[seq - 1]) for seq in range(lo, hi + 1))
+        return out
+
+    def _flag_list(self, tokens: Sequence[Token], *, allow_recent: bool = False) -> frozenset[str]:
+        flags: set[str] = set()
+        for tok in tokens:
+            if not isinstance(tok, Atom) or tok.section is not None or not tok.value:
+                raise BadCommand("flags must be atoms")
+            value = tok.value
+            if value.startswith("\\"):
+                canonical = system_flag(value)
+                if canonical is None:
+                    if value.lower() == "\\recent":
+                        # RFC 3501 §2.3.2: \Recent is the server's to set.
+                        raise BadCommand("\\Recent cannot be set by a client")
+                    raise BadCommand(f"unknown system flag {value}")
+                flags.add(canonical)
+            elif any(c in value for c in '*%]"\\'):
+                raise BadCommand(f"invalid keyword {value!r}")
+            else:
+                flags.add(value)
+        return frozenset(flags)
+
+    async def _mark_seen(self, view: MailboxView, uid: int, flags: frozenset[str]) -> MessageFile | None:
+        """Set flags that add \\Seen and run the read hook; the flag is taken back if the hook fails.
+
+        The read is evidence: a message is not delivered as read unless the hook recorded it.
+        """
+        store = view.store
+        msg = store.set_flags(uid, flags, view)
+        if msg is None:
+            return None
+        try:
+            await self.backend.on_seen(self.user, store.name, msg.path)
+        except Exception:
+            log.exception("read hook failed for %s %s uid %d", self.user, store.name, uid)
+            current = store.messages.get(uid)
+            if current is not None:
+                store.set_flags(uid, current.flags - {SEEN}, None)
+            raise CommandFailed("could not record the read receipt; try again", "SERVERBUG") from None
+        return store.messages.get(uid) or msg
+
+    # --- any state ------------------------------------------------------------------------------------
+
+    async def c_capability(self, cmd: Command, args: Args) -> str:
+        args.end()
+        await self.send(f"* CAPABILITY {self.capabilities()}".encode())
+        return "CAPABILITY completed"
+
+    async def c_noop(self, cmd: Command, args: Args) -> str:
+        args.end()
+        if self.view is not None:
+            self.view.store.refresh(force=True)
+        return "NOOP completed"
+
+    async def c_logout(self, cmd: Command, args: Args) -> str:
+        args.end()
+        await self.send(b"* BYE kepmta logging out")
+        self._logout = True
+        return "LOGOUT completed"
+
+    async def c_id(self, cmd: Command, args: Args) -> str:
+        # RFC 2971 §3.1: NIL or a list of field/value string pairs, at most 30 of them.
+        tok = args.next("ID parameter list")
+        if isinstance(tok, ParenList):
+            if len(tok.items) % 2 or len(tok.items) > 60:
+                raise BadCommand("ID list must hold up to 30 field/value pairs")
+            for i, item in enumerate(tok.items):
+                nil = isinstance(item, Atom) and item.value.upper() == "NIL" and i % 2 == 1
+                if not isinstance(item, String) and not nil:
+                    raise BadCommand("ID fields and values must be strings")
+        elif not (isinstance(tok, Atom) and tok.value.upper() == "NIL"):
+            raise BadCommand("expected NIL or a parenthesised ID list")
+        args.end()
+        await self.send(b'* ID ("name" "kepmta" "version" "0.1.0")')
+        return "ID completed"
+
+    # --- not authenticated ------------------------------------------------------------------------
+
+    async def c_starttls(self, cmd: Command, args: Args) -> str:
+        args.end()
+        if self.tls:
+            raise BadCommand("TLS is already active")
+        # RFC 3501 §6.2.1: anything pipelined after STARTTLS came in cleartext and is dropped.
+        self.reader.discard_buffer()
+        # No await between the OK and start_tls: the loop must not read the client's ClientHello
+        # into the cleartext stream before the TLS layer takes over the transport.
+        self.writer.write(_tagged(cmd.tag, "OK", "Begin TLS negotiation now") + b"\r\n")
+        await self.writer.start_tls(self.server.tls, ssl_handshake_timeout=30)
+        self.tls = True
+        raise _AlreadyAnswered()
+
+    async def c_login(self, cmd: Command, args: Args) -> str:
+        user = args.astring("user name")
+        password = args.astring("password")
+        args.end()
+        self._require_tls()
+        return await self._login(_utf8(user, "user name"), _utf8(password, "password"))
+
+    async def c_authenticate(self, cmd: Command, args: Args) -> str:
+        mechanism = args.atom("SASL mechanism").upper()
+        initial = args.atom("initial response") if args.more() else None
+        args.end()
+        if mechanism != "PLAIN":
+            raise CommandFailed(f"unsupported authentication mechanism {mechanism}")
+        self._require_tls()
+        if initial is None:
+            await self.send(b"+ ")
+            try:
+                line = await self.reader.line(16 * 1024)
+            except LineTooLong:
+                raise BadCommand("SASL response too long") from None
+            initial = line.rstrip(b"\r\n").decode("ascii", "replace")
+            if initial == "*":
+                raise BadCommand("authentication cancelled")
+        # RFC 4959 §3: "=" is an empty initial response.
+        payload = "" if initial == "=" else initial
+        try:
+            message = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadCommand("invalid base64 in SASL response") from None
+        pieces = message.split(b"\x00")
+        if len(pieces) != 3:
+            raise BadCommand("malformed SASL PLAIN message (RFC 4616 §2)")
+        authzid, authcid, password = (_utf8(p, "SASL PLAIN field") for p in pieces)
+        if authzid and authzid != authcid:
+            raise CommandFailed("acting as another user is not permitted", "AUTHORIZATIONFAILED")
+        return await self._login(authcid, password)
+
+    def _require_tls(self) -> None:
+        if not self.tls:
+            raise CommandFailed(
+                "use STARTTLS first; passwords are not accepted in cleartext", "PRIVACYREQUIRED"
+            )
+
+    async def _login(self, username: str, password: str) -> str:
+        account = await self.backend.authenticate(username, password, self.peer_ip)
+        if account is None:
+            self.auth_failures += 1
+            log.info("IMAP authentication failed for %r from %s", username, self.peer_ip)
+            raise CommandFailed("invalid credentials", "AUTHENTICATIONFAILED")
+        self.user = account
+        self.maildir = self.backend.maildir(account)
+        if not folders.exists(self.maildir, INBOX):
+            self.maildir.create(INBOX)
+        self.read_only_folders = frozenset(self.backend.read_only_folders(account))
+        self.state = State.AUTHENTICATED
+        log.info("IMAP login %s from %s", account, self.peer_ip)
+        return f"[CAPABILITY {self.capabilities()}] logged in"
+
+    # --- authenticated ------------------------------------------------------------------------------
+
+    async def c_enable(self, cmd: Command, args: Args) -> str:
+        args.atom("capability")
+        while args.more():
+            args.atom("capability")
+        # RFC 5161 §3.1: none of the capabilities we advertise needs enabling, so none is enabled.
+        await self.send(b"* ENABLED")
+        return "ENABLE completed"
+
+    async def c_namespace(self, cmd: Command, args: Args) -> str:
+        args.end()
+        await self.send(b'* NAMESPACE (("" "' + folders.DELIMITER.encode() + b'")) NIL NIL')
+        return "NAMESPACE completed"
+
+    async def c_select(self, cmd: Command, args: Args) -> str:
+        return await self._select(args, read_only=False)
+
+    async def c_examine(self, cmd: Command, args: Args) -> str:
+        return await self._select(args, read_only=True)
+
+    async def _select(self, args: Args, *, read_only: bool) -> str:
+        name = self._mailbox(args)
+        args.end()
+        # RFC 3501 §6.3.1: the current mailbox is deselected even if the new selection fails.
+        self._unselect()
+        if not folders.exists(self._md(), name):
+            raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
+        store = self._open_store(name)
+        store.refresh(force=True)
+        view = MailboxView(store, read_only=read_only)
+        self.view = view
+        self.state = State.SELECTED
+        keywords = sorted({f for m in store.messages.values() for f in m.flags if not f.startswith("\\")})
+        all_flags = " ".join([*SYSTEM_FLAGS, *keywords])
+        if read_only:
+            permanent = ""
+        elif self._is_read_only_folder(name):
+            permanent = " ".join(f for f in SYSTEM_FLAGS if f != DELETED)
+        else:
+            permanent = all_flags + " \\*"
+        lines = [
+            f"* FLAGS ({all_flags})".encode(),
+            f"* OK [PERMANENTFLAGS ({permanent})] flags the client can change permanently".encode(),
+            b"* %d EXISTS" % view.exists,
+            b"* %d RECENT" % len(view.recent),
+        ]
+        first_unseen = next(
+            (i + 1 for i, uid in enumerate(view.uids) if SEEN not in store.messages[uid].flags), None
+        )
+        if first_unseen is not None:
+            lines.append(b"* OK [UNSEEN %d] first unseen message" % first_unseen)
+        lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % store.uidvalidity)
+        lines.append(b"* OK [UIDNEXT %d] predicted next UID" % store.uidnext)
+        await self.send(*lines)
+        return "[READ-ONLY] EXAMINE completed" if read_only else "[READ-WRITE] SELECT completed"
+
+    async def c_create(self, cmd: Command, args: Args) -> str:
+        name = self._mailbox(args)
+        args.end()
+        folders.create(self._md(), name)
+        return "CREATE completed"
+
+    async def c_delete(self, cmd: Command, args: Args) -> str:
+        name = self._mailbox(args)
+        args.end()
+        self._refuse_read_only_folder(name, "DELETE")
+        for directory in folders.delete(self._md(), name):
+            self.server.stores.forget(directory)
+        return "DELETE completed"
+
+    async def c_rename(self, cmd: Command, args: Args) -> str:
+        old = self._mailbox(args)
+        new = self._mailbox(args)
+        args.end()
+        self._refuse_read_only_folder(old, "RENAME")
+        self._refuse_read_only_folder(new, "RENAME")
+        for src, _ in folders.rename(self._md(), old, new):
+            self.server.stores.forget(src)
+        return "RENAME completed"
+
+    async def c_subscribe(self, cmd: Command, args: Args) -> str:
+        self._mailbox(args)
+        args.end()
+        return f"{cmd.name} completed"
+
+    async def c_list(self, cmd: Command, args: Args) -> str:
+        reference = folders.name_from_wire(args.astring("reference name"))
+        pattern = folders.name_from_wire(args.astring("mailbox pattern"))
+        args.end()
+        word = cmd.name.encode()
+        delim = string(folders.DELIMITER.encode())
+        if not pattern:
+            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
+            await self.send(b"* " + word + b" (\\Noselect) " + delim + b' ""')
+            return f"{cmd.name} completed"
+        entries = folders.list_folders(self._md(), reference, pattern, self.server.special_folders)
+        await self.send(
+            *(
+                b"* "
+                + word
+                + b" ("
+                + " ".join(e.attributes).encode()
+                + b") "
+                + delim
+                + b" "
+                + folders.name_to_wire(e.name)
+                for e in entries
+            )
+        )
+        return f"{cmd.name} completed"
+
+    async def c_status(self, cmd: Command, args: Args) -> str:
+        name = self._mailbox(args)
+        items = args.paren_list("status data items")
+        args.end()
+        wanted: list[str] = []
+        for tok in items:
+            if not isinstance(tok, Atom) or tok.value.upper() not in _STATUS_ITEMS:
+                raise BadCommand("unknown STATUS item; use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
+            wanted.append(tok.value.upper())
+        if not wanted:
+            raise BadCommand("empty STATUS item list")
+        if not folders.exists(self._md(), name):
+            raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
+        store = self._open_store(name)
+        try:
+            store.refresh()
+            values = {
+                "MESSAGES": len(store.messages),
+                "RECENT": store.recent_count,
+                "UIDNEXT": store.uidnext,
+                "UIDVALIDITY": store.uidvalidity,
+                "UNSEEN": sum(1 for m in store.messages.values() if SEEN not in m.flags),
+            }
+        finally:
+            self._release(store)
+        body = " ".join(f"{w} {values[w]}" for w in wanted)
+        await self.send(b"* STATUS " + folders.name_to_wire(name) + f" ({body})".encode())
+        return "STATUS completed"
+
+    async def c_append(self, cmd: Command, args: Args) -> str:
+        name = self._mailbox(args)
+        flags: frozenset[str] = frozenset()
+        when: float | None = None
+        tok = args.next("message literal")
+        if isinstance(tok, ParenList):
+            flags = self._flag_list(tok.items)
+            tok = args.next("message literal")
+        if isinstance(tok, String) and not tok.literal:
+            when = parse_date_time(tok.value.decode("ascii", "replace")).timestamp()
+            tok = args.next("message literal")
+        if not isinstance(tok, String) or not tok.literal:
+            raise BadCommand("the message must be sent as a literal")
+        args.end()
+        if not folders.exists(self._md(), name):
+            # RFC 3501 §6.3.11: TRYCREATE tells the client that CREATE would make this work.
+            raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
+        self._refuse_read_only_folder(name, "APPEND")
+        store = self._open_store(name)
+        try:
+            msg = await _save(store, tok.value, flags, when)
+        finally:
+            self._release(store)
+        return f"[APPENDUID {store.uidvalidity} {msg.uid}] APPEND completed"
+
+    async def c_idle(self, cmd: Command, args: Args) -> str:
+        args.end()
+        await self.send(b"+ idling")
+        read = asyncio.ensure_future(self.reader.line())
+        deadline = time.monotonic() + self.server.autologout_seconds
+        try:
+            while True:
+                if self.view is not None:
+                    await self.send(*self._updates(allow_expunge=True))
+                waiters: set[asyncio.Future[Any]] = {read}
+                wake = None
+                if self.view is not None:
+                    wake = asyncio.ensure_future(self.view.wakeup.wait())
+                    waiters.add(wake)
+                done, _ = await asyncio.wait(
+                    waiters, timeout=self.server.idle_poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                if wake is not None and not wake.done():
+                    wake.cancel()
+                if read in done:
+                    break
+                if time.monotonic() > deadline:
+                    raise ConnectionClosed("autologout, idle for too long")
+        finally:
+            if not read.done():
+                read.cancel()
+        try:
+            line = read.result()
+        except LineTooLong:
+            raise BadCommand("expected DONE") from None
+        # RFC 2177 §3: the client ends IDLE with DONE.
+        if line.rstrip(b"\r\n").upper() != b"DONE":
+            raise BadCommand("expected DONE")
+        return "IDLE terminated"
+
+    # --- selected -------------------------------------------------------------------------------------
+
+    async def c_check(self, cmd: Command, args: Args) -> str:
+        args.end()
+        self._selected().store.refresh(force=True)
+        return "CHECK completed"
+
+    async def c_close(self, cmd: Command, args: Args) -> str:
+        args.end()
+        view = self._selected()
+        if not view.read_only and not self._is_read_only_folder(view.store.name):
+            # RFC 3501 §6.4.2: CLOSE expunges silently.
+            view.store.expunge(self._deleted(view))
+        self._unselect()
+        return "CLOSE completed"
+
+    async def c_unselect(self, cmd: Command, args: Args) -> str:
+        args.end()
+        self._unselect()
+        return "UNSELECT completed"
+
+    @staticmethod
+    def _deleted(view: MailboxView) -> list[int]:
+        return [u for u in view.uids if (m := view.message(u)) is not None and DELETED in m.flags]
+
+    def _expunge_allowed(self) -> MailboxView:
+        view = self._selected()
+        if view.read_only:
+            raise CommandFailed("mailbox was opened with EXAMINE", "READ-ONLY")
+        self._refuse_read_only_folder(view.store.name, "EXPUNGE")
+        return view
+
+    async def c_expunge(self, cmd: Command, args: Args) -> str:
+        args.end()
+        view = self._expunge_allowed()
+        view.store.expunge(self._deleted(view))
+        return "EXPUNGE completed"
+
+    async def c_uid_expunge(self, cmd: Command, args: Args) -> str:
+        uids = {uid for _, uid in self._targets(args.atom("UID set"), uid=True)}
+        args.end()
+        view = self._expunge_allowed()
+        # RFC 4315 §2.1: only messages both named and marked \Deleted.
+        doomed = [
+            u for u in view.uids if u in uids and (m := view.message(u)) is not None and DELETED in m.flags
+        ]
+        view.store.expunge(doomed)
+        return "UID EXPUNGE completed"
+
+    async def c_search(self, cmd: Command, args: Args) -> str:
+        return await self._search(args, uid=False)
+
+    async def c_uid_search(self, cmd: Command, args: Args) -> str:
+        return await self._search(args, uid=True)
+
+    async def _search(self, args: Args, *, uid: bool) -> str:
+        key = search.parse_program(args)
+        view = self._selected()
+        candidates = []
+        for i, u in enumerate(view.uids):
+            msg = view.message(u)
+            if msg is not None:
+                candidates.append(search.Candidate(i + 1, u, msg.flags, u in view.recent))
+
+        def locate(u: int) -> Path | None:
+            m = view.message(u)
+            return m.path if m is not None else None
+
+        max_uid = view.uids[-1] if view.uids else 0
+        hits = await search.run(key, candidates, locate, view.exists, max_uid)
+        numbers = " ".join(str(c.uid if uid else c.seq) for c in hits)
+        await self.send(("* SEARCH " + numbers if numbers else "* SEARCH").encode())
+        return f"{'UID ' if uid else ''}SEARCH completed"
+
+    async def c_fetch(self, cmd: Command, args: Args) -> str:
+        return await self._fetch(args, uid=False)
+
+    async def c_uid_fetch(self, cmd: Command, args: Args) -> str:
+        return await self._fetch(args, uid=True)
+
+    async def _fetch(self, args: Args, *, uid: bool) -> str:
+        numbers = args.atom("sequence set")
+        items = fetch.parse_items(args.next("FETCH attributes"))
+        args.end()
+        targets = self._targets(numbers, uid=uid)
+        view = self._selected()
+        sets_seen = not view.read_only and any(i.sets_seen for i in items)
+        needs_file = fetch.needs_file(items)
+        missing = False
+        for seq, u in targets:
+            msg = view.message(u)
+            if msg is None:
+                missing = True
+                continue
+            flags_changed = False
+            if sets_seen and SEEN not in msg.flags:
+                marked = await self._mark_seen(view, u, msg.flags | {SEEN})
+                if marked is None:
+                    missing = True
+                    continue
+                msg, flags_changed = marked, True
+            current = view.message(u)
+            if current is None:
+                missing = True
+                continue
+            try:
+                reader = fetch.MessageReader.open(current.path) if needs_file else None
+                st = os.stat(current.path) if reader is None else os.fstat(reader.fd)
+            except FileNotFoundError:
+                missing = True
+                continue
+            try:
+                body = await fetch.render(
+                    reader,
+                    items,
+                    uid=u,
+                    flags=view.flags_of(current),
+                    size=st.st_size,
+                    mtime=st.st_mtime,
+                    add_uid=uid,
+                    add_flags=flags_changed,
+                )
+                await self.send_segments([b"* %d FETCH (" % seq, *body, b")\r\n"])
+            finally:
+                if reader is not None:
+                    reader.close()
+        if missing:
+            # RFC 5530 §3 EXPUNGEISSUED: some named messages were expunged by another session.
+            raise CommandFailed("some of the requested messages no longer exist", "EXPUNGEISSUED")
+        return f"{'UID ' if uid else ''}FETCH completed"
+
+    async def c_store(self, cmd: Command, args: Args) -> str:
+        return await self._store(args, uid=False)
+
+    async def c_uid_store(self, cmd: Command, args: Args) -> str:
+        return await self._store(args, uid=True)
+
+    async def _store(self, args: Args, *, uid: bool) -> str:
+        numbers = args.atom("sequence set")
+        action = args.atom("store action").upper()
+        mode, silent = action.removesuffix(".SILENT"), action.endswith(".SILENT")
+        if mode not in ("FLAGS", "+FLAGS", "-FLAGS"):
+            raise BadCommand("store action must be FLAGS, +FLAGS or -FLAGS, optionally .SILENT")
+        tok = args.next("flag list")
+        tokens: list[Token] = list(tok.items) if isinstance(tok, ParenList) else [tok]
+        while args.more():
+            tokens.append(args.next("flag"))
+        flags = self._flag_list(tokens)
+        targets = self._targets(numbers, uid=uid)
+        view = self._selected()
+        if view.read_only:
+            raise CommandFailed("mailbox was opened with EXAMINE", "READ-ONLY")
+        if DELETED in flags and mode != "-FLAGS":
+            self._refuse_read_only_folder(view.store.name, "setting \\Deleted")
+        lines: list[bytes] = []
+        missing = False
+        for seq, u in targets:
+            msg = view.message(u)
+            if msg is None:
+                missing = True
+                continue
+            if mode == "FLAGS":
+                new = flags
+            elif mode == "+FLAGS":
+                new = msg.flags | flags
+            else:
+                new = msg.flags - flags
+            if new != msg.flags:
+                if SEEN in new and SEEN not in msg.flags:
+                    result = await self._mark_seen(view, u, new)
+                else:
+                    result = view.store.set_flags(u, new, view)
+                if result is None:
+                    missing = True
+                    continue
+                msg = result
+            if not silent:
+                uid_part = b"UID %d " % u if uid else b""
+                lines.append(b"* %d FETCH (%sFLAGS %s)" % (seq, uid_part, format_flags(view.flags_of(msg))))
+        if lines:
+            await self.send(*lines)
+        if missing:
+            raise CommandFailed("some of the messages no longer exist", "EXPUNGEISSUED")
+        return f"{'UID ' if uid else ''}STORE completed"
+
+    async def c_copy(self, cmd: Command, args: Args) -> str:
+        return await self._copy(cmd, args, uid=False, move=False)
+
+    async def c_uid_copy(self, cmd: Command, args: Args) -> str:
+        return await self._copy(cmd, args, uid=True, move=False)
+
+    async def c_move(self, cmd: Command, args: Args) -> str:
+        return await self._copy(cmd, args, uid=False, move=True)
+
+    async def c_uid_move(self, cmd: Command, args: Args) -> str:
+        return await self._copy(cmd, args, uid=True, move=True)
+
+    async def _copy(self, cmd: Command, args: Args, *, uid: bool, move: bool) -> str:
+        numbers = args.atom("sequence set")
+        name = self._mailbox(args)
+        args.end()
+        verb = "MOVE" if move else "COPY"
+        targets = self._targets(numbers, uid=uid)
+        view = self._selected()
+        if move:
+            self._expunge_allowed()
+        if not folders.exists(self._md(), name):
+            raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
+        self._refuse_read_only_folder(name, f"{verb} into the folder")
+        messages = [m for _, u in targets if (m := view.message(u)) is not None]
+        if len(messages) != len(targets):
+            raise CommandFailed("some of the messages no longer exist", "EXPUNGEISSUED")
+        dest = self._open_store(name)
+        try:
+            pairs: list[tuple[int, int]] = []
+            for msg in messages:
+                copied = await _copy_file(dest, msg)
+                pairs.append((msg.uid, copied.uid))
+        finally:
+            self._release(dest)
+        if not pairs:
+            return f"{verb} completed"
+        code = (
+            f"COPYUID {dest.uidvalidity} {format_uid_set(s for s, _ in pairs)} "
+            f"{format_uid_set(d for _, d in pairs)}"
+        )
+        if not move:
+            return f"[{code}] COPY completed"
+        # RFC 6851 §4.3: COPYUID goes in an untagged OK, before the EXPUNGE responses.
+        await self.send(f"* OK [{code}] moved".encode())
+        view.store.expunge([s for s, _ in pairs])
+        return "MOVE completed"
+
+
+class _AlreadyAnswered(Exception):
+    """STARTTLS sends its tagged OK itself, before the handshake."""
+
+
+def _tagged(tag: str, status: str, text: str) -> bytes:
+    return f"{tag} {status} {text}".encode()
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadCommand(f"{what} is not valid UTF-8") from None
+
+
+def _new_base() -> str:
+    return Maildir.unique_name(f"{time.time_ns()}_{os.getpid()}_{next(_unique)}")
+
+
+def _write_file(path: Path, data: bytes, when: float | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if when is not None:
+        # INTERNALDATE is the file's mtime (RFC 3501 §6.3.11 APPEND date-time).
+        os.utime(path, (when, when))
+
+
+async def _save(store: FolderStore, data: bytes, flags: frozenset[str], when: float | None) -> MessageFile:
+    base = _new_base()
+    staged = store.directory / "tmp" / base
+    staged.parent.mkdir(exist_ok=True)
+    try:
+        await asyncio.to_thread(_write_file, staged, data, when)
+        return store.add(staged, base, flags)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        raise
+
+
+def _copy_into(src: Path, staged: Path) -> None:
+    try:
+        # Maildir files never change once delivered, so a hard link is a complete copy.
+        os.link(src, staged)
+    except OSError:
+        shutil.copy2(src, staged)
+        with open(staged, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+async def _copy_file(dest: FolderStore, msg: MessageFile) -> MessageFile:
+    base = _new_base()
+    staged = dest.directory / "tmp" / base
+    staged.parent.mkdir(exist_ok=True)
+    try:
+        await asyncio.to_thread(_copy_into, msg.path, staged)
+        return dest.add(staged, base, msg.flags)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        raise
+
+
+_STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"})
+
+_COMMANDS: dict[str, _Spec] = {
+    "CAPABILITY": _Spec(Session.c_capability, _ANY),
+    "NOOP": _Spec(Session.c_noop, _ANY),
+    "LOGOUT": _Spec(Session.c_logout, _ANY),
+    "ID": _Spec(Session.c_id, _ANY),
+    "STARTTLS": _Spec(Session.c_starttls, _PRE),
+    "LOGIN": _Spec(Session.c_login, _PRE),
+    "AUTHENTICATE": _Spec(Session.c_authenticate, _PRE),
+    "ENABLE": _Spec(Session.c_enable, _AUTH_ONLY),
+    "NAMESPACE": _Spec(Session.c_namespace, _AUTH),
+    "SELECT": _Spec(Session.c_select, _AUTH),
+    "EXAMINE": _Spec(Session.c_examine, _AUTH),
+    "CREATE": _Spec(Session.c_create, _AUTH),
+    "DELETE": _Spec(Session.c_delete, _AUTH),
+    "RENAME": _Spec(Session.c_rename, _AUTH),
+    "SUBSCRIBE": _Spec(Session.c_subscribe, _AUTH),
+    "UNSUBSCRIBE": _Spec(Session.c_subscribe, _AUTH),
+    "LIST": _Spec(Session.c_list, _AUTH),
+    "LSUB": _Spec(Session.c_list, _AUTH),
+    "STATUS": _Spec(Session.c_status, _AUTH),
+    "APPEND": _Spec(Session.c_append, _AUTH),
+    "IDLE": _Spec(Session.c_idle, _AUTH),
+    "CHECK": _Spec(Session.c_check, _SEL),
+    "CLOSE": _Spec(Session.c_close, _SEL),
+    "UNSELECT": _Spec(Session.c_unselect, _SEL),
+    "EXPUNGE": _Spec(Session.c_expunge, _SEL),
+    "SEARCH": _Spec(Session.c_search, _SEL),
+    "FETCH": _Spec(Session.c_fetch, _SEL),
+    "STORE": _Spec(Session.c_store, _SEL),
+    "COPY": _Spec(Session.c_copy, _SEL),
+    "MOVE": _Spec(Session.c_move, _SEL),
+    "UID FETCH": _Spec(Session.c_uid_fetch, _SEL),
+    "UID STORE": _Spec(Session.c_uid_store, _SEL),
+    "UID SEARCH": _Spec(Session.c_uid_search, _SEL),
+    "UID COPY": _Spec(Session.c_uid_copy, _SEL),
+    "UID MOVE": _Spec(Session.c_uid_move, _SEL),
+    "UID EXPUNGE": _Spec(Session.c_uid_expunge, _SEL),
+}

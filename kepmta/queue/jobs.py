@@ -1,0 +1,64 @@
+"""Durable local jobs (deliver a dispatch, file a receipt), committed with the rows that cause them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from kepmta.db.schema import jobs
+
+DELIVER = "deliver"
+RECEIPT = "receipt"
+# Retry after 5 s, 30 s, 2 min, 10 min, then every 30 min: a local failure (disk full, permissions)
+# is fixed by an operator, and the job must still be there when it is.
+_BACKOFF = (5, 30, 120, 600, 1800)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    message_id: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def enqueue(conn: AsyncConnection, kind: str, message_id: str, payload: dict[str, Any]) -> None:
+    await conn.execute(
+        insert(jobs).values(
+            kind=kind, message_id=message_id, payload=payload, state="pending", attempts=0, next_at=_now()
+        )
+    )
+
+
+async def due(engine: AsyncEngine, limit: int = 100) -> list[Job]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(jobs)
+            .where(jobs.c.state == "pending", jobs.c.next_at <= _now())
+            .order_by(jobs.c.id)
+            .limit(limit)
+        )
+        return [Job(r.id, r.kind, r.message_id, r.payload, r.attempts) for r in rows]
+
+
+async def complete(conn: AsyncConnection, job_id: int) -> None:
+    await conn.execute(update(jobs).where(jobs.c.id == job_id).values(state="done", last_error=None))
+
+
+async def retry_later(engine: AsyncEngine, job: Job, error: str) -> None:
+    delay = _BACKOFF[min(job.attempts, len(_BACKOFF) - 1)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(attempts=job.attempts + 1, next_at=_now() + dt.timedelta(seconds=delay), last_error=error)
+        )

@@ -1,0 +1,54 @@
+"""REM-DigestValue of a dispatch, recomputed from its bytes (EVIDENCE.md, "Digest of the original").
+
+The dispatch may come from another provider, so nothing about its layout is assumed beyond MIME:
+multiparts are walked by their boundaries, and the original is the message/rfc822 part marked
+`REM-Section-Type: rem_message/original` (else the first message/rfc822 part found). A dispatch
+whose original is not reachable through multiparts (say, inside opaque CMS) gives None.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from kepmta.rem.mime import parse_headers, split_entity, split_multipart
+from kepmta.smime.errors import MimeStructureError
+
+__all__ = ["original_digest"]
+
+# Real dispatches nest three deep; the limit only stops a hostile message from recursing forever.
+_MAX_DEPTH = 16
+
+
+def original_digest(dispatch: bytes) -> str | None:
+    """Base64 SHA-256 over the attached original: its part body, up to the line break before the
+    next delimiter (RFC 2046 §5.1.1 makes that line break part of the delimiter)."""
+    found: list[tuple[bool, int, int]] = []
+    _collect(dispatch, 0, len(dispatch), 0, found)
+    if not found:
+        return None
+    _, start, end = next((c for c in found if c[0]), found[0])
+    return base64.b64encode(hashlib.sha256(dispatch[start:end]).digest()).decode("ascii")
+
+
+def _collect(buf: bytes, start: int, end: int, depth: int, found: list[tuple[bool, int, int]]) -> None:
+    """Append (marked as the REM original, body start, body end) for each message/rfc822 part."""
+    raw, body = split_entity(buf, start, end)
+    headers = parse_headers(raw)
+    if headers.get_content_maintype() != "multipart" or depth > _MAX_DEPTH:
+        return
+    boundary = headers.get_boundary()
+    if not boundary:
+        return
+    try:
+        parts = split_multipart(buf, body, end, boundary)
+    except MimeStructureError:
+        return
+    for part_start, part_end in parts:
+        part_raw, part_body = split_entity(buf, part_start, part_end)
+        part = parse_headers(part_raw)
+        if part.get_content_type() == "message/rfc822":
+            section = str(part.get("REM-Section-Type", "")).strip().lower()
+            found.append((section == "rem_message/original", part_body, part_end))
+        else:
+            _collect(buf, part_start, part_end, depth + 1, found)

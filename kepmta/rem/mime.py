@@ -1,0 +1,414 @@
+"""MIME framing, read and written at the byte level.
+
+Signatures and the REM digest cover exact byte ranges of a message (RFC 8551 §3.5, EN 319 532-3
+"Digest of the original"), so parts are located by offsets into the raw message rather than
+re-serialised by the `email` package, which does not promise to reproduce the input bytes. The
+readers accept anything with `find` and slicing, so a 100 MB spool file can be searched through
+`mmap` without being read into memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.message
+import email.parser
+import email.policy
+import hashlib
+import html
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import BinaryIO, Protocol
+
+from cryptography import x509
+
+from kepmta.pki import KeyPair
+from kepmta.smime import cms
+from kepmta.smime.errors import MimeStructureError
+
+__all__ = [
+    "CRLF",
+    "DIGEST_ALGORITHM",
+    "MESSAGE_TYPE",
+    "METADATA_VERSION",
+    "Buffer",
+    "base64_lines",
+    "bilingual",
+    "detached_signer",
+    "encoded_header",
+    "evidence_parts",
+    "hash_range",
+    "header_block",
+    "introduction",
+    "leaf_part",
+    "multipart",
+    "new_boundary",
+    "parse_headers",
+    "plain_header",
+    "quoted_printable",
+    "rem_fields",
+    "rfc5322_date",
+    "split_entity",
+    "split_multipart",
+    "write_multipart_signed",
+]
+
+CRLF = b"\r\n"
+_SMTP = email.policy.SMTP
+_HASH_SLICE = 1 << 20
+
+
+class Buffer(Protocol):
+    """What the readers need: `bytes` and `mmap.mmap` both qualify."""
+
+    def find(self, sub: bytes, start: int, end: int, /) -> int: ...
+
+    def __getitem__(self, key: slice, /) -> bytes: ...
+
+    def __len__(self) -> int: ...
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def split_entity(buf: Buffer, start: int, end: int) -> tuple[bytes, int]:
+    """The header block of the entity in [start, end) and the offset where its body begins.
+
+    RFC 5322 §2.1 / RFC 2046 §5.1.1: the headers end at the first empty line; an entity with no
+    headers starts with that empty line, and one with no body may omit it.
+    """
+    for eol in (b"\r\n", b"\n"):
+        if buf[start : start + len(eol)] == eol:
+            return b"", start + len(eol)
+    best: tuple[int, int] | None = None
+    for blank in (b"\r\n\r\n", b"\n\n"):
+        at = buf.find(blank, start, end)
+        if at != -1 and (best is None or at < best[0]):
+            best = (at, len(blank))
+    if best is None:
+        return buf[start:end], end
+    at, size = best
+    return buf[start : at + size // 2], at + size
+
+
+def parse_headers(raw: bytes) -> email.message.Message:
+    """Header fields with folding, quoting and case handled by the `email` package (RFC 5322 §2.2)."""
+    return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+
+
+def _delimiter(buf: Buffer, pos: int, end: int, dash: bytes) -> tuple[bool, int] | None:
+    """If a boundary delimiter line starts at `pos`: (is it the close delimiter, offset after it).
+
+    RFC 2046 §5.1.1: "--boundary" then "--" for the close delimiter, else optional linear white
+    space and the line break. Anything else after the boundary means it was not a delimiter.
+    """
+    after = pos + len(dash)
+    if after > end or buf[pos:after] != dash:
+        return None
+    if buf[after : min(after + 2, end)] == b"--":
+        return True, after + 2
+    while after < end and buf[after : after + 1] in (b" ", b"\t"):
+        after += 1
+    for eol in (b"\r\n", b"\n"):
+        if buf[after : min(after + len(eol), end)] == eol:
+            return False, after + len(eol)
+    return None
+
+
+def _next_delimiter(buf: Buffer, start: int, end: int, dash: bytes) -> tuple[int, bool, int] | None:
+    """The first delimiter line at or after `start` that begins a line: (line start, close, after)."""
+    search = start
+    while True:
+        at = buf.find(b"\n" + dash, search, end)
+        if at == -1:
+            return None
+        found = _delimiter(buf, at + 1, end, dash)
+        if found is not None:
+            return at, found[0], found[1]
+        search = at + 1
+
+
+def split_multipart(buf: Buffer, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
+    """The [start, end) offsets of each body part of the multipart body in [start, end).
+
+    A part runs from after its delimiter line up to, not including, the line break that begins the
+    next delimiter: RFC 2046 §5.1.1 makes that line break part of the delimiter. A body without its
+    close delimiter is refused, because what follows the last part would otherwise be guessed.
+    """
+    try:
+        dash = b"--" + boundary.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise MimeStructureError("multipart boundary is not ASCII") from exc
+    first = _delimiter(buf, start, end, dash)
+    if first is None:
+        later = _next_delimiter(buf, start, end, dash)
+        if later is None:
+            raise MimeStructureError(f'multipart body has no "{boundary}" boundary line')
+        first = later[1], later[2]
+    closed, part_start = first
+    if closed:
+        raise MimeStructureError("multipart body has no body parts")
+    parts: list[tuple[int, int]] = []
+    while True:
+        nxt = _next_delimiter(buf, part_start, end, dash)
+        if nxt is None:
+            raise MimeStructureError(f'multipart body ends without its closing "--{boundary}--" line')
+        at, closed, after = nxt
+        part_end = at - 1 if at - 1 >= part_start and buf[at - 1 : at] == b"\r" else at
+        parts.append((part_start, max(part_end, part_start)))
+        if closed:
+            return parts
+        part_start = after
+
+
+def hash_range(buf: Buffer, start: int, end: int, hasher: Hasher) -> None:
+    """Feed [start, end) to `hasher` in slices so a mapped file is never copied whole."""
+    for at in range(start, end, _HASH_SLICE):
+        hasher.update(buf[at : min(at + _HASH_SLICE, end)])
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def new_boundary(kind: str, collides: Callable[[bytes], bool]) -> str:
+    """A random boundary that `collides` says is absent from the content it will delimit.
+
+    RFC 2046 §5.1.1 leaves uniqueness to the writer. "=_" cannot occur in base64 or
+    quoted-printable output, so only the verbatim parts (the original message) need the check.
+    """
+    while True:
+        candidate = f"=_kep_{kind}_{secrets.token_hex(16)}"
+        if not collides(candidate.encode("ascii")):
+            return candidate
+
+
+def _one_line(value: str) -> str:
+    # A line break in a value would end the header field early and let the value inject fields.
+    return " ".join(value.replace("\r", "\n").split("\n"))
+
+
+def plain_header(name: str, value: str) -> bytes:
+    """A header field holding protocol text (URIs, ids, MIME parameters), written unfolded.
+
+    Folding could split an id or URI, so ASCII values are kept on one line (RFC 5322 §2.1.1 allows
+    998 characters). A non-ASCII value, which only a user-supplied id could bring, is encoded.
+    """
+    value = _one_line(value)
+    if not value.isascii():
+        return encoded_header(name, value)
+    return f"{name}: {value}".encode("ascii") + CRLF
+
+
+def encoded_header(name: str, value: str) -> bytes:
+    """A header field with user text: folded, and RFC 2047 encoded words where not ASCII.
+
+    The `email` header classes know each field's syntax (addresses, unstructured text), so a
+    display name is quoted or encoded as its field requires.
+    """
+    folded: str = _SMTP.header_factory(name, _one_line(value)).fold(policy=_SMTP)
+    return folded.encode("ascii")
+
+
+def rfc5322_date(when: datetime) -> str:
+    """RFC 5322 §3.3 date-time in UTC."""
+    return format_datetime(when.astimezone(UTC))
+
+
+def header_block(fields: Iterable[bytes]) -> bytes:
+    """Header fields followed by the empty line that ends them."""
+    return b"".join(fields) + CRLF
+
+
+def base64_lines(data: bytes) -> bytes:
+    """RFC 2045 §6.8: base64 in lines of 76 characters, CRLF separated, no final line break."""
+    text = base64.b64encode(data)
+    return CRLF.join(text[i : i + 76] for i in range(0, len(text), 76))
+
+
+def quoted_printable(text: str) -> bytes:
+    """UTF-8 text as RFC 2045 §6.7 quoted-printable with CRLF line breaks."""
+    body = "\n".join(text.splitlines()).encode("utf-8")
+    # b2a_qp breaks soft lines with the line ending it finds first, LF when there is none.
+    return binascii.b2a_qp(body, istext=True).replace(b"\n", CRLF)
+
+
+def write_multipart_signed(
+    out: BinaryIO,
+    fields: Sequence[bytes],
+    boundary: str,
+    signed_part: Iterable[bytes],
+    sign: Callable[[bytes], bytes],
+) -> None:
+    """Write an RFC 1847 multipart/signed message with an S/MIME detached signature.
+
+    `fields` are the top-level header fields without MIME-Version/Content-Type. `signed_part` yields
+    the first body part (its headers and body, without a final line break) and is hashed as it is
+    written; `sign` turns that SHA-256 digest into a DER CMS SignedData (RFC 8551 §3.5).
+    """
+    b = boundary.encode("ascii")
+    head = [
+        *fields,
+        plain_header("MIME-Version", "1.0"),
+        # RFC 8551 §3.5.3: protocol and micalg are required; micalg names the CMS digest algorithm.
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
+        b' micalg=sha-256; boundary="' + b + b'"\r\n',
+    ]
+    out.write(header_block(head))
+    out.write(b"This is a cryptographically signed message in MIME format." + CRLF + CRLF)
+    out.write(b"--" + b + CRLF)
+    digest = hashlib.sha256()
+    for chunk in signed_part:
+        digest.update(chunk)
+        out.write(chunk)
+    out.write(CRLF + b"--" + b + CRLF)
+    out.write(
+        header_block(
+            [
+                plain_header("Content-Type", 'application/pkcs7-signature; name="smime.p7s"'),
+                plain_header("Content-Transfer-Encoding", "base64"),
+                plain_header("Content-Disposition", 'attachment; filename="smime.p7s"'),
+            ]
+        )
+    )
+    out.write(base64_lines(sign(digest.digest())))
+    out.write(CRLF + b"--" + b + b"--" + CRLF)
+
+
+def leaf_part(fields: Sequence[bytes], body: bytes) -> bytes:
+    """A body part with no nested parts: its header fields, the empty line, its body."""
+    return header_block(fields) + body
+
+
+def multipart(
+    content_type: str, boundary: str, parts: Iterable[Iterable[bytes]], fields: Sequence[bytes] = ()
+) -> Iterator[bytes]:
+    """A multipart entity (headers and body) as chunks, with no line break after the close delimiter.
+
+    Each part is an iterable of chunks without a final line break: RFC 2046 §5.1.1 makes the line
+    break before a delimiter part of the delimiter, so it is written here.
+    """
+    b = boundary.encode("ascii")
+    yield header_block([plain_header("Content-Type", f'{content_type}; boundary="{boundary}"'), *fields])
+    yield b"--" + b + CRLF
+    for index, part in enumerate(parts):
+        if index:
+            yield CRLF + b"--" + b + CRLF
+        yield from part
+    yield CRLF + b"--" + b + b"--"
+
+
+# -- REM message sections (EN 319 532-3) -----------------------------------------------------------
+
+METADATA_VERSION = "EN31953203V010201"
+DIGEST_ALGORITHM = "http://www.w3.org/2001/04/xmlenc#sha256"
+MESSAGE_TYPE = "http://uri.etsi.org/19522/v1#/ERDMessageType/"
+
+
+def rem_fields(
+    message_type: str,
+    *,
+    policy_ids: Sequence[str],
+    digest_b64: str | None,
+    ua_message_id: str | None,
+    event_uri: str,
+    evidence_id: str,
+    reason_uri: str,
+    sender: str,
+) -> list[bytes]:
+    """The REM-* header fields of a dispatch or receipt (EN 319 532-3 REM message metadata)."""
+    fields = [plain_header("REM-MetadataVersion", METADATA_VERSION)]
+    fields += [plain_header("REM-ApplicablePolicy", policy) for policy in policy_ids]
+    fields.append(plain_header("REM-MessageType", MESSAGE_TYPE + message_type))
+    if digest_b64 is not None:
+        fields.append(plain_header("REM-DigestAlgorithm", DIGEST_ALGORITHM))
+        fields.append(plain_header("REM-DigestValue", digest_b64))
+    if ua_message_id is not None:
+        fields.append(plain_header("REM-UAMessageIdentifier", ua_message_id))
+    fields += [
+        plain_header("REM-EventIdentifier", event_uri),
+        plain_header("REM-Evidence-ID", evidence_id),
+        plain_header("REM-ReasonIdentifier", reason_uri),
+        plain_header("REM-MD08", sender),
+    ]
+    return fields
+
+
+def bilingual(turkish: Sequence[str], english: Sequence[str]) -> tuple[str, str]:
+    """The introduction's lines, Turkish then English, as plain text and as HTML."""
+    plain = "\n".join([*turkish, "", "----", "", *english]) + "\n"
+    blocks = [
+        f'<div lang="{lang}">\n' + "".join(f"<p>{html.escape(line)}</p>\n" for line in lines) + "</div>\n"
+        for lang, lines in (("tr", turkish), ("en", english))
+    ]
+    page = (
+        '<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"><title>KEP</title></head>\n<body>\n'
+        + "<hr>\n".join(blocks)
+        + "</body>\n</html>\n"
+    )
+    return plain, page
+
+
+def introduction(boundary: str, plain: str, rich: str) -> Iterator[bytes]:
+    """The human-readable section: one text in plain and HTML form (RFC 2046 §5.1.4)."""
+    text_fields = [plain_header("Content-Transfer-Encoding", "quoted-printable")]
+    return multipart(
+        "multipart/alternative",
+        boundary,
+        [
+            [
+                leaf_part(
+                    [plain_header("Content-Type", "text/plain; charset=utf-8"), *text_fields],
+                    quoted_printable(plain),
+                )
+            ],
+            [
+                leaf_part(
+                    [plain_header("Content-Type", "text/html; charset=utf-8"), *text_fields],
+                    quoted_printable(rich),
+                )
+            ],
+        ],
+        fields=[plain_header("REM-Section-Type", "rem_message/introduction")],
+    )
+
+
+def evidence_parts(event_name: str, evidence_xml: bytes, evidence_der: bytes) -> list[list[bytes]]:
+    """The evidence as readable XML and as the signed `<EventName>.p7m` a verifier takes."""
+    xml_name, p7m_name = f"{event_name}.xml", f"{event_name}.p7m"
+    xml = leaf_part(
+        [
+            plain_header("Content-Type", f'application/xml; charset=utf-8; name="{xml_name}"'),
+            plain_header("Content-Transfer-Encoding", "base64"),
+            plain_header("Content-Disposition", f'attachment; filename="{xml_name}"'),
+            plain_header("REM-Section-Type", "rem_message/xml_evidence"),
+        ],
+        base64_lines(evidence_xml),
+    )
+    p7m = leaf_part(
+        [
+            # RFC 8551 §3.2.2: smime-type and a .p7m name mark CMS SignedData with attached content.
+            plain_header(
+                "Content-Type", f'application/pkcs7-mime; smime-type=signed-data; name="{p7m_name}"'
+            ),
+            plain_header("Content-Transfer-Encoding", "base64"),
+            plain_header("Content-Disposition", f'attachment; filename="{p7m_name}"'),
+        ],
+        base64_lines(evidence_der),
+    )
+    return [[xml], [p7m]]
+
+
+def detached_signer(signer: KeyPair, chain: Sequence[x509.Certificate]) -> Callable[[bytes], bytes]:
+    """Turns the SHA-256 of a multipart/signed first part into the DER of its detached CMS."""
+
+    def sign(digest: bytes) -> bytes:
+        signed: bytes = cms.sign(signer, content_digest=digest, detached=True, chain=chain).dump()
+        return signed
+
+    return sign

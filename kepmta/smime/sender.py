@@ -1,0 +1,453 @@
+"""Is a submitted message S/MIME signed by its sender? (KEP.md, "signed sender")
+
+Four checks are reported separately, because the rejection evidence must name the one that failed
+(EN 319 522-2 §8.3.3, reason RA04 for the certificate ones):
+
+* integrity: the CMS signature verifies over the signed content (RFC 5652 §5.4, §5.6),
+* chain: the signer certificate chains to a trusted qualified CA (RFC 5280 §6.1, simplified),
+* validity: the signer certificate is in force and fit for e-mail signatures (RFC 8550 §4.4),
+* identity: the certificate names the submitting account (RFC 8550 §3).
+
+The spool file may hold 100 MB, so a multipart/signed message is mapped, not read, and the signed
+part is hashed slice by slice. Revocation (CRL/OCSP) is not checked here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import mmap
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+from email.utils import collapse_rfc2231_value
+from pathlib import Path
+from typing import TypeVar
+
+import asn1crypto.cms
+import asn1crypto.core
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kepmta.rem.mime import Buffer, hash_range, parse_headers, split_entity, split_multipart
+from kepmta.smime import cms
+from kepmta.smime.errors import MimeStructureError, NotSignedError, SmimeError
+
+__all__ = ["CHECKS", "NOT_SIGNED", "SenderVerdict", "SignatureCheck", "verify_sender"]
+
+CHECKS = ("integrity", "chain", "validity", "identity")
+
+# RFC 8551 §3.5.3 and §3.2.2; the x- forms are what older clients, OpenSSL's `smime` among them, send.
+_SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
+_OPAQUE_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+# RFC 8551 §2.1: SHA-256 must be supported; SHA-1 and MD5 are no longer acceptable for signatures.
+_DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+# A header block larger than this is not a mail message; it would otherwise be copied into memory.
+_HEADER_LIMIT = 1 << 20
+_MAX_CHAIN = 8
+NOT_SIGNED = "message is not S/MIME signed"
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    name: str  # one of CHECKS
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class SenderVerdict:
+    checks: tuple[SignatureCheck, ...]  # the four of CHECKS, in that order
+    signer: x509.Certificate | None
+    signing_time: datetime | None
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def failed(self) -> SignatureCheck | None:
+        return next((check for check in self.checks if not check.ok), None)
+
+
+@dataclass(frozen=True)
+class _Signature:
+    info: asn1crypto.cms.ContentInfo
+    content: bytes | None  # the encapsulated content (application/pkcs7-mime)
+    span: tuple[int, int]  # else the first part of multipart/signed, as offsets into the message
+
+
+def verify_sender(path: Path, sender: str, trust: Sequence[x509.Certificate], now: datetime) -> SenderVerdict:
+    """Run the four checks on the message in `path`, submitted by account `sender`, at time `now`."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return _verdict(b"", sender, trust, now)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return _verdict(mapped, sender, trust, now)
+
+
+def _verdict(buf: Buffer, sender: str, trust: Sequence[x509.Certificate], now: datetime) -> SenderVerdict:
+    signer: x509.Certificate | None = None
+    signing_time: datetime | None = None
+    pool: list[x509.Certificate] = []
+    try:
+        signature = _read_signature(buf)
+        signer_info = _only_signer(signature.info)
+        pool = cms.certificates(signature.info)
+        signer = _signer_certificate(signature.info)
+        signing_time = _signing_time(signature.info)
+        _verify(signature, signer_info, signer, buf)
+        integrity = SignatureCheck("integrity", True, f"signature by {_label(signer.subject)} is intact")
+    except SmimeError as exc:
+        integrity = SignatureCheck("integrity", False, str(exc))
+    except ValueError as exc:  # CmsError, and asn1crypto/cryptography parse errors
+        integrity = SignatureCheck("integrity", False, f"signature could not be read: {exc}")
+    if signer is None:
+        why = f"not checked: there is no signer certificate ({integrity.detail})"
+        rest = tuple(SignatureCheck(name, False, why) for name in CHECKS[1:])
+        return SenderVerdict((integrity, *rest), None, signing_time)
+    cert = signer
+    checks = (
+        integrity,
+        _guarded("chain", lambda: _check_chain(cert, pool, trust, now)),
+        _guarded("validity", lambda: _check_validity(cert, signing_time, now)),
+        _guarded("identity", lambda: _check_identity(cert, sender)),
+    )
+    return SenderVerdict(checks, signer, signing_time)
+
+
+def _guarded(name: str, check: Callable[[], SignatureCheck]) -> SignatureCheck:
+    # The certificates come from the submitter; a malformed extension must fail the check, not
+    # the submission handler.
+    try:
+        return check()
+    except ValueError as exc:
+        return SignatureCheck(name, False, f"a certificate could not be read: {exc}")
+
+
+# -- finding the signature -------------------------------------------------------------------------
+
+
+def _param(headers: Message, name: str) -> str | None:
+    value = headers.get_param(name)
+    if value is None or isinstance(value, str):
+        return value
+    return collapse_rfc2231_value(value)
+
+
+def _read_signature(buf: Buffer) -> _Signature:
+    limit = min(len(buf), _HEADER_LIMIT)
+    raw, body = split_entity(buf, 0, limit)
+    if body == limit < len(buf):
+        raise MimeStructureError("message header block does not end within 1 MiB")
+    headers = parse_headers(raw)
+    ctype = headers.get_content_type()
+    if ctype == "multipart/signed":
+        if (_param(headers, "protocol") or "").lower() not in _SIGNATURE_TYPES:
+            raise NotSignedError(NOT_SIGNED)
+        return _detached(buf, headers, body)
+    if ctype in _OPAQUE_TYPES:
+        # RFC 8551 §3.2.2: smime-type tells signed-data from enveloped-data. It is optional, so
+        # without it the body must still parse as SignedData below.
+        smime_type = _param(headers, "smime-type")
+        if smime_type is not None and smime_type.lower() != "signed-data":
+            raise NotSignedError(NOT_SIGNED)
+        info = _load(_decode(headers, buf[body : len(buf)], "message body"))
+        content = cms.encapsulated_content(info)
+        if content is None:
+            raise SmimeError("application/pkcs7-mime signature carries no content")
+        return _Signature(info, content, (0, 0))
+    raise NotSignedError(NOT_SIGNED)
+
+
+def _detached(buf: Buffer, headers: Message, body: int) -> _Signature:
+    boundary = headers.get_boundary()
+    if not boundary:
+        raise MimeStructureError("multipart/signed header has no boundary parameter")
+    parts = split_multipart(buf, body, len(buf), boundary)
+    # RFC 1847 §2.1: exactly two parts, the content and then the control information.
+    if len(parts) != 2:
+        raise MimeStructureError(f"multipart/signed has {len(parts)} body parts instead of 2")
+    start, end = parts[1]
+    raw, sig_body = split_entity(buf, start, end)
+    sig_headers = parse_headers(raw)
+    if sig_headers.get_content_type() not in _SIGNATURE_TYPES:
+        raise MimeStructureError(
+            f"second part of multipart/signed is {sig_headers.get_content_type()}, "
+            "not application/pkcs7-signature"
+        )
+    info = _load(_decode(sig_headers, buf[sig_body:end], "signature part"))
+    if cms.encapsulated_content(info) is not None:
+        raise SmimeError("multipart/signed carries an attached signature instead of a detached one")
+    return _Signature(info, None, parts[0])
+
+
+def _decode(headers: Message, body: bytes, what: str) -> bytes:
+    encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    if encoding == "base64":
+        try:
+            # RFC 2045 §6.8: line breaks and other whitespace are not part of the encoding.
+            return base64.b64decode(b"".join(body.split()), validate=True)
+        except binascii.Error as exc:
+            raise MimeStructureError(f"{what} is not valid base64") from exc
+    if encoding in ("7bit", "8bit", "binary"):
+        return body
+    raise MimeStructureError(f"{what} uses transfer encoding {encoding}, not base64")
+
+
+def _load(der: bytes) -> asn1crypto.cms.ContentInfo:
+    try:
+        return cms.load(der)
+    except cms.CmsError as exc:
+        raise SmimeError("signature is not a CMS SignedData structure") from exc
+
+
+# -- integrity -------------------------------------------------------------------------------------
+
+
+def _signing_time(info: asn1crypto.cms.ContentInfo) -> datetime | None:
+    value = cms.signed_attribute(info, "signing_time")
+    if value is None:
+        return None
+    when: datetime = value.native
+    return when.astimezone(UTC)
+
+
+def _only_signer(info: asn1crypto.cms.ContentInfo) -> asn1crypto.cms.SignerInfo:
+    # One message, one accountable sender: a second signer would not be checked against the account.
+    signers = info["content"]["signer_infos"]
+    if len(signers) != 1:
+        raise SmimeError(f"signature has {len(signers)} signers; exactly one is required")
+    signer: asn1crypto.cms.SignerInfo = signers[0]
+    return signer
+
+
+def _signer_certificate(info: asn1crypto.cms.ContentInfo) -> x509.Certificate:
+    try:
+        return cms.signer_certificate(info)
+    except cms.CmsError as exc:
+        raise SmimeError("signature does not include the signer's certificate") from exc
+
+
+def _verify(
+    signature: _Signature, info: asn1crypto.cms.SignerInfo, signer: x509.Certificate, buf: Buffer
+) -> None:
+    algorithm = info["digest_algorithm"]["algorithm"].native
+    if algorithm not in _DIGESTS:
+        raise SmimeError(f"digest algorithm {algorithm} is not SHA-256, SHA-384 or SHA-512")
+    hasher = hashlib.new(algorithm)
+    if signature.content is not None:
+        hasher.update(signature.content)
+    else:
+        hash_range(buf, *signature.span, hasher)
+    content_digest = hasher.digest()
+
+    attrs = info["signed_attrs"]
+    if isinstance(attrs, asn1crypto.core.Void) or len(attrs) == 0:
+        # RFC 5652 §5.4: without signed attributes the signature covers the content digest itself.
+        _check_signature_value(info, signer, algorithm, content_digest)
+        return
+    claimed = cms.signed_attribute(signature.info, "message_digest")
+    if claimed is None:
+        raise SmimeError("signature has no message-digest attribute")
+    if not hmac.compare_digest(bytes(claimed.native), content_digest):
+        raise SmimeError("message digest does not match the signed content: the message was altered")
+    ctype = cms.signed_attribute(signature.info, "content_type")
+    # RFC 5652 §11.1: with signed attributes, content-type must be present and equal eContentType.
+    if (
+        ctype is None
+        or ctype.dotted != signature.info["content"]["encap_content_info"]["content_type"].dotted
+    ):
+        raise SmimeError("content-type attribute is missing or differs from the signed content type")
+    # RFC 5652 §5.4: the signature covers the attributes' DER as SET OF (tag 0x31), not the [0]
+    # IMPLICIT tag they travel under; re-tagging the received bytes keeps the signer's encoding.
+    attrs_digest = hashlib.new(algorithm, b"\x31" + attrs.dump()[1:]).digest()
+    _check_signature_value(info, signer, algorithm, attrs_digest)
+
+
+def _check_signature_value(
+    info: asn1crypto.cms.SignerInfo, signer: x509.Certificate, algorithm: str, digest: bytes
+) -> None:
+    key = signer.public_key()
+    value = bytes(info["signature"].native)
+    signed_with = info["signature_algorithm"]
+    try:
+        scheme = signed_with.signature_algo
+    except ValueError as exc:
+        raise SmimeError(f"signature algorithm {signed_with['algorithm'].dotted} is not supported") from exc
+    prehashed = Prehashed(_DIGESTS[algorithm]())
+    try:
+        if scheme == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(value, digest, ec.ECDSA(prehashed))
+        elif scheme == "rsassa_pkcs1v15" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(value, digest, padding.PKCS1v15(), prehashed)
+        elif scheme == "rsassa_pss" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(value, digest, _pss(signed_with["parameters"], algorithm), prehashed)
+        else:
+            raise SmimeError(f"signature scheme {scheme} does not fit the signer certificate's key")
+    except InvalidSignature as exc:
+        raise SmimeError("signature value does not verify with the signer certificate's key") from exc
+    except UnsupportedAlgorithm as exc:
+        raise SmimeError(f"signature scheme {scheme} is not supported: {exc}") from exc
+
+
+def _pss(params: asn1crypto.core.Asn1Value, algorithm: str) -> padding.PSS:
+    # RFC 4055 §3.1: the PSS hash must be the one the signer digested with; MGF1 is the only mask.
+    if params["hash_algorithm"]["algorithm"].native != algorithm:
+        raise SmimeError("RSASSA-PSS hash differs from the digest algorithm")
+    mgf = params["mask_gen_algorithm"]
+    if mgf["algorithm"].native != "mgf1" or mgf["parameters"]["algorithm"].native not in _DIGESTS:
+        raise SmimeError("RSASSA-PSS mask generation is not MGF1 with SHA-2")
+    mgf_hash = _DIGESTS[mgf["parameters"]["algorithm"].native]()
+    return padding.PSS(mgf=padding.MGF1(mgf_hash), salt_length=params["salt_length"].native)
+
+
+# -- certificates ----------------------------------------------------------------------------------
+
+
+def _label(name: x509.Name) -> str:
+    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return f"CN={cns[0].value!s}" if cns else name.rfc4514_string()
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _issued_by(cert: x509.Certificate, candidates: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    """The candidate whose name is `cert`'s issuer and whose key verifies `cert`'s signature."""
+    for candidate in candidates:
+        if candidate.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return candidate
+    return None
+
+
+def _ca_problem(ca: x509.Certificate, below: int, now: datetime) -> str | None:
+    """Why `ca` may not issue here, `below` CA certificates under it in the path (RFC 5280 §6.1.4)."""
+    label = _label(ca.subject)
+    if now < ca.not_valid_before_utc:
+        return f"CA certificate {label} is not valid until {_iso(ca.not_valid_before_utc)}"
+    if now > ca.not_valid_after_utc:
+        return f"CA certificate {label} expired on {_iso(ca.not_valid_after_utc)}"
+    constraints = _extension(ca, x509.BasicConstraints)
+    if constraints is None or not constraints.ca:
+        return f"issuing certificate {label} is not a CA certificate"
+    if constraints.path_length is not None and below > constraints.path_length:
+        return f"CA certificate {label} allows {constraints.path_length} CAs below it, not {below}"
+    usage = _extension(ca, x509.KeyUsage)
+    if usage is not None and not usage.key_cert_sign:
+        return f"CA certificate {label} may not sign certificates"
+    return None
+
+
+def _check_chain(
+    signer: x509.Certificate,
+    pool: Sequence[x509.Certificate],
+    trust: Sequence[x509.Certificate],
+    now: datetime,
+) -> SignatureCheck:
+    # The signer's own dates belong to the validity check, so that an expired certificate is
+    # reported as such and not as a broken chain.
+    path = [signer]
+    while len(path) <= _MAX_CHAIN:
+        current = path[-1]
+        anchor = _issued_by(current, trust)
+        if anchor is not None:
+            problem = _ca_problem(anchor, len(path) - 1, now)
+            if problem is not None:
+                return SignatureCheck("chain", False, problem)
+            return SignatureCheck("chain", True, f"chains to trusted CA {_label(anchor.subject)}")
+        issuer = _issued_by(current, [c for c in pool if c not in path])
+        if issuer is None:
+            if current is signer and current.issuer == current.subject:
+                detail = "signer certificate is self-signed, not issued by a trusted qualified CA"
+            else:
+                detail = f"issuer {_label(current.issuer)} is not a trusted qualified CA"
+            return SignatureCheck("chain", False, detail)
+        problem = _ca_problem(issuer, len(path) - 1, now)
+        if problem is not None:
+            return SignatureCheck("chain", False, problem)
+        path.append(issuer)
+    return SignatureCheck("chain", False, f"certificate chain is longer than {_MAX_CHAIN} certificates")
+
+
+def _check_validity(signer: x509.Certificate, signing_time: datetime | None, now: datetime) -> SignatureCheck:
+    start, end = signer.not_valid_before_utc, signer.not_valid_after_utc
+    if now < start:
+        return SignatureCheck("validity", False, f"signer certificate is not valid until {_iso(start)}")
+    if now > end:
+        return SignatureCheck("validity", False, f"signer certificate expired on {_iso(end)}")
+    if signing_time is not None and not start <= signing_time <= end:
+        return SignatureCheck(
+            "validity",
+            False,
+            f"signing time {_iso(signing_time)} is outside the signer certificate's validity "
+            f"({_iso(start)} to {_iso(end)})",
+        )
+    # RFC 8550 §4.4.2: a signing certificate's keyUsage, if present, must allow signatures.
+    usage = _extension(signer, x509.KeyUsage)
+    if usage is not None and not (usage.digital_signature or usage.content_commitment):
+        return SignatureCheck(
+            "validity",
+            False,
+            "signer certificate's key usage allows neither digitalSignature nor nonRepudiation",
+        )
+    # RFC 8550 §4.4.4: an extended key usage, if present, must allow e-mail protection.
+    purposes = _extension(signer, x509.ExtendedKeyUsage)
+    if purposes is not None and not {
+        ExtendedKeyUsageOID.EMAIL_PROTECTION,
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    } & set(purposes):
+        return SignatureCheck(
+            "validity", False, "signer certificate's extended key usage does not include emailProtection"
+        )
+    return SignatureCheck("validity", True, f"signer certificate is valid from {_iso(start)} to {_iso(end)}")
+
+
+def _addresses(cert: x509.Certificate) -> list[str]:
+    found: list[str] = []
+    names = _extension(cert, x509.SubjectAlternativeName)
+    if names is not None:
+        found.extend(names.get_values_for_type(x509.RFC822Name))
+    # RFC 8550 §3: emailAddress in the subject is the legacy place for the address.
+    found.extend(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS))
+    return list(dict.fromkeys(found))
+
+
+def _check_identity(signer: x509.Certificate, sender: str) -> SignatureCheck:
+    addresses = _addresses(signer)
+    wanted = sender.strip().lower()
+    if wanted in (a.lower() for a in addresses):
+        return SignatureCheck("identity", True, f"certificate is for {sender}")
+    if not addresses:
+        return SignatureCheck(
+            "identity", False, f"certificate names no e-mail address, so it is not {sender}"
+        )
+    return SignatureCheck("identity", False, f"certificate is for {', '.join(addresses)}, not {sender}")

@@ -1,0 +1,262 @@
+"""Message submission listeners (RFC 6409): STARTTLS and implicit TLS (RFC 8314), AUTH over TLS only.
+
+Protocol only: every decision is the SubmissionService's; this turns its answers into SMTP replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import logging
+import os
+import ssl
+from typing import Any, BinaryIO
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from kepmta.accounts import Account
+from kepmta.policy.refusal import PolicyError
+from kepmta.smtp.data import DataReader
+from kepmta.submission import SubmissionService, Transaction
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK = 256 * 1024
+
+
+class KepSession(Session):
+    authenticated_at: dt.datetime | None = None
+
+    # aiosmtpd sets this deprecated attribute itself on every AUTH and logs a warning each time;
+    # a plain attribute keeps its log for things that matter.
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class KepEnvelope(Envelope):
+    transaction: Transaction | None = None
+
+
+class SubmissionSMTP(SMTP):
+    # The stream limit also bounds how much aiosmtpd buffers; DATA is read in chunks of this order.
+    # Command lines stay limited by aiosmtpd's own command_size_limit (RFC 5321 §4.5.3.1.4).
+    line_length_limit = _READ_CHUNK
+
+    def __init__(self, handler: SubmissionHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.kep_handler = handler
+
+    def _create_session(self) -> KepSession:
+        return KepSession(self.loop)
+
+    def _create_envelope(self) -> KepEnvelope:
+        return KepEnvelope()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA streamed to a spool file (RFC 5321 §4.1.1.4) instead of aiosmtpd's in-memory lines."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert isinstance(self.envelope, KepEnvelope)
+        tx = self.envelope.transaction
+        if tx is None or not tx.recipients:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        service = self.kep_handler.service
+        path = service.new_spool_file()
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        digest = hashlib.sha256()
+        try:
+            with path.open("wb") as spool:
+                reader = DataReader(_Hashing(spool, digest), service.size_limit)
+                while True:
+                    chunk = await self._reader.read(_READ_CHUNK)
+                    if not chunk:  # the client went away mid-message: nothing was accepted
+                        path.unlink(missing_ok=True)
+                        return
+                    self._reset_timeout()
+                    rest = reader.feed(chunk)
+                    if rest is not None:
+                        break
+                spool.flush()
+                await asyncio.to_thread(os.fsync, spool.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if rest:
+            # Pipelined commands after the final dot (RFC 2920 §3.1) go back to the command reader.
+            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        try:
+            message_id = await service.data(tx, path, reader.outcome, digest.digest())
+            status = f"250 2.0.0 Ok: accepted as <{message_id}>"
+        except PolicyError as e:
+            status = e.refusal.smtp_reply()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+
+class _Hashing:
+    """A write-only file that also hashes what passes through it."""
+
+    def __init__(self, out: BinaryIO, digest: hashlib._Hash) -> None:
+        self.out, self.digest = out, digest
+
+    def write(self, data: bytes, /) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
+
+
+class SubmissionHandler:
+    """aiosmtpd hooks; `auth_*` methods replace aiosmtpd's built-in mechanisms so that password
+    checks run off the event loop."""
+
+    def __init__(self, service: SubmissionService) -> None:
+        self.service = service
+
+    async def handle_EHLO(
+        self,
+        server: SubmissionSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # RFC 1870 §4: the limit the policy enforces, announced to the client
+        return [*responses[:-1], f"250-SIZE {self.service.size_limit}", responses[-1]]
+
+    async def _login(self, server: SubmissionSMTP, username: str, password: str) -> AuthResult:
+        session = server.session
+        assert isinstance(session, KepSession)
+        account = await self.service.authenticate(username, password)
+        if account is None:
+            log.info("%r failed authentication as %r", session.peer, username)
+            # aiosmtpd: handled=False makes it answer 535 itself; True would leave the client waiting
+            return AuthResult(success=False, handled=False)
+        session.authenticated_at = dt.datetime.now(dt.UTC)
+        return AuthResult(success=True, auth_data=account)
+
+    async def auth_PLAIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult | None:
+        # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return None
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return None
+        try:
+            authzid, user, password = blob.decode().split("\x00")
+        except (UnicodeDecodeError, ValueError):
+            await server.push("501 5.5.2 Malformed AUTH PLAIN response")
+            return None
+        if authzid and authzid.lower() != user.lower():
+            await server.push("535 5.7.8 Authorisation identity must be the login name")
+            return None
+        return await self._login(server, user, password)
+
+    async def auth_LOGIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult | None:
+        if len(args) == 2:
+            try:
+                user_blob: bytes | object = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return None
+        else:
+            user_blob = await server.challenge_auth("Username:")
+        if not isinstance(user_blob, bytes):
+            return None
+        password_blob = await server.challenge_auth("Password:")
+        if not isinstance(password_blob, bytes):
+            return None
+        try:
+            return await self._login(server, user_blob.decode(), password_blob.decode())
+        except UnicodeDecodeError:
+            await server.push("501 5.5.2 Credentials must be UTF-8")
+            return None
+
+    async def handle_MAIL(
+        self, server: SubmissionSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        assert isinstance(session, KepSession) and isinstance(envelope, KepEnvelope)
+        account = session.auth_data
+        if not isinstance(account, Account) or session.authenticated_at is None:
+            return "530 5.7.0 Authentication required"
+        declared: int | None = None
+        for option in options:
+            key, _, value = option.partition("=")
+            if key == "SIZE":
+                if not value.isdigit():
+                    return "501 5.5.4 SIZE needs a number of bytes"
+                declared = int(value)
+        try:
+            tx = await self.service.mail_from(account, session.authenticated_at, address, declared)
+        except PolicyError as e:
+            return e.refusal.smtp_reply()
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.transaction = tx
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SubmissionSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        assert isinstance(envelope, KepEnvelope)
+        tx = envelope.transaction
+        if tx is None:
+            return "503 5.5.1 Error: need MAIL command"
+        try:
+            await self.service.rcpt_to(tx, address)
+        except PolicyError as e:
+            return e.refusal.smtp_reply()
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+
+async def start_submission(
+    service: SubmissionService,
+    tls: ssl.SSLContext,
+    host: str,
+    hostname: str,
+    starttls_port: int,
+    tls_port: int,
+) -> list[asyncio.Server]:
+    """Listen on the STARTTLS and implicit-TLS submission ports."""
+    loop = asyncio.get_running_loop()
+    handler = SubmissionHandler(service)
+
+    def factory(implicit: bool) -> SubmissionSMTP:
+        return SubmissionSMTP(
+            handler,
+            hostname=hostname,
+            ident="kepmta KEP submission",
+            data_size_limit=None,  # SIZE is ours: announced in handle_EHLO, checked by the policy
+            tls_context=None if implicit else tls,
+            require_starttls=not implicit,
+            auth_required=True,
+            # RFC 8314 §3: on the implicit-TLS port the whole session is already encrypted
+            auth_require_tls=not implicit,
+            loop=loop,
+        )
+
+    plain = await loop.create_server(lambda: factory(False), host, starttls_port)
+    implicit = await loop.create_server(lambda: factory(True), host, tls_port, ssl=tls)
+    return [plain, implicit]
+
+
+def bound_port(server: asyncio.Server) -> int:
+    port: int = server.sockets[0].getsockname()[1]
+    return port

@@ -1,0 +1,140 @@
+"""Folder state: UIDs persisted in kepmta-uidlist, flags in file names, views and their notifications."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from kepmta.imap.mailbox import UIDLIST, MailboxView, StoreRegistry, cur_name, split_name
+from kepmta.maildir import Maildir
+
+
+def _deliver(
+    md: Maildir, base: str, data: bytes = b"Subject: x\r\n\r\nbody\r\n", folder: str = "INBOX"
+) -> Path:
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    return md.deliver(folder, base, write)
+
+
+def test_file_name_flags_round_trip() -> None:
+    assert split_name("123.abc:2,FRS") == ("123.abc", frozenset({"\\Flagged", "\\Answered", "\\Seen"}), "")
+    assert split_name("123.abc") == ("123.abc", frozenset(), "")
+    assert split_name("x:2,Sab") == ("x", frozenset({"\\Seen"}), "ab")
+    assert cur_name("x", frozenset({"\\Seen", "\\Draft", "\\Deleted", "kw"}), "a") == "x:2,DSTa"
+
+
+def test_uids_persist_and_uidvalidity_is_stable(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    _deliver(md, "one")
+    _deliver(md, "two")
+    store = StoreRegistry().open("INBOX", tmp_path)
+    uids = {m.base: m.uid for m in store.messages.values()}
+    assert sorted(uids.values()) == [1, 2]
+    validity = store.uidvalidity
+    _deliver(md, "three")
+    again = StoreRegistry().open("INBOX", tmp_path)
+    assert again.uidvalidity == validity
+    assert {m.base: m.uid for m in again.messages.values()} == {**uids, "three": 3}
+    assert again.uidnext == 4
+    assert (tmp_path / UIDLIST).read_text().startswith(f"kepmta-uidlist 1 {validity} 4 ")
+    assert not (tmp_path / "dovecot-uidlist").exists()
+
+
+def test_corrupt_uidlist_gets_new_uidvalidity(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    _deliver(md, "one")
+    registry = StoreRegistry()
+    first = registry.open("INBOX", tmp_path)
+    (tmp_path / UIDLIST).write_text("garbage\n")
+    registry.forget(tmp_path)
+    second = registry.open("INBOX", tmp_path)
+    assert second.uidvalidity > first.uidvalidity
+    assert list(second.messages) == [1]
+
+
+def test_select_moves_new_to_cur_and_claims_recent(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    _deliver(md, "one")
+    registry = StoreRegistry()
+    store = registry.open("INBOX", tmp_path)
+    examine = MailboxView(store, read_only=True)
+    assert examine.recent == {1}
+    assert os.listdir(tmp_path / "new") == ["one"]
+    select = MailboxView(store, read_only=False)
+    assert select.recent == {1}
+    assert os.listdir(tmp_path / "new") == []
+    assert os.listdir(tmp_path / "cur") == ["one:2,"]
+    # Once a read-write session has been told, nobody else sees the message as recent.
+    later = MailboxView(store, read_only=False)
+    assert later.recent == set()
+    assert store.recent_count == 0
+
+
+def test_views_learn_of_changes_only_when_told(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    for base in ("a", "b", "c"):
+        _deliver(md, base)
+    store = StoreRegistry().open("INBOX", tmp_path)
+    mine = MailboxView(store, read_only=False)
+    other = MailboxView(store, read_only=False)
+    store.set_flags(2, frozenset({"\\Deleted"}), mine)
+    store.expunge([2])
+    _deliver(md, "d")
+    store.refresh(force=True)
+    assert other.wakeup.is_set()
+    # During FETCH/STORE/SEARCH the expunge must wait; the new message may be announced.
+    assert other.updates(allow_expunge=False) == [b"* 4 EXISTS", b"* 1 RECENT"]
+    assert other.uids == [1, 2, 3, 4]
+    assert other.message(2) is None
+    assert other.updates(allow_expunge=True) == [b"* 2 EXPUNGE"]
+    assert other.uids == [1, 3, 4]
+    # "d" went to the session that was told first; 1 and 3 stay recent for the one that selected first.
+    assert mine.updates(allow_expunge=True) == [b"* 2 EXPUNGE", b"* 3 EXISTS", b"* 2 RECENT"]
+
+
+def test_flag_changes_by_one_session_reach_the_other(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    _deliver(md, "a")
+    store = StoreRegistry().open("INBOX", tmp_path)
+    mine = MailboxView(store, read_only=False)
+    other = MailboxView(store, read_only=True)
+    new = store.set_flags(1, frozenset({"\\Seen", "urgent"}), mine)
+    assert new is not None and new.path.name == "a:2,S"
+    assert mine.updates(allow_expunge=True) == []
+    assert other.updates(allow_expunge=True) == [b"* 1 FETCH (UID 1 FLAGS (\\Seen urgent))"]
+    # Keywords live in the UID list and survive a reload.
+    reloaded = StoreRegistry().open("INBOX", tmp_path)
+    assert reloaded.messages[1].flags == frozenset({"\\Seen", "urgent"})
+
+
+def test_external_removal_is_an_expunge(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    path = _deliver(md, "a")
+    store = StoreRegistry().open("INBOX", tmp_path)
+    view = MailboxView(store, read_only=True)
+    path.unlink()
+    store.refresh(force=True)
+    assert view.updates(allow_expunge=True) == [b"* 1 EXPUNGE"]
+
+
+def test_forgotten_store_empties_its_views(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("Old")
+    _deliver(md, "a", folder="Old")
+    registry = StoreRegistry()
+    directory = md.folder_dir("Old")
+    store = registry.open("Old", directory)
+    view = MailboxView(store, read_only=False)
+    registry.forget(directory)
+    store.refresh()
+    assert view.updates(allow_expunge=True) == [b"* 1 EXPUNGE"]
+    assert registry.open("Old", directory) is not store
