@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-KEPMTA = [sys.executable, "-m", "kepmta.cli"]
+KEPMTA = [sys.executable, "-m", "kepmta"]
 T = TypeVar("T")
 
 

@@ -1,24 +1,16 @@
-"""The `kepmta` command."""
+"""`kepmta serve` and `kepmta dev-info`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
-from kepmta import config, devinit, pki
-
-DEFAULT_DATA = Path("kepmta-dev")
-
-
-def _die(message: str, code: int = 2) -> int:
-    print(f"kepmta: {message}", file=sys.stderr)
-    return code
+from kepmta import config, devinit
+from kepmta.cli.common import DEFAULT_DATA, die
 
 
 def _dev_settings(data: Path, port_base: int | None) -> tuple[config.Settings, list[devinit.DemoAccount]]:
@@ -46,14 +38,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings, demo = _dev_settings(args.data, args.port_base)
         else:
             if args.config is None:
-                return _die("serve needs --config FILE, or --dev for a development provider")
+                return die("serve needs --config FILE, or --dev for a development provider")
             settings, demo = config.load(args.config), []
     except config.ConfigError as e:
-        return _die(str(e))
+        return die(str(e))
     try:
         asyncio.run(serve(settings, demo))
     except OSError as e:
-        return _die(f"cannot serve: {e}", 1)
+        return die(f"cannot serve: {e}", 1)
     return 0
 
 
@@ -75,13 +67,13 @@ def _dev_info(data: Path) -> dict[str, object]:
 
 def cmd_dev_info(args: argparse.Namespace) -> int:
     if not devinit.is_initialised(args.data):
-        return _die(
+        return die(
             f"{args.data} is not an initialised development folder (run `kepmta serve --dev` first)", 1
         )
     try:
         info = _dev_info(args.data)
     except config.ConfigError as e:
-        return _die(str(e))
+        return die(str(e))
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -101,40 +93,7 @@ def cmd_dev_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_evidence(path: Path) -> bytes:
-    data = path.read_bytes()
-    pem = re.search(rb"-----BEGIN [A-Z0-9 ]+-----(.*?)-----END", data, re.S)
-    return base64.b64decode(pem.group(1)) if pem else data
-
-
-def cmd_evidence_verify(args: argparse.Namespace) -> int:
-    from kepmta.evidence.verify import describe, verify_evidence
-
-    try:
-        if args.ca:
-            provider_ca = args.ca
-            tsa_ca = args.tsa_ca or args.ca
-        else:
-            settings = config.load(args.config or args.data / devinit.CONFIG_NAME)
-            provider_ca = settings.provider_ca
-            tsa_ca = args.tsa_ca or settings.provider_ca
-        trust, tsa_trust = pki.load_certs(provider_ca), pki.load_certs(tsa_ca)
-        der = _read_evidence(args.file)
-    except (config.ConfigError, OSError, ValueError) as e:
-        return _die(str(e))
-    report = verify_evidence(der, trust, tsa_trust)
-    print(describe(report))
-    return 0 if report.ok else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kepmta",
-        description="KEP (registered e-mail) server: SMTP submission, IMAP, "
-        "and signed, time-stamped evidence.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument(
         "--dev",
@@ -162,36 +121,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     info.set_defaults(func=cmd_dev_info)
-
-    evidence = sub.add_parser("evidence", help="work with evidence")
-    ev_sub = evidence.add_subparsers(dest="evidence_command", required=True)
-    verify = ev_sub.add_parser(
-        "verify",
-        help="check an evidence file (<Event>.p7m, DER or PEM) offline",
-        description="Checks the CMS signature, the signer's chain to the provider CA, the RFC 3161 "
-        "time-stamp and its imprint, and the evidence XML; prints who, what and when. "
-        "Exit 0 only if every check holds.",
-    )
-    verify.add_argument("file", type=Path)
-    verify.add_argument(
-        "--ca", type=Path, help="provider CA certificate(s), PEM (default: from the configuration)"
-    )
-    verify.add_argument(
-        "--tsa-ca", type=Path, help="CA certificate(s) of the time-stamp authority (default: --ca)"
-    )
-    verify.add_argument("--config", type=Path, help="kepmta.toml whose provider CA to trust")
-    verify.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="development folder (default: %(default)s)"
-    )
-    verify.set_defaults(func=cmd_evidence_verify)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`kepmta evidence …`: offline checks of evidence."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import re
+from pathlib import Path
+
+from kepmta import config, devinit, pki
+from kepmta.cli.common import DEFAULT_DATA, die
+
+
+def _read_evidence(path: Path) -> bytes:
+    data = path.read_bytes()
+    pem = re.search(rb"-----BEGIN [A-Z0-9 ]+-----(.*?)-----END", data, re.S)
+    return base64.b64decode(pem.group(1)) if pem else data
+
+
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from kepmta.evidence.verify import describe, verify_evidence
+
+    try:
+        if args.ca:
+            provider_ca = args.ca
+            tsa_ca = args.tsa_ca or args.ca
+        else:
+            settings = config.load(args.config or args.data / devinit.CONFIG_NAME)
+            provider_ca = settings.provider_ca
+            tsa_ca = args.tsa_ca or settings.provider_ca
+        trust, tsa_trust = pki.load_certs(provider_ca), pki.load_certs(tsa_ca)
+        der = _read_evidence(args.file)
+    except (config.ConfigError, OSError, ValueError) as e:
+        return die(str(e))
+    report = verify_evidence(der, trust, tsa_trust)
+    print(describe(report))
+    return 0 if report.ok else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evidence = sub.add_parser("evidence", help="work with evidence")
+    ev_sub = evidence.add_subparsers(dest="evidence_command", required=True)
+    verify = ev_sub.add_parser(
+        "verify",
+        help="check an evidence file (<Event>.p7m, DER or PEM) offline",
+        description="Checks the CMS signature, the signer's chain to the provider CA, the RFC 3161 "
+        "time-stamp and its imprint, and the evidence XML; prints who, what and when. "
+        "Exit 0 only if every check holds.",
+    )
+    verify.add_argument("file", type=Path)
+    verify.add_argument(
+        "--ca", type=Path, help="provider CA certificate(s), PEM (default: from the configuration)"
+    )
+    verify.add_argument(
+        "--tsa-ca", type=Path, help="CA certificate(s) of the time-stamp authority (default: --ca)"
+    )
+    verify.add_argument("--config", type=Path, help="kepmta.toml whose provider CA to trust")
+    verify.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="development folder (default: %(default)s)"
+    )
+    verify.set_defaults(func=cmd_evidence_verify)
