@@ -1,19 +1,30 @@
-"""KEP accounts: who may log in, send and receive, and where their mail lives."""
+"""KEP accounts: kinds, types, states, operators; who may log in, send and receive.
+
+KEP.md "account types", "account states", "addresses": natural persons and legal entities;
+sender+recipient or recipient-only; pending → active ⇄ blocked → closed, a closed address never
+assigned again and reopened only by its holder; legal entities act through authorised operators.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from cryptography import x509
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kepmta import addresses
-from kepmta.db.schema import accounts
-from kepmta.maildir import Maildir
+from kepmta.db.schema import accounts, operators
+from kepmta.maildir import INBOX, Maildir
 from kepmta.passwords import check_password_async, hash_password
+from kepmta.ratelimit import FailureLimiter
 
 _UNKNOWN_USER_HASH = hash_password("no account has this password")
 
@@ -21,45 +32,281 @@ _UNKNOWN_USER_HASH = hash_password("no account has this password")
 class AccountState(Enum):
     PENDING = "pending"  # activation contract not yet signed: no login, no mail
     ACTIVE = "active"
-    BLOCKED = "blocked"
-    CLOSED = "closed"
+    BLOCKED = "blocked"  # no sending, no receiving; kept at least 3 months
+    CLOSED = "closed"  # the address is never given to anyone else
+
+
+class AccountKind(Enum):
+    PERSON = "person"
+    ENTITY = "entity"
+
+
+class MailboxType(Enum):
+    SENDER_RECIPIENT = "sender_recipient"
+    RECIPIENT_ONLY = "recipient_only"
+
+
+# Which state each command moves an account to, and from which states it may.
+_TRANSITIONS: dict[str, tuple[frozenset[AccountState], AccountState]] = {
+    "activate": (frozenset({AccountState.PENDING, AccountState.BLOCKED}), AccountState.ACTIVE),
+    "block": (frozenset({AccountState.ACTIVE}), AccountState.BLOCKED),
+    "close": (
+        frozenset({AccountState.PENDING, AccountState.ACTIVE, AccountState.BLOCKED}),
+        AccountState.CLOSED,
+    ),
+}
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be done; the message says why in one line."""
 
 
 @dataclass(frozen=True)
 class Account:
     address: str
-    display_name: str
+    kind: AccountKind
+    mailbox_type: MailboxType
     state: AccountState
+    display_name: str
+    quota: int
+    first_name: str | None = None
+    last_name: str | None = None
+    national_id: str | None = None
+    mersis: str | None = None
+    legal_name: str | None = None
+    cert_pem: str | None = None
+    created_at: dt.datetime | None = None
 
     @property
     def active(self) -> bool:
         return self.state is AccountState.ACTIVE
 
+    @property
+    def can_send(self) -> bool:
+        return self.mailbox_type is MailboxType.SENDER_RECIPIENT
 
-class AccountExists(ValueError):
-    """The address is already assigned."""
+    @property
+    def certificate(self) -> x509.Certificate | None:
+        return x509.load_pem_x509_certificate(self.cert_pem.encode()) if self.cert_pem else None
+
+
+class LoginRefusal(Enum):
+    """Why a login failed; the protocol edge words it, without telling strangers which it was."""
+
+    BAD_CREDENTIALS = "bad credentials"
+    THROTTLED = "too many failed attempts"
+    NOT_ACTIVE = "account not active"
+
+
+@dataclass(frozen=True)
+class Login:
+    account: Account | None
+    refusal: LoginRefusal | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    limit: int
+
+    @property
+    def percent(self) -> int:
+        return self.used * 100 // self.limit if self.limit else 100
+
+    @property
+    def over(self) -> bool:
+        return self.used >= self.limit
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _account(row: Row[tuple[object, ...]]) -> Account:
+    r = row._mapping
+    return Account(
+        address=r["address"],
+        kind=AccountKind(r["kind"]),
+        mailbox_type=MailboxType(r["mailbox_type"]),
+        state=AccountState(r["state"]),
+        display_name=r["display_name"],
+        quota=r["quota"],
+        first_name=r["first_name"],
+        last_name=r["last_name"],
+        national_id=r["national_id"],
+        mersis=r["mersis"],
+        legal_name=r["legal_name"],
+        cert_pem=r["cert_pem"],
+        created_at=_aware(r["created_at"]),
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _check_cert(cert_pem: str | None) -> None:
+    if cert_pem is None:
+        return
+    try:
+        x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError as e:
+        raise AccountError(f"the certificate is not a PEM X.509 certificate: {e}") from None
 
 
 class AccountStore:
-    def __init__(self, engine: AsyncEngine, mail_root: Path) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        mail_root: Path,
+        *,
+        domain: str,
+        default_quota: int,
+        limiter: FailureLimiter | None = None,
+    ) -> None:
         self.engine = engine
         self.mail_root = mail_root
+        self.domain = domain
+        self.default_quota = default_quota
+        self.limiter = limiter or FailureLimiter()
 
-    async def add(self, address: str, display_name: str, password: str) -> Account:
-        addr = str(addresses.parse(address))
-        if await self.get(addr):
-            raise AccountExists(f"{addr} is already assigned")
-        row = {
-            "address": addr,
-            "display_name": display_name,
-            "state": AccountState.ACTIVE.value,
+    # -- creating -------------------------------------------------------------------------------
+
+    async def _insert(self, conn: AsyncConnection, address: str, values: dict[str, object]) -> bool:
+        """Insert unless the address exists (in any state); False when it does."""
+        taken = await conn.execute(select(accounts.c.address).where(accounts.c.address == address))
+        if taken.first() is not None:
+            return False
+        await conn.execute(insert(accounts).values(address=address, **values))
+        return True
+
+    async def add_person(
+        self,
+        first_name: str,
+        last_name: str,
+        *,
+        password: str,
+        mailbox_type: MailboxType = MailboxType.SENDER_RECIPIENT,
+        state: AccountState = AccountState.PENDING,
+        quota: int | None = None,
+        national_id: str | None = None,
+        cert_pem: str | None = None,
+        address: str | None = None,
+    ) -> Account:
+        """A natural person's account at `ad.soyad`, or the first free `ad.soyad.N`.
+
+        `address` asks for a given address instead (it must be free and on our domain)."""
+        if national_id is not None and not (national_id.isdigit() and len(national_id) == 11):
+            raise AccountError(f"T.C. kimlik no must be 11 digits, got {national_id!r}")
+        _check_cert(cert_pem)
+        values: dict[str, object] = {
+            "kind": AccountKind.PERSON.value,
+            "mailbox_type": mailbox_type.value,
+            "state": state.value,
+            "display_name": f"{first_name} {last_name}",
+            "first_name": first_name,
+            "last_name": last_name,
+            "national_id": national_id,
             "password_hash": hash_password(password),
-            "created_at": dt.datetime.now(dt.UTC),
+            "cert_pem": cert_pem,
+            "quota": self._quota(quota),
+            "quota_warned": 0,
+            "created_at": _now(),
+            "state_changed_at": _now(),
         }
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(accounts).values(**row))
-        self.maildir(addr).create("INBOX")
-        return Account(addr, display_name, AccountState.ACTIVE)
+        candidates: Iterable[str]
+        if address is not None:
+            candidates = [self._own(address)]
+        else:
+            try:
+                candidates = (
+                    f"{local}@{self.domain}" for local in addresses.person_locals(first_name, last_name)
+                )
+            except addresses.AddressError as e:
+                raise AccountError(str(e)) from None
+        return await self._assign(candidates, values, single=address is not None)
+
+    async def add_entity(
+        self,
+        *,
+        legal_name: str,
+        mersis: str | None = None,
+        use_mersis_address: bool = False,
+        free: str | None = None,
+        mailbox_type: MailboxType = MailboxType.SENDER_RECIPIENT,
+        state: AccountState = AccountState.PENDING,
+        quota: int | None = None,
+    ) -> Account:
+        """A legal entity's account named by its legal name (or MERSİS number), `.free` optional.
+
+        An entity has no password: its operators log in as themselves and send as it."""
+        try:
+            local = addresses.entity_local(
+                mersis=mersis if use_mersis_address else None,
+                legal_name=None if use_mersis_address else legal_name,
+                free=free,
+            )
+        except addresses.AddressError as e:
+            raise AccountError(str(e)) from None
+        if mersis is not None and not (mersis.isdigit() and len(mersis) == 16):
+            raise AccountError(f"MERSİS number must be 16 digits, got {mersis!r}")
+        values: dict[str, object] = {
+            "kind": AccountKind.ENTITY.value,
+            "mailbox_type": mailbox_type.value,
+            "state": state.value,
+            "display_name": legal_name,
+            "legal_name": legal_name,
+            "mersis": mersis,
+            "password_hash": None,
+            "quota": self._quota(quota),
+            "quota_warned": 0,
+            "created_at": _now(),
+            "state_changed_at": _now(),
+        }
+        return await self._assign([f"{local}@{self.domain}"], values, single=True)
+
+    def _quota(self, quota: int | None) -> int:
+        if quota is None:
+            return self.default_quota
+        if quota <= 0:
+            raise AccountError(f"quota must be a positive number of bytes, got {quota}")
+        return quota
+
+    def _own(self, address: str) -> str:
+        try:
+            addr = addresses.parse(address)
+        except addresses.AddressError as e:
+            raise AccountError(str(e)) from None
+        if addr.domain != self.domain:
+            raise AccountError(f"{addr} is not on this provider's domain {self.domain}")
+        return str(addr)
+
+    async def _assign(self, candidates: Iterable[str], values: dict[str, object], *, single: bool) -> Account:
+        try:
+            async with self.engine.begin() as conn:
+                address = await self._first_free(conn, candidates, values, single=single)
+                row = (await conn.execute(select(accounts).where(accounts.c.address == address))).one()
+        except IntegrityError:
+            raise AccountError(
+                "the address was taken at the same moment by another request; try again"
+            ) from None
+        self.maildir(address).create(INBOX)
+        return _account(row)
+
+    async def _first_free(
+        self, conn: AsyncConnection, candidates: Iterable[str], values: dict[str, object], *, single: bool
+    ) -> str:
+        for address in candidates:
+            # A taken address, closed ones included, is never handed out again (KEP.md).
+            if await self._insert(conn, address, values):
+                return address
+            if single:
+                raise AccountError(f"{address} is already assigned (closed addresses are never reused)")
+        raise AccountError("no address could be assigned")
+
+    # -- reading --------------------------------------------------------------------------------
 
     async def get(self, address: str) -> Account | None:
         try:
@@ -68,26 +315,154 @@ class AccountStore:
             return None
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(accounts).where(accounts.c.address == addr))).first()
-        if row is None:
-            return None
-        return Account(row.address, row.display_name, AccountState(row.state))
+        return _account(row) if row else None
 
-    async def authenticate(self, username: str, password: str) -> Account | None:
-        """The account if the password is right and the account may log in, else None."""
+    async def require(self, address: str) -> Account:
+        account = await self.get(address)
+        if account is None:
+            raise AccountError(f"no account {address}")
+        return account
+
+    async def all(self) -> list[Account]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(accounts).order_by(accounts.c.address))
+            return [_account(r) for r in rows]
+
+    async def operators_of(self, entity: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(operators.c.operator)
+                .where(operators.c.entity == entity)
+                .order_by(operators.c.operator)
+            )
+            return [r.operator for r in rows]
+
+    async def entities_of(self, operator: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(operators.c.entity)
+                .where(operators.c.operator == operator)
+                .order_by(operators.c.entity)
+            )
+            return [r.entity for r in rows]
+
+    # -- changing -------------------------------------------------------------------------------
+
+    async def _update(self, address: str, **values: object) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(accounts).where(accounts.c.address == address).values(**values))
+
+    async def transition(self, address: str, command: str) -> Account:
+        """activate, block or close, from the states KEP.md allows."""
+        allowed, target = _TRANSITIONS[command]
+        account = await self.require(address)
+        if account.state is target:
+            raise AccountError(f"{account.address} is already {target.value}")
+        if account.state not in allowed:
+            hint = (
+                "; only its holder can reopen it (accounts reopen)"
+                if account.state is AccountState.CLOSED
+                else ""
+            )
+            raise AccountError(f"cannot {command} {account.address}: it is {account.state.value}{hint}")
+        await self._update(account.address, state=target.value, state_changed_at=_now())
+        return await self.require(account.address)
+
+    async def reopen(
+        self, address: str, *, national_id: str | None = None, mersis: str | None = None
+    ) -> Account:
+        """Reopen a closed address for its former holder, proven by the identity it was opened with."""
+        account = await self.require(address)
+        if account.state is not AccountState.CLOSED:
+            raise AccountError(f"{account.address} is {account.state.value}, not closed")
+        held = account.national_id if account.kind is AccountKind.PERSON else account.mersis
+        given = national_id if account.kind is AccountKind.PERSON else mersis
+        what = "T.C. kimlik no" if account.kind is AccountKind.PERSON else "MERSİS number"
+        if held is None:
+            raise AccountError(f"{account.address} has no {what} on record, so its holder cannot be proven")
+        if given != held:
+            raise AccountError(f"the {what} given is not that of {account.address}'s holder")
+        await self._update(account.address, state=AccountState.ACTIVE.value, state_changed_at=_now())
+        return await self.require(account.address)
+
+    async def set_quota(self, address: str, quota: int) -> Account:
+        account = await self.require(address)
+        await self._update(account.address, quota=self._quota(quota))
+        return await self.require(account.address)
+
+    async def set_password(self, address: str, password: str) -> None:
+        account = await self.require(address)
+        if account.kind is AccountKind.ENTITY:
+            raise AccountError(f"{account.address} is a legal entity: its operators log in as themselves")
+        if not password:
+            raise AccountError("the password must not be empty")
+        await self._update(account.address, password_hash=hash_password(password))
+
+    async def add_operator(self, entity: str, operator: str) -> None:
+        ent, op = await self.require(entity), await self.require(operator)
+        if ent.kind is not AccountKind.ENTITY:
+            raise AccountError(f"{ent.address} is not a legal entity")
+        if op.kind is not AccountKind.PERSON:
+            raise AccountError(f"{op.address} is not a natural person; operators log in as themselves")
+        if op.address in await self.operators_of(ent.address):
+            raise AccountError(f"{op.address} is already an operator of {ent.address}")
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(operators).values(entity=ent.address, operator=op.address, added_at=_now())
+            )
+
+    async def remove_operator(self, entity: str, operator: str) -> None:
+        ent, op = await self.require(entity), await self.require(operator)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(operators).where(operators.c.entity == ent.address, operators.c.operator == op.address)
+            )
+        if result.rowcount == 0:
+            raise AccountError(f"{op.address} is not an operator of {ent.address}")
+
+    # -- logging in -----------------------------------------------------------------------------
+
+    async def login(self, username: str, password: str, peer_ip: str) -> Login:
+        """Check a login; failures are counted per account and per client address."""
         try:
             addr = str(addresses.parse(username))
         except addresses.AddressError:
-            return None
+            addr = username.strip().lower()
+        if not self.limiter.allowed(addr, peer_ip):
+            return Login(None, LoginRefusal.THROTTLED)
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(accounts).where(accounts.c.address == addr))).first()
-        if row is None:
-            # Same cost as a wrong password, so timing does not tell which addresses exist.
-            await check_password_async(password, _UNKNOWN_USER_HASH)
-            return None
-        if not await check_password_async(password, row.password_hash):
-            return None
-        account = Account(row.address, row.display_name, AccountState(row.state))
-        return account if account.active else None
+        stored = row.password_hash if row is not None else None
+        # Same cost whether or not the address exists, so timing does not tell which do.
+        ok = await check_password_async(password, stored or _UNKNOWN_USER_HASH)
+        if row is None or stored is None or not ok:
+            self.limiter.failed(addr, peer_ip)
+            return Login(None, LoginRefusal.BAD_CREDENTIALS)
+        self.limiter.succeeded(addr)
+        account = _account(row)
+        if not account.active:
+            return Login(None, LoginRefusal.NOT_ACTIVE)
+        return Login(account)
+
+    async def authenticate(self, username: str, password: str, peer_ip: str = "") -> Account | None:
+        return (await self.login(username, password, peer_ip)).account
+
+    # -- storage --------------------------------------------------------------------------------
+
+    async def usage(self, address: str) -> Usage:
+        account = await self.require(address)
+        used = await asyncio.to_thread(self.maildir(account.address).size)
+        return Usage(used, account.quota)
+
+    async def quota_warned(self, address: str) -> int:
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(select(accounts.c.quota_warned).where(accounts.c.address == address))
+            ).scalar()
+        return int(value or 0)
+
+    async def set_quota_warned(self, address: str, percent: int) -> None:
+        await self._update(address, quota_warned=percent)
 
     def maildir(self, address: str) -> Maildir:
         addr = addresses.parse(address)

@@ -19,9 +19,12 @@ from kepmta.events import EventRecorder, Issuer
 from kepmta.evidence.ledger import Ledger
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa
+from kepmta.hooks.dovecot import DovecotReadSpool
 from kepmta.hooks.read import ReadHook
 from kepmta.imap.server import ImapServer
 from kepmta.maildir import Maildir
+from kepmta.quota import QuotaWarner
+from kepmta.ratelimit import FailureLimiter, Limits
 from kepmta.smtp.submission import start_submission
 from kepmta.submission import SubmissionService, originals_dir
 
@@ -44,8 +47,12 @@ class ImapBackendAdapter:
         self.evidence_folder = evidence_folder
 
     async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
-        account = await self.accounts.authenticate(username, password)
+        account = await self.accounts.authenticate(username, password, peer_ip)
         return account.address if account else None
+
+    async def quota(self, user: str) -> tuple[int, int]:
+        usage = await self.accounts.usage(user)
+        return usage.used, usage.limit
 
     def maildir(self, user: str) -> Maildir:
         return self.accounts.maildir(user)
@@ -67,36 +74,45 @@ class App:
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
 
-    async def start(self, demo_accounts: list[devinit.DemoAccount] | None = None) -> None:
+    async def start(self, demo: devinit.Demo | None = None) -> None:
         s = self.settings
         self.engine = engine = await open_engine(s.database_url)
-        accounts = AccountStore(engine, s.mail_root)
-        for demo in demo_accounts or []:
-            if await accounts.get(demo.address) is None:
-                await accounts.add(demo.address, demo.display_name, demo.password)
+        p = s.policy
+        limiter = FailureLimiter(
+            Limits(p.auth_failures_per_account, p.auth_failures_per_address, p.auth_window_seconds)
+        )
+        accounts = AccountStore(
+            engine, s.mail_root, domain=s.domain, default_quota=p.default_quota, limiter=limiter
+        )
+        if demo is not None:
+            await devinit.add_demo_accounts(accounts, demo)
 
         evidence_certs = pki.load_certs(s.evidence_cert)
         signer_pair = pki.load_pair(s.evidence_cert, s.evidence_key)
         tsa = BuiltinTsa(pki.load_pair(s.tsa_cert, s.tsa_key), pki.load_certs(s.tsa_cert)[1:])
         ledger = Ledger(engine)
-        issuer = Issuer(s.provider_name, s.domain, (s.policy.id,), s.policy.message_type)
+        issuer = Issuer(s.provider_name, s.domain, (p.id,), p.message_type)
         recorder = EventRecorder(issuer, EvidenceSigner(signer_pair, evidence_certs[1:], tsa), ledger)
         identity = ProviderIdentity(
             signer=signer_pair,
             chain=tuple(evidence_certs[1:]),
             service_address=s.service_address,
-            policy_ids=(s.policy.id,),
-            message_type=s.policy.message_type,
-            evidence_folder=s.policy.evidence_folder,
+            policy_ids=(p.id,),
+            message_type=p.message_type,
+            evidence_folder=p.evidence_folder,
         )
-        worker = DeliveryWorker(engine, accounts, recorder, identity, originals_dir(s.spool_dir))
+        warner = QuotaWarner(accounts, p.quota_warnings, s.service_address)
+        worker = DeliveryWorker(engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner)
+        trust, crls = pki.load_trust(s.qualified_ca)
         service = SubmissionService(
             accounts,
             recorder,
             domain=s.domain,
             spool_dir=s.spool_dir,
-            size_limit=s.policy.local_max_size,
-            qualified_trust=pki.load_certs(s.qualified_ca),
+            policy=p,
+            peer_domains=frozenset(peer.domain for peer in s.peers),
+            qualified_trust=trust,
+            crls=crls,
             wake_delivery=worker.wake,
         )
         await service.recover()
@@ -105,7 +121,11 @@ class App:
         self.servers = await start_submission(
             service, tls, s.listen, s.hostname, s.ports.submission, s.ports.submissions
         )
-        backend = ImapBackendAdapter(accounts, ReadHook(recorder, worker.wake), s.policy.evidence_folder)
+        read_hook = ReadHook(recorder, worker.wake)
+        backend = ImapBackendAdapter(accounts, read_hook, s.policy.evidence_folder)
+        if s.dovecot_read_spool is not None:
+            spool = DovecotReadSpool(s.dovecot_read_spool, accounts.maildir, read_hook)
+            self.tasks.append(asyncio.create_task(spool.run(), name="dovecot-read-events"))
         self.imap = ImapServer(backend, tls, special_folders={s.policy.evidence_folder: "\\Archive"})
         await self.imap.start(s.listen, s.ports.imap, s.ports.imaps)
         submission, submissions = (srv.sockets[0].getsockname()[1] for srv in self.servers)
@@ -126,14 +146,14 @@ class App:
             await self.engine.dispose()
 
 
-async def serve(settings: Settings, demo_accounts: list[devinit.DemoAccount] | None = None) -> None:
+async def serve(settings: Settings, demo: devinit.Demo | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
     app = App(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start(demo_accounts)
+    await app.start(demo)
     try:
         await stop.wait()
     finally:

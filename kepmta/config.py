@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kepmta import addresses
+
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "kep-tr.toml"
 
 
@@ -39,8 +41,21 @@ class Policy:
     id: str
     name: str
     local_max_size: int
+    peer_max_size: int
+    default_quota: int
+    quota_warnings: tuple[int, ...]
+    auth_failures_per_account: int
+    auth_failures_per_address: int
+    auth_window_seconds: int
+    malware_command: tuple[str, ...]
     evidence_folder: str
     message_type: str
+
+
+@dataclass(frozen=True)
+class Peer:
+    domain: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,11 @@ class Settings:
     provider_ca: Path
     tsa_cert: Path
     tsa_key: Path
-    qualified_ca: Path  # PEM bundle of the qualified CAs whose certificates may sign submissions
+    qualified_ca: Path  # PEM bundle of the qualified CAs (and their CRLs) trusted for submissions
     policy: Policy
+    peers: tuple[Peer, ...] = ()
+    # Dovecot as the IMAP front end: where its Lua script spools read events (conf/dovecot/)
+    dovecot_read_spool: Path | None = None
 
     @property
     def mail_root(self) -> Path:
@@ -103,6 +121,20 @@ class _Table:
             raise ConfigError(f"{self._where(key)} must be an integer from {low} to {high}")
         return value
 
+    def numbers(self, key: str, *, low: int, high: int) -> tuple[int, ...]:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+        ):
+            raise ConfigError(f"{self._where(key)} must be a list of integers from {low} to {high}")
+        return tuple(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self._where(key)} must be a list of non-empty strings")
+        return tuple(value)
+
     def path(self, key: str, default: str | None = None, *, must_exist: bool = True) -> Path:
         path = (self.file.parent / self.text(key, default)).resolve()
         if must_exist and not path.exists():
@@ -123,13 +155,40 @@ def _read(path: Path) -> _Table:
 def load_policy(path: Path) -> Policy:
     top = _read(path)
     policy, size, evidence = top.table("policy"), top.table("size"), top.table("evidence")
+    quota, auth, malware = top.table("quota"), top.table("auth"), top.table("malware")
+    local_max = size.number("local_max", low=1024, high=2**40)
+    peer_max = size.number("peer_max", low=1024, high=local_max)
     return Policy(
         id=policy.text("id"),
         name=policy.text("name"),
-        local_max_size=size.number("local_max", low=1024, high=2**40),
+        local_max_size=local_max,
+        peer_max_size=peer_max,
+        default_quota=quota.number("default", low=1024, high=2**50),
+        quota_warnings=tuple(sorted(quota.numbers("warn_at", low=1, high=100))),
+        auth_failures_per_account=auth.number("failures_per_account", low=1, high=10_000),
+        auth_failures_per_address=auth.number("failures_per_address", low=1, high=1_000_000),
+        auth_window_seconds=auth.number("window_seconds", low=1, high=86_400),
+        malware_command=malware.strings("command"),
         evidence_folder=evidence.text("folder"),
         message_type=evidence.text("message_type"),
     )
+
+
+def load_peers(path: Path) -> tuple[Peer, ...]:
+    top = _read(path)
+    entries = top.data.get("peer", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: peer must be an array of tables ([[peer]])")
+    peers = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: peer[{i}] must be a table")
+        table = _Table(entry, path, f"peer[{i}].")
+        domain = table.text("domain").lower()
+        if not addresses.is_domain(domain):
+            raise ConfigError(f"{path}: peer[{i}].domain {domain!r} is not a domain name")
+        peers.append(Peer(domain, table.text("name")))
+    return tuple(peers)
 
 
 def load(path: Path) -> Settings:
@@ -137,6 +196,7 @@ def load(path: Path) -> Settings:
     top = _read(path)
     server, ports, tls = top.table("server"), top.table("ports"), top.table("tls")
     evidence, trust, database = top.table("evidence"), top.table("trust"), top.table("database")
+    dovecot = top.table("dovecot")
     data_dir = server.path("data_dir", ".", must_exist=False)
     url = database.text("url", "sqlite+aiosqlite:///kepmta.db")
     if url.startswith("sqlite+aiosqlite:///") and not url.startswith("sqlite+aiosqlite:////"):
@@ -163,4 +223,8 @@ def load(path: Path) -> Settings:
         tsa_key=evidence.path("tsa_key"),
         qualified_ca=trust.path("qualified_ca"),
         policy=load_policy(top.table("policy").path("file", str(DEFAULT_POLICY))),
+        peers=load_peers(top.table("peers").path("file")) if "file" in top.table("peers").data else (),
+        dovecot_read_spool=(
+            dovecot.path("read_spool", must_exist=False) if "read_spool" in dovecot.data else None
+        ),
     )

@@ -31,6 +31,7 @@ from kepmta.evidence.xml import from_xml
 from kepmta.maildir import INBOX, Maildir
 from kepmta.pki import KeyPair
 from kepmta.queue import jobs
+from kepmta.quota import QuotaWarner
 from kepmta.rem.dispatch import DispatchInfo, write_dispatch
 from kepmta.rem.receipt import ReceiptInfo, build_receipt
 
@@ -71,7 +72,9 @@ class DeliveryWorker:
         recorder: EventRecorder,
         identity: ProviderIdentity,
         originals: Path,
+        quota: QuotaWarner,
     ) -> None:
+        self.quota = quota
         self.engine = engine
         self.originals = originals
         self.accounts = accounts
@@ -92,7 +95,7 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Do every job that is due; returns how many were attempted."""
-        batch = await jobs.due(self.engine)
+        batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT))
         for job in batch:
             try:
                 if job.kind == jobs.DELIVER:
@@ -177,6 +180,7 @@ class DeliveryWorker:
             await self.recorder.commit(conn, signed)
             await jobs.complete(conn, job.id)
         log.info("delivered %s to %s", job.message_id, address)
+        await self.quota.check(address)
 
     async def _receipt(self, job: jobs.Job) -> None:
         record = await self.ledger.get(int(job.payload["seq"]))
@@ -211,3 +215,4 @@ class DeliveryWorker:
         await asyncio.to_thread(self._deliver_once, box, ident.evidence_folder, base, job.attempts > 0, write)
         async with self.engine.begin() as conn:
             await jobs.complete(conn, job.id)
+        await self.quota.check(facts.sender)

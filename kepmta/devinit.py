@@ -13,16 +13,20 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from kepmta import pki
+from kepmta import addresses, pki
+from kepmta.accounts import AccountState, AccountStore
 from kepmta.config import Ports
 
 DOMAIN = "kep.test"
 DEFAULT_PORTS = Ports(submission=10587, submissions=10465, imap=10143, imaps=10993)
 DEMO_ACCOUNTS = (
-    ("ali.yilmaz", "Ali Yılmaz"),
-    ("ayse.kaya", "Ayşe Kaya"),
-    ("mehmet.demir", "Mehmet Demir"),
+    ("Ali", "Yılmaz"),
+    ("Ayşe", "Kaya"),
+    ("Mehmet", "Demir"),
 )
+# A legal entity, with the last demo person as its authorised operator.
+DEMO_ENTITY = "Örnek Ticaret A.Ş."
+PEER_DOMAIN = "peer.test"
 CONFIG_NAME = "kepmta.toml"
 ACCOUNTS_NAME = "dev-accounts.json"
 
@@ -30,10 +34,24 @@ ACCOUNTS_NAME = "dev-accounts.json"
 @dataclass(frozen=True)
 class DemoAccount:
     address: str
-    display_name: str
+    first_name: str
+    last_name: str
     password: str
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class DemoEntity:
+    address: str
+    legal_name: str
+    operators: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Demo:
+    accounts: tuple[DemoAccount, ...]
+    entities: tuple[DemoEntity, ...]
 
 
 def is_initialised(data: Path) -> bool:
@@ -103,10 +121,21 @@ qualified_ca = "pki/qualified-ca.pem"
 
 [database]
 url = "sqlite+aiosqlite:///kepmta.db"
+
+[peers]
+file = "peers.toml"
 """
 
 
-def create_identity(data: Path, ports: Ports) -> list[DemoAccount]:
+_PEERS = f"""# Peer KEP providers of the development provider (see conf/peers.toml in kepmta's sources).
+
+[[peer]]
+domain = "{PEER_DOMAIN}"
+name = "Development peer provider"
+"""
+
+
+def create_identity(data: Path, ports: Ports) -> Demo:
     """Write the PKI, the configuration and the demo account list; the database comes at start."""
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)
@@ -130,37 +159,72 @@ def create_identity(data: Path, ports: Ports) -> list[DemoAccount]:
     pki.save(qualified, d / "qualified-ca.pem", d / "qualified-ca.key")
 
     demo = []
-    for local, name in DEMO_ACCOUNTS:
+    for first, last in DEMO_ACCOUNTS:
+        local = next(addresses.person_locals(first, last))
         address = f"{local}@{DOMAIN}"
+        name = f"{first} {last}"
         person = pki.issue(name, pki.Role.SMIME, qualified, organization="Dev e-imza", email=address)
         cert, key = data / "users" / f"{address}.pem", data / "users" / f"{address}.key"
         pki.save(person, cert, key)
-        demo.append(DemoAccount(address, name, secrets.token_urlsafe(12), cert, key))
+        demo.append(DemoAccount(address, first, last, secrets.token_urlsafe(12), cert, key))
+    entity = DemoEntity(
+        f"{addresses.entity_local(legal_name=DEMO_ENTITY)}@{DOMAIN}", DEMO_ENTITY, (demo[-1].address,)
+    )
+    (data / "peers.toml").write_text(_PEERS)
     (data / CONFIG_NAME).write_text(_config_text(ports))
     # Written last: its presence says the folder is complete (see is_initialised).
     pki.write_private(
         data / ACCOUNTS_NAME,
         json.dumps(
-            [
-                {
-                    "address": a.address,
-                    "display_name": a.display_name,
-                    "password": a.password,
-                    "cert": str(a.cert),
-                    "key": str(a.key),
-                }
-                for a in demo
-            ],
+            {
+                "accounts": [
+                    {
+                        "address": a.address,
+                        "first_name": a.first_name,
+                        "last_name": a.last_name,
+                        "password": a.password,
+                        "cert": str(a.cert),
+                        "key": str(a.key),
+                    }
+                    for a in demo
+                ],
+                "entities": [
+                    {
+                        "address": entity.address,
+                        "legal_name": entity.legal_name,
+                        "operators": entity.operators,
+                    }
+                ],
+            },
             indent=2,
             ensure_ascii=False,
         ).encode(),
     )
-    return demo
+    return load_demo(data)
 
 
-def demo_accounts(data: Path) -> list[DemoAccount]:
-    rows = json.loads((data / ACCOUNTS_NAME).read_text())
-    return [
-        DemoAccount(r["address"], r["display_name"], r["password"], Path(r["cert"]), Path(r["key"]))
-        for r in rows
-    ]
+def load_demo(data: Path) -> Demo:
+    saved = json.loads((data / ACCOUNTS_NAME).read_text())
+    return Demo(
+        tuple(
+            DemoAccount(
+                a["address"], a["first_name"], a["last_name"], a["password"], Path(a["cert"]), Path(a["key"])
+            )
+            for a in saved["accounts"]
+        ),
+        tuple(DemoEntity(e["address"], e["legal_name"], tuple(e["operators"])) for e in saved["entities"]),
+    )
+
+
+async def add_demo_accounts(store: AccountStore, demo: Demo) -> None:
+    """Create the demo accounts, active, unless they exist (a restart)."""
+    for a in demo.accounts:
+        if await store.get(a.address) is None:
+            await store.add_person(
+                a.first_name, a.last_name, password=a.password, state=AccountState.ACTIVE, address=a.address
+            )
+    for e in demo.entities:
+        if await store.get(e.address) is None:
+            await store.add_entity(legal_name=e.legal_name, state=AccountState.ACTIVE)
+            for operator in e.operators:
+                await store.add_operator(e.address, operator)

@@ -57,6 +57,7 @@ class MessageFacts:
     submitted_at: dt.datetime
     authenticated_at: dt.datetime | None
     digest: bytes | None
+    operator: str | None = None  # the person who sent for a legal entity
 
 
 async def save_facts(
@@ -66,6 +67,7 @@ async def save_facts(
         insert(messages).values(
             id=facts.message_id,
             sender=facts.sender,
+            operator=facts.operator,
             ua_message_id=facts.ua_message_id,
             subject=facts.subject,
             submitted_at=facts.submitted_at,
@@ -105,6 +107,7 @@ async def load_facts(conn: AsyncConnection, message_id: str) -> MessageFacts | N
         submitted_at=submitted,
         authenticated_at=_aware(row.authenticated_at),
         digest=row.digest,
+        operator=row.operator,
     )
 
 
@@ -150,6 +153,7 @@ class EventRecorder:
             digest_sha256=facts.digest,
             subject=facts.subject,
             message_type=self.issuer.message_type,
+            operator=Party(facts.operator) if facts.operator else None,
         )
         return await self.signer.sign(evidence)
 

@@ -8,6 +8,7 @@ modified UTF-7 (RFC 3501 §5.1.3) and `.` as the hierarchy separator.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import socket
@@ -119,6 +120,20 @@ class Maildir:
                     yield SEPARATOR.join(decode_mutf7(p) for p in entry.name[1:].split(SEPARATOR))
                 except MailboxNameError:
                     continue
+
+    def size(self) -> int:
+        """Bytes of every message in every folder: what counts against the account's quota."""
+        total = 0
+        if not self.root.is_dir():
+            return 0
+        folders = [self.root, *(e for e in self.root.iterdir() if e.name.startswith(".") and e.is_dir())]
+        for folder in folders:
+            for sub in ("cur", "new"):
+                with contextlib.suppress(FileNotFoundError), os.scandir(folder / sub) as entries:
+                    for entry in entries:
+                        with contextlib.suppress(FileNotFoundError):
+                            total += entry.stat().st_size
+        return total
 
     @staticmethod
     def unique_name(token: str) -> str:

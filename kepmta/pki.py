@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -147,6 +148,22 @@ def save(pair: KeyPair, cert_path: Path, key_path: Path, chain: tuple[x509.Certi
 
 def load_certs(path: Path) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def load_trust(path: Path) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
+    """The certificates and CRLs of a PEM trust bundle, in any order."""
+    data = path.read_bytes()
+    crls = [
+        x509.load_pem_x509_crl(block)
+        for block in re.findall(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----", data, re.S)
+    ]
+    certs = [
+        x509.load_pem_x509_certificate(block)
+        for block in re.findall(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", data, re.S)
+    ]
+    if not certs:
+        raise ValueError(f"{path}: no certificate in the trust bundle")
+    return certs, crls
 
 
 def load_pair(cert_path: Path, key_path: Path) -> KeyPair:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.errors
+import email.header
 import email.parser
 import email.policy
 import hashlib
@@ -24,17 +26,21 @@ from pathlib import Path
 from cryptography import x509
 from sqlalchemy import select
 
-from kepmta.accounts import Account, AccountStore
+from kepmta.accounts import Account, AccountStore, Login
+from kepmta.config import Policy
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, clean_text, new_id, save_facts, utcnow
 from kepmta.evidence.model import Reason
-from kepmta.policy.recipient import check_recipient
+from kepmta.policy.formal import AddressHeaders, check_formal
+from kepmta.policy.malware import scan
+from kepmta.policy.quota import check_sender_quota
+from kepmta.policy.recipient import Recipient, check_recipient
 from kepmta.policy.refusal import PolicyError, refuse
-from kepmta.policy.sender import check_sender
+from kepmta.policy.sender import Sender, resolve_sender
 from kepmta.policy.signature import check_signature
 from kepmta.policy.size import check_declared_size, too_big
 from kepmta.queue import jobs
-from kepmta.smime.sender import verify_sender
+from kepmta.smime.sender import SignerIdentity, verify_sender
 from kepmta.smtp.data import DataOutcome
 
 log = logging.getLogger(__name__)
@@ -50,12 +56,18 @@ def originals_dir(spool_dir: Path) -> Path:
 
 @dataclass
 class Transaction:
-    """One MAIL … DATA transaction of an authenticated sender."""
+    """One MAIL … DATA transaction of an authenticated user."""
 
-    account: Account
+    login: Account
+    sender: Sender
     authenticated_at: dt.datetime
     message_id: str
-    recipients: list[str] = field(default_factory=list)
+    declared_size: int | None
+    recipients: list[Recipient] = field(default_factory=list)
+
+    @property
+    def to_peer(self) -> bool:
+        return any(not r.local for r in self.recipients)
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,11 @@ class Headers:
     subject: str
     ua_message_id: str | None  # without <>
     header_end: int  # offset of the first body byte
+    addresses: AddressHeaders
 
 
 def read_headers(path: Path) -> Headers:
-    """The header facts evidence needs; raises PolicyError when there is no header block."""
+    """The header facts policy and evidence need; PolicyError when there is no header block."""
     with path.open("rb") as f:
         head = f.read(_HEADER_LIMIT)
     if head.startswith(b"\r\n"):
@@ -75,16 +88,29 @@ def read_headers(path: Path) -> Headers:
         sep = head.find(b"\r\n\r\n")
         if sep < 0:
             # RFC 5322 §2.1: header fields, then an empty line, then the body
-            raise refuse(554, "5.6.0", Reason.RA02, "the message has no header block ending in an empty line")
+            raise refuse(
+                554,
+                "5.6.0",
+                Reason.RA02,
+                "the message has no header block ending in an empty line",
+                "iletinin başlık bölümü boş bir satırla bitmiyor",
+            )
         end = sep + 4
-    parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(head[:end], headersonly=True)
-    subject = clean_text(str(parsed.get("Subject", "")))
-    raw_id = parsed.get("Message-ID")
-    ua_id = None
-    if raw_id is not None:
-        found = re.search(r"<([^<>\s]+)>", str(raw_id))
-        ua_id = found.group(1) if found else None
-    return Headers(subject, ua_id, end)
+    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(head[:end], headersonly=True)
+    raw_subject = str(parsed.get("Subject", ""))
+    try:
+        # RFC 2047 encoded words, decoded for the evidence and the receipts
+        subject = clean_text(str(email.header.make_header(email.header.decode_header(raw_subject))))
+    except (email.errors.HeaderParseError, UnicodeError, LookupError):
+        subject = clean_text(raw_subject)
+    found = re.search(r"<([^<>\s]+)>", str(parsed.get("Message-ID", "")))
+    addresses = AddressHeaders(
+        from_=tuple(str(v) for v in parsed.get_all("From", [])),
+        to=tuple(str(v) for v in parsed.get_all("To", [])),
+        cc=tuple(str(v) for v in parsed.get_all("Cc", [])),
+        bcc_present="Bcc" in parsed,
+    )
+    return Headers(subject, found.group(1) if found else None, end, addresses)
 
 
 def write_original(incoming: Path, target: Path, provider_id: str, header_end: int) -> tuple[bytes, int]:
@@ -132,20 +158,32 @@ class SubmissionService:
         *,
         domain: str,
         spool_dir: Path,
-        size_limit: int,
+        policy: Policy,
+        peer_domains: frozenset[str],
         qualified_trust: list[x509.Certificate],
+        crls: list[x509.CertificateRevocationList],
         wake_delivery: Callable[[], None],
     ) -> None:
         self.accounts = accounts
         self.recorder = recorder
         self.domain = domain
-        self.size_limit = size_limit
+        self.policy = policy
+        self.peer_domains = peer_domains
         self.trust = qualified_trust
+        self.crls = crls
         self.wake_delivery = wake_delivery
         self.incoming_dir = spool_dir / "incoming"
         self.originals_dir = originals_dir(spool_dir)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self.originals_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def advertised_size(self) -> int:
+        """RFC 1870 §4: the largest message accepted at all (every recipient here)."""
+        return self.policy.local_max_size
+
+    def size_limit(self, tx: Transaction) -> int:
+        return self.policy.peer_max_size if tx.to_peer else self.policy.local_max_size
 
     async def recover(self) -> None:
         """After a crash: drop what was never acknowledged. An incoming file is a DATA phase that
@@ -159,13 +197,14 @@ class SubmissionService:
                 log.warning("removing %s: its acceptance was never committed", original)
                 original.unlink()
 
-    async def authenticate(self, username: str, password: str) -> Account | None:
-        return await self.accounts.authenticate(username, password)
+    async def login(self, username: str, password: str, peer_ip: str) -> Login:
+        return await self.accounts.login(username, password, peer_ip)
 
     async def _rejected(
         self,
         error: PolicyError,
-        account: Account,
+        tx: Transaction | None,
+        login: Account,
         authenticated_at: dt.datetime,
         *,
         recipients: tuple[str, ...] = (),
@@ -173,9 +212,11 @@ class SubmissionService:
         digest: bytes | None = None,
     ) -> PolicyError:
         """Record SubmissionRejection evidence for a refusal; returns the error to raise."""
+        sender = tx.sender if tx else None
         facts = MessageFacts(
             message_id=new_id(self.domain),
-            sender=account.address,
+            sender=sender.account.address if sender else login.address,
+            operator=sender.operator.address if sender and sender.operator else None,
             recipients=recipients,
             subject=headers.subject if headers else "",
             ua_message_id=headers.ua_message_id if headers else None,
@@ -183,78 +224,92 @@ class SubmissionService:
             authenticated_at=authenticated_at,
             digest=digest,
         )
-        await self.recorder.record(facts, error.refusal.reason, error.refusal.text, new_message=True)
+        await self.recorder.record(facts, error.refusal.reason, error.refusal.details, new_message=True)
         self.wake_delivery()
         return error
 
     async def mail_from(
-        self, account: Account, authenticated_at: dt.datetime, address: str, declared_size: int | None
+        self, login: Account, authenticated_at: dt.datetime, address: str, declared_size: int | None
     ) -> Transaction:
         try:
-            check_sender(account, address)
-            check_declared_size(declared_size, self.size_limit)  # RFC 1870 §6.3
+            sender = await resolve_sender(self.accounts, login, address)
+            check_sender_quota(sender.account.address, await self.accounts.usage(sender.account.address))
+            check_declared_size(declared_size, self.policy.local_max_size, peer=False)  # RFC 1870 §6.3
         except PolicyError as e:
-            raise await self._rejected(e, account, authenticated_at) from None
-        return Transaction(account, authenticated_at, new_id(self.domain))
+            raise await self._rejected(e, None, login, authenticated_at) from None
+        return Transaction(login, sender, authenticated_at, new_id(self.domain), declared_size)
 
     async def rcpt_to(self, tx: Transaction, address: str) -> None:
         try:
-            rcpt = await check_recipient(self.accounts, address, frozenset({self.domain}))
+            rcpt = await check_recipient(self.accounts, address, frozenset({self.domain}), self.peer_domains)
+            if not rcpt.local:
+                # RFC 1870 §6.3: a declared size too big for this recipient's size class
+                check_declared_size(tx.declared_size, self.policy.peer_max_size, peer=True)
         except PolicyError as e:
-            raise await self._rejected(e, tx.account, tx.authenticated_at, recipients=(address,)) from None
-        if rcpt not in tx.recipients:
+            raise await self._rejected(e, tx, tx.login, tx.authenticated_at, recipients=(address,)) from None
+        if all(r.address != rcpt.address for r in tx.recipients):
             tx.recipients.append(rcpt)
 
     def new_spool_file(self) -> Path:
         return self.incoming_dir / f"{secrets.token_hex(12)}.eml"
 
     async def data(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
-        """Accept the spooled message or raise PolicyError; returns the provider message id."""
+        """Accept the spooled message or raise PolicyError; returns the provider message id.
+
+        Raises ScanUnavailable when the malware scanner cannot give a verdict: nothing is decided."""
         try:
             return await self._accept(tx, incoming, outcome, digest)
         finally:
             incoming.unlink(missing_ok=True)
 
-    async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
-        rcpts = tuple(tx.recipients)
-        headers: Headers | None = None
+    async def _check(self, tx: Transaction, incoming: Path, outcome: DataOutcome) -> Headers:
         try:
-            try:
-                headers = await asyncio.to_thread(read_headers, incoming)
-            except PolicyError as e:
-                header_error: PolicyError | None = e
-            else:
-                header_error = None
-            # The size and line-ending refusals come first; the headers, when readable, still let
-            # their evidence name the message.
+            headers: Headers | None = await asyncio.to_thread(read_headers, incoming)
+            header_error = None
+        except PolicyError as e:
+            headers, header_error = None, e
+        try:
+            # Size and line endings first; readable headers still let the evidence name the message.
             if outcome.too_big:
-                raise too_big(self.size_limit)  # RFC 5321 §4.5.3.1.10, answered after the data ends
+                # RFC 5321 §4.5.3.1.10: answered after the end of the data
+                raise too_big(self.size_limit(tx), peer=tx.to_peer)
             if outcome.bare_line_end:
                 raise refuse(
                     554,
                     "5.6.0",
                     Reason.RA02,
                     "the message has a bare CR or LF; every line must end with CRLF (RFC 5322 section 2.3)",
+                    "iletide tek başına CR veya LF var; her satır CRLF ile bitmelidir",
                 )
             if header_error is not None:
                 raise header_error
             assert headers is not None
+            check_formal(headers.addresses, tx.sender.account.address, [r.address for r in tx.recipients])
+            signer = tx.sender.signer
+            identity = SignerIdentity(signer.address, signer.certificate, signer.national_id)
             verdict = await asyncio.to_thread(
-                verify_sender, incoming, tx.account.address, self.trust, utcnow()
+                verify_sender, incoming, identity, self.trust, utcnow(), self.crls
             )
             check_signature(verdict)
+            await scan(self.policy.malware_command, incoming)
         except PolicyError as e:
+            rcpts = tuple(r.address for r in tx.recipients)
             raise await self._rejected(
-                e, tx.account, tx.authenticated_at, recipients=rcpts, headers=headers, digest=digest
+                e, tx, tx.login, tx.authenticated_at, recipients=rcpts, headers=headers
             ) from None
+        return headers
+
+    async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
+        headers = await self._check(tx, incoming, outcome)
         original = self.originals_dir / f"{tx.message_id.split('@')[0]}.eml"
         rem_digest, size = await asyncio.to_thread(
             write_original, incoming, original, tx.message_id, headers.header_end
         )
         facts = MessageFacts(
             message_id=tx.message_id,
-            sender=tx.account.address,
-            recipients=rcpts,
+            sender=tx.sender.account.address,
+            operator=tx.sender.operator.address if tx.sender.operator else None,
+            recipients=tuple(r.address for r in tx.recipients),
             subject=headers.subject,
             ua_message_id=headers.ua_message_id,
             submitted_at=utcnow(),
@@ -266,13 +321,20 @@ class SubmissionService:
             async with self.recorder.ledger.writing() as conn:
                 await save_facts(conn, facts, size=size, spool_path=original.name)
                 await self.recorder.commit(conn, signed)
-                for position, rcpt in enumerate(rcpts, start=1):
+                for position, rcpt in enumerate(tx.recipients, start=1):
+                    # Relaying to peers is not built yet: their jobs wait, durable, in the queue.
+                    kind = jobs.DELIVER if rcpt.local else jobs.RELAY
                     await jobs.enqueue(
-                        conn, jobs.DELIVER, tx.message_id, {"recipient": position, "address": rcpt}
+                        conn, kind, tx.message_id, {"recipient": position, "address": rcpt.address}
                     )
         except BaseException:
             original.unlink(missing_ok=True)
             raise
         self.wake_delivery()
-        log.info("accepted %s from %s for %d recipient(s)", tx.message_id, tx.account.address, len(rcpts))
+        log.info(
+            "accepted %s from %s for %d recipient(s)",
+            tx.message_id,
+            tx.sender.account.address,
+            len(tx.recipients),
+        )
         return tx.message_id

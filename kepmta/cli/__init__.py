@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kepmta.cli import evidence, serve
+from kepmta.cli import dovecot, evidence, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve.register(sub)
     evidence.register(sub)
+    dovecot.register(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ from kepmta import config, devinit
 from kepmta.cli.common import DEFAULT_DATA, die
 
 
-def _dev_settings(data: Path, port_base: int | None) -> tuple[config.Settings, list[devinit.DemoAccount]]:
+def _dev_settings(data: Path, port_base: int | None) -> tuple[config.Settings, devinit.Demo]:
     if devinit.needs_init(data):
         print(f"kepmta: creating a development provider in {data}", file=sys.stderr)
         devinit.create_identity(data, devinit.choose_ports(port_base))
@@ -21,7 +21,7 @@ def _dev_settings(data: Path, port_base: int | None) -> tuple[config.Settings, l
         raise config.ConfigError(
             f"{data} is neither empty nor a kepmta development folder; give --data another folder"
         )
-    return config.load(data / devinit.CONFIG_NAME), devinit.demo_accounts(data)
+    return config.load(data / devinit.CONFIG_NAME), devinit.load_demo(data)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             if args.config is None:
                 return die("serve needs --config FILE, or --dev for a development provider")
-            settings, demo = config.load(args.config), []
+            settings, demo = config.load(args.config), None
     except config.ConfigError as e:
         return die(str(e))
     try:
@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _dev_info(data: Path) -> dict[str, object]:
     settings = config.load(data / devinit.CONFIG_NAME)
+    demo = devinit.load_demo(data)
     return {
         "domain": settings.domain,
         "data": str(data.resolve()),
@@ -60,8 +61,13 @@ def _dev_info(data: Path) -> dict[str, object]:
         "tsa_cert": str(settings.tsa_cert),
         "accounts": [
             {"address": a.address, "password": a.password, "cert": str(a.cert), "key": str(a.key)}
-            for a in devinit.demo_accounts(data)
+            for a in demo.accounts
         ],
+        "entities": [
+            {"address": e.address, "legal_name": e.legal_name, "operators": list(e.operators)}
+            for e in demo.entities
+        ],
+        "peer_domains": [p.domain for p in settings.peers],
     }
 
 
@@ -90,6 +96,12 @@ def cmd_dev_info(args: argparse.Namespace) -> int:
     assert isinstance(accounts, list)
     for a in accounts:
         print(f"  {a['address']}  {a['password']}\n      {a['cert']}\n      {a['key']}")
+    entities, peers = info["entities"], info["peer_domains"]
+    assert isinstance(entities, list) and isinstance(peers, list)
+    for entity in entities:
+        operators = ", ".join(entity["operators"])
+        print(f"Legal entity {entity['address']} ({entity['legal_name']}), operated by {operators}")
+    print(f"Peer provider domains: {', '.join(peers)}")
     return 0
 
 

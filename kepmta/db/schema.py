@@ -25,11 +25,32 @@ _Id = BigInteger().with_variant(Integer, "sqlite")
 accounts = Table(
     "accounts",
     metadata,
+    # Never deleted: a closed address stays here so it is never assigned to anyone else.
     Column("address", String(254), primary_key=True),
-    Column("display_name", String(200), nullable=False),
+    Column("kind", String(10), nullable=False),  # "person" | "entity"
+    Column("mailbox_type", String(20), nullable=False),  # "sender_recipient" | "recipient_only"
     Column("state", String(20), nullable=False),
-    Column("password_hash", String(200), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("first_name", String(100)),
+    Column("last_name", String(100)),
+    Column("national_id", String(20)),  # T.C. kimlik no of a person: its certificate's serialNumber
+    Column("mersis", String(16)),
+    Column("legal_name", String(300)),
+    Column("password_hash", String(200)),  # NULL for a legal entity: its operators log in
+    Column("cert_pem", Text),  # the registered signing certificate, if any
+    Column("quota", BigInteger, nullable=False),
+    Column("quota_warned", Integer, nullable=False, default=0),  # last warning sent, in percent
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state_changed_at", DateTime(timezone=True), nullable=False),
+)
+
+# A legal entity's authorised operators (işlem yetkilisi): person accounts that may send as it.
+operators = Table(
+    "operators",
+    metadata,
+    Column("entity", String(254), ForeignKey("accounts.address"), primary_key=True),
+    Column("operator", String(254), ForeignKey("accounts.address"), primary_key=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
 )
 
 messages = Table(
@@ -37,6 +58,7 @@ messages = Table(
     metadata,
     Column("id", String(200), primary_key=True),  # the provider message id
     Column("sender", String(254), nullable=False),
+    Column("operator", String(254)),  # the person who sent for a legal entity
     Column("ua_message_id", String(998)),
     Column("subject", Text, nullable=False),
     Column("submitted_at", DateTime(timezone=True), nullable=False),

@@ -189,7 +189,7 @@ def _tst_info(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.tsp.TSTInfo:
 def _load_token(token: bytes) -> tuple[asn1crypto.cms.ContentInfo, asn1crypto.tsp.TSTInfo]:
     try:
         ci = cms.load(token)
-        cms.signer_info(ci)
+        cms.check_structure(ci)
     except cms.CmsError as exc:
         raise TokenFormatError(f"the token is not CMS SignedData: {exc}") from exc
     return ci, _tst_info(ci)

@@ -74,7 +74,7 @@ def verify_evidence(
 
     def structure() -> str:
         ci = cms.load(bytes(der))
-        cms.signer_info(ci)
+        cms.check_structure(ci)
         if ci["content"]["encap_content_info"]["content_type"].native != "data":
             raise cms.CmsError("the signed content is not id-data")
         content = cms.encapsulated_content(ci)

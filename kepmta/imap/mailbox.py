@@ -1,9 +1,12 @@
 """A folder's messages as IMAP sees them, shared by every session of this process.
 
-`FolderStore` owns the folder: UIDs (persisted in `kepmta-uidlist`), flags (system flags live in the
-Maildir file name info `:2,`, keywords in the UID list) and the directory scans that pick up mail
-other code delivered into new/. `MailboxView` is one session's selection of it: its own message
-sequence numbers, \\Recent set and the changes it has not yet been told about.
+`FolderStore` owns the folder: UIDs, keywords, modification sequences, sizes and dates (kept in the
+index, `imap/index.py`), system flags (in the Maildir file name info `:2,`), and the changes other
+programs make to the directories. Those changes arrive as inotify events (`imap/notify.py`) and
+are applied one by one, so nothing costs more than the change itself; without inotify the store
+compares the directories' modification times and scans them when they moved. `MailboxView` is one
+session's selection of the folder: its own message sequence numbers, \\Recent set and the changes
+it has not yet been told about.
 
 All methods run on the event loop thread and never await, so a rename or scan is atomic with
 respect to every session.
@@ -17,14 +20,29 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kepmta.imap.index import (
+    Entry,
+    Header,
+    IndexCorrupt,
+    IndexFile,
+    State,
+    Vanished,
+    entry_line,
+    fold_vanished,
+    header_line,
+    uid_ranges,
+    vanished_line,
+)
+from kepmta.imap.notify import DirEvent, Inotify
+from kepmta.imap.protocol import format_uid_set
+
 log = logging.getLogger("kepmta.imap")
 
-UIDLIST = "kepmta-uidlist"
-_UIDLIST_MAGIC = "kepmta-uidlist"
-_UIDLIST_VERSION = "1"
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -32,8 +50,10 @@ _SYSTEM_BY_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
 # Maildir info letters (cr.yp.to/proto/maildir.html), kept in ASCII order in the file name.
 _LETTER_OF = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 _FLAG_OF = {v: k for k, v in _LETTER_OF.items()}
-# A directory mtime this close to the scan may still change without its value changing (coarse clocks).
+# A directory mtime this close to the present may still change without its value changing.
 _MTIME_SETTLE_NS = 2_000_000_000
+# Expunge records kept for VANISHED (EARLIER) before the oldest are merged.
+_VANISHED_KEEP = 256
 
 
 def system_flag(name: str) -> str | None:
@@ -43,17 +63,27 @@ def system_flag(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class MessageFile:
-    """One message: `flags` holds system flags and keywords; \\Recent is per session, not here."""
+    """One message: `flags` holds system flags and keywords; \\Recent is per session, not here.
+
+    `internal` is INTERNALDATE as a POSIX time; `modseq` the RFC 7162 modification sequence.
+    """
 
     uid: int
     base: str
     path: Path
     flags: frozenset[str]
     other_info: str = ""
+    modseq: int = 1
+    size: int = 0
+    internal: float = 0.0
 
     @property
     def in_new(self) -> bool:
         return self.path.parent.name == "new"
+
+    @property
+    def keywords(self) -> frozenset[str]:
+        return frozenset(f for f in self.flags if not f.startswith("\\"))
 
 
 def split_name(name: str) -> tuple[str, frozenset[str], str]:
@@ -69,6 +99,11 @@ def split_name(name: str) -> tuple[str, frozenset[str], str]:
 def cur_name(base: str, flags: frozenset[str], other_info: str) -> str:
     letters = sorted({_LETTER_OF[f] for f in flags if f in _LETTER_OF} | set(other_info))
     return f"{base}:2,{''.join(letters)}"
+
+
+def _usable(name: str) -> bool:
+    # Tabs and line breaks would corrupt the index's line format; dot files are not messages.
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "\t\r\n")
 
 
 def _mtime_ns(path: Path) -> int:
@@ -88,90 +123,148 @@ class FolderStore:
         self.uidvalidity = uidvalidity
         self.uidnext = 1
         self.first_recent = 1
+        self.highestmodseq = 0
+        self.keywords: set[str] = set()
+        self.vanished: list[Vanished] = []
         self.dead = False
         # Sessions currently using this object (selected, or between the steps of an APPEND/COPY):
         # while any does, it must stay the only store of its directory.
         self.holders = 0
+        # Set while inotify watches new/ and cur/: reads pending events instead of stat'ing.
+        self.sync: Callable[[], None] | None = None
+        self.scans = 0
+        self.index = IndexFile(directory)
         self._uid_of: dict[str, int] = {}
-        self._saved_keywords: dict[str, frozenset[str]] = {}
+        self._in_new: set[int] = set()
         self._views: set[MailboxView] = set()
-        self._stamp: tuple[int, int] | None = None
-        self._stamp_settled = False
-        self._load_index()
-        self.refresh(force=True)
+        self._stamp: tuple[int, int] = (-1, -1)
+        self._settled = False
+        if not self._load_index():
+            self._scan(self._current_stamp())
 
     # --- persistence ----------------------------------------------------------------------------
 
-    @property
-    def _index_path(self) -> Path:
-        return self.directory / UIDLIST
-
-    def _load_index(self) -> None:
+    def _load_index(self) -> bool:
+        """Take the folder's state from its index; True when the directories need no scan."""
         try:
-            text = self._index_path.read_text("utf-8")
-        except FileNotFoundError:
-            return
-        except (OSError, UnicodeDecodeError) as e:
-            log.warning("unreadable %s, assigning new UIDs: %s", self._index_path, e)
-            return
-        lines = text.split("\n")
-        head = lines[0].split(" ")
-        try:
-            if len(head) != 5 or head[0] != _UIDLIST_MAGIC or head[1] != _UIDLIST_VERSION:
-                raise ValueError("bad header")
-            validity, uidnext, first_recent = int(head[2]), int(head[3]), int(head[4])
-            entries: dict[str, tuple[int, frozenset[str]]] = {}
-            for line in lines[1:]:
-                if not line:
-                    continue
-                uid_text, base, keywords = line.split("\t")
-                uid = int(uid_text)
-                if not 0 < uid < uidnext:
-                    raise ValueError(f"UID {uid} out of range")
-                entries[base] = (uid, frozenset(k for k in keywords.split(" ") if k))
-        except ValueError as e:
+            state = self.index.load()
+        except IndexCorrupt as e:
             # RFC 3501 §2.3.1.1: with the old UIDs lost, a new UIDVALIDITY tells clients to forget theirs.
-            log.warning("corrupt %s, assigning new UIDs: %s", self._index_path, e)
-            return
-        self.uidvalidity, self.uidnext, self.first_recent = validity, uidnext, first_recent
-        self._uid_of = {base: uid for base, (uid, _) in entries.items()}
-        self._saved_keywords = {base: kw for base, (_, kw) in entries.items() if kw}
+            log.warning("corrupt index, assigning new UIDs: %s", e)
+            return False
+        if state is None:
+            return False
+        h = state.header
+        self.uidvalidity, self.uidnext, self.first_recent = h.uidvalidity, h.uidnext, h.first_recent
+        self.highestmodseq = h.highestmodseq
+        self.vanished = state.vanished
+        for e in state.entries.values():
+            base, flags, other = split_name(e.name)
+            msg = MessageFile(
+                e.uid,
+                base,
+                self.directory / e.sub / e.name,
+                flags | e.keywords,
+                other,
+                e.modseq,
+                e.size,
+                e.internal_ns / 1e9,
+            )
+            self._put(msg)
+            self.keywords.update(e.keywords)
+        self.messages = dict(sorted(self.messages.items()))
+        self._stamp, self._settled = h.stamp, h.settled
+        return h.settled and self._current_stamp() == h.stamp
 
-    def save_index(self) -> None:
+    def _state(self) -> State:
+        return State(
+            self._header(),
+            {uid: self._entry(m) for uid, m in self.messages.items()},
+            list(self.vanished),
+        )
+
+    def _header(self) -> Header:
+        return Header(
+            self.uidvalidity, self.uidnext, self.first_recent, self.highestmodseq, self._stamp, self._settled
+        )
+
+    @staticmethod
+    def _entry(m: MessageFile) -> Entry:
+        return Entry(
+            m.uid, m.modseq, m.size, int(m.internal * 1e9), m.path.parent.name, m.path.name, m.keywords
+        )
+
+    def _record(self, lines: list[str]) -> None:
+        """Journal `lines`, or fold everything into a new snapshot once the journal is long."""
         if self.dead or not self.directory.is_dir():
             return
-        lines = [f"{_UIDLIST_MAGIC} {_UIDLIST_VERSION} {self.uidvalidity} {self.uidnext} {self.first_recent}"]
-        for msg in self.messages.values():
-            keywords = " ".join(sorted(f for f in msg.flags if not f.startswith("\\")))
-            lines.append(f"{msg.uid}\t{msg.base}\t{keywords}")
-        tmp = self.directory / f"{UIDLIST}.tmp"
-        data = ("\n".join(lines) + "\n").encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._index_path)
+        if self.index.wants_snapshot(len(self.messages)):
+            self.index.write_snapshot(self._state())
+        else:
+            self.index.append(lines)
 
-    # --- scanning ---------------------------------------------------------------------------------
+    def save_index(self) -> None:
+        """Write a complete snapshot (a folder seen for the first time, or a re-scanned one)."""
+        if self.dead or not self.directory.is_dir():
+            return
+        self.index.write_snapshot(self._state())
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _put(self, msg: MessageFile) -> None:
+        self.messages[msg.uid] = msg
+        self._uid_of[msg.base] = msg.uid
+        if msg.in_new:
+            self._in_new.add(msg.uid)
+        else:
+            self._in_new.discard(msg.uid)
+
+    def next_modseq(self) -> int:
+        self.highestmodseq += 1
+        return self.highestmodseq
+
+    def _current_stamp(self) -> tuple[int, int]:
+        return (_mtime_ns(self.directory / "new"), _mtime_ns(self.directory / "cur"))
+
+    def _touched(self) -> None:
+        """The directories changed: the recorded stamp no longer vouches for the index."""
+        self._settled = False
+
+    # --- picking up changes -------------------------------------------------------------------------
 
     def refresh(self, *, force: bool = False) -> None:
-        """Pick up deliveries and removals; cheap (two stat calls) when neither directory changed."""
+        """Pick up deliveries and removals made by other programs.
+
+        With inotify this only reads queued events; otherwise two stat calls tell whether the
+        directories changed, and a scan follows when they did.
+        """
         if self.dead:
             if self.messages:
-                self._drop(list(self.messages))
+                self._drop(list(self.messages), record=False)
             return
-        stamp = (_mtime_ns(self.directory / "new"), _mtime_ns(self.directory / "cur"))
-        if not force and stamp == self._stamp and self._stamp_settled:
+        if self.sync is not None and not force:
+            self.sync()
+            self._settle()
             return
-        now = time.time_ns()
-        self._stamp = stamp
-        self._stamp_settled = all(m < now - _MTIME_SETTLE_NS for m in stamp)
-        self._scan()
+        stamp = self._current_stamp()
+        if not force and stamp == self._stamp and self._settled:
+            return
+        self._scan(stamp)
 
-    def _scan(self) -> None:
-        found: dict[str, tuple[Path, frozenset[str], str]] = {}
+    def _settle(self) -> None:
+        """Once the directories have been quiet for a while, record that the index matches them."""
+        if self._settled:
+            return
+        stamp = self._current_stamp()
+        if all(m < time.time_ns() - _MTIME_SETTLE_NS for m in stamp):
+            self._stamp, self._settled = stamp, True
+            self._record([header_line(self._header())])
+
+    def _scan(self, stamp: tuple[int, int]) -> None:
+        self.scans += 1
+        self._stamp = stamp
+        self._settled = all(m < time.time_ns() - _MTIME_SETTLE_NS for m in stamp)
+        found: dict[str, Path] = {}
         for sub in ("cur", "new"):
             folder = self.directory / sub
             try:
@@ -179,79 +272,161 @@ class FolderStore:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in names:
-                # Tabs and line breaks would corrupt the UID list's line format.
-                if name.startswith(".") or any(c in name for c in "\t\r\n"):
-                    continue
-                base, flags, other = split_name(name)
-                if base not in found:
-                    found[base] = (folder / name, flags, other)
+                if _usable(name):
+                    found.setdefault(split_name(name)[0], folder / name)
         removed = [uid for base, uid in self._uid_of.items() if base not in found]
-        changed_flags: list[int] = []
-        arrivals: list[str] = []
-        for base, (path, flags, other) in found.items():
+        arrivals = [base for base in found if base not in self._uid_of]
+        changed: list[MessageFile] = []
+        for base, path in found.items():
             uid = self._uid_of.get(base)
-            if uid is None:
-                arrivals.append(base)
-                continue
-            old = self.messages.get(uid)
-            if old is None:
-                keywords = self._saved_keywords.get(base, frozenset())
-                self.messages[uid] = MessageFile(uid, base, path, flags | keywords, other)
-                continue
-            keywords = frozenset(f for f in old.flags if not f.startswith("\\"))
-            new = MessageFile(uid, base, path, flags | keywords, other)
-            if new != old:
-                self.messages[uid] = new
-                if new.flags != old.flags:
-                    changed_flags.append(uid)
-        self._saved_keywords = {}
-        dirty = bool(removed) or bool(arrivals)
+            if uid is not None and self.messages[uid].path != path:
+                changed.append(self._moved(self.messages[uid], path))
+        self._apply(removed, arrivals, found, changed, full=True)
+
+    def scan_new(self) -> None:
+        """Look for deliveries in new/ only: the cheap check when told that mail arrived."""
+        if self.dead:
+            return
+        if self.sync is not None:
+            self.sync()
+            return
+        try:
+            names = os.listdir(self.directory / "new")
+        except FileNotFoundError:
+            return
+        found = {split_name(n)[0]: self.directory / "new" / n for n in names if _usable(n)}
+        arrivals = [b for b in found if b not in self._uid_of]
+        self._apply([], arrivals, found, [], full=False)
+
+    def apply_events(self, sub: str, events: list[DirEvent]) -> None:
+        """Apply inotify events from new/ or cur/: each named entry is looked at once."""
+        if self.dead:
+            return
+        if any(e.lost_directory for e in events):
+            self._scan(self._current_stamp())
+            return
+        self._touched()
+        candidates: dict[str, list[Path]] = {}
+        for e in events:
+            if _usable(e.name):
+                candidates.setdefault(split_name(e.name)[0], []).append(self.directory / sub / e.name)
+        removed: list[int] = []
+        arrivals: list[str] = []
+        found: dict[str, Path] = {}
+        changed: list[MessageFile] = []
+        for base, paths in candidates.items():
+            uid = self._uid_of.get(base)
+            known = self.messages[uid] if uid is not None else None
+            # The recorded file wins while it exists: events of our own renames arrive late.
+            order = ([known.path] if known else []) + [p for p in reversed(paths) if known is None or p != known.path]
+            present = next((p for p in order if p.exists()), None)
+            if known is None:
+                if present is not None:
+                    arrivals.append(base)
+                    found[base] = present
+            elif present is None:
+                removed.append(known.uid)
+            elif present != known.path:
+                changed.append(self._moved(known, present))
+        self._apply(removed, arrivals, found, changed, full=False)
+
+    def _moved(self, msg: MessageFile, path: Path) -> MessageFile:
+        """Another program renamed a message's file: its system flags are what the name says now."""
+        _, flags, other = split_name(path.name)
+        new_flags = flags | msg.keywords
+        modseq = msg.modseq if new_flags == msg.flags else self.next_modseq()
+        return replace(msg, path=path, flags=new_flags, other_info=other, modseq=modseq)
+
+    def _apply(
+        self,
+        removed: list[int],
+        arrivals: list[str],
+        found: dict[str, Path],
+        changed: list[MessageFile],
+        *,
+        full: bool,
+    ) -> None:
+        lines: list[str] = []
+        flag_changes: list[int] = []
+        for new in changed:
+            old = self.messages[new.uid]
+            self._put(new)
+            lines.append(entry_line(self._entry(new)))
+            if new.flags != old.flags:
+                flag_changes.append(new.uid)
         if removed:
-            self._drop(removed)
+            lines.extend(self._drop(removed, record=False))
         added = self._register(arrivals, found)
-        self.messages = dict(sorted(self.messages.items()))
+        lines.extend(entry_line(self._entry(self.messages[uid])) for uid in added)
+        if added:
+            self.messages = dict(sorted(self.messages.items()))
         if self.has_writer:
-            self._move_new_to_cur()
-        if dirty:
+            lines.extend(self._move_new_to_cur())
+        if full:
             self.save_index()
+        elif lines:
+            self._record(lines)
         for view in self._views:
-            for uid in changed_flags:
+            for uid in flag_changes:
                 view.flags_changed(uid)
             if added:
                 view.added(added)
 
-    def _register(self, bases: list[str], found: dict[str, tuple[Path, frozenset[str], str]]) -> list[int]:
+    def _register(self, bases: list[str], found: dict[str, Path]) -> list[int]:
+        stats: dict[str, os.stat_result] = {}
+        for base in bases:
+            with contextlib.suppress(FileNotFoundError):
+                stats[base] = os.stat(found[base])
+
         def arrival_order(base: str) -> tuple[int, str]:
-            return (_mtime_ns(found[base][0]), base)
+            return (stats[base].st_mtime_ns, base)
 
         added: list[int] = []
-        for base in sorted(bases, key=arrival_order):
-            path, flags, other = found[base]
+        for base in sorted(stats, key=arrival_order):
+            path = found[base]
+            _, flags, other = split_name(path.name)
+            st = stats[base]
             uid = self.uidnext
             self.uidnext += 1
-            self._uid_of[base] = uid
-            self.messages[uid] = MessageFile(uid, base, path, flags, other)
+            self._put(MessageFile(uid, base, path, flags, other, self.next_modseq(), st.st_size, st.st_mtime))
             added.append(uid)
         return added
 
-    def _drop(self, uids: list[int]) -> None:
-        gone = set(uids)
-        for uid in uids:
-            self.messages.pop(uid, None)
-        self._uid_of = {b: u for b, u in self._uid_of.items() if u not in gone}
+    def _drop(self, uids: list[int], *, record: bool) -> list[str]:
+        """Forget `uids`; returns the journal line recording them as expunged (written if `record`)."""
+        gone = [u for u in uids if u in self.messages]
+        if not gone:
+            return []
+        for uid in gone:
+            msg = self.messages.pop(uid)
+            self._uid_of.pop(msg.base, None)
+            self._in_new.discard(uid)
+        # RFC 7162 §3.2.10: an expunge is a change with its own modification sequence.
+        v = Vanished(self.next_modseq(), uid_ranges(gone))
+        self.vanished = fold_vanished([*self.vanished, v], _VANISHED_KEEP)
         for view in self._views:
-            view.removed(uids)
+            view.removed(gone)
+        line = [vanished_line(v)]
+        if record:
+            self._record(line)
+        return line
 
-    def _move_new_to_cur(self) -> None:
-        # Once a read-write session has seen a message it is no longer "new" to the Maildir sense.
-        for uid, msg in list(self.messages.items()):
-            if msg.in_new:
-                target = self.directory / "cur" / cur_name(msg.base, msg.flags, msg.other_info)
-                try:
-                    os.rename(msg.path, target)
-                except FileNotFoundError:
-                    continue
-                self.messages[uid] = replace(msg, path=target)
+    def _move_new_to_cur(self) -> list[str]:
+        # Once a read-write session has seen a message it is no longer "new" in the Maildir sense.
+        lines: list[str] = []
+        for uid in sorted(self._in_new):
+            msg = self.messages[uid]
+            target = self.directory / "cur" / cur_name(msg.base, msg.flags, msg.other_info)
+            try:
+                os.rename(msg.path, target)
+            except FileNotFoundError:
+                continue
+            moved = replace(msg, path=target)
+            self._put(moved)
+            lines.append(entry_line(self._entry(moved)))
+        if lines:
+            self._touched()
+        return lines
 
     # --- views ------------------------------------------------------------------------------------
 
@@ -262,7 +437,7 @@ class FolderStore:
     def attach(self, view: MailboxView) -> None:
         self._views.add(view)
         if not view.read_only:
-            self._move_new_to_cur()
+            self._record(self._move_new_to_cur())
 
     def detach(self, view: MailboxView) -> None:
         self._views.discard(view)
@@ -272,12 +447,21 @@ class FolderStore:
         fresh = [u for u in uids if u >= self.first_recent]
         if fresh and not view.read_only:
             self.first_recent = max(fresh) + 1
-            self.save_index()
+            self._record([header_line(self._header())])
         return fresh
 
     @property
     def recent_count(self) -> int:
-        return sum(1 for uid in self.messages if uid >= self.first_recent)
+        return len(self.messages) - bisect.bisect_left(list(self.messages), self.first_recent)
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        """UIDs expunged after `modseq` (RFC 7162 §3.2.5.2), possibly with some expunged earlier."""
+        out: list[int] = []
+        for v in self.vanished:
+            if v.modseq > modseq:
+                for lo, hi in v.uids:
+                    out.extend(range(lo, hi + 1))
+        return sorted(set(out))
 
     # --- changes ----------------------------------------------------------------------------------
 
@@ -295,10 +479,13 @@ class FolderStore:
             except FileNotFoundError:
                 self.refresh(force=True)
                 return None
-        new = replace(msg, path=target, flags=flags)
-        self.messages[uid] = new
-        if {f for f in flags if not f.startswith("\\")} != {f for f in msg.flags if not f.startswith("\\")}:
-            self.save_index()
+            self._touched()
+        # RFC 7162 §3.1: every change of a message's metadata gets a new modification sequence.
+        modseq = self.next_modseq() if flags != msg.flags else msg.modseq
+        new = replace(msg, path=target, flags=flags, modseq=modseq)
+        self._put(new)
+        self.keywords.update(new.keywords)
+        self._record([entry_line(self._entry(new))])
         for view in self._views:
             if view is not origin:
                 view.flags_changed(uid)
@@ -315,20 +502,22 @@ class FolderStore:
                 os.unlink(msg.path)
             gone.append(uid)
         if gone:
-            self._drop(gone)
-            self.save_index()
+            self._touched()
+            self._drop(gone, record=True)
         return gone
 
     def add(self, staged: Path, base: str, flags: frozenset[str]) -> MessageFile:
         """Move a complete file from tmp/ into cur/ under `base` with `flags` and give it the next UID."""
+        st = os.stat(staged)
         target = self.directory / "cur" / cur_name(base, flags, "")
         os.rename(staged, target)
+        self._touched()
         uid = self.uidnext
         self.uidnext += 1
-        self._uid_of[base] = uid
-        msg = MessageFile(uid, base, target, flags)
-        self.messages[uid] = msg
-        self.save_index()
+        msg = MessageFile(uid, base, target, flags, "", self.next_modseq(), st.st_size, st.st_mtime)
+        self._put(msg)
+        self.keywords.update(msg.keywords)
+        self._record([entry_line(self._entry(msg))])
         for view in self._views:
             view.added([uid])
         return msg
@@ -388,21 +577,26 @@ class MailboxView:
     def flags_of(self, msg: MessageFile) -> frozenset[str]:
         return msg.flags | {"\\Recent"} if msg.uid in self.recent else msg.flags
 
-    def updates(self, *, allow_expunge: bool) -> list[bytes]:
+    def updates(self, *, allow_expunge: bool, condstore: bool = False, qresync: bool = False) -> list[bytes]:
         """Untagged responses for what changed since the client was last told, applied to this view.
 
         RFC 3501 §7.4.1: EXPUNGE may not be sent while a FETCH, STORE or SEARCH is answered, since
-        the client could no longer map sequence numbers; `allow_expunge` is False then.
+        the client could no longer map sequence numbers; `allow_expunge` is False then. With
+        QRESYNC enabled the expunges are one VANISHED response (RFC 7162 §3.2.10), and with
+        CONDSTORE every flag change carries its MODSEQ (RFC 7162 §3.1.4).
         """
         self.wakeup.clear()
         lines: list[bytes] = []
         if allow_expunge and self._gone:
+            if qresync:
+                lines.append(b"* VANISHED " + format_uid_set(sorted(self._gone)).encode())
             # Highest first, so each response's number is still valid when the client applies it.
             for uid in sorted(self._gone, reverse=True):
                 seq = self.seq_of(uid)
                 if seq is not None:
                     del self.uids[seq - 1]
-                    lines.append(b"* %d EXPUNGE" % seq)
+                    if not qresync:
+                        lines.append(b"* %d EXPUNGE" % seq)
             self.recent -= self._gone
             self._flag_changes -= self._gone
             self._gone.clear()
@@ -418,49 +612,117 @@ class MailboxView:
             seq = self.seq_of(uid)
             if msg is None or seq is None:
                 continue
-            lines.append(b"* %d FETCH (UID %d FLAGS %s)" % (seq, uid, format_flags(self.flags_of(msg))))
+            line = b"* %d FETCH (UID %d FLAGS %s" % (seq, uid, format_flags(self.flags_of(msg)))
+            if condstore:
+                line += b" MODSEQ (%d)" % msg.modseq
+            lines.append(line + b")")
         self._flag_changes.clear()
         return lines
 
 
-def format_flags(flags: frozenset[str]) -> bytes:
+def format_flags(flags: Iterable[str]) -> bytes:
     order = {f: i for i, f in enumerate((*SYSTEM_FLAGS, "\\Recent"))}
     return ("(" + " ".join(sorted(flags, key=lambda f: (order.get(f, 99), f))) + ")").encode("utf-8")
 
 
 class StoreRegistry:
-    """One FolderStore per folder directory for the whole process, kept while sessions use it."""
+    """One FolderStore per folder directory for the whole process.
 
-    def __init__(self) -> None:
+    Stores nobody holds stay cached (up to `cache_size`, least recently used dropped first) and
+    watched, so selecting a folder again costs nothing but the changes since.
+    """
+
+    def __init__(self, *, cache_size: int = 64) -> None:
         self._stores: dict[Path, FolderStore] = {}
+        self._idle: OrderedDict[Path, None] = OrderedDict()
+        self._cache_size = cache_size
         self._last_validity = 0
+        self._inotify: Inotify | None = None
+        self._watches: dict[int, tuple[FolderStore, str]] = {}
+        self._wds: dict[Path, list[int]] = {}
+
+    def use_inotify(self, inotify: Inotify) -> None:
+        self._inotify = inotify
 
     def _next_validity(self) -> int:
         # RFC 3501 §2.3.1.1: strictly increasing, so a re-created folder never repeats an old value.
         self._last_validity = max(int(time.time()), self._last_validity + 1)
         return self._last_validity
 
+    def get(self, directory: Path) -> FolderStore | None:
+        """The store of `directory` if one is open or cached, without opening one."""
+        store = self._stores.get(directory)
+        return None if store is None or store.dead else store
+
     def open(self, name: str, directory: Path) -> FolderStore:
         """The folder's store, held until the matching `release`."""
-        store = self._stores.get(directory)
-        if store is None or store.dead:
+        store = self.get(directory)
+        if store is None:
+            self._discard(directory)
             store = FolderStore(name, directory, self._next_validity())
-            if not (directory / UIDLIST).exists():
+            if not store.index.snapshot_path.exists():
                 store.save_index()
             self._stores[directory] = store
+            self._watch(store)
         else:
             store.name = name
+            self._idle.pop(directory, None)
         store.holders += 1
         return store
 
     def release(self, store: FolderStore) -> None:
-        """Let go of a store; once nobody holds it, it is forgotten (its state is on disk)."""
+        """Let go of a store; once nobody holds it, it is kept among the idle ones."""
         store.holders -= 1
-        if store.holders <= 0 and self._stores.get(store.directory) is store:
-            del self._stores[store.directory]
+        if store.holders > 0 or self._stores.get(store.directory) is not store:
+            return
+        self._idle[store.directory] = None
+        while len(self._idle) > self._cache_size:
+            oldest, _ = self._idle.popitem(last=False)
+            self._discard(oldest)
 
     def forget(self, directory: Path) -> None:
         """The folder is gone (DELETE, RENAME): sessions still holding its store see it emptied."""
-        store = self._stores.pop(directory, None)
+        store = self._stores.get(directory)
+        self._discard(directory)
         if store is not None:
             store.dead = True
+
+    def _discard(self, directory: Path) -> None:
+        self._idle.pop(directory, None)
+        self._stores.pop(directory, None)
+        for wd in self._wds.pop(directory, []):
+            self._watches.pop(wd, None)
+            if self._inotify is not None:
+                self._inotify.unwatch(wd)
+
+    def _watch(self, store: FolderStore) -> None:
+        if self._inotify is None:
+            return
+        wds: list[int] = []
+        for sub in ("new", "cur"):
+            wd = self._inotify.watch(store.directory / sub)
+            if wd is None:
+                for taken in wds:
+                    self._inotify.unwatch(taken)
+                return
+            wds.append(wd)
+            self._watches[wd] = (store, sub)
+        self._wds[store.directory] = wds
+        store.sync = self._inotify.drain
+        # Whatever happened between the scan or index load and the watch starting.
+        store.refresh(force=True) if not store.index.snapshot_path.exists() else store.scan_new_since_watch()
+
+    def dispatch(self, events: dict[int, list[DirEvent]], overflow: bool) -> None:
+        """Route inotify events to their stores; after an overflow every store scans itself."""
+        for wd, batch in events.items():
+            target = self._watches.get(wd)
+            if target is not None:
+                store, sub = target
+                store.apply_events(sub, batch)
+        if overflow:
+            for store in list(self._stores.values()):
+                store.refresh(force=True)
+
+    def close(self) -> None:
+        for directory in list(self._stores):
+            self._discard(directory)

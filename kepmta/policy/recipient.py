@@ -1,6 +1,8 @@
-"""RCPT TO: KEP mail goes only to KEP addresses, here to active accounts of this provider."""
+"""RCPT TO: KEP mail goes only to KEP addresses: active accounts here, or a peer provider's domain."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from kepmta import addresses
 from kepmta.accounts import AccountStore
@@ -8,22 +10,50 @@ from kepmta.evidence.model import Reason
 from kepmta.policy.refusal import refuse
 
 
-async def check_recipient(store: AccountStore, rcpt: str, local_domains: frozenset[str]) -> str:
-    """The normalised recipient address, or PolicyError saying why it cannot receive KEP mail."""
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    local: bool  # False: at a peer provider of the registry
+
+
+async def check_recipient(
+    store: AccountStore, rcpt: str, local_domains: frozenset[str], peer_domains: frozenset[str]
+) -> Recipient:
     try:
         addr = addresses.parse(rcpt)
     except addresses.AddressError:
-        raise refuse(501, "5.1.3", Reason.RA05, f"recipient address {rcpt!r} is not valid") from None
+        raise refuse(
+            501,
+            "5.1.3",
+            Reason.RA05,
+            f"recipient address {rcpt!r} is not valid",
+            f"alıcı adresi {rcpt!r} geçerli değil",
+        ) from None
+    if addr.domain in peer_domains:
+        return Recipient(str(addr), local=False)
     if addr.domain not in local_domains:
         raise refuse(
             550,
             "5.7.1",
             Reason.RA05,
             f"{addr} is not a KEP address: registered mail goes only to KEP providers",
+            f"{addr} bir KEP adresi değil: KEP iletisi yalnızca KEP adreslerine gönderilebilir",
         )
     account = await store.get(str(addr))
     if account is None:
-        raise refuse(550, "5.1.1", Reason.RA05, f"{addr} has no KEP mailbox at this provider")
+        raise refuse(
+            550,
+            "5.1.1",
+            Reason.RA05,
+            f"{addr} has no KEP mailbox at this provider",
+            f"{addr} adresinde bu hizmet sağlayıcıda bir KEP hesabı yok",
+        )
     if not account.active:
-        raise refuse(550, "5.2.1", Reason.RA05, f"the KEP mailbox {addr} is {account.state.value}")
-    return str(addr)
+        raise refuse(
+            550,
+            "5.2.1",
+            Reason.RA05,
+            f"the KEP mailbox {addr} is {account.state.value} and cannot receive",
+            f"{addr} KEP hesabı ileti alamıyor ({account.state.value})",
+        )
+    return Recipient(str(addr), local=True)

@@ -10,10 +10,10 @@ from kepmta.smime.sender import NOT_SIGNED, SenderVerdict
 # RFC 3463 X.7.7 message integrity failure, X.7.5 cryptographic failure, X.7.1 not authorised;
 # EN 319 522-2 RA02 (format / integrity), RA04 (sender certificate), RA05 (policy).
 _CODES = {
-    "integrity": ("5.7.7", Reason.RA02),
-    "chain": ("5.7.5", Reason.RA04),
-    "validity": ("5.7.5", Reason.RA04),
-    "identity": ("5.7.1", Reason.RA05),
+    "integrity": ("5.7.7", Reason.RA02, "imza bütünlüğü"),
+    "chain": ("5.7.5", Reason.RA04, "güvenilir nitelikli sertifika zinciri"),
+    "validity": ("5.7.5", Reason.RA04, "sertifika geçerliliği"),
+    "identity": ("5.7.1", Reason.RA05, "imzalayan kimliği"),
 }
 
 
@@ -27,6 +27,14 @@ def check_signature(verdict: SenderVerdict) -> None:
             "5.7.1",
             Reason.RA05,
             "the message is not S/MIME signed; KEP mail must carry the sender's qualified e-signature",
+            "ileti S/MIME ile imzalanmamış; KEP iletisi göndericinin nitelikli "
+            "elektronik imzasını taşımalıdır",
         )
-    enhanced, reason = _CODES[failed.name]
-    raise refuse(554, enhanced, reason, f"sender signature check '{failed.name}' failed: {failed.detail}")
+    enhanced, reason, name_tr = _CODES[failed.name]
+    raise refuse(
+        554,
+        enhanced,
+        reason,
+        f"sender signature check '{failed.name}' failed: {failed.detail}",
+        f"gönderici imzası denetimi ({name_tr}) başarısız: {failed.detail}",
+    )

@@ -13,6 +13,7 @@ from kepmta.db.schema import jobs
 
 DELIVER = "deliver"
 RECEIPT = "receipt"
+RELAY = "relay"  # to a peer provider; kept for the relay worker of the peering work
 # Retry after 5 s, 30 s, 2 min, 10 min, then every 30 min: a local failure (disk full, permissions)
 # is fixed by an operator, and the job must still be there when it is.
 _BACKOFF = (5, 30, 120, 600, 1800)
@@ -39,11 +40,11 @@ async def enqueue(conn: AsyncConnection, kind: str, message_id: str, payload: di
     )
 
 
-async def due(engine: AsyncEngine, limit: int = 100) -> list[Job]:
+async def due(engine: AsyncEngine, kinds: tuple[str, ...], limit: int = 100) -> list[Job]:
     async with engine.connect() as conn:
         rows = await conn.execute(
             select(jobs)
-            .where(jobs.c.state == "pending", jobs.c.next_at <= _now())
+            .where(jobs.c.state == "pending", jobs.c.kind.in_(kinds), jobs.c.next_at <= _now())
             .order_by(jobs.c.id)
             .limit(limit)
         )

@@ -34,6 +34,7 @@ __all__ = [
     "check_message_digest",
     "check_signature",
     "check_signing_certificate_v2",
+    "check_structure",
     "encapsulated_content",
     "load",
     "sign",
@@ -170,12 +171,69 @@ def load(data: bytes | asn1crypto.cms.ContentInfo) -> asn1crypto.cms.ContentInfo
     else:
         try:
             ci = asn1crypto.cms.ContentInfo.load(bytes(data), strict=True)
-            ci.native  # noqa: B018 - forces a full parse so malformed inner fields fail here
         except Exception as exc:  # asn1crypto raises ValueError, TypeError and others on bad input
             raise CmsError(f"not a DER CMS ContentInfo: {exc}") from exc
-    if ci["content_type"].native != "signed_data":
-        raise CmsError(f"content type is {ci['content_type'].native}, not signed-data")
+    try:
+        if ci["content_type"].native != "signed_data":
+            raise CmsError(f"content type is {ci['content_type'].native}, not signed-data")
+        _parse_fields(ci["content"])
+    except CmsError:
+        raise
+    except Exception as exc:  # asn1crypto parses lazily and raises several types on bad input
+        raise CmsError(f"malformed SignedData: {exc}") from exc
     return ci
+
+
+def _parse_fields(signed: asn1crypto.cms.SignedData) -> None:
+    """Parse every field this module reads, so malformed input fails in `load`, not later.
+
+    Not `.native` on the whole structure: asn1crypto re-encodes nested attribute values while
+    building it, which takes seconds for a SignedData carrying a time-stamp token.
+    """
+    for name in ("version", "digest_algorithms", "certificates"):
+        signed[name].native  # noqa: B018 - the attribute access is the parse
+    encap = signed["encap_content_info"]
+    encap["content_type"].native  # noqa: B018
+    encap["content"].contents  # noqa: B018
+    for info in signed["signer_infos"]:
+        for name in (
+            "version",
+            "sid",
+            "digest_algorithm",
+            "signed_attrs",
+            "signature_algorithm",
+            "signature",
+        ):
+            info[name].native  # noqa: B018
+        unsigned = info["unsigned_attrs"]
+        if not isinstance(unsigned, asn1crypto.core.Void):
+            for attr in unsigned:
+                attr["type"].native  # noqa: B018
+                len(attr["values"])
+
+
+def check_structure(ci: asn1crypto.cms.ContentInfo) -> None:
+    """The unsigned framing fields hold exactly the values RFC 5652 prescribes for one signer.
+
+    These fields are outside the signature, so a verifier that wants every byte accounted for
+    must pin them: versions (RFC 5652 §5.1, §5.3) and the digest algorithm list (§5.1).
+    """
+    signed = ci["content"]
+    info = signer_info(ci)
+    ctype = signed["encap_content_info"]["content_type"].native
+    sid_kind = info["sid"].name
+    want_sd = "v1" if ctype == "data" and sid_kind == "issuer_and_serial_number" else "v3"
+    if signed["version"].native != want_sd:
+        raise CmsError(f"SignedData version is {signed['version'].native}, expected {want_sd}")
+    want_si = "v1" if sid_kind == "issuer_and_serial_number" else "v3"
+    if info["version"].native != want_si:
+        raise CmsError(f"SignerInfo version is {info['version'].native}, expected {want_si}")
+    algos = [(a["algorithm"].native, a["parameters"].native) for a in signed["digest_algorithms"]]
+    own = (info["digest_algorithm"]["algorithm"].native, info["digest_algorithm"]["parameters"].native)
+    if algos != [own] or own != ("sha256", None):
+        raise CmsError(f"digestAlgorithms must list sha256 once, found {algos}")
+    if info["signature_algorithm"]["parameters"].native is not None:
+        raise CmsError("ecdsa-with-SHA256 takes no parameters (RFC 5754 §3.3)")
 
 
 def signer_info(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.cms.SignerInfo:
@@ -228,7 +286,10 @@ def signer_certificate(
     for cert in (*certificates(ci), *extra):
         a = _asn1_cert(cert)
         if sid.name == "issuer_and_serial_number":
-            if a.issuer == sid.chosen["issuer"] and a.serial_number == sid.chosen["serial_number"].native:
+            # Exact DER, not asn1crypto's case-folding Name equality: the sid is unsigned, so a
+            # loose match would let its bytes change unnoticed.
+            same_issuer = a.issuer.dump() == sid.chosen["issuer"].dump()
+            if same_issuer and a.serial_number == sid.chosen["serial_number"].native:
                 return cert
         elif sid.name == "subject_key_identifier" and a.key_identifier == sid.chosen.native:
             return cert

@@ -90,18 +90,43 @@ class _Signature:
     span: tuple[int, int]  # else the first part of multipart/signed, as offsets into the message
 
 
-def verify_sender(path: Path, sender: str, trust: Sequence[x509.Certificate], now: datetime) -> SenderVerdict:
-    """Run the four checks on the message in `path`, submitted by account `sender`, at time `now`."""
+@dataclass(frozen=True)
+class SignerIdentity:
+    """Who must have signed: the account's address, and what else identifies its holder."""
+
+    address: str
+    registered_cert: x509.Certificate | None = None  # the account's registered signing certificate
+    national_id: str | None = None  # T.C. kimlik no, carried as the certificate's serialNumber
+
+
+def verify_sender(
+    path: Path,
+    sender: str | SignerIdentity,
+    trust: Sequence[x509.Certificate],
+    now: datetime,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> SenderVerdict:
+    """Run the four checks on the message in `path`, submitted by account `sender`, at time `now`.
+
+    `crls` are revocation lists of the trusted CAs (from the trust store); a signer certificate
+    revoked before it signed fails the validity check."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    identity = sender if isinstance(sender, SignerIdentity) else SignerIdentity(sender)
     with path.open("rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
-            return _verdict(b"", sender, trust, now)
+            return _verdict(b"", identity, trust, crls, now)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _verdict(mapped, sender, trust, now)
+            return _verdict(mapped, identity, trust, crls, now)
 
 
-def _verdict(buf: Buffer, sender: str, trust: Sequence[x509.Certificate], now: datetime) -> SenderVerdict:
+def _verdict(
+    buf: Buffer,
+    sender: SignerIdentity,
+    trust: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList],
+    now: datetime,
+) -> SenderVerdict:
     signer: x509.Certificate | None = None
     signing_time: datetime | None = None
     pool: list[x509.Certificate] = []
@@ -125,7 +150,7 @@ def _verdict(buf: Buffer, sender: str, trust: Sequence[x509.Certificate], now: d
     checks = (
         integrity,
         _guarded("chain", lambda: _check_chain(cert, pool, trust, now)),
-        _guarded("validity", lambda: _check_validity(cert, signing_time, now)),
+        _guarded("validity", lambda: _check_validity(cert, signing_time, now, [*pool, *trust], crls)),
         _guarded("identity", lambda: _check_identity(cert, sender)),
     )
     return SenderVerdict(checks, signer, signing_time)
@@ -398,7 +423,41 @@ def _check_chain(
     return SignatureCheck("chain", False, f"certificate chain is longer than {_MAX_CHAIN} certificates")
 
 
-def _check_validity(signer: x509.Certificate, signing_time: datetime | None, now: datetime) -> SignatureCheck:
+def _revoked(
+    signer: x509.Certificate,
+    issuers: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList],
+    at: datetime,
+    now: datetime,
+) -> str | None:
+    """Why the signer certificate counts as revoked at `at`, per a CRL of its issuer; else None."""
+    for crl in crls:
+        if crl.issuer != signer.issuer:
+            continue
+        # RFC 5280 §6.3.3 (f): the CRL must be signed by the certificate's issuer
+        keys = [c.public_key() for c in issuers if c.subject == crl.issuer]
+        if not any(crl.is_signature_valid(k) for k in keys):  # type: ignore[arg-type]
+            continue
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < now:
+            # RFC 5280 §6.3.3 (a): a CRL past its nextUpdate says nothing about the present
+            return (
+                f"the CRL of {_label(crl.issuer)} expired on {_iso(next_update)}; "
+                "revocation cannot be checked"
+            )
+        entry = crl.get_revoked_certificate_by_serial_number(signer.serial_number)
+        if entry is not None and entry.revocation_date_utc <= at:
+            return f"signer certificate was revoked on {_iso(entry.revocation_date_utc)}"
+    return None
+
+
+def _check_validity(
+    signer: x509.Certificate,
+    signing_time: datetime | None,
+    now: datetime,
+    issuers: Sequence[x509.Certificate] = (),
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> SignatureCheck:
     start, end = signer.not_valid_before_utc, signer.not_valid_after_utc
     if now < start:
         return SignatureCheck("validity", False, f"signer certificate is not valid until {_iso(start)}")
@@ -428,6 +487,9 @@ def _check_validity(signer: x509.Certificate, signing_time: datetime | None, now
         return SignatureCheck(
             "validity", False, "signer certificate's extended key usage does not include emailProtection"
         )
+    revoked = _revoked(signer, issuers, crls, signing_time or now, now)
+    if revoked is not None:
+        return SignatureCheck("validity", False, revoked)
     return SignatureCheck("validity", True, f"signer certificate is valid from {_iso(start)} to {_iso(end)}")
 
 
@@ -441,7 +503,18 @@ def _addresses(cert: x509.Certificate) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _check_identity(signer: x509.Certificate, sender: str) -> SignatureCheck:
+def _serial_digits(cert: x509.Certificate) -> str:
+    values = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    # Turkish qualified certificates carry the T.C. kimlik no in serialNumber, some with a prefix.
+    return "".join(ch for v in values for ch in str(v.value) if ch.isdigit())
+
+
+def _check_identity(signer: x509.Certificate, identity: SignerIdentity) -> SignatureCheck:
+    sender = identity.address
+    if identity.registered_cert is not None and signer == identity.registered_cert:
+        return SignatureCheck("identity", True, f"certificate is the one registered for {sender}")
+    if identity.national_id and _serial_digits(signer) == identity.national_id:
+        return SignatureCheck("identity", True, f"certificate's serialNumber is the national id of {sender}")
     addresses = _addresses(signer)
     wanted = sender.strip().lower()
     if wanted in (a.lower() for a in addresses):

@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from kepmta.accounts import Account
+from kepmta.accounts import Account, LoginRefusal
+from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
 from kepmta.smtp.data import DataReader
 from kepmta.submission import SubmissionService, Transaction
@@ -78,7 +79,7 @@ class SubmissionSMTP(SMTP):
         digest = hashlib.sha256()
         try:
             with path.open("wb") as spool:
-                reader = DataReader(_Hashing(spool, digest), service.size_limit)
+                reader = DataReader(_Hashing(spool, digest), service.size_limit(tx))
                 while True:
                     chunk = await self._reader.read(_READ_CHUNK)
                     if not chunk:  # the client went away mid-message: nothing was accepted
@@ -101,6 +102,10 @@ class SubmissionSMTP(SMTP):
             status = f"250 2.0.0 Ok: accepted as <{message_id}>"
         except PolicyError as e:
             status = e.refusal.smtp_reply()
+        except ScanUnavailable as e:
+            log.error("malware scan unavailable: %s", e)
+            # RFC 3463 X.3.0: a temporary system problem; the client keeps the message and retries
+            status = "451 4.3.0 the message could not be scanned for malware now; try again later"
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
@@ -133,18 +138,26 @@ class SubmissionHandler:
     ) -> list[str]:
         session.host_name = hostname
         # RFC 1870 §4: the limit the policy enforces, announced to the client
-        return [*responses[:-1], f"250-SIZE {self.service.size_limit}", responses[-1]]
+        return [*responses[:-1], f"250-SIZE {self.service.advertised_size}", responses[-1]]
 
-    async def _login(self, server: SubmissionSMTP, username: str, password: str) -> AuthResult:
+    async def _login(self, server: SubmissionSMTP, username: str, password: str) -> AuthResult | None:
         session = server.session
         assert isinstance(session, KepSession)
-        account = await self.service.authenticate(username, password)
-        if account is None:
-            log.info("%r failed authentication as %r", session.peer, username)
-            # aiosmtpd: handled=False makes it answer 535 itself; True would leave the client waiting
-            return AuthResult(success=False, handled=False)
-        session.authenticated_at = dt.datetime.now(dt.UTC)
-        return AuthResult(success=True, auth_data=account)
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
+        login = await self.service.login(username, password, peer)
+        if login.account is not None:
+            session.authenticated_at = dt.datetime.now(dt.UTC)
+            return AuthResult(success=True, auth_data=login.account)
+        log.info("%r failed authentication as %r: %s", session.peer, username, login.refusal)
+        if login.refusal is LoginRefusal.THROTTLED:
+            # RFC 4954 §6: 454 4.7.0 temporary authentication failure
+            await server.push("454 4.7.0 Too many failed logins; try again later")
+            return None
+        if login.refusal is LoginRefusal.NOT_ACTIVE:
+            await server.push("535 5.7.8 This KEP account is not active (pending, blocked or closed)")
+            return None
+        # aiosmtpd: handled=False makes it answer 535 itself; True would leave the client waiting
+        return AuthResult(success=False, handled=False)
 
     async def auth_PLAIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult | None:
         # RFC 4616 §2: [authzid] NUL authcid NUL passwd

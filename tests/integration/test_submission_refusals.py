@@ -269,7 +269,7 @@ def test_bare_line_ending_is_refused(srv: DevServer, tmp_path: Path, bad: bytes)
         assert _cmd(s, f"RCPT TO:<{ayse['address']}>".encode()).startswith(b"250")
         assert _cmd(s, b"DATA").startswith(b"354")
         reply = _cmd(s, msg + b".")
-        assert reply.startswith(b"554 5.6.0") and b"bare CR or LF" in reply and b"[RA02]" in reply
+        assert reply.startswith(b"554-5.6.0") and b"bare CR or LF" in reply and b"[RA02]" in reply
         assert _cmd(s, b"QUIT").startswith(b"221")
     assert_rejected_with_evidence(srv, subj, "bare CR or LF", tmp_path)
 

@@ -1,0 +1,312 @@
+"""The folder index beside the Maildir: `kepmta-index` (a snapshot) and `kepmta-index.log` (a journal).
+
+It records what a directory scan would otherwise have to find out again: every message's UID, file
+name, keywords, modification sequence (RFC 7162 §3), size and internal date; the UIDs expunged at
+each modification sequence (for QRESYNC's VANISHED); UIDVALIDITY, UIDNEXT, the first \\Recent UID,
+and the directory modification times the index is known to match. Opening a folder after a
+restart therefore reads one file instead of listing and stat'ing every message.
+
+Each change is one appended, fsync'd journal line, so its cost does not grow with the folder; once
+the journal is longer than the snapshot both are folded into a new snapshot. The snapshot names a
+generation and so does the journal, so a journal left behind by a crash during that fold is
+recognised as already folded in and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("kepmta.imap")
+
+INDEX = "kepmta-index"
+JOURNAL = "kepmta-index.log"
+_SNAPSHOT_MAGIC = "kepmta-index"
+_JOURNAL_MAGIC = "kepmta-journal"
+_VERSION = "2"
+_MIN_JOURNAL = 1024
+
+
+class IndexCorrupt(ValueError):
+    """The snapshot cannot be trusted; the folder gets new UIDs and a new UIDVALIDITY."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message as the index remembers it; `sub` is "new" or "cur"."""
+
+    uid: int
+    modseq: int
+    size: int
+    internal_ns: int
+    sub: str
+    name: str
+    keywords: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Header:
+    uidvalidity: int
+    uidnext: int
+    first_recent: int
+    highestmodseq: int
+    # Modification times (ns) of new/ and cur/ that the entries match, and whether they were old
+    # enough when taken that a change within the same clock tick cannot hide behind them.
+    stamp: tuple[int, int]
+    settled: bool
+
+
+@dataclass(frozen=True)
+class Vanished:
+    """UIDs expunged at modification sequence `modseq`, as closed ranges."""
+
+    modseq: int
+    uids: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class State:
+    header: Header
+    entries: dict[int, Entry] = field(default_factory=dict)
+    vanished: list[Vanished] = field(default_factory=list)
+
+
+# --- line format ------------------------------------------------------------------------------------
+
+
+def header_line(h: Header) -> str:
+    return "\t".join(
+        (
+            "H",
+            str(h.uidvalidity),
+            str(h.uidnext),
+            str(h.first_recent),
+            str(h.highestmodseq),
+            str(h.stamp[0]),
+            str(h.stamp[1]),
+            "1" if h.settled else "0",
+        )
+    )
+
+
+def entry_line(e: Entry) -> str:
+    keywords = " ".join(sorted(e.keywords))
+    return f"M\t{e.uid}\t{e.modseq}\t{e.size}\t{e.internal_ns}\t{e.sub}\t{e.name}\t{keywords}"
+
+
+def vanished_line(v: Vanished) -> str:
+    return f"X\t{v.modseq}\t" + ",".join(f"{lo}:{hi}" for lo, hi in v.uids)
+
+
+def uid_ranges(uids: list[int]) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for uid in sorted(set(uids)):
+        if out and uid == out[-1][1] + 1:
+            out[-1] = (out[-1][0], uid)
+        else:
+            out.append((uid, uid))
+    return tuple(out)
+
+
+def fold_vanished(vanished: list[Vanished], keep: int) -> list[Vanished]:
+    """At most `keep` records: the oldest are merged under the newest of them.
+
+    RFC 7162 §3.2.6 lets a server that has forgotten when a UID was expunged report it as
+    vanished to a client that may already know; merging trades that precision for bounded size.
+    """
+    if len(vanished) <= keep:
+        return vanished
+    cut = len(vanished) - keep + 1
+    ranges: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for v in vanished[:cut] for r in v.uids):
+        if ranges and lo <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(hi, ranges[-1][1]))
+        else:
+            ranges.append((lo, hi))
+    return [Vanished(vanished[cut - 1].modseq, tuple(ranges)), *vanished[cut:]]
+
+
+def _apply(state: State, line: str) -> None:
+    parts = line.split("\t")
+    kind = parts[0]
+    if kind == "H" and len(parts) == 8:
+        h = Header(
+            int(parts[1]),
+            int(parts[2]),
+            int(parts[3]),
+            int(parts[4]),
+            (int(parts[5]), int(parts[6])),
+            parts[7] == "1",
+        )
+        if h.uidvalidity != state.header.uidvalidity:
+            raise ValueError("UIDVALIDITY changed inside the index")
+        state.header = h
+    elif kind == "M" and len(parts) == 8:
+        if parts[5] not in ("new", "cur") or not parts[6]:
+            raise ValueError(f"bad message line {line!r}")
+        e = Entry(
+            int(parts[1]),
+            int(parts[2]),
+            int(parts[3]),
+            int(parts[4]),
+            parts[5],
+            parts[6],
+            frozenset(k for k in parts[7].split(" ") if k),
+        )
+        if e.uid <= 0 or e.modseq <= 0:
+            raise ValueError(f"bad message line {line!r}")
+        state.entries[e.uid] = e
+    elif kind == "X" and len(parts) == 3:
+        ranges: list[tuple[int, int]] = []
+        for piece in parts[2].split(","):
+            lo, _, hi = piece.partition(":")
+            ranges.append((int(lo), int(hi)))
+        v = Vanished(int(parts[1]), tuple(ranges))
+        for lo, hi in v.uids:
+            if hi - lo < len(state.entries):
+                for uid in range(lo, hi + 1):
+                    state.entries.pop(uid, None)
+            else:
+                for uid in [u for u in state.entries if lo <= u <= hi]:
+                    del state.entries[uid]
+        state.vanished.append(v)
+    else:
+        raise ValueError(f"unknown index line {line[:40]!r}")
+
+
+def _settle_counters(state: State) -> None:
+    """UIDNEXT and HIGHESTMODSEQ never fall below what any surviving line shows was handed out."""
+    h = state.header
+    top_uid = max(state.entries, default=0)
+    top_modseq = max((e.modseq for e in state.entries.values()), default=0)
+    for v in state.vanished:
+        top_uid = max(top_uid, v.uids[-1][1] if v.uids else 0)
+        top_modseq = max(top_modseq, v.modseq)
+    state.header = Header(
+        h.uidvalidity,
+        max(h.uidnext, top_uid + 1),
+        h.first_recent,
+        max(h.highestmodseq, top_modseq),
+        h.stamp,
+        h.settled,
+    )
+
+
+# --- the files --------------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class IndexFile:
+    """Reads and writes one folder's index; `appends`/`snapshots` count the writes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.generation = 0
+        self.journal_lines = 0
+        self.appends = 0
+        self.snapshots = 0
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.directory / INDEX
+
+    @property
+    def journal_path(self) -> Path:
+        return self.directory / JOURNAL
+
+    def load(self) -> State | None:
+        """The index as last written, or None when there is none; raises IndexCorrupt."""
+        try:
+            text = self.snapshot_path.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise IndexCorrupt(str(e)) from e
+        lines = text.split("\n")
+        head = lines[0].split(" ")
+        try:
+            if len(head) != 3 or head[0] != _SNAPSHOT_MAGIC or head[1] != _VERSION:
+                raise ValueError("bad snapshot header")
+            generation = int(head[2])
+            if not lines[1].startswith("H\t"):
+                raise ValueError("snapshot lacks its folder header")
+            first = lines[1].split("\t")
+            state = State(Header(int(first[1]), 1, 1, 0, (-1, -1), False))
+            for line in lines[1:]:
+                if line:
+                    _apply(state, line)
+        except (ValueError, IndexError) as e:
+            raise IndexCorrupt(f"{self.snapshot_path}: {e}") from e
+        self.generation = generation
+        self.journal_lines = self._replay(state)
+        _settle_counters(state)
+        return state
+
+    def _replay(self, state: State) -> int:
+        try:
+            text = self.journal_path.read_text("utf-8", errors="replace")
+        except FileNotFoundError:
+            return 0
+        lines = text.split("\n")
+        if lines[0] != f"{_JOURNAL_MAGIC} {_VERSION} {self.generation}":
+            # A journal of another generation was already folded into this snapshot.
+            return 0
+        # The last element is whatever followed the final newline: a line torn by a crash, never
+        # acknowledged to anyone, so it is left out.
+        complete = lines[1:-1]
+        applied = 0
+        for line in complete:
+            try:
+                _apply(state, line)
+            except (ValueError, IndexError):
+                log.warning("%s: ignoring the journal from a damaged line on", self.journal_path)
+                break
+            applied += 1
+        return applied
+
+    def append(self, lines: list[str]) -> None:
+        """Add lines to the journal, durably, before the change they describe is reported."""
+        if not lines:
+            return
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        if self.journal_lines == 0:
+            data = f"{_JOURNAL_MAGIC} {_VERSION} {self.generation}\n".encode() + data
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        fd = os.open(self.journal_path, flags, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.journal_lines += len(lines)
+        self.appends += 1
+
+    def wants_snapshot(self, entries: int) -> bool:
+        return self.journal_lines > max(_MIN_JOURNAL, entries)
+
+    def write_snapshot(self, state: State) -> None:
+        """Replace snapshot and journal with one snapshot of `state` (atomic rename)."""
+        generation = self.generation + 1
+        lines = [f"{_SNAPSHOT_MAGIC} {_VERSION} {generation}", header_line(state.header)]
+        lines.extend(entry_line(e) for e in state.entries.values())
+        lines.extend(vanished_line(v) for v in state.vanished)
+        tmp = self.directory / f"{INDEX}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, ("\n".join(lines) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.snapshot_path)
+        self.generation = generation
+        self.journal_lines = 0
+        self.snapshots += 1
