@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from kepmta.cli import dovecot, evidence, serve
+from kepmta.cli import accounts, dovecot, evidence, serve
+from kepmta.cli.common import Parser
+
+if TYPE_CHECKING:
+    from kepmta.cli.common import Subcommands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kepmta",
         description="KEP (registered e-mail) server: SMTP submission, IMAP, "
         "and signed, time-stamped evidence.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub: Subcommands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     serve.register(sub)
     evidence.register(sub)
+    accounts.register(sub)
     dovecot.register(sub)
     return parser
 

@@ -7,8 +7,8 @@ import base64
 import re
 from pathlib import Path
 
-from kepmta import config, devinit, pki
-from kepmta.cli.common import DEFAULT_DATA, die
+from kepmta import config, pki
+from kepmta.cli.common import add_config_options, die, settings_from
 
 
 def _read_evidence(path: Path) -> bytes:
@@ -25,7 +25,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
             provider_ca = args.ca
             tsa_ca = args.tsa_ca or args.ca
         else:
-            settings = config.load(args.config or args.data / devinit.CONFIG_NAME)
+            settings = settings_from(args)
             provider_ca = settings.provider_ca
             tsa_ca = args.tsa_ca or settings.provider_ca
         trust, tsa_trust = pki.load_certs(provider_ca), pki.load_certs(tsa_ca)
@@ -54,8 +54,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument(
         "--tsa-ca", type=Path, help="CA certificate(s) of the time-stamp authority (default: --ca)"
     )
-    verify.add_argument("--config", type=Path, help="kepmta.toml whose provider CA to trust")
-    verify.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="development folder (default: %(default)s)"
-    )
+    add_config_options(verify)
     verify.set_defaults(func=cmd_evidence_verify)

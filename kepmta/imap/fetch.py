@@ -1,7 +1,9 @@
 """FETCH data items (RFC 3501 §6.4.5, §7.4.2): parsing the request and building the response.
 
 Section data is cut from the stored octets; a whole message or its text is streamed from the file
-rather than read into memory, and nothing is read at all for FLAGS, UID, RFC822.SIZE, INTERNALDATE.
+rather than read into memory, and nothing is read at all for FLAGS, UID, MODSEQ (RFC 7162),
+RFC822.SIZE and INTERNALDATE, which the folder index holds. BINARY (RFC 3516) sections are
+decoded by `imap/binary.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kepmta.imap import mime
+from kepmta.imap import binary, mime
 from kepmta.imap.headers import Address, bytes_of, parse_addresses, parse_disposition
 from kepmta.imap.mailbox import format_flags
 from kepmta.imap.protocol import (
@@ -30,7 +32,9 @@ from kepmta.imap.protocol import (
     string,
 )
 
-_SIMPLE = frozenset({"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE", "ENVELOPE", "BODYSTRUCTURE", "BODY"})
+_SIMPLE = frozenset(
+    {"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "MODSEQ"}
+)
 _RFC822 = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -69,14 +73,15 @@ class FetchItem:
 
     @property
     def sets_seen(self) -> bool:
-        # RFC 3501 §6.4.5: BODY[...] (not .PEEK), RFC822 and RFC822.TEXT set \Seen.
+        # RFC 3501 §6.4.5: BODY[...] (not .PEEK), RFC822 and RFC822.TEXT set \Seen; so does
+        # BINARY[...] (RFC 3516 §4.2), but not BINARY.SIZE.
         return not self.peek
 
     def response_name(self) -> bytes:
         if self.name in _RFC822:
             return self.name.encode("ascii")
         assert self.section is not None
-        label = b"BODY[" + self.section.label() + b"]"
+        label = self.name.encode("ascii") + b"[" + self.section.label() + b"]"
         if self.partial is not None:
             label += b"<%d>" % self.partial[0]
         return label
@@ -96,6 +101,13 @@ def _item(tok: Token) -> FetchItem:
     if not isinstance(tok, Atom):
         raise BadCommand("expected a FETCH attribute")
     name = tok.value.upper()
+    if tok.section is not None and name.startswith("BINARY"):
+        section = _binary_section(tok.section)
+        if name == "BINARY.SIZE":
+            if tok.partial is not None:
+                raise BadCommand("BINARY.SIZE takes no partial range")
+            return FetchItem(name, section)
+        return FetchItem("BINARY", section, peek=name == "BINARY.PEEK", partial=tok.partial)
     if tok.section is not None:
         return FetchItem("BODY", _section(tok.section), peek=name == "BODY.PEEK", partial=tok.partial)
     if name in _SIMPLE:
@@ -107,6 +119,19 @@ def _item(tok: Token) -> FetchItem:
     if name == "RFC822.TEXT":
         return FetchItem(name, Section((), "TEXT"), peek=False)
     raise BadCommand(f"unknown FETCH attribute {tok.value!r}")
+
+
+def _binary_section(tokens: tuple[Token, ...]) -> Section:
+    """RFC 3516 §6 section-binary: part numbers only, no HEADER/TEXT/MIME."""
+    if not tokens:
+        return Section((), "")
+    first = tokens[0]
+    if len(tokens) != 1 or not isinstance(first, Atom) or first.section is not None:
+        raise BadCommand("BINARY takes a part number such as [1.2]")
+    pieces = first.value.split(".")
+    if not all(p.isdigit() and int(p) > 0 for p in pieces):
+        raise BadCommand("BINARY takes a part number such as [1.2]")
+    return Section(tuple(int(p) for p in pieces), "")
 
 
 def _section(tokens: tuple[Token, ...]) -> Section:
@@ -256,6 +281,20 @@ async def body_section(reader: MessageReader, item: FetchItem) -> Segment | None
     return reader.slice(start, end)
 
 
+async def binary_section(reader: MessageReader, item: FetchItem) -> bytes | None:
+    """The decoded content a BINARY[section] item names, or None when the part does not exist."""
+    assert item.section is not None
+    path = item.section.path
+    data = await reader.data()
+    if not path:
+        return data
+    tree = await reader.tree()
+    node = mime.locate(tree, path)
+    if node is None:
+        return None
+    return await asyncio.to_thread(binary.decoded, data, node.part)
+
+
 def _clip(data: bytes, partial: tuple[int, int] | None) -> bytes:
     if partial is None:
         return data
@@ -395,7 +434,10 @@ async def render(
     mtime: float,
     add_uid: bool,
     add_flags: bool,
+    modseq: int | None = None,
 ) -> list[Segment]:
+    """`modseq` is given once CONDSTORE is on: then every response carrying FLAGS carries MODSEQ
+    (RFC 7162 §3.1.4.1)."""
     """The parenthesised data list of one FETCH response."""
     parts: list[Segment] = []
     pieces: list[list[Segment]] = []
@@ -418,6 +460,21 @@ async def render(
             simple(b"RFC822.SIZE %d" % size)
         elif item.name == "INTERNALDATE":
             simple(b"INTERNALDATE " + internal_date(mtime))
+        elif item.name == "MODSEQ":
+            simple(b"MODSEQ (%d)" % (modseq or 0))
+        elif item.name == "BINARY.SIZE":
+            decoded = await binary_section(need(reader), item)
+            simple(item.response_name() + b" %d" % (0 if decoded is None else len(decoded)))
+        elif item.name == "BINARY":
+            decoded = await binary_section(need(reader), item)
+            name = item.response_name()
+            if decoded is None:
+                pieces.append([name + b" NIL"])
+            else:
+                decoded = _clip(decoded, item.partial)
+                # RFC 3516 §4.3: content holding NUL octets goes as literal8.
+                head = b"~" + literal_header(len(decoded)) if b"\0" in decoded else literal_header(len(decoded))
+                pieces.append([name + b" " + head + decoded])
         elif item.name == "ENVELOPE":
             _, head = await need(reader).header()
             simple(b"ENVELOPE " + envelope(head))
@@ -437,6 +494,9 @@ async def render(
     if add_flags and "FLAGS" not in names_done:
         # RFC 3501 §6.4.5: a \Seen set as a side effect is reported with the data.
         simple(b"FLAGS " + format_flags(flags))
+        names_done.add("FLAGS")
+    if modseq is not None and "FLAGS" in names_done and "MODSEQ" not in names_done:
+        simple(b"MODSEQ (%d)" % modseq)
     for i, piece in enumerate(pieces):
         if i:
             parts.append(b" ")

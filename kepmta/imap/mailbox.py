@@ -139,6 +139,9 @@ class FolderStore:
         self._views: set[MailboxView] = set()
         self._stamp: tuple[int, int] = (-1, -1)
         self._settled = False
+
+    def load(self) -> None:
+        """Read the index, scanning the directories only when it is missing or out of date."""
         if not self._load_index():
             self._scan(self._current_stamp())
 
@@ -362,8 +365,10 @@ class FolderStore:
             self.messages = dict(sorted(self.messages.items()))
         if self.has_writer:
             lines.extend(self._move_new_to_cur())
-        if full:
+        if full and lines:
             self.save_index()
+        elif full:
+            self._record([header_line(self._header())])
         elif lines:
             self._record(lines)
         for view in self._views:
@@ -660,10 +665,13 @@ class StoreRegistry:
         if store is None:
             self._discard(directory)
             store = FolderStore(name, directory, self._next_validity())
+            # Watching before loading: a change made while the index is read is then not lost,
+            # its event is applied afterwards.
+            self._watch(store)
+            store.load()
             if not store.index.snapshot_path.exists():
                 store.save_index()
             self._stores[directory] = store
-            self._watch(store)
         else:
             store.name = name
             self._idle.pop(directory, None)
@@ -709,8 +717,6 @@ class StoreRegistry:
             self._watches[wd] = (store, sub)
         self._wds[store.directory] = wds
         store.sync = self._inotify.drain
-        # Whatever happened between the scan or index load and the watch starting.
-        store.refresh(force=True) if not store.index.snapshot_path.exists() else store.scan_new_since_watch()
 
     def dispatch(self, events: dict[int, list[DirEvent]], overflow: bool) -> None:
         """Route inotify events to their stores; after an overflow every store scans itself."""

@@ -23,7 +23,7 @@ _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]+]+")
 _LITERAL_MARK = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n\Z")
 _LITERAL_TOKEN = re.compile(rb"\{(\d{1,12})\+?\}\r?\n")
 _PARTIAL = re.compile(rb"<(\d{1,10})\.(\d{1,10})>")
-_SECTION_ATOMS = frozenset({"BODY", "BODY.PEEK"})
+_SECTION_ATOMS = frozenset({"BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"})
 
 
 class BadCommand(Exception):
@@ -130,6 +130,10 @@ class _Lexer:
         if ch == ord('"'):
             return self.quoted()
         if ch == ord("{"):
+            return self.literal()
+        if ch == ord("~") and self.data[self.pos + 1 : self.pos + 2] == b"{":
+            # RFC 3516 §4.4 literal8: the same framing, octets that may include NUL.
+            self.pos += 1
             return self.literal()
         return self.atom(closer)
 

@@ -1,20 +1,20 @@
 """SEARCH criteria (RFC 3501 §6.4.4): parsing them into a tree and testing messages against it.
 
-Each message is read only as far as the criteria need: flags and numbers need nothing, sizes and
-internal dates a stat, header keys the header, BODY and TEXT the whole file.
+Each message is read only as far as the criteria need: flags, numbers, mod-sequences, sizes and
+internal dates come from the folder index, header keys need the header, BODY and TEXT the file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
 from kepmta.imap import mime
+from kepmta.imap.condstore import mod_sequence
 from kepmta.imap.fetch import MessageReader
 from kepmta.imap.headers import decode_words, text_of
 from kepmta.imap.mailbox import DELETED, SEEN, system_flag
@@ -36,9 +36,8 @@ _CHARSETS = ("UTF-8", "US-ASCII")
 
 class Need(IntEnum):
     NOTHING = 0
-    STAT = 1
-    HEADER = 2
-    BODY = 3
+    HEADER = 1
+    BODY = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,13 @@ class SetKey:
 
 
 @dataclass(frozen=True)
+class ModSeqKey:
+    """RFC 7162 §3.1.5: messages whose mod-sequence is at least `modseq`."""
+
+    modseq: int
+
+
+@dataclass(frozen=True)
 class NotKey:
     key: Key
 
@@ -101,7 +107,9 @@ class AndKey:
     keys: tuple[Key, ...]
 
 
-Key = FlagKey | RecentKey | AllKey | TextKey | DateKey | SizeKey | SetKey | NotKey | OrKey | AndKey
+Key = (
+    FlagKey | RecentKey | AllKey | TextKey | DateKey | SizeKey | SetKey | ModSeqKey | NotKey | OrKey | AndKey
+)
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
@@ -194,6 +202,14 @@ def _key(args: Args) -> Key:
         return SizeKey(name == "LARGER", args.number("size"))
     if name == "UID":
         return SetKey(SequenceSet.parse(args.atom("UID set")), uid=True)
+    if name == "MODSEQ":
+        # RFC 7162 §3.1.5: an optional metadata entry name and type; a message has one
+        # mod-sequence for all its flags here, so they do not narrow anything.
+        if isinstance(args.peek(), String):
+            args.next("entry name")
+            if args.atom("entry type").lower() not in ("all", "shared", "priv"):
+                raise BadCommand("MODSEQ entry type must be all, shared or priv")
+        return ModSeqKey(mod_sequence(args.atom("mod-sequence"), zero=True))
     if name == "NOT":
         return NotKey(_key(args))
     if name == "OR":
@@ -216,9 +232,7 @@ def need(key: Key) -> Need:
     if isinstance(key, TextKey):
         return Need.HEADER if key.header else Need.BODY
     if isinstance(key, DateKey):
-        return Need.HEADER if key.sent else Need.STAT
-    if isinstance(key, SizeKey):
-        return Need.STAT
+        return Need.HEADER if key.sent else Need.NOTHING
     if isinstance(key, NotKey):
         return need(key.key)
     if isinstance(key, OrKey):
@@ -234,6 +248,9 @@ class Candidate:
     uid: int
     flags: frozenset[str]
     recent: bool
+    modseq: int = 1
+    size: int = 0
+    internal: float = 0.0
 
 
 class _Facts:
@@ -243,8 +260,6 @@ class _Facts:
         self.c = c
         self.sets = sets
         self.uid_sets = uid_sets
-        self.size = 0
-        self.mtime = 0.0
         self.data = b""
         self.top: mime.Part | None = None
         self.body_text: str | None = None
@@ -264,8 +279,10 @@ def _test(key: Key, f: _Facts) -> bool:
     if isinstance(key, SetKey):
         table = f.uid_sets if key.uid else f.sets
         return (f.c.uid if key.uid else f.c.seq) in table[id(key)]
+    if isinstance(key, ModSeqKey):
+        return f.c.modseq >= key.modseq
     if isinstance(key, SizeKey):
-        return f.size > key.size if key.larger else f.size < key.size
+        return f.c.size > key.size if key.larger else f.c.size < key.size
     if isinstance(key, DateKey):
         return _test_date(key, f)
     if isinstance(key, TextKey):
@@ -288,7 +305,7 @@ def _test_date(key: DateKey, f: _Facts) -> bool:
         except (TypeError, ValueError, IndexError):
             return False
     else:
-        day = dt.datetime.fromtimestamp(f.mtime).astimezone().date()
+        day = dt.datetime.fromtimestamp(f.c.internal).astimezone().date()
     if key.op == "BEFORE":
         return day < key.date
     if key.op == "ON":
@@ -313,6 +330,19 @@ def _test_text(key: TextKey, f: _Facts) -> bool:
         if _contains(header, key.needle):
             return True
     return _contains(f.body_text, key.needle)
+
+
+def uses_modseq(key: Key) -> bool:
+    """Whether the program has a MODSEQ key, which changes the response (RFC 7162 §3.1.5)."""
+    if isinstance(key, ModSeqKey):
+        return True
+    if isinstance(key, NotKey):
+        return uses_modseq(key.key)
+    if isinstance(key, OrKey):
+        return uses_modseq(key.left) or uses_modseq(key.right)
+    if isinstance(key, AndKey):
+        return any(uses_modseq(k) for k in key.keys)
+    return False
 
 
 def _collect_sets(key: Key, out: list[SetKey]) -> None:
@@ -357,8 +387,6 @@ async def run(
             except FileNotFoundError:
                 continue
             try:
-                st = os.fstat(reader.fd)
-                facts.size, facts.mtime = st.st_size, st.st_mtime
                 if level == Need.HEADER:
                     facts.data, facts.top = await reader.header()
                 elif level == Need.BODY:

@@ -18,7 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kepmta.imap import fetch, folders, search
+from kepmta.imap import condstore, fetch, folders, quota, search, sort
+from kepmta.imap.binary import UnknownCte
 from kepmta.imap.mailbox import (
     DELETED,
     SEEN,
@@ -61,7 +62,10 @@ log = logging.getLogger("kepmta.imap")
 
 _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
+    " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE"
 )
+# RFC 5161 §3.1: what ENABLE can turn on.
+_ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
 _STREAM_CHUNK = 1 << 20
 _unique = itertools.count(1)
 
@@ -78,7 +82,9 @@ _AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
 _AUTH_ONLY = frozenset({State.AUTHENTICATED})
 _SEL = frozenset({State.SELECTED})
 # RFC 3501 §7.4.1: no EXPUNGE responses while these are answered.
-_NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "UID FETCH", "UID STORE", "UID SEARCH"})
+_NO_EXPUNGE_DURING = frozenset(
+    {"FETCH", "STORE", "SEARCH", "SORT", "UID FETCH", "UID STORE", "UID SEARCH", "UID SORT"}
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Session:
         self.maildir: Maildir | None = None
         self.read_only_folders: frozenset[str] = frozenset()
         self.view: MailboxView | None = None
+        self.enabled: set[str] = set()
         self.auth_failures = 0
         self._logout = False
         peer = writer.get_extra_info("peername")
@@ -230,7 +237,19 @@ class Session:
         if self.view is None:
             return []
         self.view.store.refresh()
-        return self.view.updates(allow_expunge=allow_expunge)
+        return self.view.updates(allow_expunge=allow_expunge, condstore=self.condstore, qresync=self.qresync)
+
+    @property
+    def condstore(self) -> bool:
+        return condstore.CONDSTORE in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return condstore.QRESYNC in self.enabled
+
+    def _enable_condstore(self) -> None:
+        """RFC 7162 §3.1: using any CONDSTORE feature turns CONDSTORE on for the session."""
+        self.enabled.add(condstore.CONDSTORE)
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -332,9 +351,8 @@ class Session:
         return "CAPABILITY completed"
 
     async def c_noop(self, cmd: Command, args: Args) -> str:
+        # The updates every command ends with are what a NOOP is for (RFC 3501 §6.1.2).
         args.end()
-        if self.view is not None:
-            self.view.store.refresh(force=True)
         return "NOOP completed"
 
     async def c_logout(self, cmd: Command, args: Args) -> str:
@@ -425,8 +443,10 @@ class Session:
             raise CommandFailed("invalid credentials", "AUTHENTICATIONFAILED")
         self.user = account
         self.maildir = self.backend.maildir(account)
-        if not folders.exists(self.maildir, INBOX):
-            self.maildir.create(INBOX)
+        # Clients look for the special-use folders (RFC 6154) at once; they exist from the start.
+        for name in (INBOX, *self.server.special_folders):
+            if not folders.exists(self.maildir, name):
+                self.maildir.create(name)
         self.read_only_folders = frozenset(self.backend.read_only_folders(account))
         self.state = State.AUTHENTICATED
         log.info("IMAP login %s from %s", account, self.peer_ip)
@@ -435,11 +455,16 @@ class Session:
     # --- authenticated ------------------------------------------------------------------------------
 
     async def c_enable(self, cmd: Command, args: Args) -> str:
-        args.atom("capability")
+        wanted = [args.atom("capability").upper()]
         while args.more():
-            args.atom("capability")
-        # RFC 5161 §3.1: none of the capabilities we advertise needs enabling, so none is enabled.
-        await self.send(b"* ENABLED")
+            wanted.append(args.atom("capability").upper())
+        # RFC 5161 §3.1: ENABLED lists what this command newly enabled; unknown names are ignored.
+        newly = [c for c in _ENABLEABLE if c in wanted and c not in self.enabled]
+        self.enabled.update(newly)
+        if condstore.QRESYNC in self.enabled:
+            # RFC 7162 §3.2.3: enabling QRESYNC implies CONDSTORE.
+            self.enabled.add(condstore.CONDSTORE)
+        await self.send(("* ENABLED " + " ".join(newly)).rstrip().encode())
         return "ENABLE completed"
 
     async def c_namespace(self, cmd: Command, args: Args) -> str:
@@ -455,17 +480,24 @@ class Session:
 
     async def _select(self, args: Args, *, read_only: bool) -> str:
         name = self._mailbox(args)
-        args.end()
+        params = condstore.parse_select_params(args)
+        if params.qresync is not None and not self.qresync:
+            # RFC 7162 §3.2.5: the QRESYNC parameter needs ENABLE QRESYNC first.
+            raise BadCommand("QRESYNC must be enabled before it is used in SELECT/EXAMINE")
+        if params.condstore:
+            self._enable_condstore()
+        if self.view is not None and self.qresync:
+            # RFC 7162 §3.2.11: the client learns where the old mailbox's responses end.
+            await self.send(b"* OK [CLOSED] previous mailbox closed")
         # RFC 3501 §6.3.1: the current mailbox is deselected even if the new selection fails.
         self._unselect()
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
         store = self._open_store(name)
-        store.refresh(force=True)
         view = MailboxView(store, read_only=read_only)
         self.view = view
         self.state = State.SELECTED
-        keywords = sorted({f for m in store.messages.values() for f in m.flags if not f.startswith("\\")})
+        keywords = sorted(store.keywords)
         all_flags = " ".join([*SYSTEM_FLAGS, *keywords])
         if read_only:
             permanent = ""
@@ -486,8 +518,55 @@ class Session:
             lines.append(b"* OK [UNSEEN %d] first unseen message" % first_unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % store.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] predicted next UID" % store.uidnext)
+        # RFC 7162 §3.1.2.1: a server with persistent mod-sequences reports them on every SELECT.
+        lines.append(b"* OK [HIGHESTMODSEQ %d] highest mod-sequence" % store.highestmodseq)
+        if params.qresync is not None and params.qresync.uidvalidity == store.uidvalidity:
+            lines.extend(self._resync(view, params.qresync))
         await self.send(*lines)
         return "[READ-ONLY] EXAMINE completed" if read_only else "[READ-WRITE] SELECT completed"
+
+    def _resync(self, view: MailboxView, q: condstore.Qresync) -> list[bytes]:
+        """RFC 7162 §3.2.5.2: what vanished and what changed since the client's mod-sequence."""
+        lines: list[bytes] = []
+        vanished = view.store.vanished_since(q.modseq)
+        if q.known_uids is not None:
+            known = IntervalSet(q.known_uids.intervals(view.store.uidnext))
+            vanished = [u for u in vanished if u in known]
+        earlier = condstore.vanished_earlier(vanished)
+        if earlier is not None:
+            lines.append(earlier)
+        for i, uid in enumerate(view.uids):
+            msg = view.message(uid)
+            if msg is not None and msg.modseq > q.modseq:
+                lines.append(
+                    b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))"
+                    % (i + 1, uid, format_flags(view.flags_of(msg)), msg.modseq)
+                )
+        return lines
+
+    async def c_getquota(self, cmd: Command, args: Args) -> str:
+        root = args.astring("quota root")
+        args.end()
+        quota.require_root(root)
+        used, limit = await self.backend.quota(self.user)
+        await self.send(quota.quota_response(used, limit))
+        return "GETQUOTA completed"
+
+    async def c_getquotaroot(self, cmd: Command, args: Args) -> str:
+        name = self._mailbox(args)
+        args.end()
+        if not folders.exists(self._md(), name):
+            raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
+        used, limit = await self.backend.quota(self.user)
+        await self.send(quota.quotaroot_response(folders.name_to_wire(name)), quota.quota_response(used, limit))
+        return "GETQUOTAROOT completed"
+
+    async def c_setquota(self, cmd: Command, args: Args) -> str:
+        args.astring("quota root")
+        args.paren_list("resource limits")
+        args.end()
+        # RFC 9208 §4.1.3: limits are the provider's to set (the account's contract), not the user's.
+        raise CommandFailed("quota limits are set by the provider", "NOPERM")
 
     async def c_create(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
@@ -551,21 +630,31 @@ class Session:
         wanted: list[str] = []
         for tok in items:
             if not isinstance(tok, Atom) or tok.value.upper() not in _STATUS_ITEMS:
-                raise BadCommand("unknown STATUS item; use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
+                raise BadCommand("unknown STATUS item; use " + " ".join(_STATUS_ITEMS))
             wanted.append(tok.value.upper())
         if not wanted:
             raise BadCommand("empty STATUS item list")
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
+        if "HIGHESTMODSEQ" in wanted:
+            self._enable_condstore()
         store = self._open_store(name)
         try:
             store.refresh()
+            messages = store.messages.values()
+            deleted = [m for m in messages if DELETED in m.flags]
             values = {
                 "MESSAGES": len(store.messages),
                 "RECENT": store.recent_count,
                 "UIDNEXT": store.uidnext,
                 "UIDVALIDITY": store.uidvalidity,
-                "UNSEEN": sum(1 for m in store.messages.values() if SEEN not in m.flags),
+                "UNSEEN": sum(1 for m in messages if SEEN not in m.flags),
+                # RFC 7162 §3.1.6
+                "HIGHESTMODSEQ": store.highestmodseq,
+                # RFC 8438 §3: octets; RFC 9208 §4.2.2 DELETED, §4.2.3 DELETED-STORAGE in KiB.
+                "SIZE": sum(m.size for m in messages),
+                "DELETED": len(deleted),
+                "DELETED-STORAGE": quota.kib_used(sum(m.size for m in deleted)),
             }
         finally:
             self._release(store)
@@ -591,6 +680,8 @@ class Session:
             # RFC 3501 §6.3.11: TRYCREATE tells the client that CREATE would make this work.
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
+        used, limit = await self.backend.quota(self.user)
+        quota.check_room(used, limit, len(tok.value))
         store = self._open_store(name)
         try:
             msg = await _save(store, tok.value, flags, when)
@@ -612,9 +703,11 @@ class Session:
                 if self.view is not None:
                     wake = asyncio.ensure_future(self.view.wakeup.wait())
                     waiters.add(wake)
-                done, _ = await asyncio.wait(
-                    waiters, timeout=self.server.idle_poll_seconds, return_when=asyncio.FIRST_COMPLETED
-                )
+                # Watched folders wake the view the moment inotify reports a change; only a folder
+                # without a watch has to be looked at periodically.
+                pushed = self.view is None or self.view.store.sync is not None
+                timeout = max(0.0, deadline - time.monotonic()) if pushed else self.server.idle_poll_seconds
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if wake is not None and not wake.done():
                     wake.cancel()
                 if read in done:
@@ -636,8 +729,8 @@ class Session:
     # --- selected -------------------------------------------------------------------------------------
 
     async def c_check(self, cmd: Command, args: Args) -> str:
+        # Every change is on disk when its command completes, so there is nothing to flush.
         args.end()
-        self._selected().store.refresh(force=True)
         return "CHECK completed"
 
     async def c_close(self, cmd: Command, args: Args) -> str:
@@ -688,24 +781,56 @@ class Session:
     async def c_uid_search(self, cmd: Command, args: Args) -> str:
         return await self._search(args, uid=True)
 
-    async def _search(self, args: Args, *, uid: bool) -> str:
-        key = search.parse_program(args)
+    def _candidates(self) -> list[search.Candidate]:
         view = self._selected()
-        candidates = []
+        out = []
         for i, u in enumerate(view.uids):
             msg = view.message(u)
             if msg is not None:
-                candidates.append(search.Candidate(i + 1, u, msg.flags, u in view.recent))
+                out.append(
+                    search.Candidate(i + 1, u, msg.flags, u in view.recent, msg.modseq, msg.size, msg.internal)
+                )
+        return out
 
-        def locate(u: int) -> Path | None:
-            m = view.message(u)
-            return m.path if m is not None else None
+    def _locate(self, uid: int) -> Path | None:
+        msg = self._selected().message(uid)
+        return msg.path if msg is not None else None
 
+    async def _matches(self, key: search.Key) -> list[search.Candidate]:
+        view = self._selected()
         max_uid = view.uids[-1] if view.uids else 0
-        hits = await search.run(key, candidates, locate, view.exists, max_uid)
+        return await search.run(key, self._candidates(), self._locate, view.exists, max_uid)
+
+    async def _search(self, args: Args, *, uid: bool) -> str:
+        key = search.parse_program(args)
+        with_modseq = search.uses_modseq(key)
+        if with_modseq:
+            self._enable_condstore()
+        hits = await self._matches(key)
         numbers = " ".join(str(c.uid if uid else c.seq) for c in hits)
-        await self.send(("* SEARCH " + numbers if numbers else "* SEARCH").encode())
+        line = "* SEARCH " + numbers if numbers else "* SEARCH"
+        if with_modseq and hits:
+            # RFC 7162 §3.1.5: the highest mod-sequence among the messages found.
+            line += f" (MODSEQ {max(c.modseq for c in hits)})"
+        await self.send(line.encode())
         return f"{'UID ' if uid else ''}SEARCH completed"
+
+    async def c_sort(self, cmd: Command, args: Args) -> str:
+        return await self._sort(args, uid=False)
+
+    async def c_uid_sort(self, cmd: Command, args: Args) -> str:
+        return await self._sort(args, uid=True)
+
+    async def _sort(self, args: Args, *, uid: bool) -> str:
+        criteria = sort.parse_criteria(args)
+        key = search.parse_program(args, charset_given=True)
+        hits = await self._matches(key)
+        items = [sort.Item(c.seq, c.uid, c.size, c.internal) for c in hits]
+        ordered = await sort.sort(criteria, items, self._locate)
+        numbers = " ".join(str(i.uid if uid else i.seq) for i in ordered)
+        # RFC 5256 §4: the SORT response lists the numbers in the sorted order.
+        await self.send(("* SORT " + numbers if numbers else "* SORT").encode())
+        return f"{'UID ' if uid else ''}SORT completed"
 
     async def c_fetch(self, cmd: Command, args: Args) -> str:
         return await self._fetch(args, uid=False)
@@ -716,9 +841,26 @@ class Session:
     async def _fetch(self, args: Args, *, uid: bool) -> str:
         numbers = args.atom("sequence set")
         items = fetch.parse_items(args.next("FETCH attributes"))
-        args.end()
+        modifiers = condstore.parse_fetch_modifiers(args)
+        if modifiers.vanished and not (uid and self.qresync):
+            # RFC 7162 §3.2.6: VANISHED is a UID FETCH modifier, and only once QRESYNC is enabled.
+            raise BadCommand("VANISHED needs UID FETCH and ENABLE QRESYNC")
+        if modifiers.changedsince is not None or any(i.name == "MODSEQ" for i in items):
+            self._enable_condstore()
         targets = self._targets(numbers, uid=uid)
         view = self._selected()
+        if modifiers.vanished and modifiers.changedsince is not None:
+            wanted = IntervalSet(SequenceSet.parse(numbers).intervals(view.store.uidnext))
+            gone = [u for u in view.store.vanished_since(modifiers.changedsince) if u in wanted]
+            earlier = condstore.vanished_earlier(gone)
+            if earlier is not None:
+                await self.send(earlier)
+        if modifiers.changedsince is not None:
+            # RFC 7162 §3.1.4.1: only messages changed since, and MODSEQ is reported for them.
+            since = modifiers.changedsince
+            targets = [(s, u) for s, u in targets if (m := view.message(u)) is None or m.modseq > since]
+            if not any(i.name == "MODSEQ" for i in items):
+                items = (*items, fetch.FetchItem("MODSEQ"))
         sets_seen = not view.read_only and any(i.sets_seen for i in items)
         needs_file = fetch.needs_file(items)
         missing = False
@@ -733,15 +875,12 @@ class Session:
                 if marked is None:
                     missing = True
                     continue
-                msg, flags_changed = marked, True
+                flags_changed = True
+            reader = await self._open_message(view, u) if needs_file else None
             current = view.message(u)
-            if current is None:
-                missing = True
-                continue
-            try:
-                reader = fetch.MessageReader.open(current.path) if needs_file else None
-                st = os.stat(current.path) if reader is None else os.fstat(reader.fd)
-            except FileNotFoundError:
+            if current is None or (needs_file and reader is None):
+                if reader is not None:
+                    reader.close()
                 missing = True
                 continue
             try:
@@ -750,10 +889,11 @@ class Session:
                     items,
                     uid=u,
                     flags=view.flags_of(current),
-                    size=st.st_size,
-                    mtime=st.st_mtime,
+                    size=current.size,
+                    mtime=current.internal,
                     add_uid=uid,
                     add_flags=flags_changed,
+                    modseq=current.modseq if self.condstore else None,
                 )
                 await self.send_segments([b"* %d FETCH (" % seq, *body, b")\r\n"])
             finally:
@@ -764,6 +904,19 @@ class Session:
             raise CommandFailed("some of the requested messages no longer exist", "EXPUNGEISSUED")
         return f"{'UID ' if uid else ''}FETCH completed"
 
+    async def _open_message(self, view: MailboxView, uid: int) -> fetch.MessageReader | None:
+        """The message file, opened; a rename by another program not yet seen is caught up with once."""
+        for attempt in range(2):
+            msg = view.message(uid)
+            if msg is None:
+                return None
+            try:
+                return fetch.MessageReader.open(msg.path)
+            except FileNotFoundError:
+                if attempt == 0:
+                    view.store.refresh(force=view.store.sync is None)
+        return None
+
     async def c_store(self, cmd: Command, args: Args) -> str:
         return await self._store(args, uid=False)
 
@@ -772,6 +925,7 @@ class Session:
 
     async def _store(self, args: Args, *, uid: bool) -> str:
         numbers = args.atom("sequence set")
+        unchangedsince = condstore.parse_store_modifiers(args)
         action = args.atom("store action").upper()
         mode, silent = action.removesuffix(".SILENT"), action.endswith(".SILENT")
         if mode not in ("FLAGS", "+FLAGS", "-FLAGS"):
@@ -781,6 +935,8 @@ class Session:
         while args.more():
             tokens.append(args.next("flag"))
         flags = self._flag_list(tokens)
+        if unchangedsince is not None:
+            self._enable_condstore()
         targets = self._targets(numbers, uid=uid)
         view = self._selected()
         if view.read_only:
@@ -788,11 +944,16 @@ class Session:
         if DELETED in flags and mode != "-FLAGS":
             self._refuse_read_only_folder(view.store.name, "setting \\Deleted")
         lines: list[bytes] = []
+        modified: list[int] = []
         missing = False
         for seq, u in targets:
             msg = view.message(u)
             if msg is None:
                 missing = True
+                continue
+            if unchangedsince is not None and msg.modseq > unchangedsince:
+                # RFC 7162 §3.1.3: changed since the client looked; left alone and reported in MODIFIED.
+                modified.append(u if uid else seq)
                 continue
             if mode == "FLAGS":
                 new = flags
@@ -800,7 +961,8 @@ class Session:
                 new = msg.flags | flags
             else:
                 new = msg.flags - flags
-            if new != msg.flags:
+            changed = new != msg.flags
+            if changed:
                 if SEEN in new and SEEN not in msg.flags:
                     result = await self._mark_seen(view, u, new)
                 else:
@@ -809,14 +971,23 @@ class Session:
                     missing = True
                     continue
                 msg = result
+            uid_part = b"UID %d " % u if uid else b""
             if not silent:
-                uid_part = b"UID %d " % u if uid else b""
-                lines.append(b"* %d FETCH (%sFLAGS %s)" % (seq, uid_part, format_flags(view.flags_of(msg))))
+                data = b"FLAGS " + format_flags(view.flags_of(msg))
+                if self.condstore:
+                    data += b" " + condstore.modseq_item(msg.modseq)
+                lines.append(b"* %d FETCH (%s%s)" % (seq, uid_part, data))
+            elif changed and self.condstore:
+                # RFC 7162 §3.1.3: even .SILENT reports the new mod-sequence of what it changed.
+                lines.append(b"* %d FETCH (%s%s)" % (seq, uid_part, condstore.modseq_item(msg.modseq)))
         if lines:
             await self.send(*lines)
         if missing:
             raise CommandFailed("some of the messages no longer exist", "EXPUNGEISSUED")
-        return f"{'UID ' if uid else ''}STORE completed"
+        verb = f"{'UID ' if uid else ''}STORE"
+        if modified:
+            return f"[MODIFIED {format_uid_set(sorted(modified))}] {verb} completed"
+        return f"{verb} completed"
 
     async def c_copy(self, cmd: Command, args: Args) -> str:
         return await self._copy(cmd, args, uid=False, move=False)
@@ -845,6 +1016,10 @@ class Session:
         messages = [m for _, u in targets if (m := view.message(u)) is not None]
         if len(messages) != len(targets):
             raise CommandFailed("some of the messages no longer exist", "EXPUNGEISSUED")
+        if not move:
+            # RFC 9208 §4.3: a copy takes new room in the account; a move does not.
+            used, limit = await self.backend.quota(self.user)
+            quota.check_room(used, limit, sum(m.size for m in messages))
         dest = self._open_store(name)
         try:
             pairs: list[tuple[int, int]] = []
@@ -937,7 +1112,17 @@ async def _copy_file(dest: FolderStore, msg: MessageFile) -> MessageFile:
         raise
 
 
-_STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"})
+_STATUS_ITEMS = (
+    "MESSAGES",
+    "RECENT",
+    "UIDNEXT",
+    "UIDVALIDITY",
+    "UNSEEN",
+    "HIGHESTMODSEQ",
+    "SIZE",
+    "DELETED",
+    "DELETED-STORAGE",
+)
 
 _COMMANDS: dict[str, _Spec] = {
     "CAPABILITY": _Spec(Session.c_capability, _ANY),
@@ -976,4 +1161,9 @@ _COMMANDS: dict[str, _Spec] = {
     "UID COPY": _Spec(Session.c_uid_copy, _SEL),
     "UID MOVE": _Spec(Session.c_uid_move, _SEL),
     "UID EXPUNGE": _Spec(Session.c_uid_expunge, _SEL),
+    "SORT": _Spec(Session.c_sort, _SEL),
+    "UID SORT": _Spec(Session.c_uid_sort, _SEL),
+    "GETQUOTA": _Spec(Session.c_getquota, _AUTH),
+    "GETQUOTAROOT": _Spec(Session.c_getquotaroot, _AUTH),
+    "SETQUOTA": _Spec(Session.c_setquota, _AUTH),
 }

@@ -1,0 +1,167 @@
+"""SORT (RFC 5256 §3): ordering the messages a search found by one or more criteria.
+
+Keys that only need the index (ARRIVAL, SIZE) read no file; the others read each message's header.
+Strings compare under i;ascii-casemap (RFC 5256 §3: the default collation), which folds only the
+ASCII letters.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kepmta.imap.fetch import MessageReader
+from kepmta.imap.headers import decode_words, parse_addresses
+from kepmta.imap.protocol import Args, Atom, BadCommand, CommandFailed
+
+_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
+_HEADER_KEYS = frozenset({"CC", "DATE", "FROM", "SUBJECT", "TO"})
+_CHARSETS = ("UTF-8", "US-ASCII")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    key: str
+    reverse: bool
+
+
+def parse_criteria(args: Args) -> tuple[Criterion, ...]:
+    """`(criterion...) charset`: criteria in parentheses, then the charset of the search strings."""
+    tokens = args.paren_list("sort criteria")
+    out: list[Criterion] = []
+    reverse = False
+    for tok in tokens:
+        if not isinstance(tok, Atom) or tok.section is not None:
+            raise BadCommand("expected a sort criterion")
+        name = tok.value.upper()
+        if name == "REVERSE":
+            if reverse:
+                raise BadCommand("REVERSE REVERSE is not a sort criterion")
+            reverse = True
+            continue
+        if name not in _KEYS:
+            raise BadCommand(f"unknown sort criterion {tok.value!r}")
+        out.append(Criterion(name, reverse))
+        reverse = False
+    if reverse or not out:
+        raise BadCommand("sort criteria must name at least one key, REVERSE only before a key")
+    charset = args.astring("charset").decode("ascii", "replace").upper()
+    if charset not in _CHARSETS:
+        raise CommandFailed(f"unsupported charset {charset}", "BADCHARSET (UTF-8 US-ASCII)")
+    return tuple(out)
+
+
+# --- base subject (RFC 5256 §2.1) ---------------------------------------------------------------------
+
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
+_TRAILER = re.compile(r"(?:\s*\(fwd\)|\s+)$", re.IGNORECASE)
+_BLOB = r"\[[^\[\]]*\]\s*"
+_LEADER = re.compile(rf"^(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:\s*", re.IGNORECASE)
+_LEADING_BLOB = re.compile(rf"^{_BLOB}")
+_FWD_WRAP = re.compile(r"^\[fwd:(.*)\]$", re.IGNORECASE | re.DOTALL)
+
+
+def base_subject(raw: str) -> str:
+    """The subject without Re:/Fwd: leaders, [blob] prefixes and (fwd) trailers, folded."""
+    text = _WSP_RUN.sub(" ", decode_words(raw)).strip()
+    while True:
+        # Step 2: trailers.
+        while True:
+            stripped = _TRAILER.sub("", text)
+            if stripped == text:
+                break
+            text = stripped
+        # Steps 3 and 4, until neither changes anything.
+        while True:
+            before = text
+            text = _LEADER.sub("", text)
+            blob = _LEADING_BLOB.match(text)
+            if blob and text[blob.end() :]:
+                text = text[blob.end() :]
+            if text == before:
+                break
+        # Step 5: a "[fwd: ...]" wrapper is peeled off and the whole process starts again.
+        wrapped = _FWD_WRAP.match(text)
+        if not wrapped:
+            break
+        text = wrapped.group(1).strip()
+    return _ascii_casemap(text)
+
+
+def _ascii_casemap(text: str) -> str:
+    return "".join(c.upper() if "a" <= c <= "z" else c for c in text)
+
+
+def _first_mailbox(value: str | None) -> str:
+    """RFC 5256 §3: the addr-mailbox (local part) of the first address, empty when there is none."""
+    if value is None:
+        return ""
+    for address in parse_addresses(value):
+        if address.mailbox is not None and address.host is not None:
+            return _ascii_casemap(address.mailbox)
+    return ""
+
+
+# --- sorting ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One message to sort: sequence number, UID, and what the index knows."""
+
+    seq: int
+    uid: int
+    size: int
+    internal: float
+
+
+async def _header_keys(path: Path | None, internal: float) -> dict[str, str | float]:
+    keys: dict[str, str | float] = {"DATE": internal, "SUBJECT": "", "FROM": "", "TO": "", "CC": ""}
+    if path is None:
+        return keys
+    try:
+        reader = MessageReader.open(path)
+    except FileNotFoundError:
+        return keys
+    try:
+        _, top = await reader.header()
+    finally:
+        reader.close()
+    date = top.header("Date")
+    if date is not None:
+        # RFC 5256 §3 DATE: the sent date in UTC; an unparsable one falls back to INTERNALDATE.
+        try:
+            keys["DATE"] = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+    keys["SUBJECT"] = base_subject(top.header("Subject") or "")
+    keys["FROM"] = _first_mailbox(top.header("From"))
+    keys["TO"] = _first_mailbox(top.header("To"))
+    keys["CC"] = _first_mailbox(top.header("Cc"))
+    return keys
+
+
+async def sort(
+    criteria: tuple[Criterion, ...], items: list[Item], locate: Callable[[int], Path | None]
+) -> list[Item]:
+    """`items` in the order the criteria give; ties keep mailbox order (RFC 5256 §3)."""
+    header_needed = any(c.key in _HEADER_KEYS for c in criteria)
+    keys: dict[int, dict[str, str | float]] = {}
+    for item in items:
+        base: dict[str, str | float] = {"ARRIVAL": item.internal, "SIZE": item.size}
+        if header_needed:
+            base.update(await _header_keys(locate(item.uid), item.internal))
+        keys[item.uid] = base
+    ordered = sorted(items, key=lambda i: i.seq)
+    # Python's sort is stable, so sorting by the least significant key first leaves the
+    # earlier keys deciding and mailbox order breaking the remaining ties.
+    for criterion in reversed(criteria):
+        ordered.sort(key=lambda i, k=criterion.key: _key(keys[i.uid][k]), reverse=criterion.reverse)
+    return ordered
+
+
+def _key(value: str | float) -> tuple[int, str | float]:
+    return (0, value) if isinstance(value, float | int) else (1, value)
