@@ -4,6 +4,7 @@ builder, never kepmta's code."""
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import email.utils
@@ -26,7 +27,9 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KEPMTA = [sys.executable, "-m", "kepmta"]
 T = TypeVar("T")
@@ -237,3 +240,149 @@ def openssl_verify(der: bytes, ca: str, tmp: Path) -> tuple[bool, str, str]:
     ).stdout
     content = out.read_text() if r.returncode == 0 else r.stderr.decode()
     return r.returncode == 0, content, printed
+
+
+def accounts_cli(data: str | Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    r = subprocess.run(
+        [*KEPMTA, "accounts", *args, "--data", str(data)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return r.returncode, r.stdout.strip(), r.stderr.strip()
+
+
+def issue_cert(
+    data: str | Path,
+    email: str | None,
+    *,
+    serial_number: str | None = None,
+    not_after: dt.datetime | None = None,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+) -> tuple[Path, Path]:
+    """A personal signing certificate from the development qualified CA of `data` (or `issuer`),
+    made here with `cryptography`, independently of kepmta."""
+    if issuer is None:
+        pki_dir = Path(data) / "pki"
+        ca = x509.load_pem_x509_certificate((pki_dir / "qualified-ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((pki_dir / "qualified-ca.key").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        issuer = (ca, ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, email or "KEP test person")]
+    if serial_number:
+        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(issuer[0].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=60))
+        .not_valid_after(not_after or now + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+    )
+    if email:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+    cert = builder.sign(issuer[1], hashes.SHA256())
+    out = Path(data).parent / "test-certs"
+    out.mkdir(exist_ok=True)
+    stem = uuid.uuid4().hex
+    c, k = out / f"{stem}.pem", out / f"{stem}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return c, k
+
+
+def new_person(
+    srv: DevServer, first: str, last: str, *extra: str, password: str = "uzun-bir-parola"
+) -> dict[str, str]:
+    """An account made with `kepmta accounts add person` (active unless told), with a certificate."""
+    data = srv.info["data"]  # type: ignore[index]
+    code, address, err = accounts_cli(
+        data,
+        "add",
+        "person",
+        "--first-name",
+        first,
+        "--last-name",
+        last,
+        "--password-stdin",
+        *extra,
+        stdin=password + "\n",
+    )
+    assert code == 0, err
+    cert, key = issue_cert(data, address)
+    return {"address": address, "password": password, "cert": str(cert), "key": str(key)}
+
+
+def compose(
+    from_: str,
+    to: list[str],
+    subject: str,
+    body: str,
+    cert: str | Path,
+    key: str | Path,
+    *,
+    cc: list[str] | None = None,
+    extra: str = "",
+) -> bytes:
+    """A signed message with the header fields given (the formal checks look at them)."""
+    inner = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n".encode()
+    head = f"From: {from_}\r\nTo: {', '.join(to)}\r\n"
+    if cc:
+        head += f"Cc: {', '.join(cc)}\r\n"
+    head += (
+        f"Subject: {subject}\r\nDate: {email.utils.formatdate()}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@client.test>\r\n{extra}"
+    )
+    return head.encode() + smime_sign(inner, cert, key)
+
+
+def send_as(
+    srv: DevServer,
+    creds: dict[str, str],
+    mail_from: str,
+    rcpts: list[str],
+    msg: bytes,
+    options: list[str] | None = None,
+) -> tuple[str, int, str]:
+    """("MAIL"|"RCPT"|"DATA"|"done", code, text) of the first refusal, or of the acceptance."""
+    with smtp(srv, creds) as s:
+        code, text = s.mail(mail_from, options or [])
+        if code != 250:
+            return "MAIL", code, text.decode()
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            if code != 250:
+                return "RCPT", code, text.decode()
+        code, text = s.data(msg)
+        return ("done" if code == 250 else "DATA"), code, text.decode()
+
+
+def rejection_evidence(srv: DevServer, creds: dict[str, str], subject: str, needle: str, tmp: Path) -> str:
+    """The content of the SubmissionRejection evidence filed for `creds` whose text has `needle`,
+    after `openssl cms -verify` accepted it."""
+    ca = srv.info["provider_ca"]  # type: ignore[index]
+    m = imap(srv, creds)
+    try:
+
+        def matching() -> list[str]:
+            found = []
+            for r in receipts(m, subject, "SubmissionRejection"):
+                ok, content, printed = openssl_verify(p7m(r, "SubmissionRejection"), ca, tmp)
+                if ok and needle in content and "timeStampToken" in printed:
+                    found.append(content)
+            return found
+
+        found = wait_for(matching)
+        assert found, f"no verified SubmissionRejection evidence naming {needle!r}"
+        return found[-1]
+    finally:
+        m.logout()

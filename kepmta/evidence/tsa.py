@@ -212,7 +212,10 @@ def check_token(token: bytes, imprint: bytes, trust: Sequence[x509.Certificate])
     ci, info = _load_token(token)
     if not hmac.compare_digest(token_imprint(token), imprint):
         raise TokenImprintError("the token time-stamps different data (messageImprint mismatch)")
-    embedded = cms.certificates(ci)
+    try:
+        embedded = cms.certificates(ci)
+    except cms.CmsError as exc:
+        raise TokenFormatError(str(exc)) from exc
     try:
         # RFC 3161 §2.4.1: certificates may be omitted, so the TSA may also be one of the anchors.
         signer = cms.signer_certificate(ci, extra=trust)

@@ -164,7 +164,8 @@ def describe(report: Report) -> str:
     ev = report.evidence
     if ev is not None:
         lines.append(f"Evidence {ev.evidence_id}: {ev.event.value} (KEP code {ev.event.ptt_code})")
-        lines.append(f"  Reason:       {ev.reason.value} – {ev.reason.label} {ev.details}")
+        lines.append(f"  Reason:       {ev.reason.value} – {ev.reason.label}")
+        lines.append(f"  Details:      {ev.details}")
         lines.append(f"  Event time:   {_when(ev.event_time)}")
         lines.append(f"  Issued by:    {ev.issuer_name} ({ev.issuer_domain})")
         sender = ev.sender.address if ev.sender.name is None else f"{ev.sender.name} <{ev.sender.address}>"

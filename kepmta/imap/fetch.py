@@ -473,8 +473,10 @@ async def render(
             else:
                 decoded = _clip(decoded, item.partial)
                 # RFC 3516 §4.3: content holding NUL octets goes as literal8.
-                head = b"~" + literal_header(len(decoded)) if b"\0" in decoded else literal_header(len(decoded))
-                pieces.append([name + b" " + head + decoded])
+                marker = literal_header(len(decoded))
+                if b"\0" in decoded:
+                    marker = b"~" + marker
+                pieces.append([name + b" " + marker + decoded])
         elif item.name == "ENVELOPE":
             _, head = await need(reader).header()
             simple(b"ENVELOPE " + envelope(head))

@@ -161,8 +161,8 @@ def _apply(state: State, line: str) -> None:
     elif kind == "X" and len(parts) == 3:
         ranges: list[tuple[int, int]] = []
         for piece in parts[2].split(","):
-            lo, _, hi = piece.partition(":")
-            ranges.append((int(lo), int(hi)))
+            first, _, last = piece.partition(":")
+            ranges.append((int(first), int(last)))
         v = Vanished(int(parts[1]), tuple(ranges))
         for lo, hi in v.uids:
             if hi - lo < len(state.entries):

@@ -161,20 +161,20 @@ class FolderStore:
         self.uidvalidity, self.uidnext, self.first_recent = h.uidvalidity, h.uidnext, h.first_recent
         self.highestmodseq = h.highestmodseq
         self.vanished = state.vanished
-        for e in state.entries.values():
-            base, flags, other = split_name(e.name)
+        for entry in state.entries.values():
+            base, flags, other = split_name(entry.name)
             msg = MessageFile(
-                e.uid,
+                entry.uid,
                 base,
-                self.directory / e.sub / e.name,
-                flags | e.keywords,
+                self.directory / entry.sub / entry.name,
+                flags | entry.keywords,
                 other,
-                e.modseq,
-                e.size,
-                e.internal_ns / 1e9,
+                entry.modseq,
+                entry.size,
+                entry.internal_ns / 1e9,
             )
             self._put(msg)
-            self.keywords.update(e.keywords)
+            self.keywords.update(entry.keywords)
         self.messages = dict(sorted(self.messages.items()))
         self._stamp, self._settled = h.stamp, h.settled
         return h.settled and self._current_stamp() == h.stamp
@@ -321,7 +321,8 @@ class FolderStore:
             uid = self._uid_of.get(base)
             known = self.messages[uid] if uid is not None else None
             # The recorded file wins while it exists: events of our own renames arrive late.
-            order = ([known.path] if known else []) + [p for p in reversed(paths) if known is None or p != known.path]
+            order = [known.path] if known else []
+            order += [p for p in reversed(paths) if p not in order]
             present = next((p for p in order if p.exists()), None)
             if known is None:
                 if present is not None:

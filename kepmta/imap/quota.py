@@ -24,7 +24,8 @@ def kib_limit(octets: int) -> int:
 
 def quota_response(used: int, limit: int) -> bytes:
     """RFC 9208 §5.2 `* QUOTA "" (STORAGE used limit)`."""
-    return b"* QUOTA " + string(ROOT.encode()) + b" (%s %d %d)" % (RESOURCE.encode(), kib_used(used), kib_limit(limit))
+    usage = b" (%s %d %d)" % (RESOURCE.encode(), kib_used(used), kib_limit(limit))
+    return b"* QUOTA " + string(ROOT.encode()) + usage
 
 
 def quotaroot_response(mailbox_wire: bytes) -> bytes:
@@ -43,5 +44,6 @@ def check_room(used: int, limit: int, adding: int) -> None:
 
 
 def require_root(root: bytes) -> None:
-    if root.decode("utf-8", "replace") != ROOT:
-        raise CommandFailed(f"no quota root {root.decode('utf-8', 'replace')!r}; the only one is \"\"", "NONEXISTENT")
+    name = root.decode("utf-8", "replace")
+    if name != ROOT:
+        raise CommandFailed(f'no quota root {name!r}; the only one is ""', "NONEXISTENT")

@@ -10,10 +10,15 @@ from pathlib import Path
 from typing import Protocol
 
 from kepmta.imap.mailbox import StoreRegistry
+from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
-from kepmta.maildir import Maildir
+from kepmta.maildir import MailboxNameError, Maildir
 
 log = logging.getLogger("kepmta.imap")
+
+# RFC 6154 §2: the folders clients look for by their attribute; the application adds its own
+# (the evidence folder) through `special_folders`.
+DEFAULT_SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"}
 
 
 class ImapBackend(Protocol):
@@ -25,10 +30,14 @@ class ImapBackend(Protocol):
 
     async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
         """Called after a message's \\Seen flag went from unset to set through this server (non-PEEK
-        FETCH of BODY[...]/RFC822/RFC822.TEXT, STORE/UID STORE +FLAGS or FLAGS with \\Seen), with the
+        FETCH of BODY[...]/BINARY[...]/RFC822/RFC822.TEXT, STORE/UID STORE +FLAGS or FLAGS with \\Seen,
+        also under CONDSTORE's UNCHANGEDSINCE), with the
         message's current file path. Called again if \\Seen is removed and set again: the backend
         de-duplicates. Must not be called for BODY.PEEK, RFC822.HEADER, EXAMINE'd mailboxes, or
         APPEND with \\Seen."""
+
+    async def quota(self, user: str) -> tuple[int, int]:
+        """(bytes used, byte limit) of the account, the same figures the submission policy enforces."""
 
     def read_only_folders(self, user: str) -> frozenset[str]:
         """Folders the user may read but not change (the evidence folder 'Kanıt'): refuse APPEND,
@@ -42,7 +51,7 @@ class ImapServer:
     autologout_seconds: float = 30 * 60
     preauth_timeout_seconds: float = 3 * 60
     max_auth_failures = 5
-    # How often an IDLE session checks the folder for mail that other code delivered.
+    # How often an IDLE session checks a folder inotify cannot watch for mail other code delivered.
     idle_poll_seconds: float = 0.5
     shutdown_grace_seconds: float = 5
 
@@ -51,14 +60,19 @@ class ImapServer:
     ) -> None:
         self.backend = backend
         self.tls = tls
-        self.special_folders = dict(special_folders or {})
+        self.special_folders = {**DEFAULT_SPECIAL_USE, **(special_folders or {})}
         self.ports: dict[str, int] = {}
         self.stores = StoreRegistry()
+        self.inotify: Inotify | None = None
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._closing = False
 
     async def start(self, host: str, starttls_port: int | None, tls_port: int | None) -> None:
+        self.inotify = Inotify.create(self.stores.dispatch)
+        if self.inotify is not None:
+            self.inotify.attach(asyncio.get_running_loop())
+            self.stores.use_inotify(self.inotify)
         if starttls_port is not None:
             plain = await asyncio.start_server(self._plain, host, starttls_port)
             self._servers.append(plain)
@@ -70,6 +84,20 @@ class ImapServer:
             self._servers.append(secure)
             self.ports["imaps"] = secure.sockets[0].getsockname()[1]
         log.info("IMAP listening on %s %s", host, self.ports)
+
+    def notify(self, user: str, folder: str) -> None:
+        """Tell sessions with `folder` of `user` open that mail was delivered into it.
+
+        With inotify (Linux) this is redundant but harmless; elsewhere it spares IDLE sessions
+        their polling delay. Cheap: only new/ is looked at, and only if the folder is open.
+        """
+        try:
+            directory = self.backend.maildir(user).folder_dir(folder)
+        except MailboxNameError:
+            return
+        store = self.stores.get(directory)
+        if store is not None:
+            store.scan_new()
 
     async def _plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._serve(reader, writer, tls=False)
@@ -110,3 +138,6 @@ class ImapServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        self.stores.close()
+        if self.inotify is not None:
+            self.inotify.close()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kepmta.imap import condstore, fetch, folders, quota, search, sort
-from kepmta.imap.binary import UnknownCte
 from kepmta.imap.mailbox import (
     DELETED,
     SEEN,
@@ -237,14 +236,16 @@ class Session:
         if self.view is None:
             return []
         self.view.store.refresh()
-        return self.view.updates(allow_expunge=allow_expunge, condstore=self.condstore, qresync=self.qresync)
+        return self.view.updates(
+            allow_expunge=allow_expunge, condstore=self.condstore_enabled, qresync=self.qresync_enabled
+        )
 
     @property
-    def condstore(self) -> bool:
+    def condstore_enabled(self) -> bool:
         return condstore.CONDSTORE in self.enabled
 
     @property
-    def qresync(self) -> bool:
+    def qresync_enabled(self) -> bool:
         return condstore.QRESYNC in self.enabled
 
     def _enable_condstore(self) -> None:
@@ -481,12 +482,12 @@ class Session:
     async def _select(self, args: Args, *, read_only: bool) -> str:
         name = self._mailbox(args)
         params = condstore.parse_select_params(args)
-        if params.qresync is not None and not self.qresync:
+        if params.qresync is not None and not self.qresync_enabled:
             # RFC 7162 §3.2.5: the QRESYNC parameter needs ENABLE QRESYNC first.
             raise BadCommand("QRESYNC must be enabled before it is used in SELECT/EXAMINE")
         if params.condstore:
             self._enable_condstore()
-        if self.view is not None and self.qresync:
+        if self.view is not None and self.qresync_enabled:
             # RFC 7162 §3.2.11: the client learns where the old mailbox's responses end.
             await self.send(b"* OK [CLOSED] previous mailbox closed")
         # RFC 3501 §6.3.1: the current mailbox is deselected even if the new selection fails.
@@ -558,7 +559,8 @@ class Session:
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
         used, limit = await self.backend.quota(self.user)
-        await self.send(quota.quotaroot_response(folders.name_to_wire(name)), quota.quota_response(used, limit))
+        wire = folders.name_to_wire(name)
+        await self.send(quota.quotaroot_response(wire), quota.quota_response(used, limit))
         return "GETQUOTAROOT completed"
 
     async def c_setquota(self, cmd: Command, args: Args) -> str:
@@ -787,9 +789,8 @@ class Session:
         for i, u in enumerate(view.uids):
             msg = view.message(u)
             if msg is not None:
-                out.append(
-                    search.Candidate(i + 1, u, msg.flags, u in view.recent, msg.modseq, msg.size, msg.internal)
-                )
+                recent = u in view.recent
+                out.append(search.Candidate(i + 1, u, msg.flags, recent, msg.modseq, msg.size, msg.internal))
         return out
 
     def _locate(self, uid: int) -> Path | None:
@@ -823,7 +824,7 @@ class Session:
 
     async def _sort(self, args: Args, *, uid: bool) -> str:
         criteria = sort.parse_criteria(args)
-        key = search.parse_program(args, charset_given=True)
+        key = search.parse_program(args)
         hits = await self._matches(key)
         items = [sort.Item(c.seq, c.uid, c.size, c.internal) for c in hits]
         ordered = await sort.sort(criteria, items, self._locate)
@@ -842,7 +843,7 @@ class Session:
         numbers = args.atom("sequence set")
         items = fetch.parse_items(args.next("FETCH attributes"))
         modifiers = condstore.parse_fetch_modifiers(args)
-        if modifiers.vanished and not (uid and self.qresync):
+        if modifiers.vanished and not (uid and self.qresync_enabled):
             # RFC 7162 §3.2.6: VANISHED is a UID FETCH modifier, and only once QRESYNC is enabled.
             raise BadCommand("VANISHED needs UID FETCH and ENABLE QRESYNC")
         if modifiers.changedsince is not None or any(i.name == "MODSEQ" for i in items):
@@ -893,7 +894,7 @@ class Session:
                     mtime=current.internal,
                     add_uid=uid,
                     add_flags=flags_changed,
-                    modseq=current.modseq if self.condstore else None,
+                    modseq=current.modseq if self.condstore_enabled else None,
                 )
                 await self.send_segments([b"* %d FETCH (" % seq, *body, b")\r\n"])
             finally:
@@ -974,10 +975,10 @@ class Session:
             uid_part = b"UID %d " % u if uid else b""
             if not silent:
                 data = b"FLAGS " + format_flags(view.flags_of(msg))
-                if self.condstore:
+                if self.condstore_enabled:
                     data += b" " + condstore.modseq_item(msg.modseq)
                 lines.append(b"* %d FETCH (%s%s)" % (seq, uid_part, data))
-            elif changed and self.condstore:
+            elif changed and self.condstore_enabled:
                 # RFC 7162 §3.1.3: even .SILENT reports the new mod-sequence of what it changed.
                 lines.append(b"* %d FETCH (%s%s)" % (seq, uid_part, condstore.modseq_item(msg.modseq)))
         if lines:

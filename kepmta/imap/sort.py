@@ -7,6 +7,7 @@ ASCII letters.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import re
 from collections.abc import Callable
@@ -133,10 +134,8 @@ async def _header_keys(path: Path | None, internal: float) -> dict[str, str | fl
     date = top.header("Date")
     if date is not None:
         # RFC 5256 §3 DATE: the sent date in UTC; an unparsable one falls back to INTERNALDATE.
-        try:
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             keys["DATE"] = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            pass
     keys["SUBJECT"] = base_subject(top.header("Subject") or "")
     keys["FROM"] = _first_mailbox(top.header("From"))
     keys["TO"] = _first_mailbox(top.header("To"))
@@ -159,7 +158,11 @@ async def sort(
     # Python's sort is stable, so sorting by the least significant key first leaves the
     # earlier keys deciding and mailbox order breaking the remaining ties.
     for criterion in reversed(criteria):
-        ordered.sort(key=lambda i, k=criterion.key: _key(keys[i.uid][k]), reverse=criterion.reverse)
+
+        def by(item: Item, name: str = criterion.key) -> tuple[int, str | float]:
+            return _key(keys[item.uid][name])
+
+        ordered.sort(key=by, reverse=criterion.reverse)
     return ordered
 
 

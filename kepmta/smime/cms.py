@@ -16,6 +16,7 @@ from typing import Any
 
 import asn1crypto.cms
 import asn1crypto.core
+import asn1crypto.parser
 import asn1crypto.tsp  # registers signingCertificateV2 and TSTInfo with asn1crypto.cms
 import asn1crypto.x509
 from cryptography import x509
@@ -28,6 +29,7 @@ from kepmta.pki import KeyPair
 __all__ = [
     "ChainError",
     "CmsError",
+    "DerContentInfo",
     "add_signature_timestamp",
     "add_unsigned_attribute",
     "certificates",
@@ -52,6 +54,33 @@ class CmsError(ValueError):
     """A CMS structure is malformed, or one of its cryptographic checks fails."""
 
 
+def _encoded(value: Any) -> bytes:
+    """The bytes a parsed asn1crypto value was read from (its DER encoding if it was built).
+
+    asn1crypto 1.5's dump() takes any header whose last byte is 0x80 (a length of 128, 384, …) for
+    an indefinite length and then re-encodes the whole subtree: seconds for a SignedData holding a
+    time-stamp token, and different bytes for input that was not DER. Reading back the received
+    bytes avoids both; building a value from Python data has no header yet, so dump() is safe.
+    """
+    if isinstance(value, asn1crypto.core.Choice):
+        # A Choice has no encoding of its own beyond an optional explicit tag around the chosen one.
+        if value._header is None:
+            return bytes(value.dump())
+        return bytes(value._header) + _encoded(value.chosen)
+    contents = value.contents  # first: re-encoding a changed value clears its header
+    header = value._header
+    if header is None:
+        return bytes(value.dump())
+    return bytes(header + contents + value._trailer)
+
+
+class DerContentInfo(asn1crypto.cms.ContentInfo):  # type: ignore[misc]
+    """A ContentInfo whose dump() returns the bytes it was loaded from (see `_encoded`)."""
+
+    def dump(self, force: bool = False) -> bytes:
+        return bytes(super().dump(force)) if force else _encoded(self)
+
+
 def _asn1_cert(cert: x509.Certificate) -> asn1crypto.x509.Certificate:
     return asn1crypto.x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 
@@ -69,11 +98,16 @@ def _ess_cert_id_v2(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
+def _time(when: datetime) -> asn1crypto.cms.Time:
+    """RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise."""
+    return asn1crypto.cms.Time({"utc_time" if 1950 <= when.year < 2050 else "general_time": when})
+
+
 def _to_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("signing_time must be timezone-aware")
-    # RFC 5652 §11.3: UTCTime has whole seconds only; drop the rest here so the attribute and any
-    # value the caller compares it with agree.
+    # RFC 5652 §11.3 writes signing-time to the second (YYMMDDHHMMSSZ); drop the rest here so
+    # the attribute and any value the caller compares it with agree.
     return value.astimezone(UTC).replace(microsecond=0)
 
 
@@ -113,7 +147,7 @@ def sign(
             # RFC 5652 §11.2
             {"type": "message_digest", "values": [digest]},
             # RFC 5652 §11.3; EN 319 122-1 §5.2.1 requires it for CAdES-B-B.
-            {"type": "signing_time", "values": [asn1crypto.cms.Time({"utc_time": when})]},
+            {"type": "signing_time", "values": [_time(when)]},
             # EN 319 122-1 §5.2.2.3 / RFC 5035 §5.4: binds the signer certificate to the signature.
             {
                 "type": "signing_certificate_v2",
@@ -161,7 +195,9 @@ def sign(
             "signer_infos": [signer_info],
         }
     )
-    return asn1crypto.cms.ContentInfo({"content_type": "signed_data", "content": signed})
+    ci = asn1crypto.cms.ContentInfo({"content_type": "signed_data", "content": signed})
+    result: DerContentInfo = DerContentInfo.load(ci.dump())
+    return result
 
 
 def load(data: bytes | asn1crypto.cms.ContentInfo) -> asn1crypto.cms.ContentInfo:
@@ -170,7 +206,7 @@ def load(data: bytes | asn1crypto.cms.ContentInfo) -> asn1crypto.cms.ContentInfo
         ci = data
     else:
         try:
-            ci = asn1crypto.cms.ContentInfo.load(bytes(data), strict=True)
+            ci = DerContentInfo.load(bytes(data), strict=True)
         except Exception as exc:  # asn1crypto raises ValueError, TypeError and others on bad input
             raise CmsError(f"not a DER CMS ContentInfo: {exc}") from exc
     try:
@@ -187,8 +223,8 @@ def load(data: bytes | asn1crypto.cms.ContentInfo) -> asn1crypto.cms.ContentInfo
 def _parse_fields(signed: asn1crypto.cms.SignedData) -> None:
     """Parse every field this module reads, so malformed input fails in `load`, not later.
 
-    Not `.native` on the whole structure: asn1crypto re-encodes nested attribute values while
-    building it, which takes seconds for a SignedData carrying a time-stamp token.
+    Not `.native` on the whole structure: that pushes nested attribute values through
+    asn1crypto's re-encoding (see `_encoded`), which takes seconds with a time-stamp token inside.
     """
     for name in ("version", "digest_algorithms", "certificates"):
         signed[name].native  # noqa: B018 - the attribute access is the parse
@@ -213,7 +249,8 @@ def _parse_fields(signed: asn1crypto.cms.SignedData) -> None:
 
 
 def check_structure(ci: asn1crypto.cms.ContentInfo) -> None:
-    """The unsigned framing fields hold exactly the values RFC 5652 prescribes for one signer.
+    """The unsigned framing fields hold exactly what RFC 5652 prescribes for the profile `sign`
+    produces: one signer, SHA-256, no attribute certificates.
 
     These fields are outside the signature, so a verifier that wants every byte accounted for
     must pin them: versions (RFC 5652 §5.1, §5.3) and the digest algorithm list (§5.1).
@@ -270,7 +307,10 @@ def certificates(ci: asn1crypto.cms.ContentInfo) -> list[x509.Certificate]:
         return out
     for choice in certs:
         if choice.name == "certificate":
-            out.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            try:
+                out.append(x509.load_der_x509_certificate(_encoded(choice.chosen)))
+            except ValueError as exc:
+                raise CmsError(f"an embedded certificate does not parse: {exc}") from exc
     return out
 
 
@@ -288,7 +328,7 @@ def signer_certificate(
         if sid.name == "issuer_and_serial_number":
             # Exact DER, not asn1crypto's case-folding Name equality: the sid is unsigned, so a
             # loose match would let its bytes change unnoticed.
-            same_issuer = a.issuer.dump() == sid.chosen["issuer"].dump()
+            same_issuer = _encoded(a.issuer) == _encoded(sid.chosen["issuer"])
             if same_issuer and a.serial_number == sid.chosen["serial_number"].native:
                 return cert
         elif sid.name == "subject_key_identifier" and a.key_identifier == sid.chosen.native:
@@ -341,14 +381,14 @@ def check_signature(ci: asn1crypto.cms.ContentInfo, cert: x509.Certificate) -> N
     if isinstance(attrs, asn1crypto.core.Void):
         raise CmsError("no signed attributes")
     algo = info["signature_algorithm"]["algorithm"].native
-    if algo not in ("sha256_ecdsa", "ecdsa"):
+    if algo != "sha256_ecdsa":
         raise CmsError(f"signature algorithm {algo} is not ecdsa-with-SHA256")
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CmsError("the signer key is not an ECDSA key")
     # Re-tag the received [0] IMPLICIT bytes as SET OF without re-encoding them, so the check runs
     # over exactly what arrived (RFC 5652 §5.4).
-    to_check = b"\x31" + attrs.dump()[1:]
+    to_check = b"\x31" + _encoded(attrs)[1:]
     try:
         key.verify(bytes(info["signature"].native), to_check, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
@@ -379,20 +419,51 @@ def check_signing_certificate_v2(ci: asn1crypto.cms.ContentInfo, cert: x509.Cert
 
 
 def add_unsigned_attribute(
-    ci: asn1crypto.cms.ContentInfo, attr_type: str, value: Any
+    ci: asn1crypto.cms.ContentInfo, attr_type: str, value: bytes | asn1crypto.core.Asn1Value
 ) -> asn1crypto.cms.ContentInfo:
     """A copy of `ci` whose SignerInfo carries one more unsigned attribute.
 
-    Unsigned attributes sit outside the signature (RFC 5652 §5.3), so adding one leaves the
-    signature valid. Signed parts are copied as received bytes, never re-encoded.
+    `attr_type` is an asn1crypto attribute name or a dotted OID; `value` is the attribute value as
+    DER or as an asn1crypto object. Unsigned attributes sit outside the signature (RFC 5652
+    §5.3), so adding one leaves the signature valid. The attribute is assembled from DER so the
+    existing bytes, signed or not, are carried over untouched (and asn1crypto does not re-encode
+    the whole tree, which it does slowly).
     """
-    copy = asn1crypto.cms.ContentInfo.load(load(ci).dump())
-    info = signer_info(copy)
+    ci = load(ci)
+    info = signer_info(ci)
+    value_der = value if isinstance(value, bytes) else _encoded(value)
+    attr_der = _der(16, asn1crypto.cms.CMSAttributeType(attr_type).dump() + _der(17, value_der))
     existing = info["unsigned_attrs"]
-    attrs = [] if isinstance(existing, asn1crypto.core.Void) else list(existing)
-    attrs.append(asn1crypto.cms.CMSAttribute({"type": attr_type, "values": [value]}))
-    info["unsigned_attrs"] = asn1crypto.cms.CMSAttributes(attrs)
-    return asn1crypto.cms.ContentInfo.load(copy.dump())
+    members = [] if isinstance(existing, asn1crypto.core.Void) else [_encoded(a) for a in existing]
+    # X.690 §11.6: DER orders the members of a SET OF by their encodings.
+    unsigned = asn1crypto.parser.emit(2, 1, 1, b"".join(sorted([*members, attr_der])))  # [1] IMPLICIT
+    kept = b"".join(
+        _encoded(info[name])
+        for name, _, _ in asn1crypto.cms.SignerInfo._fields
+        if name != "unsigned_attrs" and not isinstance(info[name], asn1crypto.core.Void)
+    )
+    return _reassemble(ci, {"signer_infos": _der(17, _der(16, kept + unsigned))})
+
+
+def _reassemble(ci: asn1crypto.cms.ContentInfo, replace: dict[str, bytes]) -> DerContentInfo:
+    """`ci` with SignedData fields replaced by the given DER (b"" drops an optional field).
+
+    Built from the received bytes of every other field, never from a re-encoding of them.
+    """
+    signed = ci["content"]
+    body = b"".join(
+        replace[name] if name in replace else _encoded(signed[name])
+        for name, _, _ in asn1crypto.cms.SignedData._fields
+        if name in replace or not isinstance(signed[name], asn1crypto.core.Void)
+    )
+    outer = _encoded(ci["content_type"]) + asn1crypto.parser.emit(2, 1, 0, _der(16, body))  # [0] EXPLICIT
+    result: DerContentInfo = DerContentInfo.load(_der(16, outer))
+    return result
+
+
+def _der(tag: int, contents: bytes) -> bytes:
+    """A universal constructed DER value: SEQUENCE (16) or SET (17)."""
+    return bytes(asn1crypto.parser.emit(0, 1, tag, contents))
 
 
 def add_signature_timestamp(
@@ -402,8 +473,9 @@ def add_signature_timestamp(
 
     The caller obtains `token` over SHA-256(signature_value(ci)) (RFC 3161 Appendix A).
     """
-    tok = token if isinstance(token, asn1crypto.cms.ContentInfo) else load(token)
-    return add_unsigned_attribute(ci, "signature_time_stamp_token", tok)
+    der = _encoded(token) if isinstance(token, asn1crypto.cms.ContentInfo) else bytes(token)
+    load(der)  # refuse anything that is not SignedData before it goes into the evidence
+    return add_unsigned_attribute(ci, "signature_time_stamp_token", der)
 
 
 def signature_timestamp_token(ci: asn1crypto.cms.ContentInfo) -> bytes | None:
@@ -413,7 +485,7 @@ def signature_timestamp_token(ci: asn1crypto.cms.ContentInfo) -> bytes | None:
         return None
     for attr in attrs:
         if attr["type"].native == "signature_time_stamp_token" and len(attr["values"]) >= 1:
-            return bytes(attr["values"][0].dump())
+            return _encoded(attr["values"][0])
     return None
 
 
@@ -423,9 +495,7 @@ def without_certificates(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.cms.Conte
     The field sits outside the signature (RFC 5652 §5.1), so the signature stays valid; RFC 3161
     §2.4.1 needs this when a requester sets certReq to false.
     """
-    copy = asn1crypto.cms.ContentInfo.load(load(ci).dump())
-    copy["content"]["certificates"] = None
-    return asn1crypto.cms.ContentInfo.load(copy.dump())
+    return _reassemble(load(ci), {"certificates": b""})
 
 
 class ChainError(CmsError):

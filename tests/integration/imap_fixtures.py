@@ -65,6 +65,8 @@ class Backend:
     seen: list[tuple[str, str, Path]] = field(default_factory=list)
     fail_seen: bool = False
     seen_event: asyncio.Event = field(default_factory=asyncio.Event)
+    usage: dict[str, int] = field(default_factory=dict)
+    limit: int = 100 * 1024 * 1024
 
     async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
         canonical = username.strip().lower()
@@ -80,6 +82,9 @@ class Backend:
             raise RuntimeError("evidence store unavailable")
         self.seen.append((user, mailbox, path))
         self.seen_event.set()
+
+    async def quota(self, user: str) -> tuple[int, int]:
+        return self.usage.get(user, 0), self.limit
 
     def read_only_folders(self, user: str) -> frozenset[str]:
         return frozenset({EVIDENCE})

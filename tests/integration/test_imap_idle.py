@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aioimaplib  # type: ignore[import-untyped]
+import pytest
 from imap_fixtures import (  # noqa: F401  (the fixtures are used by name)
     PASSWORD,
     TIMEOUT,
     USER,
+    Backend,
     Running,
+    Tls,
     imap_fixture,
     simple_message,
     tagged,
     tls_fixture,
     untagged,
 )
+
+from kepmta.imap.notify import Inotify
+from kepmta.imap.server import ImapServer
 
 
 async def test_noop_and_check_pick_up_deliveries(imap: Running) -> None:
@@ -111,3 +118,55 @@ async def test_aioimaplib_idle_sees_new_mail(imap: Running) -> None:
     fetched = await client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert any(b"Subject: pushed" in line for line in fetched.lines if isinstance(line, (bytes, bytearray)))
     await client.logout()
+
+
+async def test_idle_is_pushed_by_inotify_without_polling(imap: Running) -> None:
+    # A poll interval longer than any test: only the inotify push can deliver the EXISTS.
+    imap.server.idle_poll_seconds = 3600
+    imap.store().create("INBOX")
+    client = aioimaplib.IMAP4_SSL(
+        host="127.0.0.1", port=imap.imaps, ssl_context=imap.tls.client, timeout=TIMEOUT
+    )
+    await client.wait_hello_from_server()
+    assert (await client.login(USER, PASSWORD)).result == "OK"
+    assert (await client.select("INBOX")).result == "OK"
+    store = imap.server.stores.get(imap.store().folder_dir("INBOX"))
+    assert store is not None and store.sync is not None, "inotify is not watching the folder"
+    idle = await client.idle_start(timeout=TIMEOUT)
+    # Maildir.deliver, as the delivery worker does it: tmp → fsync → rename into new/.
+    imap.deliver(simple_message("pushed"))
+    pushed: list[bytes] = []
+    while not any(b"EXISTS" in line for line in pushed):
+        pushed.extend(await client.wait_server_push(timeout=TIMEOUT))
+    assert b"1 EXISTS" in pushed
+    client.idle_done()
+    assert (await asyncio.wait_for(idle, TIMEOUT)).result == "OK"
+    await client.logout()
+
+
+async def test_idle_without_inotify_is_woken_by_notify(
+    tmp_path: Path, tls: Tls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Inotify, "create", classmethod(lambda cls, sink: None))
+    backend = Backend(tmp_path / "mail")
+    server = ImapServer(backend, tls.server)
+    server.idle_poll_seconds = 3600
+    await server.start("127.0.0.1", None, 0)
+    running = Running(server, backend, tls)
+    try:
+        c = await running.raw()
+        await c.ok("SELECT INBOX")
+        await c.send(b"i1 IDLE\r\n")
+        assert await c.response() == b"+ idling\r\n"
+        running.deliver(simple_message("late"))
+        server.notify(USER, "INBOX")
+        assert await c.response() == b"* 1 EXISTS\r\n"
+        assert await c.response() == b"* 1 RECENT\r\n"
+        await c.send(b"DONE\r\n")
+        assert await c.response() == b"i1 OK IDLE terminated\r\n"
+        # Folders nobody has open, or that do not exist, are no concern of notify.
+        server.notify(USER, "Drafts")
+        server.notify(USER, "a..b")
+        await c.close()
+    finally:
+        await server.close()

@@ -134,10 +134,28 @@ async def test_any_state_commands(imap: Running) -> None:
     assert tagged(await c.command("NAMESPACE")).startswith(b"BAD NAMESPACE is not valid")
     await c.ok(f'LOGIN "{USER}" "{PASSWORD}"')
     assert untagged(await c.ok("NAMESPACE")) == [b'* NAMESPACE (("" ".")) NIL NIL']
-    assert untagged(await c.ok("ENABLE CONDSTORE UTF8=ACCEPT")) == [b"* ENABLED"]
+    # RFC 5161 §3.1: only what was newly enabled is listed; unknown capabilities are ignored.
+    assert untagged(await c.ok("ENABLE CONDSTORE UTF8=ACCEPT")) == [b"* ENABLED CONDSTORE"]
+    assert untagged(await c.ok("ENABLE CONDSTORE")) == [b"* ENABLED"]
+    assert untagged(await c.ok("ENABLE QRESYNC")) == [b"* ENABLED QRESYNC"]
     assert tagged(await c.command("ENABLE")).startswith(b"BAD ENABLE: missing capability")
     caps = untagged(await c.ok("CAPABILITY"))[0]
-    for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"LITERAL+", b"UNSELECT", b"NAMESPACE"):
+    for cap in (
+        b"IDLE",
+        b"UIDPLUS",
+        b"MOVE",
+        b"SPECIAL-USE",
+        b"LITERAL+",
+        b"UNSELECT",
+        b"NAMESPACE",
+        b"CONDSTORE",
+        b"QRESYNC",
+        b"SORT",
+        b"BINARY",
+        b"QUOTA",
+        b"QUOTA=RES-STORAGE",
+        b"STATUS=SIZE",
+    ):
         assert cap in caps.split()
     assert b"AUTH=PLAIN" not in caps
     assert tagged(await c.command("CAPABILITY extra")).startswith(b"BAD CAPABILITY: unexpected extra")

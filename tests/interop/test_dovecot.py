@@ -18,6 +18,7 @@ from interop_fixtures import (
     flags_of,
     free_port,
     imap_at,
+    kepmta_as,
     mail_user,
     need,
     peek,
@@ -28,7 +29,17 @@ from interop_fixtures import (
     subject,
     uid_of,
 )
-from kepclient import DevServer, folder_messages, imap, openssl_verify, p7m, receipts, signed_by, wait_for
+from kepclient import (
+    DevServer,
+    accounts_cli,
+    folder_messages,
+    imap,
+    openssl_verify,
+    p7m,
+    receipts,
+    signed_by,
+    wait_for,
+)
 
 
 @dataclass
@@ -95,6 +106,14 @@ def test_passwords_are_checked_against_kepmta_accounts(setup: Setup) -> None:
         imap_at(setup.dovecot.port, setup.srv, {**ayse, "password": ayse["password"] + "x"})
     with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
         imap_at(setup.dovecot.port, setup.srv, {**ayse, "address": "nobody.here@kep.test"})
+    # A blocked account may not log in, whatever its password.
+    mehmet = setup.srv.account(2)
+    imap_at(setup.dovecot.port, setup.srv, mehmet).logout()
+    with kepmta_as(mail_user()):
+        code, out, err = accounts_cli(setup.srv.data, "block", mehmet["address"])
+    assert code == 0, out + err
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+        imap_at(setup.dovecot.port, setup.srv, mehmet)
     # checkpassword answers with the canonical address, so any spelling opens the same Maildir.
     subj = subject("case")
     deliver_dispatch(setup, subj).logout()
@@ -122,7 +141,7 @@ def test_read_through_dovecot_makes_content_handover_once(setup: Setup, tmp_path
     assert receipts(a, subj, "ContentHandover") == []
 
     typ, data = m.uid("FETCH", uid, "(BODY[])")
-    assert typ == "OK" and data[0] and b"\\Seen" in data[0][0]  # type: ignore[index]
+    assert typ == "OK" and isinstance(data[0], tuple) and b"\\Seen" in data[0][0]
     found = wait_for(lambda: receipts(a, subj, "ContentHandover"), TIMEOUT)
     assert len(found) == 1
     ok, content, printed = openssl_verify(

@@ -1,4 +1,4 @@
-"""Folder state: UIDs persisted in kepmta-uidlist, flags in file names, views and their notifications."""
+"""Folder state: UIDs persisted in the folder index, flags in file names, views and their notifications."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from kepmta.imap.mailbox import UIDLIST, MailboxView, StoreRegistry, cur_name, split_name
+from kepmta.imap.index import INDEX
+from kepmta.imap.mailbox import MailboxView, StoreRegistry, cur_name, split_name
 from kepmta.maildir import Maildir
 
 
@@ -40,7 +41,7 @@ def test_uids_persist_and_uidvalidity_is_stable(tmp_path: Path) -> None:
     assert again.uidvalidity == validity
     assert {m.base: m.uid for m in again.messages.values()} == {**uids, "three": 3}
     assert again.uidnext == 4
-    assert (tmp_path / UIDLIST).read_text().startswith(f"kepmta-uidlist 1 {validity} 4 ")
+    assert (tmp_path / INDEX).read_text().split("\n")[1].startswith(f"H\t{validity}\t")
     assert not (tmp_path / "dovecot-uidlist").exists()
 
 
@@ -50,7 +51,7 @@ def test_corrupt_uidlist_gets_new_uidvalidity(tmp_path: Path) -> None:
     _deliver(md, "one")
     registry = StoreRegistry()
     first = registry.open("INBOX", tmp_path)
-    (tmp_path / UIDLIST).write_text("garbage\n")
+    (tmp_path / INDEX).write_text("garbage\n")
     registry.forget(tmp_path)
     second = registry.open("INBOX", tmp_path)
     assert second.uidvalidity > first.uidvalidity

@@ -1,0 +1,148 @@
+"""The folder index: journal replay, torn lines, snapshots and generations, expunge history, and a
+folder reopened from its index without listing its directories."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from kepmta.imap import index as index_module
+from kepmta.imap.index import (
+    INDEX,
+    JOURNAL,
+    Entry,
+    Header,
+    IndexCorrupt,
+    IndexFile,
+    State,
+    Vanished,
+    entry_line,
+    fold_vanished,
+    header_line,
+    vanished_line,
+)
+from kepmta.imap.mailbox import MailboxView, StoreRegistry
+from kepmta.maildir import Maildir
+
+
+def _state() -> State:
+    header = Header(77, 3, 1, 2, (10, 20), True)
+    entries = {
+        1: Entry(1, 1, 100, 5_000_000_000, "cur", "a:2,S", frozenset({"$Label"})),
+        2: Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset()),
+    }
+    return State(header, entries, [])
+
+
+def test_snapshot_and_journal_round_trip(tmp_path: Path) -> None:
+    index = IndexFile(tmp_path)
+    assert index.load() is None
+    index.write_snapshot(_state())
+    index.append([entry_line(Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset()))])
+    index.append([vanished_line(Vanished(5, ((1, 1),))), header_line(Header(77, 4, 3, 5, (11, 21), False))])
+    loaded = IndexFile(tmp_path).load()
+    assert loaded is not None
+    assert sorted(loaded.entries) == [2, 3]
+    assert loaded.vanished == [Vanished(5, ((1, 1),))]
+    assert loaded.header == Header(77, 4, 3, 5, (11, 21), False)
+
+
+def test_torn_journal_line_is_ignored_and_counters_never_go_back(tmp_path: Path) -> None:
+    index = IndexFile(tmp_path)
+    index.write_snapshot(_state())
+    index.append([entry_line(Entry(9, 9, 1, 1, "cur", "z:2,", frozenset()))])
+    with open(tmp_path / JOURNAL, "ab") as f:
+        f.write(b"M\t10\t10\t1\t1\tcur\tpartial")
+    loaded = IndexFile(tmp_path).load()
+    assert loaded is not None
+    assert sorted(loaded.entries) == [1, 2, 9]
+    # The header said UIDNEXT 3, but UID 9 was handed out: UIDs must never be reused.
+    assert loaded.header.uidnext == 10 and loaded.header.highestmodseq == 9
+
+
+def test_journal_of_an_older_generation_is_ignored(tmp_path: Path) -> None:
+    index = IndexFile(tmp_path)
+    index.write_snapshot(_state())
+    index.append([vanished_line(Vanished(3, ((1, 2),)))])
+    stale = (tmp_path / JOURNAL).read_bytes()
+    loaded = index.load()
+    assert loaded is not None and loaded.entries == {}
+    index.write_snapshot(_state())
+    # A crash after the new snapshot but before the journal was reset leaves the old journal.
+    (tmp_path / JOURNAL).write_bytes(stale)
+    again = IndexFile(tmp_path).load()
+    assert again is not None and sorted(again.entries) == [1, 2]
+
+
+def test_corrupt_snapshot(tmp_path: Path) -> None:
+    (tmp_path / INDEX).write_text("kepmta-index 2 1\nH\t1\tx\n")
+    with pytest.raises(IndexCorrupt):
+        IndexFile(tmp_path).load()
+
+
+def test_fold_vanished_keeps_a_superset() -> None:
+    history = [Vanished(m, ((m, m),)) for m in range(1, 11)]
+    folded = fold_vanished(history, 4)
+    assert len(folded) == 4
+    assert folded[0] == Vanished(7, ((1, 7),))
+    assert folded[1:] == history[7:]
+    assert fold_vanished(history, 20) == history
+
+
+def _deliver(md: Maildir, base: str) -> Path:
+    def write(f: BinaryIO) -> None:
+        f.write(b"Subject: x\r\n\r\nbody\r\n")
+
+    return md.deliver("INBOX", base, write)
+
+
+def test_reopening_a_quiet_folder_reads_only_its_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    for i in range(50):
+        _deliver(md, f"m{i}")
+    store = StoreRegistry().open("INBOX", tmp_path)
+    view = MailboxView(store, read_only=False)
+    store.set_flags(3, frozenset({"\\Seen", "$Work"}), view)
+    store.set_flags(4, frozenset({"\\Deleted"}), view)
+    store.expunge([4])
+    past = time.time() - 3600
+    for sub in ("new", "cur"):
+        os.utime(tmp_path / sub, (past, past))
+    # Long after the last change the store records that the index matches the directories.
+    store.refresh(force=True)
+    listed: list[object] = []
+    original = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(p) or original(p))
+    again = StoreRegistry().open("INBOX", tmp_path)
+    assert listed == [] and again.scans == 0
+    assert len(again.messages) == 49 and again.uidnext == 51
+    assert again.messages[3].flags == frozenset({"\\Seen", "$Work"})
+    assert again.highestmodseq == store.highestmodseq
+    assert again.vanished_since(0) == [4]
+    # A changed directory is noticed, and then scanned.
+    _deliver(md, "late")
+    third = StoreRegistry().open("INBOX", tmp_path)
+    assert third.scans == 1 and third.uidnext == 52
+
+
+def test_journal_is_folded_into_a_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "_MIN_JOURNAL", 20)
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    _deliver(md, "one")
+    store = StoreRegistry().open("INBOX", tmp_path)
+    before = store.index.snapshots
+    for i in range(30):
+        store.set_flags(1, frozenset({f"k{i % 2}"}), None)
+    assert store.index.snapshots == before + 1
+    assert store.index.journal_lines < 20
+    reloaded = StoreRegistry().open("INBOX", tmp_path)
+    assert reloaded.messages[1].flags == store.messages[1].flags
+    assert reloaded.highestmodseq == store.highestmodseq
