@@ -28,9 +28,9 @@ import aiosmtplib
 from aiosmtpd.controller import Controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from kepclient import DevServer, free_port_base, signed_message  # noqa: E402
+from kepclient import DevServer, free_port_base, signed_message
 
-from kepmta import pki  # noqa: E402
+from kepmta import pki
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.parser
-import email.policy
 import email.utils
 import logging
 from collections.abc import Callable, Sequence
@@ -28,6 +26,7 @@ from kepmta.events import EventRecorder, MessageFacts, load_facts
 from kepmta.evidence.ledger import Ledger, LedgerRecord
 from kepmta.evidence.model import Event, Reason
 from kepmta.evidence.xml import from_xml
+from kepmta.headers import read_headers
 from kepmta.maildir import INBOX, Maildir
 from kepmta.pki import KeyPair
 from kepmta.queue import jobs
@@ -140,14 +139,13 @@ class DeliveryWorker:
         if original is None:
             raise DeliveryError(f"message {job.message_id} has no stored original")
         acceptance = await self._acceptance(job.message_id)
-        with original.open("rb") as f:
-            head = email.parser.BytesParser(policy=email.policy.default).parse(f, headersonly=True)
+        head = (await asyncio.to_thread(read_headers, original)).addresses
         ident = self.identity
         info = DispatchInfo(
             provider_message_id=facts.message_id,
             sender=facts.sender,
-            to=_addresses(head.get_all("To", [])),
-            cc=_addresses(head.get_all("Cc", [])),
+            to=_addresses(head.to),
+            cc=_addresses(head.cc),
             subject=facts.subject,
             ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
             evidence_id=acceptance.evidence_id,

@@ -8,7 +8,6 @@ sender, all in the caller's transaction.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 from dataclasses import dataclass
 
@@ -32,11 +31,6 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
         return value.replace(tzinfo=dt.UTC)
     return value
-
-
-def clean_text(value: str) -> str:
-    """Header text fit for evidence: unfolded, control characters replaced by spaces."""
-    return re.sub(r"[\x00-\x1f\x7f]+", " ", value).strip()
 
 
 def new_id(domain: str, at: dt.datetime | None = None) -> str:

@@ -167,6 +167,8 @@ def _eku(cert: x509.Certificate) -> x509.Extension[x509.ExtendedKeyUsage] | None
         return cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
     except x509.ExtensionNotFound:
         return None
+    except ValueError as exc:  # extensions that do not parse
+        raise TokenCertificateError(f"the TSA certificate extensions do not parse: {exc}") from exc
 
 
 def _tst_info(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.tsp.TSTInfo:
@@ -236,7 +238,9 @@ def check_token(token: bytes, imprint: bytes, trust: Sequence[x509.Certificate])
         )
     gen_time: datetime = info["gen_time"].native
     try:
-        cms.validate_chain(signer, intermediates=embedded, trust=trust, at=gen_time)
+        cms.validate_chain(
+            signer, intermediates=embedded, trust=trust, at=gen_time, all_intermediates_used=True
+        )
     except cms.ChainError as exc:
         raise TokenCertificateError(f"the TSA certificate is not trusted: {exc}") from exc
     return TokenInfo(

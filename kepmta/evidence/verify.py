@@ -123,11 +123,16 @@ def verify_evidence(
     def chain() -> str:
         if not signer_holder:
             raise cms.CmsError("no signer certificate to check")
-        # Validity is judged at the trusted time-stamp time (EN 319 102-1 §5.6.2.1 uses the best
-        # proof of existence); without one only the present moment is trustworthy.
+        # Validity is judged at the time-stamp time: the token proves the signature existed then
+        # (EN 319 102-1 validates with such proofs of existence). Without a good token, only the
+        # present moment can be trusted.
         at, when = (stamp[0].gen_time, "at the time-stamp time") if stamp else (datetime.now(UTC), "now")
         path = cms.validate_chain(
-            signer_holder[0], intermediates=cms.certificates(ci), trust=provider_trust, at=at
+            signer_holder[0],
+            intermediates=cms.certificates(ci),
+            trust=provider_trust,
+            at=at,
+            all_intermediates_used=True,
         )
         names = " → ".join(c.subject.rfc4514_string() for c in path)
         return f"chains to a trusted provider CA, valid {when}: {names}"

@@ -1,9 +1,10 @@
 """FETCH data items (RFC 3501 §6.4.5, §7.4.2): parsing the request and building the response.
 
 Section data is cut from the stored octets; a whole message or its text is streamed from the file
-rather than read into memory, and nothing is read at all for FLAGS, UID, MODSEQ (RFC 7162),
-RFC822.SIZE and INTERNALDATE, which the folder index holds. BINARY (RFC 3516) sections are
-decoded by `imap/binary.py`.
+rather than read into memory, and no file is opened at all for FLAGS, UID, MODSEQ (RFC 7162),
+RFC822.SIZE and INTERNALDATE, which the folder index holds, nor for ENVELOPE, BODY and
+BODYSTRUCTURE, which the message's summary holds (`imap/summary.py`). BINARY (RFC 3516) sections
+are decoded by `imap/binary.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kepmta.imap.protocol import (
     paren,
     string,
 )
+from kepmta.imap.summary import Summary
 
 _SIMPLE = frozenset(
     {"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "MODSEQ"}
@@ -175,18 +177,23 @@ def _section(tokens: tuple[Token, ...]) -> Section:
 
 
 class MessageReader:
-    """One message file opened once, so later renames (flag changes) and expunges do not matter."""
+    """One message file opened once, so later renames (flag changes) and expunges do not matter.
 
-    def __init__(self, fd: int) -> None:
+    `header_end`, when the message's summary gives it, is where its body begins: the header is then
+    read exactly, and nothing past it.
+    """
+
+    def __init__(self, fd: int, header_end: int | None = None) -> None:
         self.fd = fd
         self.size = os.fstat(fd).st_size
+        self._header_end = header_end if header_end is not None and header_end <= self.size else None
         self._data: bytes | None = None
         self._head: bytes | None = None
         self._tree: mime.Part | None = None
 
     @classmethod
-    def open(cls, path: os.PathLike[str] | str) -> MessageReader:
-        return cls(os.open(path, os.O_RDONLY))
+    def open(cls, path: os.PathLike[str] | str, header_end: int | None = None) -> MessageReader:
+        return cls(os.open(path, os.O_RDONLY), header_end)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -209,7 +216,13 @@ class MessageReader:
 
     async def header(self) -> tuple[bytes, mime.Part]:
         """The top-level header and a buffer holding it, without reading far past it when possible."""
-        if self._data is not None or self.size <= _HEAD_READ:
+        if self._data is not None:
+            data = self._data
+        elif self._header_end is not None:
+            if self._head is None:
+                self._head = await asyncio.to_thread(self._read, 0, self._header_end)
+            data = self._head
+        elif self.size <= _HEAD_READ:
             data = await self.data()
         else:
             if self._head is None:
@@ -415,7 +428,30 @@ def _opt(value: str | None) -> bytes | None:
 
 
 def needs_file(items: Sequence[FetchItem]) -> bool:
-    return any(i.section is not None or i.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for i in items)
+    """Whether the items name message octets (a section), which only the file has."""
+    return any(i.section is not None for i in items)
+
+
+def needs_summary(items: Sequence[FetchItem]) -> bool:
+    return any(i.section is None and i.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for i in items)
+
+
+def needs_structure(items: Sequence[FetchItem]) -> bool:
+    return any(i.section is None and i.name in ("BODYSTRUCTURE", "BODY") for i in items)
+
+
+def uses_header(items: Sequence[FetchItem]) -> bool:
+    """Whether a section needs to know where the top-level header ends (HEADER..., TEXT)."""
+    return any(
+        i.name != "BINARY" and i.section is not None and not i.section.path and i.section.spec != ""
+        for i in items
+    )
+
+
+def need_summary(summary: Summary | None) -> Summary:
+    if summary is None:
+        raise ValueError("the FETCH items need the message's summary but none was given")
+    return summary
 
 
 def need(reader: MessageReader | None) -> MessageReader:
@@ -428,6 +464,7 @@ async def render(
     reader: MessageReader | None,
     items: Sequence[FetchItem],
     *,
+    summary: Summary | None = None,
     uid: int,
     flags: frozenset[str],
     size: int,
@@ -436,9 +473,11 @@ async def render(
     add_flags: bool,
     modseq: int | None = None,
 ) -> list[Segment]:
-    """`modseq` is given once CONDSTORE is on: then every response carrying FLAGS carries MODSEQ
-    (RFC 7162 §3.1.4.1)."""
-    """The parenthesised data list of one FETCH response."""
+    """The parenthesised data list of one FETCH response.
+
+    `summary` is needed for ENVELOPE, BODY and BODYSTRUCTURE, `reader` for sections. `modseq` is
+    given once CONDSTORE is on: then every response carrying FLAGS carries MODSEQ (RFC 7162 §3.1.4.1).
+    """
     parts: list[Segment] = []
     pieces: list[list[Segment]] = []
     names_done: set[str] = set()
@@ -478,11 +517,12 @@ async def render(
                     marker = b"~" + marker
                 pieces.append([name + b" " + marker + decoded])
         elif item.name == "ENVELOPE":
-            _, head = await need(reader).header()
-            simple(b"ENVELOPE " + envelope(head))
+            simple(b"ENVELOPE " + need_summary(summary).envelope)
         elif item.name in ("BODYSTRUCTURE", "BODY") and item.section is None:
-            tree, data = await need(reader).tree(), await need(reader).data()
-            structure = body_structure(data, tree, extended=item.name == "BODYSTRUCTURE")
+            known = need_summary(summary)
+            structure = known.bodystructure if item.name == "BODYSTRUCTURE" else known.body
+            if structure is None:
+                raise ValueError("the summary was made without the message's structure")
             simple(item.name.encode("ascii") + b" " + structure)
         else:
             value = await body_section(need(reader), item)

@@ -139,6 +139,7 @@ class FolderStore:
         self._views: set[MailboxView] = set()
         self._stamp: tuple[int, int] = (-1, -1)
         self._settled = False
+        self._changed_ns = 0
 
     def load(self) -> None:
         """Read the index, scanning the directories only when it is missing or out of date."""
@@ -232,6 +233,7 @@ class FolderStore:
     def _touched(self) -> None:
         """The directories changed: the recorded stamp no longer vouches for the index."""
         self._settled = False
+        self._changed_ns = time.time_ns()
 
     # --- picking up changes -------------------------------------------------------------------------
 
@@ -256,7 +258,9 @@ class FolderStore:
 
     def _settle(self) -> None:
         """Once the directories have been quiet for a while, record that the index matches them."""
-        if self._settled:
+        if self._settled or time.time_ns() - self._changed_ns < _MTIME_SETTLE_NS:
+            # Every change to the directories was either ours or reported by inotify, so while
+            # the last one is this recent their times cannot be old enough: no need to look.
             return
         stamp = self._current_stamp()
         if all(m < time.time_ns() - _MTIME_SETTLE_NS for m in stamp):
@@ -301,22 +305,28 @@ class FolderStore:
         arrivals = [b for b in found if b not in self._uid_of]
         self._apply([], arrivals, found, [], full=False)
 
-    def apply_events(self, sub: str, events: list[DirEvent]) -> None:
-        """Apply inotify events from new/ or cur/: each named entry is looked at once."""
+    def apply_events(self, batches: dict[str, list[DirEvent]]) -> None:
+        """Apply the inotify events of new/ and cur/ read together: each named entry is looked at once.
+
+        Both directories' events come in one call, so a file another program moved from new/ to
+        cur/ (its MOVED_FROM in one watch, its MOVED_TO in the other) is seen as one message moving.
+        """
         if self.dead:
             return
-        if any(e.lost_directory for e in events):
+        if any(e.lost_directory for events in batches.values() for e in events):
             self._scan(self._current_stamp())
             return
         self._touched()
         candidates: dict[str, list[Path]] = {}
-        for e in events:
-            if _usable(e.name):
-                candidates.setdefault(split_name(e.name)[0], []).append(self.directory / sub / e.name)
+        for sub, events in batches.items():
+            for e in events:
+                if _usable(e.name):
+                    candidates.setdefault(split_name(e.name)[0], []).append(self.directory / sub / e.name)
         removed: list[int] = []
         arrivals: list[str] = []
         found: dict[str, Path] = {}
         changed: list[MessageFile] = []
+        unaccounted: list[MessageFile] = []
         for base, paths in candidates.items():
             uid = self._uid_of.get(base)
             known = self.messages[uid] if uid is not None else None
@@ -329,10 +339,37 @@ class FolderStore:
                     arrivals.append(base)
                     found[base] = present
             elif present is None:
-                removed.append(known.uid)
+                unaccounted.append(known)
             elif present != known.path:
                 changed.append(self._moved(known, present))
+        if unaccounted:
+            # Neither the recorded name nor any name the events mention exists. The message may be
+            # gone, or renamed by a writer whose later event is not read yet (the kernel queues a
+            # rename's two halves one after the other) or that linked the new name before these
+            # events; only the directories can tell which.
+            where = self._find_bases({m.base for m in unaccounted})
+            for msg in unaccounted:
+                path = where.get(msg.base)
+                if path is None:
+                    removed.append(msg.uid)
+                else:
+                    changed.append(self._moved(msg, path))
         self._apply(removed, arrivals, found, changed, full=False)
+
+    def _find_bases(self, bases: set[str]) -> dict[str, Path]:
+        """Where the files with these Maildir base names are now, looked up in the directories."""
+        out: dict[str, Path] = {}
+        for base in bases:
+            candidate = self.directory / "new" / base
+            if candidate.exists():
+                out[base] = candidate
+        if len(out) < len(bases):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for name in os.listdir(self.directory / "cur"):
+                    base = split_name(name)[0]
+                    if base in bases and base not in out and _usable(name):
+                        out[base] = self.directory / "cur" / name
+        return out
 
     def _moved(self, msg: MessageFile, path: Path) -> MessageFile:
         """Another program renamed a message's file: its system flags are what the name says now."""
@@ -721,11 +758,14 @@ class StoreRegistry:
 
     def dispatch(self, events: dict[int, list[DirEvent]], overflow: bool) -> None:
         """Route inotify events to their stores; after an overflow every store scans itself."""
+        per_store: dict[FolderStore, dict[str, list[DirEvent]]] = {}
         for wd, batch in events.items():
             target = self._watches.get(wd)
             if target is not None:
                 store, sub = target
-                store.apply_events(sub, batch)
+                per_store.setdefault(store, {})[sub] = batch
+        for store, batches in per_store.items():
+            store.apply_events(batches)
         if overflow:
             for store in list(self._stores.values()):
                 store.refresh(force=True)

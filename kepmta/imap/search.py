@@ -1,23 +1,26 @@
 """SEARCH criteria (RFC 3501 §6.4.4): parsing them into a tree and testing messages against it.
 
 Each message is read only as far as the criteria need: flags, numbers, mod-sequences, sizes and
-internal dates come from the folder index, header keys need the header, BODY and TEXT the file.
+internal dates come from the folder index, header keys and sent dates from the message's summary
+(`imap/summary.py`, kept by `imap/cache.py`), and only BODY and TEXT open the file. Those are
+tested in worker threads, a batch of messages at a time, so a long search never holds the event
+loop; the other keys are tested on it, yielding between batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import email.utils
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
 from kepmta.imap import mime
 from kepmta.imap.condstore import mod_sequence
-from kepmta.imap.fetch import MessageReader
 from kepmta.imap.headers import decode_words, text_of
-from kepmta.imap.mailbox import DELETED, SEEN, system_flag
+from kepmta.imap.mailbox import DELETED, SEEN, MessageFile, system_flag
 from kepmta.imap.protocol import (
     Args,
     Atom,
@@ -30,6 +33,7 @@ from kepmta.imap.protocol import (
     Token,
     parse_date,
 )
+from kepmta.imap.summary import Summary
 
 _CHARSETS = ("UTF-8", "US-ASCII")
 
@@ -243,93 +247,162 @@ def need(key: Key) -> Need:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Hit:
+    """A message the search found: its sequence number and the folder's record of it."""
+
     seq: int
-    uid: int
-    flags: frozenset[str]
-    recent: bool
-    modseq: int = 1
-    size: int = 0
-    internal: float = 0.0
+    message: MessageFile
+
+
+class _Gone(Exception):
+    """The message file was not where the folder said: renamed by another program, or expunged."""
 
 
 class _Facts:
-    """What is known about one message while it is being tested."""
+    """What is known about one message while it is being tested; the file is read on first need."""
 
-    def __init__(self, c: Candidate, sets: dict[int, IntervalSet], uid_sets: dict[int, IntervalSet]) -> None:
-        self.c = c
-        self.sets = sets
-        self.uid_sets = uid_sets
-        self.data = b""
-        self.top: mime.Part | None = None
-        self.body_text: str | None = None
+    __slots__ = ("_body_text", "_data", "_header_text", "_top", "msg", "path", "recent", "seq", "summary")
+
+    def __init__(
+        self, seq: int, msg: MessageFile, recent: bool, summary: Summary | None, path: Path | None = None
+    ) -> None:
+        self.seq = seq
+        self.msg = msg
+        self.recent = recent
+        self.summary = summary
+        self.path = path
+        self._data: bytes | None = None
+        self._top: mime.Part | None = None
+        self._header_text: str | None = None
+        self._body_text: str | None = None
+
+    def _message(self) -> tuple[bytes, mime.Part]:
+        if self._data is None or self._top is None:
+            if self.path is None:
+                raise _Gone()
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise _Gone() from None
+            try:
+                data = _read_all(fd)
+            finally:
+                os.close(fd)
+            self._data, self._top = data, mime.parse(data)
+        return self._data, self._top
+
+    def header_text(self) -> str:
+        """The top-level header, encoded-words decoded, case-folded."""
+        if self._header_text is None:
+            data, top = self._message()
+            self._header_text = decode_words(text_of(data[top.start : top.body_start])).casefold()
+        return self._header_text
+
+    def body_text(self) -> str:
+        """The text of the textual parts (and nested headers), decoded, case-folded."""
+        if self._body_text is None:
+            data, top = self._message()
+            self._body_text = "\n".join(mime.searchable_text(data, top, include_header=False)).casefold()
+        return self._body_text
 
 
-def _contains(haystack: str, needle: str) -> bool:
-    return needle.casefold() in haystack.casefold()
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
-def _test(key: Key, f: _Facts) -> bool:
+# A search program compiled into nested closures: the key tree is walked once per search, not once
+# per message, which matters when every message of a large folder is tested.
+_Test = Callable[[_Facts], bool]
+
+
+def _always(f: _Facts) -> bool:
+    return True
+
+
+def _compile(key: Key, max_seq: int, max_uid: int) -> _Test:
+    """`max_seq`/`max_uid` are what `*` stands for in sequence and UID sets."""
     if isinstance(key, AllKey):
-        return True
+        return _always
     if isinstance(key, FlagKey):
-        return (key.flag in f.c.flags) == key.present
+        flag, present = key.flag, key.present
+        return lambda f: (flag in f.msg.flags) == present
     if isinstance(key, RecentKey):
-        return f.c.recent == key.present
+        recent = key.present
+        return lambda f: f.recent == recent
     if isinstance(key, SetKey):
-        table = f.uid_sets if key.uid else f.sets
-        return (f.c.uid if key.uid else f.c.seq) in table[id(key)]
+        if key.uid:
+            uids = IntervalSet(key.numbers.intervals(max_uid))
+            return lambda f: f.msg.uid in uids
+        seqs = IntervalSet(key.numbers.intervals(max_seq))
+        return lambda f: f.seq in seqs
     if isinstance(key, ModSeqKey):
-        return f.c.modseq >= key.modseq
+        modseq = key.modseq
+        return lambda f: f.msg.modseq >= modseq
     if isinstance(key, SizeKey):
-        return f.c.size > key.size if key.larger else f.c.size < key.size
+        size = key.size
+        if key.larger:
+            return lambda f: f.msg.size > size
+        return lambda f: f.msg.size < size
     if isinstance(key, DateKey):
-        return _test_date(key, f)
+        return _date_test(key)
     if isinstance(key, TextKey):
-        return _test_text(key, f)
+        return _text_test(key)
     if isinstance(key, NotKey):
-        return not _test(key.key, f)
+        inner = _compile(key.key, max_seq, max_uid)
+        return lambda f: not inner(f)
     if isinstance(key, OrKey):
-        return _test(key.left, f) or _test(key.right, f)
-    return all(_test(k, f) for k in key.keys)
+        left, right = _compile(key.left, max_seq, max_uid), _compile(key.right, max_seq, max_uid)
+        return lambda f: left(f) or right(f)
+    tests = tuple(_compile(k, max_seq, max_uid) for k in key.keys)
+    return lambda f: all(t(f) for t in tests)
 
 
-def _test_date(key: DateKey, f: _Facts) -> bool:
+def _internal_day(f: _Facts) -> int | None:
+    return dt.datetime.fromtimestamp(f.msg.internal).astimezone().date().toordinal()
+
+
+def _sent_day(f: _Facts) -> int | None:
+    return None if f.summary is None else f.summary.sent_day
+
+
+def _date_test(key: DateKey) -> _Test:
     # RFC 3501 §6.4.4: dates compare without time or timezone.
-    if key.sent:
-        raw = f.top.header("Date") if f.top else None
-        if raw is None:
+    wanted = key.date.toordinal()
+    day_of = _sent_day if key.sent else _internal_day
+    op = key.op
+
+    def test(f: _Facts) -> bool:
+        day = day_of(f)
+        if day is None:
             return False
-        try:
-            day = email.utils.parsedate_to_datetime(raw).date()
-        except (TypeError, ValueError, IndexError):
-            return False
-    else:
-        day = dt.datetime.fromtimestamp(f.c.internal).astimezone().date()
-    if key.op == "BEFORE":
-        return day < key.date
-    if key.op == "ON":
-        return day == key.date
-    return day >= key.date
+        if op == "BEFORE":
+            return day < wanted
+        if op == "ON":
+            return day == wanted
+        return day >= wanted
+
+    return test
 
 
-def _test_text(key: TextKey, f: _Facts) -> bool:
-    top = f.top
-    if top is None:
-        return False
+def _text_test(key: TextKey) -> _Test:
+    # RFC 3501 §6.4.4: substring matches, case-insensitive.
+    needle = key.needle.casefold()
+    where = key.where
     if key.header:
-        values = [h.value for h in top.fields if h.name.upper() == key.where]
-        if key.where not in _HEADER_KEYS and key.needle == "":
+        if where not in _HEADER_KEYS and needle == "":
             # RFC 3501 §6.4.4 HEADER: an empty string matches every message with the field.
-            return bool(values)
-        return any(_contains(decode_words(v), key.needle) for v in values)
-    if f.body_text is None:
-        f.body_text = "\n".join(mime.searchable_text(f.data, top, include_header=False))
-    if key.where == "TEXT":
-        header = decode_words(text_of(f.data[top.start : top.body_start]))
-        if _contains(header, key.needle):
-            return True
-    return _contains(f.body_text, key.needle)
+            return lambda f: f.summary is not None and any(n == where for n, _ in f.summary.fields)
+        return lambda f: (
+            f.summary is not None and any(n == where and needle in v for n, v in f.summary.fields)
+        )
+    if where == "TEXT":
+        return lambda f: needle in f.header_text() or needle in f.body_text()
+    return lambda f: needle in f.body_text()
 
 
 def uses_modseq(key: Key) -> bool:
@@ -345,55 +418,70 @@ def uses_modseq(key: Key) -> bool:
     return False
 
 
-def _collect_sets(key: Key, out: list[SetKey]) -> None:
-    if isinstance(key, SetKey):
-        out.append(key)
-    elif isinstance(key, NotKey):
-        _collect_sets(key.key, out)
-    elif isinstance(key, OrKey):
-        _collect_sets(key.left, out)
-        _collect_sets(key.right, out)
-    elif isinstance(key, AndKey):
-        for k in key.keys:
-            _collect_sets(k, out)
+# Messages tested per event-loop turn, or per worker-thread hop when files must be read.
+_BATCH = 256
+_FILE_BATCH = 32
 
 
 async def run(
     key: Key,
-    candidates: Sequence[Candidate],
+    messages: Sequence[tuple[int, MessageFile]],
+    recent: Container[int],
+    summaries: Callable[[list[int]], Awaitable[dict[int, Summary]]],
     locate: Callable[[int], Path | None],
+    catch_up: Callable[[], None],
+    *,
     max_seq: int,
     max_uid: int,
-) -> list[Candidate]:
-    """The candidates matching `key`; `max_seq`/`max_uid` are what `*` stands for.
+) -> list[Hit]:
+    """The messages, given as (sequence number, record) in mailbox order, that match `key`.
 
-    `locate` gives a message's current path at the moment it is opened: other sessions may rename
-    files (flag changes) while this search waits for reads.
+    `recent` holds the \\Recent UIDs; `summaries` gives the summaries of UIDs (leaving out
+    expunged messages); `locate` a message's current path. Other programs may rename files while
+    the search runs: a file not found is looked for again once after `catch_up` has brought the
+    folder up to date. `max_seq`/`max_uid` are what `*` stands for.
     """
-    set_keys: list[SetKey] = []
-    _collect_sets(key, set_keys)
-    sets = {id(k): IntervalSet(k.numbers.intervals(max_seq)) for k in set_keys if not k.uid}
-    uid_sets = {id(k): IntervalSet(k.numbers.intervals(max_uid)) for k in set_keys if k.uid}
+    test = _compile(key, max_seq, max_uid)
     level = need(key)
-    hits: list[Candidate] = []
-    for c in candidates:
-        facts = _Facts(c, sets, uid_sets)
-        if level > Need.NOTHING:
-            path = locate(c.uid)
-            if path is None:
-                continue
-            try:
-                reader = MessageReader.open(path)
-            except FileNotFoundError:
-                continue
-            try:
-                if level == Need.HEADER:
-                    facts.data, facts.top = await reader.header()
-                elif level == Need.BODY:
-                    facts.data = await reader.data()
-                    facts.top = await reader.tree()
-            finally:
-                reader.close()
-        if _test(key, facts):
-            hits.append(c)
+    hits: list[Hit] = []
+    batch = _FILE_BATCH if level == Need.BODY else _BATCH
+    for start in range(0, len(messages), batch):
+        chunk = messages[start : start + batch]
+        known = await summaries([m.uid for _, m in chunk]) if level > Need.NOTHING else {}
+        if level == Need.BODY:
+            facts = [
+                _Facts(seq, m, m.uid in recent, known[m.uid], locate(m.uid))
+                for seq, m in chunk
+                if m.uid in known
+            ]
+            found, lost = await asyncio.to_thread(_test_files, test, facts)
+            if lost:
+                catch_up()
+                for f in lost:
+                    f.path = locate(f.msg.uid)
+                more, _ = await asyncio.to_thread(_test_files, test, lost)
+                found = sorted([*found, *more], key=lambda h: h.seq)
+            hits.extend(found)
+            continue
+        for seq, m in chunk:
+            summary = known.get(m.uid)
+            if (summary is not None or level == Need.NOTHING) and test(
+                _Facts(seq, m, m.uid in recent, summary)
+            ):
+                hits.append(Hit(seq, m))
+        # Let other sessions' commands in between batches of a long search.
+        await asyncio.sleep(0)
     return hits
+
+
+def _test_files(test: _Test, facts: list[_Facts]) -> tuple[list[Hit], list[_Facts]]:
+    """In a worker thread: the messages that match, and those whose file was not found."""
+    found: list[Hit] = []
+    lost: list[_Facts] = []
+    for f in facts:
+        try:
+            if test(f):
+                found.append(Hit(f.seq, f.msg))
+        except _Gone:
+            lost.append(f)
+    return found, lost

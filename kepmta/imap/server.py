@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+from kepmta.imap.cache import SummaryCache
 from kepmta.imap.mailbox import StoreRegistry
 from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
@@ -63,6 +64,7 @@ class ImapServer:
         self.special_folders = {**DEFAULT_SPECIAL_USE, **(special_folders or {})}
         self.ports: dict[str, int] = {}
         self.stores = StoreRegistry()
+        self.summaries = SummaryCache()
         self.inotify: Inotify | None = None
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}

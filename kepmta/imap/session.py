@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import itertools
 import logging
@@ -52,6 +53,7 @@ from kepmta.imap.protocol import (
     split_tag,
     string,
 )
+from kepmta.imap.summary import Summary
 from kepmta.maildir import INBOX, Maildir
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ _COMMON_CAPS = (
 # RFC 5161 §3.1: what ENABLE can turn on.
 _ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
 _STREAM_CHUNK = 1 << 20
+# Messages a FETCH gathers summaries for at once: bounds the memory a long range holds.
+_FETCH_BATCH = 256
 _unique = itertools.count(1)
 
 
@@ -109,16 +113,34 @@ class Session:
         self.enabled: set[str] = set()
         self.auth_failures = 0
         self._logout = False
+        # FETCH data waiting to go out with the next response line: one write (one TLS record and
+        # one system call, mostly) per command instead of one per message and literal.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         peer = writer.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
     # --- I/O ----------------------------------------------------------------------------------------
 
     async def send(self, *lines: bytes) -> None:
-        self.writer.write(b"".join(line + b"\r\n" for line in lines))
+        """Send response lines now, after whatever FETCH data is pending."""
+        self._queue(b"".join(line + b"\r\n" for line in lines))
+        await self._flush()
+
+    def _queue(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+
+    async def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        self.writer.write(data)
         await self.writer.drain()
 
     async def send_segments(self, segments: Sequence[Segment]) -> None:
+        """Queue a response made of octets and file slices; it goes out with the next `send`, or
+        as soon as enough is pending, so a long FETCH never holds more than a bounded amount."""
         for seg in segments:
             if isinstance(seg, FileSlice):
                 pos, end = seg.offset, seg.offset + seg.length
@@ -126,16 +148,20 @@ class Session:
                     chunk = await asyncio.to_thread(os.pread, seg.fd, min(_STREAM_CHUNK, end - pos), pos)
                     if not chunk:
                         raise ConnectionClosed("message file shrank while being sent")
-                    self.writer.write(chunk)
+                    self._queue(chunk)
                     pos += len(chunk)
-                    await self.writer.drain()
+                    if self._pending_size >= _STREAM_CHUNK:
+                        await self._flush()
             else:
-                self.writer.write(seg)
-        await self.writer.drain()
+                self._queue(seg)
+        if self._pending_size >= _STREAM_CHUNK:
+            await self._flush()
 
     async def say_goodbye(self, reason: str) -> None:
         with contextlib.suppress(Exception):
-            self.writer.write(b"* BYE " + reason.encode() + b"\r\n")
+            self._queue(b"* BYE " + reason.encode() + b"\r\n")
+            self.writer.write(b"".join(self._pending))
+            self._pending.clear()
             await asyncio.wait_for(self.writer.drain(), 1)
 
     def disconnect(self) -> None:
@@ -291,9 +317,14 @@ class Session:
         view = self._selected()
         numbers = SequenceSet.parse(text)
         if uid:
-            star = view.uids[-1] if view.uids else 0
-            wanted = IntervalSet(numbers.intervals(star))
-            return [(i + 1, u) for i, u in enumerate(view.uids) if u in wanted]
+            uids = view.uids
+            star = uids[-1] if uids else 0
+            found: list[tuple[int, int]] = []
+            # The intervals are sorted and disjoint, so the result is in mailbox order.
+            for lo, hi in numbers.intervals(star):
+                first, last = bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)
+                found.extend((i + 1, uids[i]) for i in range(first, last))
+            return found
         if numbers.max_explicit() > view.exists:
             # RFC 9051 §6.4.5 / RFC 3501 §9: a sequence number beyond EXISTS is a client error.
             raise BadCommand(f"message sequence number out of range (mailbox has {view.exists})")
@@ -783,24 +814,42 @@ class Session:
     async def c_uid_search(self, cmd: Command, args: Args) -> str:
         return await self._search(args, uid=True)
 
-    def _candidates(self) -> list[search.Candidate]:
-        view = self._selected()
-        out = []
-        for i, u in enumerate(view.uids):
-            msg = view.message(u)
-            if msg is not None:
-                recent = u in view.recent
-                out.append(search.Candidate(i + 1, u, msg.flags, recent, msg.modseq, msg.size, msg.internal))
-        return out
-
     def _locate(self, uid: int) -> Path | None:
         msg = self._selected().message(uid)
         return msg.path if msg is not None else None
 
-    async def _matches(self, key: search.Key) -> list[search.Candidate]:
+    def _catch_up(self) -> None:
+        """Apply renames by other programs not yet seen: a file was not where the folder said."""
+        store = self._selected().store
+        store.refresh(force=store.sync is None)
+
+    async def _summaries(self, uids: list[int], *, structure: bool = False) -> dict[int, Summary]:
+        """Summaries of the selected folder's messages `uids`; expunged ones are left out."""
         view = self._selected()
-        max_uid = view.uids[-1] if view.uids else 0
-        return await search.run(key, self._candidates(), self._locate, view.exists, max_uid)
+        cache = self.server.summaries
+        messages = [m for u in uids if (m := view.message(u)) is not None]
+        found = await cache.get(view.store, messages, structure=structure)
+        if len(found) < len(messages):
+            self._catch_up()
+            again = [
+                fresh for m in messages if m.uid not in found and (fresh := view.message(m.uid)) is not None
+            ]
+            found.update(await cache.get(view.store, again, structure=structure))
+        return found
+
+    async def _matches(self, key: search.Key) -> list[search.Hit]:
+        view = self._selected()
+        messages = [(i + 1, m) for i, u in enumerate(view.uids) if (m := view.message(u)) is not None]
+        return await search.run(
+            key,
+            messages,
+            view.recent,
+            self._summaries,
+            self._locate,
+            self._catch_up,
+            max_seq=view.exists,
+            max_uid=view.uids[-1] if view.uids else 0,
+        )
 
     async def _search(self, args: Args, *, uid: bool) -> str:
         key = search.parse_program(args)
@@ -808,11 +857,11 @@ class Session:
         if with_modseq:
             self._enable_condstore()
         hits = await self._matches(key)
-        numbers = " ".join(str(c.uid if uid else c.seq) for c in hits)
+        numbers = " ".join(str(h.message.uid if uid else h.seq) for h in hits)
         line = "* SEARCH " + numbers if numbers else "* SEARCH"
         if with_modseq and hits:
             # RFC 7162 §3.1.5: the highest mod-sequence among the messages found.
-            line += f" (MODSEQ {max(c.modseq for c in hits)})"
+            line += f" (MODSEQ {max(h.message.modseq for h in hits)})"
         await self.send(line.encode())
         return f"{'UID ' if uid else ''}SEARCH completed"
 
@@ -826,8 +875,9 @@ class Session:
         criteria = sort.parse_criteria(args)
         key = search.parse_program(args)
         hits = await self._matches(key)
-        items = [sort.Item(c.seq, c.uid, c.size, c.internal) for c in hits]
-        ordered = await sort.sort(criteria, items, self._locate)
+        items = [sort.Item(h.seq, h.message.uid, h.message.size, h.message.internal) for h in hits]
+        summaries = await self._summaries([i.uid for i in items]) if sort.header_needed(criteria) else {}
+        ordered = sort.sort(criteria, items, summaries)
         numbers = " ".join(str(i.uid if uid else i.seq) for i in ordered)
         # RFC 5256 §4: the SORT response lists the numbers in the sorted order.
         await self.send(("* SORT " + numbers if numbers else "* SORT").encode())
@@ -864,55 +914,66 @@ class Session:
                 items = (*items, fetch.FetchItem("MODSEQ"))
         sets_seen = not view.read_only and any(i.sets_seen for i in items)
         needs_file = fetch.needs_file(items)
+        wants_summary = fetch.needs_summary(items) or fetch.uses_header(items)
+        structure = fetch.needs_structure(items)
         missing = False
-        for seq, u in targets:
-            msg = view.message(u)
-            if msg is None:
-                missing = True
-                continue
-            flags_changed = False
-            if sets_seen and SEEN not in msg.flags:
-                marked = await self._mark_seen(view, u, msg.flags | {SEEN})
-                if marked is None:
+        for start in range(0, len(targets), _FETCH_BATCH):
+            chunk = targets[start : start + _FETCH_BATCH]
+            summaries = (
+                await self._summaries([u for _, u in chunk], structure=structure) if wants_summary else {}
+            )
+            for seq, u in chunk:
+                msg = view.message(u)
+                summary = summaries.get(u)
+                if msg is None or (wants_summary and summary is None):
                     missing = True
                     continue
-                flags_changed = True
-            reader = await self._open_message(view, u) if needs_file else None
-            current = view.message(u)
-            if current is None or (needs_file and reader is None):
-                if reader is not None:
-                    reader.close()
-                missing = True
-                continue
-            try:
-                body = await fetch.render(
-                    reader,
-                    items,
-                    uid=u,
-                    flags=view.flags_of(current),
-                    size=current.size,
-                    mtime=current.internal,
-                    add_uid=uid,
-                    add_flags=flags_changed,
-                    modseq=current.modseq if self.condstore_enabled else None,
-                )
-                await self.send_segments([b"* %d FETCH (" % seq, *body, b")\r\n"])
-            finally:
-                if reader is not None:
-                    reader.close()
+                flags_changed = False
+                if sets_seen and SEEN not in msg.flags:
+                    marked = await self._mark_seen(view, u, msg.flags | {SEEN})
+                    if marked is None:
+                        missing = True
+                        continue
+                    flags_changed = True
+                reader = await self._open_message(view, u, summary) if needs_file else None
+                current = view.message(u)
+                if current is None or (needs_file and reader is None):
+                    if reader is not None:
+                        reader.close()
+                    missing = True
+                    continue
+                try:
+                    body = await fetch.render(
+                        reader,
+                        items,
+                        summary=summary,
+                        uid=u,
+                        flags=view.flags_of(current),
+                        size=current.size,
+                        mtime=current.internal,
+                        add_uid=uid,
+                        add_flags=flags_changed,
+                        modseq=current.modseq if self.condstore_enabled else None,
+                    )
+                    await self.send_segments([b"* %d FETCH (" % seq, *body, b")\r\n"])
+                finally:
+                    if reader is not None:
+                        reader.close()
         if missing:
             # RFC 5530 §3 EXPUNGEISSUED: some named messages were expunged by another session.
             raise CommandFailed("some of the requested messages no longer exist", "EXPUNGEISSUED")
         return f"{'UID ' if uid else ''}FETCH completed"
 
-    async def _open_message(self, view: MailboxView, uid: int) -> fetch.MessageReader | None:
+    async def _open_message(
+        self, view: MailboxView, uid: int, summary: Summary | None
+    ) -> fetch.MessageReader | None:
         """The message file, opened; a rename by another program not yet seen is caught up with once."""
         for attempt in range(2):
             msg = view.message(uid)
             if msg is None:
                 return None
             try:
-                return fetch.MessageReader.open(msg.path)
+                return fetch.MessageReader.open(msg.path, summary.header_end if summary else None)
             except FileNotFoundError:
                 if attempt == 0:
                     view.store.refresh(force=view.store.sync is None)

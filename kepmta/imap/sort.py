@@ -1,22 +1,19 @@
 """SORT (RFC 5256 §3): ordering the messages a search found by one or more criteria.
 
-Keys that only need the index (ARRIVAL, SIZE) read no file; the others read each message's header.
-Strings compare under i;ascii-casemap (RFC 5256 §3: the default collation), which folds only the
-ASCII letters.
+Keys that only need the index (ARRIVAL, SIZE) need nothing else; the others come from each message's
+summary (`imap/summary.py`), worked out once from its header. Strings compare under i;ascii-casemap
+(RFC 5256 §3: the default collation), which folds only the ASCII letters.
 """
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from kepmta.imap.fetch import MessageReader
 from kepmta.imap.headers import decode_words, parse_addresses
 from kepmta.imap.protocol import Args, Atom, BadCommand, CommandFailed
+from kepmta.imap.summary import Summary
 
 _KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
 _HEADER_KEYS = frozenset({"CC", "DATE", "FROM", "SUBJECT", "TO"})
@@ -96,7 +93,7 @@ def _ascii_casemap(text: str) -> str:
     return "".join(c.upper() if "a" <= c <= "z" else c for c in text)
 
 
-def _first_mailbox(value: str | None) -> str:
+def first_mailbox(value: str | None) -> str:
     """RFC 5256 §3: the addr-mailbox (local part) of the first address, empty when there is none."""
     if value is None:
         return ""
@@ -119,41 +116,41 @@ class Item:
     internal: float
 
 
-async def _header_keys(path: Path | None, internal: float) -> dict[str, str | float]:
-    keys: dict[str, str | float] = {"DATE": internal, "SUBJECT": "", "FROM": "", "TO": "", "CC": ""}
-    if path is None:
-        return keys
-    try:
-        reader = MessageReader.open(path)
-    except FileNotFoundError:
-        return keys
-    try:
-        _, top = await reader.header()
-    finally:
-        reader.close()
-    date = top.header("Date")
-    if date is not None:
+def header_needed(criteria: tuple[Criterion, ...]) -> bool:
+    """Whether the criteria need the messages' summaries, not just what the index holds."""
+    return any(c.key in _HEADER_KEYS for c in criteria)
+
+
+def _keys(item: Item, summary: Summary | None) -> dict[str, str | float]:
+    if summary is None:
+        # A message expunged meanwhile still sorts somewhere: by what the index knows.
+        return {
+            "ARRIVAL": item.internal,
+            "SIZE": item.size,
+            "DATE": item.internal,
+            "SUBJECT": "",
+            "FROM": "",
+            "TO": "",
+            "CC": "",
+        }
+    return {
+        "ARRIVAL": item.internal,
+        "SIZE": item.size,
         # RFC 5256 §3 DATE: the sent date in UTC; an unparsable one falls back to INTERNALDATE.
-        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-            keys["DATE"] = email.utils.parsedate_to_datetime(date).timestamp()
-    keys["SUBJECT"] = base_subject(top.header("Subject") or "")
-    keys["FROM"] = _first_mailbox(top.header("From"))
-    keys["TO"] = _first_mailbox(top.header("To"))
-    keys["CC"] = _first_mailbox(top.header("Cc"))
-    return keys
+        "DATE": item.internal if summary.sent is None else summary.sent,
+        "SUBJECT": summary.sort_subject,
+        "FROM": summary.sort_from,
+        "TO": summary.sort_to,
+        "CC": summary.sort_cc,
+    }
 
 
-async def sort(
-    criteria: tuple[Criterion, ...], items: list[Item], locate: Callable[[int], Path | None]
-) -> list[Item]:
-    """`items` in the order the criteria give; ties keep mailbox order (RFC 5256 §3)."""
-    header_needed = any(c.key in _HEADER_KEYS for c in criteria)
-    keys: dict[int, dict[str, str | float]] = {}
-    for item in items:
-        base: dict[str, str | float] = {"ARRIVAL": item.internal, "SIZE": item.size}
-        if header_needed:
-            base.update(await _header_keys(locate(item.uid), item.internal))
-        keys[item.uid] = base
+def sort(criteria: tuple[Criterion, ...], items: list[Item], summaries: Mapping[int, Summary]) -> list[Item]:
+    """`items` in the order the criteria give; ties keep mailbox order (RFC 5256 §3).
+
+    `summaries` (by UID) is needed only when `header_needed`.
+    """
+    keys = {item.uid: _keys(item, summaries.get(item.uid)) for item in items}
     ordered = sorted(items, key=lambda i: i.seq)
     # Python's sort is stable, so sorting by the least significant key first leaves the
     # earlier keys deciding and mailbox order breaking the remaining ties.

@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from kepmta.evidence.model import Reason
+from kepmta.headers import AddressHeaders
 from kepmta.policy.refusal import refuse
-
-
-@dataclass(frozen=True)
-class AddressHeaders:
-    """The address fields of the message's header block, as they were written."""
-
-    from_: tuple[str, ...]
-    to: tuple[str, ...]
-    cc: tuple[str, ...]
-    bcc_present: bool
 
 
 def _addresses(values: Sequence[str]) -> set[str]:

@@ -16,6 +16,7 @@ import email.parser
 import email.policy
 import hashlib
 import html
+import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -68,6 +69,36 @@ class Buffer(Protocol):
     def __getitem__(self, key: slice, /) -> bytes: ...
 
     def __len__(self) -> int: ...
+
+
+class FileBuffer:
+    """A file as a `Buffer` read on demand with pread: a 100 MB message is scanned and hashed
+    without its pages ever being resident in this process all at once (an mmap would be)."""
+
+    _SCAN = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, key: slice, /) -> bytes:
+        start, stop, _ = key.indices(self._size)
+        return os.pread(self._fd, max(0, stop - start), start) if stop > start else b""
+
+    def find(self, sub: bytes, start: int, end: int, /) -> int:
+        end = min(end, self._size)
+        at = max(start, 0)
+        while at < end:
+            # overlap by len(sub) - 1 so a match across two reads is still seen
+            chunk = self[at : min(at + self._SCAN + len(sub) - 1, end)]
+            found = chunk.find(sub)
+            if found >= 0:
+                return at + found
+            at += self._SCAN
+        return -1
 
 
 class Hasher(Protocol):

@@ -1,7 +1,7 @@
 """CMS SignedData (RFC 5652) for signatures that OpenSSL and CAdES validators accept.
 
 The structure is built with asn1crypto and signed with `cryptography`. Every signature carries the
-CAdES-B-B signed attributes (EN 319 122-1 §5.1/§5.2.2); adding a signature time-stamp as an
+CAdES-B-B signed attributes (EN 319 122-1, baseline level B-B); adding a signature time-stamp as an
 unsigned attribute turns it into CAdES-B-T (EN 319 122-1 §5.3). The same module reads these
 structures back for verification, so that signer, TSA and verifier share one interpretation.
 """
@@ -20,7 +20,7 @@ import asn1crypto.parser
 import asn1crypto.tsp  # registers signingCertificateV2 and TSTInfo with asn1crypto.cms
 import asn1crypto.x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -78,7 +78,11 @@ class DerContentInfo(asn1crypto.cms.ContentInfo):  # type: ignore[misc]
     """A ContentInfo whose dump() returns the bytes it was loaded from (see `_encoded`)."""
 
     def dump(self, force: bool = False) -> bytes:
-        return bytes(super().dump(force)) if force else _encoded(self)
+        if not force:
+            contents = self.contents  # first: re-encoding a changed value clears its header
+            if self._header is not None:
+                return bytes(self._header + contents + self._trailer)
+        return bytes(super().dump(force))
 
 
 def _asn1_cert(cert: x509.Certificate) -> asn1crypto.x509.Certificate:
@@ -86,10 +90,10 @@ def _asn1_cert(cert: x509.Certificate) -> asn1crypto.x509.Certificate:
 
 
 def _ess_cert_id_v2(cert: x509.Certificate) -> dict[str, Any]:
-    """RFC 5035 §4: the SHA-256 hash of the whole certificate plus its issuer and serial."""
+    """RFC 5035 ESSCertIDv2: the SHA-256 hash of the whole certificate plus its issuer and serial."""
     a = _asn1_cert(cert)
     return {
-        # hash_algorithm is left at its DEFAULT (sha256) so DER omits it, as RFC 5035 §4 requires.
+        # hash_algorithm is left at its DEFAULT (sha256): DER (X.690 §11.5) omits default values.
         "cert_hash": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest(),
         "issuer_serial": {
             "issuer": [asn1crypto.x509.GeneralName(name="directory_name", value=a.issuer)],
@@ -146,9 +150,9 @@ def sign(
             {"type": "content_type", "values": [content_type]},
             # RFC 5652 §11.2
             {"type": "message_digest", "values": [digest]},
-            # RFC 5652 §11.3; EN 319 122-1 §5.2.1 requires it for CAdES-B-B.
+            # RFC 5652 §11.3; EN 319 122-1 requires it at CAdES-B-B.
             {"type": "signing_time", "values": [_time(when)]},
-            # EN 319 122-1 §5.2.2.3 / RFC 5035 §5.4: binds the signer certificate to the signature.
+            # RFC 5035 signingCertificateV2 (EN 319 122-1 B-B): binds the signer certificate to the signature.
             {
                 "type": "signing_certificate_v2",
                 "values": [{"certs": [_ess_cert_id_v2(signer.cert)]}],
@@ -309,7 +313,7 @@ def certificates(ci: asn1crypto.cms.ContentInfo) -> list[x509.Certificate]:
         if choice.name == "certificate":
             try:
                 out.append(x509.load_der_x509_certificate(_encoded(choice.chosen)))
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:
                 raise CmsError(f"an embedded certificate does not parse: {exc}") from exc
     return out
 
@@ -383,7 +387,10 @@ def check_signature(ci: asn1crypto.cms.ContentInfo, cert: x509.Certificate) -> N
     algo = info["signature_algorithm"]["algorithm"].native
     if algo != "sha256_ecdsa":
         raise CmsError(f"signature algorithm {algo} is not ecdsa-with-SHA256")
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise CmsError(f"the signer public key is unusable: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CmsError("the signer key is not an ECDSA key")
     # Re-tag the received [0] IMPLICIT bytes as SET OF without re-encoding them, so the check runs
@@ -396,7 +403,7 @@ def check_signature(ci: asn1crypto.cms.ContentInfo, cert: x509.Certificate) -> N
 
 
 def check_signing_certificate_v2(ci: asn1crypto.cms.ContentInfo, cert: x509.Certificate) -> None:
-    """RFC 5035 §5.4 / EN 319 122-1 §5.2.2.3: the first ESSCertIDv2 identifies `cert`."""
+    """RFC 5035 signingCertificateV2: its first ESSCertIDv2 identifies `cert`."""
     attr = signed_attribute(ci, "signing_certificate_v2")
     if attr is None:
         raise CmsError("no signingCertificateV2 signed attribute")
@@ -514,18 +521,17 @@ def _is_ca(cert: x509.Certificate) -> bool:
     try:
         if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
             return False
-    except x509.ExtensionNotFound:
-        return False
-    try:
         return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     except x509.ExtensionNotFound:
-        return True
+        return False
+    except ValueError:  # extensions that do not parse
+        return False
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
@@ -536,16 +542,39 @@ def validate_chain(
     intermediates: Sequence[x509.Certificate],
     trust: Sequence[x509.Certificate],
     at: datetime,
+    all_intermediates_used: bool = False,
 ) -> list[x509.Certificate]:
     """The path from `cert` up to a certificate in `trust`, each link checked at time `at`.
 
     A deliberately small RFC 5280 §6 subset for our own closed PKIs: issuer/subject linkage,
     signatures, validity at `at`, and CA basic constraints with keyCertSign. Revocation is not
-    checked here. Raises ChainError naming the first failing link.
+    checked here. Trust anchors are preferred over `intermediates` as issuers. With
+    `all_intermediates_used`, every certificate in `intermediates` must be on the path or be a
+    trust anchor: the certificates field of a SignedData is unsigned, so this is how a damaged or
+    foreign certificate in it gets noticed. Raises ChainError naming the first failing link.
     """
-    at = at.astimezone(UTC)
-    anchors = {c.public_bytes(serialization.Encoding.DER) for c in trust}
-    pool = [*intermediates, *trust]
+    try:
+        path = _build_path(cert, intermediates=intermediates, trust=trust, at=at.astimezone(UTC))
+    except ValueError as exc:  # a certificate field that does not parse
+        if isinstance(exc, ChainError):
+            raise
+        raise ChainError(f"a certificate on the path does not parse: {exc}") from exc
+    if all_intermediates_used:
+        unused = [c for c in intermediates if c not in path and c not in trust]
+        if unused:
+            names = ", ".join(c.subject.rfc4514_string() for c in unused)
+            raise ChainError(f"certificates outside the signer's chain are included: {names}")
+    return path
+
+
+def _build_path(
+    cert: x509.Certificate,
+    *,
+    intermediates: Sequence[x509.Certificate],
+    trust: Sequence[x509.Certificate],
+    at: datetime,
+) -> list[x509.Certificate]:
+    pool = [*trust, *intermediates]
     path = [cert]
     current = cert
     for _ in range(_MAX_PATH):
@@ -554,9 +583,9 @@ def validate_chain(
                 f"certificate {current.subject.rfc4514_string()} is not valid at {at:%Y-%m-%d %H:%M:%SZ} "
                 f"(valid {current.not_valid_before_utc:%Y-%m-%d} to {current.not_valid_after_utc:%Y-%m-%d})"
             )
-        if current.public_bytes(serialization.Encoding.DER) in anchors:
+        if current in trust:
             return path
-        issuers = [c for c in pool if c.subject == current.issuer and c is not current and _is_ca(c)]
+        issuers = [c for c in pool if c.subject == current.issuer and c != current and _is_ca(c)]
         issuer = next((c for c in issuers if _issued_by(current, c)), None)
         if issuer is None:
             raise ChainError(

@@ -18,8 +18,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import mmap
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kepmta.rem.mime import Buffer, hash_range, parse_headers, split_entity, split_multipart
+from kepmta.rem.mime import Buffer, FileBuffer, hash_range, parse_headers, split_entity, split_multipart
 from kepmta.smime import cms
 from kepmta.smime.errors import MimeStructureError, NotSignedError, SmimeError
 
@@ -114,10 +112,7 @@ def verify_sender(
         raise ValueError("now must be timezone-aware")
     identity = sender if isinstance(sender, SignerIdentity) else SignerIdentity(sender)
     with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return _verdict(b"", identity, trust, crls, now)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _verdict(mapped, identity, trust, crls, now)
+        return _verdict(FileBuffer(f.fileno()), identity, trust, crls, now)
 
 
 def _verdict(

@@ -180,3 +180,32 @@ def test_validate_chain_refuses_a_non_ca_issuer(p: Pki) -> None:
         cms.validate_chain(
             fake.cert, intermediates=[p.evidence.cert], trust=[p.provider_ca.cert], at=datetime.now(UTC)
         )
+
+
+def test_validate_chain_can_require_every_embedded_certificate_on_the_path(p: Pki) -> None:
+    now = datetime.now(UTC)
+    bag = [p.evidence.cert, p.provider_ca.cert, p.tsa.cert]
+    path = cms.validate_chain(p.evidence.cert, intermediates=bag, trust=[p.provider_ca.cert], at=now)
+    assert path == [p.evidence.cert, p.provider_ca.cert]
+    with pytest.raises(cms.ChainError, match="outside the signer's chain"):
+        cms.validate_chain(
+            p.evidence.cert,
+            intermediates=bag,
+            trust=[p.provider_ca.cert],
+            at=now,
+            all_intermediates_used=True,
+        )
+
+
+def test_loaded_content_info_dumps_its_bytes_and_any_change(p: Pki) -> None:
+    original = cms.sign(p.evidence, content=CONTENT, detached=False)
+    der = original.dump()
+    ci = cms.load(der)
+    assert ci.dump() == der
+    other = cms.sign(p.evidence, content=b"other", detached=False)
+    ci["content"]["signer_infos"][0]["signature"] = cms.signature_value(other)
+    changed = ci.dump()
+    assert changed != der
+    assert cms.signature_value(cms.load(changed)) == cms.signature_value(other)
+    with pytest.raises(cms.CmsError, match="does not verify"):
+        cms.check_signature(cms.load(changed), p.evidence.cert)

@@ -13,6 +13,7 @@ from evidence_fixtures import Pki, make_pki, openssl
 
 from kepmta import pki
 from kepmta.evidence.errors import (
+    TimeStampError,
     TokenCertificateError,
     TokenFormatError,
     TokenImprintError,
@@ -212,3 +213,12 @@ async def test_check_token_refuses_an_expired_tsa(p: Pki) -> None:
     token = await BuiltinTsa(old).timestamp(IMPRINT)
     with pytest.raises(TokenCertificateError, match="not valid at"):
         check_token(token, IMPRINT, [p.tsa_ca.cert])
+
+
+async def test_any_flipped_token_byte_raises_a_timestamp_error(p: Pki) -> None:
+    token = await BuiltinTsa(p.tsa).timestamp(IMPRINT)
+    for i in range(0, len(token), 5):
+        flipped = bytearray(token)
+        flipped[i] ^= 0x01
+        with pytest.raises(TimeStampError):
+            check_token(bytes(flipped), IMPRINT, [p.tsa_ca.cert])

@@ -23,8 +23,13 @@ def p(tmp_path: Path) -> Pki:
     return make_pki(tmp_path)
 
 
-async def _signed(p: Pki, signer: pki.KeyPair | None = None, **changes: object) -> SignedEvidence:
-    return await EvidenceSigner(signer or p.evidence, [], BuiltinTsa(p.tsa)).sign(sample_evidence(**changes))
+async def _signed(
+    p: Pki, signer: pki.KeyPair | None = None, *, chains: bool = False, **changes: object
+) -> SignedEvidence:
+    """Evidence signed by `signer` (the provider's by default); `chains` embeds the CA certificates."""
+    tsa = BuiltinTsa(p.tsa, [p.tsa_ca.cert] if chains else [])
+    chain = [p.provider_ca.cert] if chains else []
+    return await EvidenceSigner(signer or p.evidence, chain, tsa).sign(sample_evidence(**changes))
 
 
 def _verify(p: Pki, der: bytes) -> Report:
@@ -35,8 +40,9 @@ def _failed(report: Report) -> set[str]:
     return {c.name for c in report.checks if not c.ok}
 
 
-async def test_good_evidence_passes_every_check(p: Pki) -> None:
-    signed = await _signed(p)
+@pytest.mark.parametrize("chains", [False, True])
+async def test_good_evidence_passes_every_check(p: Pki, chains: bool) -> None:
+    signed = await _signed(p, chains=chains)
     report = _verify(p, signed.der)
     assert [c.name for c in report.checks] == list(CHECK_NAMES)
     assert _failed(report) == set(), describe(report)
@@ -87,7 +93,8 @@ def _positions(der: bytes) -> dict[str, int]:
 
 
 async def test_flipping_any_sampled_byte_fails_a_check(p: Pki) -> None:
-    der = (await _signed(p)).der
+    # With the CA certificates embedded, so that the unsigned certificate fields are covered too.
+    der = (await _signed(p, chains=True)).der
     named = _positions(der)
     # The named places plus an even sample over the whole file: framing, certificates, attributes.
     positions = {**named, **{f"offset {i}": i for i in range(0, len(der), 37)}}
@@ -123,6 +130,15 @@ async def test_untrusted_signer_fails_only_the_chain(p: Pki) -> None:
     report = _verify(p, (await _signed(p, rogue)).der)
     assert _failed(report) == {"chain"}
     assert "no trusted issuer" in report.check("chain").detail
+
+
+async def test_a_foreign_certificate_in_the_evidence_fails_the_chain(p: Pki) -> None:
+    stranger = pki.issue("Stranger", pki.Role.CA)
+    ci = cms.sign(p.evidence, content=to_xml(sample_evidence()), detached=False, chain=[stranger.cert])
+    token = await BuiltinTsa(p.tsa).timestamp(hashlib.sha256(cms.signature_value(ci)).digest())
+    report = _verify(p, cms.add_signature_timestamp(ci, token).dump())
+    assert _failed(report) == {"chain"}
+    assert "outside the signer's chain" in report.check("chain").detail
 
 
 async def test_signer_expired_at_timestamp_time_fails_the_chain(p: Pki) -> None:
