@@ -39,7 +39,9 @@ def reset_peak(pid: int) -> None:
 
 
 def big_message(sender: dict[str, str], to: str, subject: str, size: int) -> bytes:
-    body = "\n".join(["Bu satir buyuk bir ileti icindir; 100 MB sinirini olcmek icin yazildi...."] * (size // 75))
+    body = "\n".join(
+        ["Bu satir buyuk bir ileti icindir; 100 MB sinirini olcmek icin yazildi...."] * (size // 75)
+    )
     return signed_message(sender["address"], [to], subject, body, sender["cert"], sender["key"])
 
 
@@ -51,7 +53,9 @@ def measure_kepmta(tmp: Path, size: int) -> tuple[float, float, int]:
         ali, ayse = srv.account(0), srv.account(1)
         inbox = Path(srv.info["data"]) / "mail" / "kep.test" / "ayse.kaya" / "new"  # type: ignore[index]
         with smtp(srv, ali) as s:
-            s.sendmail(ali["address"], [ayse["address"]], big_message(ali, ayse["address"], "warm-up", 10_000))
+            s.sendmail(
+                ali["address"], [ayse["address"]], big_message(ali, ayse["address"], "warm-up", 10_000)
+            )
         wait_for(lambda: list(inbox.iterdir()))
         msg = big_message(ali, ayse["address"], "large", size)
         with smtp(srv, ali) as s:
@@ -96,7 +100,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         idle, peak, msg_size = measure_kepmta(Path(tmp), size)
     print(f"message: {msg_size / 1024**2:.1f} MB, signed, one recipient")
-    print(f"kepmta    idle {idle:7.1f} MiB  peak {peak:7.1f} MiB  increase {peak - idle:7.1f} MiB  (goal <= 64)")
+    print(
+        f"kepmta    idle {idle:7.1f} MiB  peak {peak:7.1f} MiB  increase {peak - idle:7.1f} MiB  (goal <= 64)"
+    )
     b_idle, b_peak = measure_aiosmtpd(msg_size, size)
     print(f"aiosmtpd  idle {b_idle:7.1f} MiB  peak {b_peak:7.1f} MiB  increase {b_peak - b_idle:7.1f} MiB")
     print(f"ratio of increases kepmta / aiosmtpd: {(peak - idle) / max(b_peak - b_idle, 0.1):.2f}")

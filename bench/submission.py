@@ -107,7 +107,7 @@ def main() -> None:
         srv = DevServer(Path(tmp) / "data").start()
         try:
             ali, ayse = srv.account(0), srv.account(1)
-            body = ("Bu bir ölçüm iletisidir. " * (args.size // 26))[: args.size]
+            body = "\n".join(["Bu bir ölçüm iletisidir; satırlar kısa tutulur."] * (args.size // 52))
             messages = [
                 signed_message(ali["address"], [ayse["address"]], f"bench {i}", body, ali["cert"], ali["key"])
                 for i in range(64)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kepmta import addresses
 from kepmta.db.schema import accounts, operators
-from kepmta.maildir import INBOX, Maildir
+from kepmta.maildir import INBOX, Maildir, SizeCache
 from kepmta.passwords import check_password_async, hash_password
 from kepmta.ratelimit import FailureLimiter
 
@@ -171,6 +171,7 @@ class AccountStore:
         self.domain = domain
         self.default_quota = default_quota
         self.limiter = limiter or FailureLimiter()
+        self.sizes = SizeCache()
 
     # -- creating -------------------------------------------------------------------------------
 
@@ -466,4 +467,4 @@ class AccountStore:
 
     def maildir(self, address: str) -> Maildir:
         addr = addresses.parse(address)
-        return Maildir(self.mail_root / addr.domain / addr.local)
+        return Maildir(self.mail_root / addr.domain / addr.local, self.sizes)

@@ -37,6 +37,7 @@ from kepmta.rem.receipt import ReceiptInfo, build_receipt
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
+_CONCURRENT_JOBS = 8
 
 
 class DeliveryError(Exception):
@@ -81,6 +82,8 @@ class DeliveryWorker:
         self.ledger: Ledger = recorder.ledger
         self.identity = identity
         self._wake = asyncio.Event()
+        # Jobs wait mostly on fsync; a few at once keep the disk busy without crowding the loop.
+        self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
 
     def wake(self) -> None:
         self._wake.set()
@@ -93,20 +96,21 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
     async def run_once(self) -> int:
-        """Do every job that is due; returns how many were attempted."""
+        """Do every job that is due, several at a time; returns how many were attempted."""
         batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT))
-        for job in batch:
+        await asyncio.gather(*(self._attempt(job) for job in batch))
+        return len(batch)
+
+    async def _attempt(self, job: jobs.Job) -> None:
+        async with self._slots:
             try:
                 if job.kind == jobs.DELIVER:
                     await self._deliver(job)
-                elif job.kind == jobs.RECEIPT:
-                    await self._receipt(job)
                 else:
-                    raise DeliveryError(f"unknown job kind {job.kind!r}")
+                    await self._receipt(job)
             except Exception as e:
                 log.exception("job %d (%s of %s) failed; will retry", job.id, job.kind, job.message_id)
                 await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
-        return len(batch)
 
     async def _facts(self, message_id: str) -> tuple[MessageFacts, Path | None]:
         async with self.engine.connect() as conn:

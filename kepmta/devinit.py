@@ -115,6 +115,8 @@ key = "pki/transaction.key"
 provider_ca = "pki/provider-ca.pem"
 tsa_cert = "pki/tsa.pem"
 tsa_key = "pki/tsa.key"
+# The provider CA's CRL, captured into the ledger while in force (long-term verification).
+crls = ["pki/provider-ca.crl"]
 
 [trust]
 qualified_ca = "pki/qualified-ca.pem"
@@ -143,6 +145,7 @@ def create_identity(data: Path, ports: Ports) -> Demo:
     org = "kepmta development provider"
     ca = pki.issue("kepmta Development Provider CA", pki.Role.CA, organization=org)
     pki.save(ca, d / "provider-ca.pem", d / "provider-ca.key")
+    pki.save_crl(pki.issue_crl(ca), d / "provider-ca.crl")
     transaction = pki.issue(
         "kepmta Development Transaction Certificate",
         pki.Role.EVIDENCE,

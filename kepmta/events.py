@@ -3,22 +3,42 @@
 Knows nothing of SMTP or IMAP: callers say which event happened to which message (and recipient),
 and this makes the EN 319 522 evidence, appends it to the ledger and schedules the receipt to the
 sender, all in the caller's transaction.
+
+A TSA failure delays evidence, it never drops it. The evidence is signed first (CAdES-B-B); if no
+usable time-stamp comes back, the B-B evidence is committed to the ledger all the same, with a
+durable `timestamp` job instead of the receipt job, so the caller may still answer 250 with the
+evidence on disk. `StampWorker` later obtains the time-stamp and appends the CAdES-B-T version as a
+`timestamp` ledger record under the same evidence id (no row is ever updated); only then is the
+receipt scheduled, and only then do dispatches carrying that evidence go out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
-from kepmta.evidence.ledger import Ledger
+from kepmta.evidence.errors import TimeStampError
+from kepmta.evidence.ledger import Kind, Ledger, NewRecord
 from kepmta.evidence.model import Evidence, Party, Reason
-from kepmta.evidence.signer import EvidenceSigner, SignedEvidence
+from kepmta.evidence.revocation import RevocationCapture
+from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
 from kepmta.queue import jobs
+from kepmta.smime import cms
+
+log = logging.getLogger(__name__)
+
+# The durable job that time-stamps evidence committed as CAdES-B-B (payload: the ledger seq).
+TIMESTAMP_JOB = "timestamp"
+_IDLE_POLL = 5.0  # seconds between looks at the job table
 
 AUTH_METHOD = "SMTP AUTH over TLS (RFC 4954, RFC 8314)"
 
@@ -116,16 +136,23 @@ class Issuer:
 
 
 class EventRecorder:
-    def __init__(self, issuer: Issuer, signer: EvidenceSigner, ledger: Ledger) -> None:
+    def __init__(
+        self,
+        issuer: Issuer,
+        signer: EvidenceSigner,
+        ledger: Ledger,
+        revocation: RevocationCapture | None = None,
+    ) -> None:
         self.issuer = issuer
         self.signer = signer
         self.ledger = ledger
+        self.revocation = revocation
 
     async def sign(
         self, facts: MessageFacts, reason: Reason, details: str, recipient: int | None = None
     ) -> SignedEvidence:
-        """The signed, time-stamped evidence; made before the ledger transaction so a slow
-        time-stamp authority never holds the ledger."""
+        """The signed evidence, time-stamped unless the TSA cannot give a usable token now; made
+        before the ledger transaction so a slow time-stamp authority never holds the ledger."""
         event = reason.event
         evidence = Evidence(
             evidence_id=new_id(self.issuer.domain),
@@ -149,12 +176,23 @@ class EventRecorder:
             message_type=self.issuer.message_type,
             operator=Party(facts.operator) if facts.operator else None,
         )
-        return await self.signer.sign(evidence)
+        basic = await self.signer.sign_basic(evidence)
+        try:
+            return await self.signer.stamp(basic)
+        except TimeStampError as exc:
+            log.warning("evidence %s waits for its time-stamp: %s", evidence.evidence_id, exc)
+            return basic
 
     async def commit(self, conn: AsyncConnection, signed: SignedEvidence) -> int:
-        """Append to the ledger and schedule the receipt, in the caller's `ledger.writing()`."""
+        """Append to the ledger and schedule the receipt (or first the time-stamp), in the caller's
+        `ledger.writing()`."""
+        if self.revocation is not None:
+            # Before the evidence in the chain: the CRLs in force when it was made (long-term proof).
+            await self.revocation.capture(conn, self.ledger)
         seq = await self.ledger.append(conn, signed)
-        await jobs.enqueue(conn, jobs.RECEIPT, signed.evidence.message_id, {"seq": seq})
+        stamped = cms.signature_timestamp_token(cms.load(signed.der)) is not None
+        kind = jobs.RECEIPT if stamped else TIMESTAMP_JOB
+        await jobs.enqueue(conn, kind, signed.evidence.message_id, {"seq": seq})
         return seq
 
     async def record(
@@ -166,3 +204,65 @@ class EventRecorder:
             if new_message:
                 await save_facts(conn, facts)
             return await self.commit(conn, signed)
+
+
+class StampWorker:
+    """Completes evidence committed without its time-stamp, retrying until the TSA is back."""
+
+    def __init__(self, recorder: EventRecorder, wake_delivery: Callable[[], None]) -> None:
+        self.recorder = recorder
+        self.ledger = recorder.ledger
+        self.engine = recorder.ledger.engine
+        self.wake_delivery = wake_delivery
+
+    async def run(self) -> None:
+        while True:
+            if not await self.run_once():
+                await asyncio.sleep(_IDLE_POLL)
+
+    async def run_once(self) -> int:
+        """Try every due time-stamp job once; returns how many completed."""
+        done = 0
+        for job in await jobs.due(self.engine, (TIMESTAMP_JOB,)):
+            try:
+                await self._stamp(job)
+                done += 1
+            except Exception as exc:  # any failure leaves the job for a later attempt
+                log.warning("time-stamp job %d (%s) failed; will retry: %s", job.id, job.message_id, exc)
+                await jobs.retry_later(self.engine, job, f"{type(exc).__name__}: {exc}")
+        if done:
+            self.wake_delivery()
+        return done
+
+    async def _stamp(self, job: jobs.Job) -> None:
+        basic = await self.ledger.get(int(job.payload["seq"]))
+        der = await stamp_der(basic.der, self.recorder.signer.tsa)
+        async with self.ledger.writing() as conn:
+            stamped = await self.ledger.append_record(
+                conn,
+                NewRecord(
+                    kind=Kind.TIMESTAMP,
+                    evidence_id=basic.evidence_id,
+                    created_at=utcnow(),
+                    der=der,
+                    message_id=basic.message_id,
+                    event=basic.event,
+                    reason=basic.reason,
+                    recipient=basic.recipient,
+                    xml=basic.xml,
+                ),
+            )
+            await jobs.enqueue(conn, jobs.RECEIPT, job.message_id, {"seq": stamped.seq})
+            await jobs.complete(conn, job.id)
+            # Dispatches of this message waited for a time-stamped acceptance: due now, not at
+            # their next back-off.
+            await conn.execute(
+                update(jobs_table)
+                .where(
+                    jobs_table.c.message_id == job.message_id,
+                    jobs_table.c.kind == jobs.DELIVER,
+                    jobs_table.c.state == "pending",
+                )
+                .values(next_at=utcnow())
+            )
+        log.info("evidence %s time-stamped after a delay", basic.evidence_id)

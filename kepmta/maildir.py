@@ -13,6 +13,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,11 +85,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _stamp(folder: Path) -> tuple[int, int]:
+    """When new/ and cur/ last changed: any delivery, flag change or expunge changes one of them."""
+    try:
+        return (os.stat(folder / "new").st_mtime_ns, os.stat(folder / "cur").st_mtime_ns)
+    except FileNotFoundError:
+        return (0, 0)
+
+
+def _count(folder: Path) -> int:
+    total = 0
+    for sub in ("cur", "new"):
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder / sub) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_size
+    return total
+
+
+@dataclass(frozen=True)
+class _Counted:
+    stamp: tuple[int, int]
+    total: int
+
+
+class SizeCache:
+    """Folder sizes for quota, recounted only when the folder changed since it was counted, so a
+    mailbox of thousands of messages is not walked on every delivery and every MAIL FROM."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, _Counted] = {}
+
+    def folder_size(self, folder: Path) -> int:
+        stamp = _stamp(folder)  # taken before counting: a change meanwhile makes the next call recount
+        counted = self._folders.get(folder)
+        if counted is None or counted.stamp != stamp:
+            counted = _Counted(stamp, _count(folder))
+            self._folders[folder] = counted
+        return counted.total
+
+    def added(self, folder: Path, size: int) -> None:
+        """Our own delivery of `size` bytes into `folder`: add it rather than recount."""
+        counted = self._folders.get(folder)
+        if counted is not None:
+            self._folders[folder] = _Counted(_stamp(folder), counted.total + size)
+
+
 class Maildir:
     """One account's mail store rooted at `root`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sizes: SizeCache | None = None) -> None:
         self.root = root
+        self.sizes = sizes or SizeCache()
 
     def folder_dir(self, name: str) -> Path:
         """Directory of folder `name` (a Unicode IMAP name with '/' or '.' hierarchy)."""
@@ -123,17 +171,10 @@ class Maildir:
 
     def size(self) -> int:
         """Bytes of every message in every folder: what counts against the account's quota."""
-        total = 0
         if not self.root.is_dir():
             return 0
         folders = [self.root, *(e for e in self.root.iterdir() if e.name.startswith(".") and e.is_dir())]
-        for folder in folders:
-            for sub in ("cur", "new"):
-                with contextlib.suppress(FileNotFoundError), os.scandir(folder / sub) as entries:
-                    for entry in entries:
-                        with contextlib.suppress(FileNotFoundError):
-                            total += entry.stat().st_size
-        return total
+        return sum(self.sizes.folder_size(folder) for folder in folders)
 
     @staticmethod
     def unique_name(token: str) -> str:
@@ -167,6 +208,8 @@ class Maildir:
             f.flush()
             os.fsync(f.fileno())
         final = folder / "new" / base
+        size = os.stat(tmp).st_size
         os.rename(tmp, final)
         _fsync_dir(folder / "new")
+        self.sizes.added(folder, size)
         return final

@@ -124,6 +124,37 @@ def issue(
     return KeyPair(cert, key)
 
 
+def issue_crl(
+    ca: KeyPair,
+    revoked: tuple[tuple[int, dt.datetime], ...] = (),
+    *,
+    number: int = 1,
+    this_update: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL signed by `ca` listing (serial, revocation date) pairs."""
+    start = this_update or utcnow() - dt.timedelta(minutes=5)
+    end = next_update or start + dt.timedelta(days=365)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(start)
+        .next_update(end)
+        # RFC 5280 §5.2.1, §5.2.3: conforming CRLs carry the authority key identifier and a number.
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for serial, when in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def save_crl(crl: x509.CertificateRevocationList, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` readable by the owner only, created so (never briefly world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,17 +78,23 @@ recipients = Table(
 )
 
 # The evidence ledger. Rows are only ever inserted: `hash` chains each record to the one before.
+# `kind` says what a record holds (kepmta.evidence.ledger.Kind): a signed evidence, the time-stamped
+# version of an evidence signed while the TSA was away, a checkpoint sealing the chain head, an
+# RFC 4998 evidence record renewing an evidence, or a CRL of the provider CA chain. `seq` is given by
+# the writer (head + 1), so two writers racing for the same place collide instead of forking the chain.
 ledger = Table(
     "ledger",
     metadata,
-    Column("seq", _Id, primary_key=True, autoincrement=True),
-    Column("evidence_id", String(200), nullable=False, unique=True),
-    Column("message_id", String(200), ForeignKey("messages.id"), nullable=False, index=True),
-    Column("event", String(40), nullable=False),
-    Column("reason", String(8), nullable=False),
+    Column("seq", _Id, primary_key=True, autoincrement=False),
+    Column("kind", String(12), nullable=False),
+    # The evidence a record concerns (every version of one evidence shares it), or the record's own id.
+    Column("evidence_id", String(200), nullable=False, index=True),
+    Column("message_id", String(200), ForeignKey("messages.id"), index=True),
+    Column("event", String(40)),
+    Column("reason", String(8)),
     Column("recipient", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("xml", LargeBinary, nullable=False),
+    Column("xml", LargeBinary),
     Column("der", LargeBinary, nullable=False),
     Column("prev_hash", LargeBinary, nullable=False),
     Column("hash", LargeBinary, nullable=False),

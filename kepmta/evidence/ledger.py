@@ -1,7 +1,13 @@
 """The append-only evidence ledger: every signed evidence, each row chained to the one before.
 
-Nothing here updates or deletes a row. `hash` = SHA-256(prev_hash || SHA-256(der)), so changing,
-removing or reordering any record breaks every hash after it.
+Nothing here updates or deletes a row. A record's `hash` is SHA-256(prev_hash || SHA-256(content)),
+where the content is an unambiguous encoding of every column but `seq` and the two hashes. So
+altering any byte of a row breaks its own hash, and removing, inserting or reordering rows breaks
+the `prev_hash` link of the row after. `ChainAudit` finds exactly that, with the position.
+
+An evidence may have several records, all under its evidence id: the signed evidence itself, then
+(if the TSA was away when it was signed) the `timestamp` record holding the CAdES-B-T version, then
+any number of `archive` records holding its RFC 4998 evidence record as renewed over the years.
 """
 
 from __future__ import annotations
@@ -9,34 +15,116 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kepmta.db.schema import ledger
 from kepmta.evidence.signer import SignedEvidence
+from kepmta.smime import cms
 
 GENESIS = bytes(32)
+_NULL = b"\xff\xff\xff\xff"  # a length no field can have: NULL differs from every value, even b""
+
+
+class Kind(StrEnum):
+    EVIDENCE = "evidence"  # a signed evidence, CAdES-B-T, or B-B while its time-stamp is pending
+    TIMESTAMP = "timestamp"  # the CAdES-B-T version of an evidence committed as B-B
+    CHECKPOINT = "checkpoint"  # a signed, time-stamped statement of the chain head
+    ARCHIVE = "archive"  # an RFC 4998 evidence record over an evidence and its validation data
+    REVOCATION = "revocation"  # a CRL of the provider CA chain, in force when evidence was made
+
+
+# The kinds whose `der` is the evidence itself (ContentInfo, the XML attached).
+EVIDENCE_VERSIONS = (Kind.EVIDENCE, Kind.TIMESTAMP)
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    kind: Kind
+    evidence_id: str
+    created_at: dt.datetime
+    der: bytes
+    message_id: str | None = None
+    event: str | None = None
+    reason: str | None = None
+    recipient: int | None = None
+    xml: bytes | None = None
 
 
 @dataclass(frozen=True)
 class LedgerRecord:
     seq: int
+    kind: Kind
     evidence_id: str
-    message_id: str
-    event: str
-    reason: str
+    message_id: str | None
+    event: str | None
+    reason: str | None
     recipient: int | None
     created_at: dt.datetime
-    xml: bytes
+    xml: bytes | None
     der: bytes
+    prev_hash: bytes
+    hash: bytes
+
+    @property
+    def stamped(self) -> bool:
+        """An evidence version carrying its signature time-stamp (CAdES-B-T)."""
+        if self.kind not in EVIDENCE_VERSIONS:
+            return False
+        return cms.signature_timestamp_token(cms.load(self.der)) is not None
+
+    def content(self) -> NewRecord:
+        return NewRecord(
+            kind=self.kind,
+            evidence_id=self.evidence_id,
+            created_at=self.created_at,
+            der=self.der,
+            message_id=self.message_id,
+            event=self.event,
+            reason=self.reason,
+            recipient=self.recipient,
+            xml=self.xml,
+        )
 
 
-def chain_hash(prev_hash: bytes, der: bytes) -> bytes:
-    return hashlib.sha256(prev_hash + hashlib.sha256(der).digest()).digest()
+def _utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:  # SQLite returns naive datetimes; everything stored is UTC
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _field(value: str | int | bytes | None) -> bytes:
+    if value is None:
+        return _NULL
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+def content_digest(rec: NewRecord) -> bytes:
+    """SHA-256 over every column a writer supplies, each length-prefixed so fields cannot shift."""
+    # Microseconds kept: both databases store them, so the value read back encodes the same.
+    when = _utc(rec.created_at).isoformat(timespec="microseconds")
+    parts = (
+        rec.kind.value,
+        rec.evidence_id,
+        rec.message_id,
+        rec.event,
+        rec.reason,
+        rec.recipient,
+        when,
+        rec.xml,
+        rec.der,
+    )
+    return hashlib.sha256(b"".join(_field(p) for p in parts)).digest()
+
+
+def chain_hash(prev_hash: bytes, rec: NewRecord) -> bytes:
+    return hashlib.sha256(prev_hash + content_digest(rec)).digest()
 
 
 class Ledger:
@@ -44,6 +132,8 @@ class Ledger:
         self.engine = engine
         # One writer at a time keeps the chain linear; the writer's other rows join its transaction.
         self._lock = asyncio.Lock()
+        # Told after each append, so a checkpointer can count records without polling.
+        self.on_append: Callable[[], None] | None = None
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
@@ -53,10 +143,10 @@ class Ledger:
     async def append(self, conn: AsyncConnection, signed: SignedEvidence) -> int:
         """Add `signed` inside a `writing()` transaction; returns its sequence number."""
         ev = signed.evidence
-        head = (await conn.execute(select(ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1))).scalar()
-        prev = head if head is not None else GENESIS
-        result = await conn.execute(
-            insert(ledger).values(
+        rec = await self.append_record(
+            conn,
+            NewRecord(
+                kind=Kind.EVIDENCE,
                 evidence_id=ev.evidence_id,
                 message_id=ev.message_id,
                 event=ev.event.value,
@@ -65,40 +155,186 @@ class Ledger:
                 created_at=ev.event_time,
                 xml=signed.xml,
                 der=signed.der,
+            ),
+        )
+        return rec.seq
+
+    async def append_record(self, conn: AsyncConnection, new: NewRecord) -> LedgerRecord:
+        """Add any record inside a `writing()` transaction, chained to the current head."""
+        head = (
+            await conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1))
+        ).first()
+        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
+        digest = chain_hash(prev, new)
+        await conn.execute(
+            insert(ledger).values(
+                seq=seq,
+                kind=new.kind.value,
+                evidence_id=new.evidence_id,
+                message_id=new.message_id,
+                event=new.event,
+                reason=new.reason,
+                recipient=new.recipient,
+                created_at=new.created_at,
+                xml=new.xml,
+                der=new.der,
                 prev_hash=prev,
-                hash=chain_hash(prev, signed.der),
+                hash=digest,
             )
         )
-        seq = result.inserted_primary_key
-        assert seq is not None
-        return int(seq[0])
+        if self.on_append is not None:
+            self.on_append()
+        return _record_of(seq, new, prev, digest)
 
     async def get(self, seq: int) -> LedgerRecord:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(ledger).where(ledger.c.seq == seq))).one()
         return _record(row)
 
-    async def for_message(self, message_id: str) -> list[LedgerRecord]:
+    async def head(self) -> LedgerRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(ledger).order_by(ledger.c.seq.desc()).limit(1))).first()
+        return _record(row) if row is not None else None
+
+    async def latest(self, kind: Kind) -> LedgerRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(ledger).where(ledger.c.kind == kind.value).order_by(ledger.c.seq.desc()).limit(1)
+                )
+            ).first()
+        return _record(row) if row is not None else None
+
+    async def count_after(self, seq: int) -> int:
+        async with self.engine.connect() as conn:
+            n = (await conn.execute(select(func.count()).where(ledger.c.seq > seq))).scalar()
+        return int(n or 0)
+
+    async def versions(self, evidence_id: str) -> list[LedgerRecord]:
+        """Every record of one evidence, oldest first."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(ledger).where(ledger.c.message_id == message_id).order_by(ledger.c.seq)
+                select(ledger).where(ledger.c.evidence_id == evidence_id).order_by(ledger.c.seq)
             )
             return [_record(r) for r in rows]
+
+    async def current(self, evidence_id: str) -> LedgerRecord | None:
+        """The newest version of an evidence itself (time-stamped if that has happened)."""
+        found = [r for r in await self.versions(evidence_id) if r.kind in EVIDENCE_VERSIONS]
+        return found[-1] if found else None
+
+    async def for_message(self, message_id: str) -> list[LedgerRecord]:
+        """The newest version of each evidence of a message, in the order they were made."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(ledger)
+                .where(
+                    ledger.c.message_id == message_id,
+                    ledger.c.kind.in_([k.value for k in EVIDENCE_VERSIONS]),
+                )
+                .order_by(ledger.c.seq)
+            )
+            # Insertion order is first appearance; a later version replaces the value in place.
+            newest: dict[str, LedgerRecord] = {}
+            for row in rows:
+                rec = _record(row)
+                newest[rec.evidence_id] = rec
+        return list(newest.values())
+
+    async def walk(self, kinds: tuple[Kind, ...] | None = None, batch: int = 500) -> AsyncIterator[LedgerRecord]:
+        """Every record in chain order, read in batches so a large ledger is never held whole."""
+        after = 0
+        while True:
+            query = select(ledger).where(ledger.c.seq > after)
+            if kinds is not None:
+                query = query.where(ledger.c.kind.in_([k.value for k in kinds]))
+            async with self.engine.connect() as conn:
+                rows = [_record(r) for r in await conn.execute(query.order_by(ledger.c.seq).limit(batch))]
+            if not rows:
+                return
+            for rec in rows:
+                yield rec
+            after = rows[-1].seq
+
+
+def _record_of(seq: int, new: NewRecord, prev: bytes, digest: bytes) -> LedgerRecord:
+    return LedgerRecord(
+        seq=seq,
+        kind=new.kind,
+        evidence_id=new.evidence_id,
+        message_id=new.message_id,
+        event=new.event,
+        reason=new.reason,
+        recipient=new.recipient,
+        created_at=_utc(new.created_at),
+        xml=new.xml,
+        der=new.der,
+        prev_hash=prev,
+        hash=digest,
+    )
 
 
 def _record(row: object) -> LedgerRecord:
     r = row._mapping  # type: ignore[attr-defined]
-    created = r["created_at"]
-    if created.tzinfo is None:  # SQLite returns naive datetimes; everything stored is UTC
-        created = created.replace(tzinfo=dt.UTC)
     return LedgerRecord(
-        r["seq"],
-        r["evidence_id"],
-        r["message_id"],
-        r["event"],
-        r["reason"],
-        r["recipient"],
-        created,
-        r["xml"],
-        r["der"],
+        seq=int(r["seq"]),
+        kind=Kind(r["kind"]),
+        evidence_id=r["evidence_id"],
+        message_id=r["message_id"],
+        event=r["event"],
+        reason=r["reason"],
+        recipient=r["recipient"],
+        created_at=_utc(r["created_at"]),
+        xml=r["xml"],
+        der=r["der"],
+        prev_hash=r["prev_hash"],
+        hash=r["hash"],
     )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of an audit: where in the ledger, and what is wrong there."""
+
+    seq: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"seq {self.seq}: {self.what}"
+
+
+class ChainAudit:
+    """Feed every record in `seq` order; each call returns what is wrong at that position.
+
+    Only the chain itself: what the records say (signatures, time-stamps) is checked elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_seq = 0
+        self.last_hash = GENESIS
+
+    def feed(self, rec: LedgerRecord) -> list[Problem]:
+        problems: list[Problem] = []
+        try:
+            own = chain_hash(rec.prev_hash, rec.content())
+        except (ValueError, TypeError) as exc:  # a column holding a value of the wrong type
+            own, problems = b"", [Problem(rec.seq, f"record altered: unreadable content ({exc})")]
+        if own and own != rec.hash:
+            problems.append(Problem(rec.seq, "record altered: its hash does not match its content"))
+        if rec.seq > self.last_seq + 1:
+            missing = f"{self.last_seq + 1}" if rec.seq == self.last_seq + 2 else f"{self.last_seq + 1}–{rec.seq - 1}"
+            problems.append(Problem(rec.seq, f"records removed: seq {missing} missing before this one"))
+        elif rec.prev_hash != self.last_hash:
+            before = f"seq {self.last_seq}" if self.last_seq else "the start of the ledger"
+            problems.append(
+                Problem(
+                    rec.seq,
+                    f"chain broken: prev_hash does not match {before} "
+                    "(a record was reordered, inserted or removed here)",
+                )
+            )
+        self.count += 1
+        self.last_seq = rec.seq
+        self.last_hash = rec.hash
+        return problems

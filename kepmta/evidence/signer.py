@@ -41,16 +41,34 @@ class EvidenceSigner:
         self._chain = tuple(chain)
         self._tsa = tsa
 
+    @property
+    def tsa(self) -> TimeStamper:
+        return self._tsa
+
     async def sign(self, ev: Evidence) -> SignedEvidence:
+        """CAdES-B-T evidence; raises a TimeStampError if the TSA gives no usable token."""
+        return await self.stamp(await self.sign_basic(ev))
+
+    async def sign_basic(self, ev: Evidence) -> SignedEvidence:
+        """CAdES-B-B evidence: signed, not yet time-stamped."""
         xml = to_xml(ev)
-        # ECDSA signing is CPU work; keep it off the event loop.
+        # ECDSA signing is CPU work (or an HSM round trip); keep it off the event loop.
         signed = await asyncio.to_thread(cms.sign, self._pair, content=xml, detached=False, chain=self._chain)
-        # EN 319 122-1 §5.3: the signature time-stamp covers the SignerInfo signature value.
-        imprint = imprint_of(cms.signature_value(signed))
-        token = await self._tsa.timestamp(imprint)
-        # A TSA answering for other data would leave evidence that later fails verification;
-        # refuse it now, while the event can still be retried.
-        if not hmac.compare_digest(token_imprint(token), imprint):
-            raise TokenImprintError("the TSA returned a token over different data")
-        stamped = cms.add_signature_timestamp(signed, token)
-        return SignedEvidence(evidence=ev, xml=xml, der=bytes(stamped.dump()))
+        return SignedEvidence(evidence=ev, xml=xml, der=bytes(signed.dump()))
+
+    async def stamp(self, basic: SignedEvidence) -> SignedEvidence:
+        """The CAdES-B-T version of B-B evidence: the same signature plus its time-stamp."""
+        return SignedEvidence(evidence=basic.evidence, xml=basic.xml, der=await stamp_der(basic.der, self._tsa))
+
+
+async def stamp_der(der: bytes, tsa: TimeStamper) -> bytes:
+    """Add a signature time-stamp from `tsa` to the CMS signature `der` (CAdES-B-B → B-T)."""
+    signed = cms.load(der)
+    # EN 319 122-1 §5.3: the signature time-stamp covers the SignerInfo signature value.
+    imprint = imprint_of(cms.signature_value(signed))
+    token = await tsa.timestamp(imprint)
+    # A TSA answering for other data would leave evidence that later fails verification;
+    # refuse it now, while the event can still be retried.
+    if not hmac.compare_digest(token_imprint(token), imprint):
+        raise TokenImprintError("the TSA returned a token over different data")
+    return bytes(cms.add_signature_timestamp(signed, token).dump())

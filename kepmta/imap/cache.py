@@ -338,6 +338,11 @@ class SummaryCache:
                     out[m.uid] = s
         return out
 
+    def clear(self) -> None:
+        """Forget everything held in memory (the record files stay)."""
+        self._memory.clear()
+        self._folders.clear()
+
     def _remember(self, key: tuple[Path, str], summary: Summary) -> None:
         self._memory[key] = summary
         self._memory.move_to_end(key)

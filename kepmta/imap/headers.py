@@ -79,6 +79,9 @@ def field_value(fields: tuple[HeaderField, ...], name: str) -> str | None:
 
 def decode_words(value: str) -> str:
     """RFC 2047 encoded-words decoded, for matching a client's search text against a header."""
+    if "=?" not in value:
+        # Every encoded-word starts so (RFC 2047 §2); most values have none, and the parser is slow.
+        return value
     try:
         parts = email.header.decode_header(value)
     except (ValueError, LookupError, AssertionError):

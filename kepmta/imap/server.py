@@ -141,5 +141,6 @@ class ImapServer:
             await server.wait_closed()
         self._servers.clear()
         self.stores.close()
+        self.summaries.clear()
         if self.inotify is not None:
             self.inotify.close()

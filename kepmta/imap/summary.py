@@ -104,10 +104,10 @@ def decode(line: bytes) -> Summary:
     ):
         raise ValueError("record fields of the wrong shape")
     sent, sent_day = r[4], r[5]
-    if not (sent is None or isinstance(sent, int | float)) or not (
-        sent_day is None or isinstance(sent_day, int)
-    ):
-        raise ValueError("record dates of the wrong shape")
+    if sent is not None and not isinstance(sent, int | float):
+        raise ValueError("record date of the wrong shape")
+    if sent_day is not None and not isinstance(sent_day, int):
+        raise ValueError("record day of the wrong shape")
     keys = r[6:10]
     if not all(isinstance(k, str) for k in keys):
         raise ValueError("record sort keys of the wrong shape")

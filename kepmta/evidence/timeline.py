@@ -1,0 +1,346 @@
+"""One message's evidence, read back from the database as a timeline for people and for bundles.
+
+Read-only: the ledger rows of the message in ledger order, with their chain hashes, each evidence
+parsed and (on request) verified offline. `kepmta evidence show`, `export` and `report` all start
+from the `MessageEvidence` this module loads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from kepmta.db.schema import ledger as ledger_table
+from kepmta.db.schema import messages, recipients
+from kepmta.evidence.ledger import Kind, Ledger, LedgerRecord, chain_hash, content_digest
+from kepmta.evidence.model import Event, Evidence
+from kepmta.evidence.verify import Report, verify_evidence
+from kepmta.evidence.xml import from_xml
+
+# Turkish names of the events as KEP users know them (PTT's evidence list), for people.
+EVENT_NAMES_TR: dict[Event, str] = {
+    Event.SUBMISSION_ACCEPTANCE: "Gönderim kabul edildi",
+    Event.SUBMISSION_REJECTION: "Gönderim reddedildi",
+    Event.RELAY_ACCEPTANCE: "Alıcı hizmet sağlayıcısı kabul etti",
+    Event.RELAY_REJECTION: "Alıcı hizmet sağlayıcısı reddetti",
+    Event.RELAY_FAILURE: "Alıcı hizmet sağlayıcısına iletilemedi",
+    Event.CONTENT_CONSIGNMENT: "Alıcının posta kutusuna teslim edildi",
+    Event.CONTENT_CONSIGNMENT_FAILURE: "Alıcının posta kutusuna teslim edilemedi",
+    Event.CONTENT_HANDOVER: "Alıcı iletiyi açtı",
+}
+EVENT_NAMES_EN: dict[Event, str] = {
+    Event.SUBMISSION_ACCEPTANCE: "Submission accepted",
+    Event.SUBMISSION_REJECTION: "Submission rejected",
+    Event.RELAY_ACCEPTANCE: "Accepted by the recipient's provider",
+    Event.RELAY_REJECTION: "Rejected by the recipient's provider",
+    Event.RELAY_FAILURE: "Could not be relayed",
+    Event.CONTENT_CONSIGNMENT: "Delivered to the recipient's mailbox",
+    Event.CONTENT_CONSIGNMENT_FAILURE: "Could not be delivered",
+    Event.CONTENT_HANDOVER: "Opened by the recipient",
+}
+
+
+class NotFound(LookupError):
+    """No message, or no single message, answers to the id given."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One evidence of the message: its newest version in the ledger and what it says."""
+
+    record: LedgerRecord  # the newest evidence version (time-stamped, if that came later)
+    evidence: Evidence
+
+    @property
+    def seq(self) -> int:
+        return self.record.seq
+
+    @property
+    def der(self) -> bytes:
+        return self.record.der
+
+    @property
+    def xml(self) -> bytes:
+        return self.record.xml or b""
+
+    @property
+    def name(self) -> str:
+        """A file name stem unique within the message: `000012-ContentConsignment-r2`."""
+        ev = self.evidence
+        suffix = f"-r{ev.refers_to_recipient}" if ev.refers_to_recipient is not None else ""
+        return f"{self.seq:06d}-{ev.event.value}{suffix}"
+
+
+def record_ok(record: LedgerRecord) -> bool:
+    """Whether a record's hash is the one the ledger computed over its content and prev_hash."""
+    return chain_hash(record.prev_hash, record.content()) == record.hash
+
+
+@dataclass(frozen=True)
+class MessageEvidence:
+    """A message's facts as the database holds them, its evidence in ledger order, and the other
+    ledger records a verifier needs: earlier versions of each evidence, the revocation data in force
+    when each was made, and the chain from the message's last record to the next checkpoint."""
+
+    message_id: str
+    ua_message_id: str | None  # without <>
+    sender: str
+    operator: str | None
+    recipients: tuple[str, ...]
+    subject: str
+    submitted_at: dt.datetime
+    digest: bytes | None
+    entries: tuple[Entry, ...]
+    records: tuple[LedgerRecord, ...] = ()  # every record the bundle carries in full, in ledger order
+    chain: tuple[Link, ...] = ()  # every position from the first record to the next checkpoint
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An entry with the offline verifier's report on its evidence."""
+
+    entry: Entry
+    report: Report
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and record_ok(self.entry.record)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value  # SQLite: naive UTC
+
+
+def bare_id(text: str) -> str:
+    """A Message-ID as typed by a person: surrounding white space and angle brackets dropped."""
+    value = text.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value
+
+
+async def resolve(conn: AsyncConnection, text: str) -> str:
+    """The provider message id meant by `text`: the provider id, or a unique user agent Message-ID."""
+    wanted = bare_id(text)
+    if not wanted:
+        raise NotFound("give a Message-ID")
+    found = (await conn.execute(select(messages.c.id).where(messages.c.id == wanted))).scalar()
+    if found is not None:
+        return str(found)
+    by_ua = (await conn.execute(select(messages.c.id).where(messages.c.ua_message_id == wanted))).scalars()
+    ids = sorted(str(i) for i in by_ua)
+    if not ids:
+        raise NotFound(f"no message with the id <{wanted}>")
+    if len(ids) > 1:
+        # A user agent id is the sender's choice, so two messages may share it; guessing would
+        # show a person the wrong message's evidence.
+        raise NotFound(f"<{wanted}> is the user agent Message-ID of {len(ids)} messages: {', '.join(ids)}")
+    return ids[0]
+
+
+async def _revocation_before(book: Ledger, seqs: Sequence[int]) -> list[LedgerRecord]:
+    """The newest revocation record preceding each of `seqs`: the CRLs in force when it was made."""
+    found: dict[int, LedgerRecord] = {}
+    latest: LedgerRecord | None = None
+    wanted = sorted(seqs)
+    async for rec in book.walk((Kind.REVOCATION,)):
+        while wanted and rec.seq > wanted[0]:
+            if latest is not None:
+                found[latest.seq] = latest
+            wanted.pop(0)
+        if not wanted:
+            break
+        latest = rec
+    if wanted and latest is not None:
+        found[latest.seq] = latest
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class Link:
+    """One position of the ledger chain, shown without its content: enough to recompute the chain."""
+
+    seq: int
+    kind: str
+    content_sha256: bytes  # ledger.content_digest of the record
+    prev_hash: bytes
+    hash: bytes
+
+
+async def _chain(
+    book: Ledger, engine: AsyncEngine, first: int, last: int
+) -> tuple[list[Link], LedgerRecord | None]:
+    """The chain from `first` to the first checkpoint after `last` (or to `last` if none yet).
+
+    Every hash includes the one before, so these links tie each of the message's records to the
+    others and to the checkpoint, whose signed statement of the chain head seals them all.
+    """
+    async with engine.connect() as conn:
+        stop = (
+            await conn.execute(
+                select(ledger_table.c.seq)
+                .where(ledger_table.c.seq > last, ledger_table.c.kind == Kind.CHECKPOINT.value)
+                .order_by(ledger_table.c.seq)
+                .limit(1)
+            )
+        ).scalar()
+    end = int(stop) if stop is not None else last
+    links: list[Link] = []
+    checkpoint = None
+    async for rec in book.walk():
+        if rec.seq > end:
+            break
+        if rec.seq >= first:
+            links.append(
+                Link(rec.seq, rec.kind.value, content_digest(rec.content()), rec.prev_hash, rec.hash)
+            )
+            if rec.seq == stop:
+                checkpoint = rec
+    return links, checkpoint
+
+
+async def load(engine: AsyncEngine, text: str) -> MessageEvidence:
+    """The message `text` names and its ledger records (see `resolve`)."""
+    async with engine.connect() as conn:
+        message_id = await resolve(conn, text)
+        row = (await conn.execute(select(messages).where(messages.c.id == message_id))).one()
+        rcpts = await conn.execute(
+            select(recipients.c.address)
+            .where(recipients.c.message_id == message_id)
+            .order_by(recipients.c.position)
+        )
+        addresses = tuple(r.address for r in rcpts)
+    book = Ledger(engine)
+    current = await book.for_message(message_id)
+    entries = tuple(Entry(r, from_xml(r.xml or b"")) for r in current)
+    versions: list[LedgerRecord] = []
+    for r in current:
+        versions += await book.versions(r.evidence_id)
+    own = [v.seq for v in versions]
+    versions += await _revocation_before(book, [e.seq for e in entries])
+    links: list[Link] = []
+    if own:
+        links, checkpoint = await _chain(book, engine, min(own), max(own))
+        if checkpoint is not None:
+            versions.append(checkpoint)
+    return MessageEvidence(
+        message_id=row.id,
+        ua_message_id=row.ua_message_id,
+        sender=row.sender,
+        operator=row.operator,
+        recipients=addresses,
+        subject=row.subject,
+        submitted_at=_aware(row.submitted_at),
+        digest=None if row.digest is None else bytes(row.digest),
+        entries=entries,
+        records=tuple(sorted(versions, key=lambda v: v.seq)),
+        chain=tuple(links),
+    )
+
+
+def open_readonly(url: str) -> AsyncEngine:
+    """An engine on an existing database; unlike `db.engine.open_engine` it creates nothing.
+
+    A mistyped --data must not leave an empty database behind, so a missing SQLite file is an error.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if not path or path == ":memory:" or not Path(path).is_file():
+            raise NotFound(f"no database at {path or url}")
+    return create_async_engine(url)
+
+
+async def load_message(url: str, text: str) -> MessageEvidence:
+    engine = open_readonly(url)
+    try:
+        return await load(engine, text)
+    finally:
+        await engine.dispose()
+
+
+def check(
+    message: MessageEvidence,
+    provider_trust: Sequence[x509.Certificate],
+    tsa_trust: Sequence[x509.Certificate],
+) -> tuple[Checked, ...]:
+    """Every entry verified offline, as `kepmta evidence verify` would verify its file."""
+    return tuple(Checked(e, verify_evidence(e.der, provider_trust, tsa_trust)) for e in message.entries)
+
+
+def _when(value: dt.datetime) -> str:
+    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    line = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in rows]
+    head = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
+    return [head, "  ".join("-" * w for w in widths), *line]
+
+
+def render(message: MessageEvidence, checked: Sequence[Checked] | None = None) -> str:
+    """The message and its evidence as a timeline table for a terminal."""
+    lines = [
+        f"Message      <{message.message_id}>",
+        f"Subject      {message.subject}",
+        f"Sender       {message.sender}" + (f" (operator {message.operator})" if message.operator else ""),
+    ]
+    for i, r in enumerate(message.recipients, 1):
+        lines.append(f"Recipient {i}  {r}")
+    lines.append(f"Submitted    {_when(message.submitted_at)} UTC")
+    if message.ua_message_id:
+        lines.append(f"UA id        <{message.ua_message_id}>")
+    lines.append(f"SHA-256      {message.digest.hex() if message.digest else '-'}")
+    lines.append("")
+    if not message.entries:
+        lines.append("No evidence has been recorded for this message yet.")
+        return "\n".join(lines)
+    results = {c.entry.seq: c for c in checked or ()}
+    header = ["Time (UTC)", "Code", "Event", "Reason", "Recipient", "Ledger", "Evidence id"]
+    if checked is not None:
+        header.append("Verified")
+    rows = []
+    for e in message.entries:
+        ev = e.evidence
+        row = [
+            _when(ev.event_time),
+            str(ev.event.ptt_code),
+            ev.event.value,
+            ev.reason.value,
+            ev.recipient.address if ev.recipient else "-",
+            f"#{e.seq}",
+            ev.evidence_id,
+        ]
+        if checked is not None:
+            result = results.get(e.seq)
+            row.append(_verdict(result))
+        rows.append(row)
+    lines += _table(header, rows)
+    if checked is not None:
+        failed = [c for c in checked if not c.ok]
+        lines.append("")
+        lines.append(
+            f"All {len(checked)} evidence verified."
+            if not failed
+            else f"{len(failed)} of {len(checked)} evidence did NOT verify:"
+        )
+        for c in failed:
+            lines.append(f"  #{c.entry.seq} {c.entry.evidence.event.value}:")
+            lines += [f"    ✗ {x.name}: {x.detail}" for x in c.report.checks if not x.ok]
+            if not record_ok(c.entry.record):
+                lines.append("    ✗ ledger: the record's hash does not match its evidence")
+    return "\n".join(lines)
+
+
+def _verdict(result: Checked | None) -> str:
+    if result is None:
+        return "-"
+    return "✓ yes" if result.ok else "✗ NO"
