@@ -3,7 +3,8 @@
 Signs with throw-away P-256 keys from `kepmta.pki`, the way the evidence signer, the built-in TSA and
 the REM dispatch do: an attached CAdES-B-B signature over 2 KB with a chain of one, a detached one
 from a precomputed digest, an RFC 3161 token from BuiltinTsa.timestamp, and the signature time-stamp
-spliced in by add_signature_timestamp.
+spliced in by add_signature_timestamp. For scale it also times loading the result: lazily, as
+every signing call returns it, and fully, as `cms.load` checks received objects.
 
     .venv/bin/python bench/cms.py [--seconds 2]
 
@@ -74,6 +75,7 @@ def main() -> None:
     digest = hashlib.sha256(content).digest()
     signed = cms.sign(signer, content=content, detached=False, chain=[ca.cert])
     token = asyncio.run(tsa.timestamp(hashlib.sha256(cms.signature_value(signed)).digest()))
+    der = signed.dump()
 
     rows: list[tuple[str, float]] = [
         (
@@ -90,6 +92,14 @@ def main() -> None:
         (
             "cms.add_signature_timestamp",
             measure(lambda: cms.add_signature_timestamp(signed, token), args.seconds),
+        ),
+        (
+            "DerContentInfo.load of the signed DER",
+            measure(lambda: cms.DerContentInfo.load(der), args.seconds),
+        ),
+        (
+            "cms.load of the signed DER (full parse, reading side)",
+            measure(lambda: cms.load(der), args.seconds),
         ),
         (
             "evidence total (sign + timestamp + add)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -26,7 +27,11 @@ from kepmta.maildir import INBOX, Maildir, SizeCache
 from kepmta.passwords import check_password_async, hash_password
 from kepmta.ratelimit import FailureLimiter
 
-_UNKNOWN_USER_HASH = hash_password("no account has this password")
+
+@functools.cache
+def _unknown_user_hash() -> str:
+    """What a login for an address that does not exist is checked against (made once, when needed)."""
+    return hash_password("no account has this password")
 
 
 class AccountState(Enum):
@@ -435,7 +440,7 @@ class AccountStore:
             row = (await conn.execute(select(accounts).where(accounts.c.address == addr))).first()
         stored = row.password_hash if row is not None else None
         # Same cost whether or not the address exists, so timing does not tell which do.
-        ok = await check_password_async(password, stored or _UNKNOWN_USER_HASH)
+        ok = await check_password_async(password, stored or _unknown_user_hash())
         if row is None or stored is None or not ok:
             self.limiter.failed(addr, peer_ip)
             return Login(None, LoginRefusal.BAD_CREDENTIALS)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import ssl
 from pathlib import Path
 
+from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta import devinit, pki
@@ -15,10 +17,14 @@ from kepmta.accounts import AccountStore
 from kepmta.config import Settings
 from kepmta.db.engine import open_engine
 from kepmta.delivery import DeliveryWorker, ProviderIdentity
-from kepmta.events import EventRecorder, Issuer
+from kepmta.events import EventRecorder, Issuer, StampWorker
+from kepmta.evidence import pkcs11
+from kepmta.evidence.checkpoint import Checkpointer
 from kepmta.evidence.ledger import Ledger
+from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner
-from kepmta.evidence.tsa import BuiltinTsa
+from kepmta.evidence.tsa import BuiltinTsa, TimeStamper
+from kepmta.evidence.tsa_client import HttpTsa, TsaSettings
 from kepmta.hooks.dovecot import DovecotReadSpool
 from kepmta.hooks.read import ReadHook
 from kepmta.imap.server import ImapServer
@@ -65,6 +71,40 @@ class ImapBackendAdapter:
         return frozenset({self.evidence_folder})
 
 
+def evidence_pair(s: Settings) -> pki.KeyPair:
+    """The transaction certificate with its key: from a PEM file, or in a PKCS#11 token."""
+    if s.evidence_key_uri is not None:
+        assert s.evidence_pin_file is not None  # config requires pin_file with key_uri
+        return pkcs11.load_pair(s.evidence_key_uri, s.evidence_pin_file, pki.load_certs(s.evidence_cert)[0])
+    assert s.evidence_key is not None  # config requires key or key_uri
+    return pki.load_pair(s.evidence_cert, s.evidence_key)
+
+
+def time_stamper(s: Settings) -> TimeStamper:
+    """The external TSA of [tsa], or the built-in one."""
+    if s.tsa is None:
+        assert s.tsa_cert is not None and s.tsa_key is not None  # config requires them without [tsa]
+        return BuiltinTsa(pki.load_pair(s.tsa_cert, s.tsa_key), pki.load_certs(s.tsa_cert)[1:])
+    t = s.tsa
+    password = t.password_file.read_text().strip() if t.password_file is not None else None
+    return HttpTsa(
+        TsaSettings(
+            url=t.url,
+            trust=tuple(pki.load_certs(t.ca)),
+            policy=t.policy,
+            username=t.username,
+            password=password,
+            timeout=float(t.timeout),
+            retries=t.retries,
+        )
+    )
+
+
+def tsa_trust(s: Settings) -> list[x509.Certificate]:
+    """The anchors a time-stamp of ours chains to."""
+    return pki.load_certs(s.tsa.ca if s.tsa is not None else s.provider_ca)
+
+
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -88,11 +128,20 @@ class App:
             await devinit.add_demo_accounts(accounts, demo)
 
         evidence_certs = pki.load_certs(s.evidence_cert)
-        signer_pair = pki.load_pair(s.evidence_cert, s.evidence_key)
-        tsa = BuiltinTsa(pki.load_pair(s.tsa_cert, s.tsa_key), pki.load_certs(s.tsa_cert)[1:])
+        signer_pair = evidence_pair(s)
+        evidence_signer = EvidenceSigner(signer_pair, evidence_certs[1:], time_stamper(s))
         ledger = Ledger(engine)
         issuer = Issuer(s.provider_name, s.domain, (p.id,), p.message_type)
-        recorder = EventRecorder(issuer, EvidenceSigner(signer_pair, evidence_certs[1:], tsa), ledger)
+        revocation = RevocationCapture(s.evidence_crls, [*evidence_certs[1:], *pki.load_certs(s.provider_ca)])
+        recorder = EventRecorder(issuer, evidence_signer, ledger, revocation)
+        checkpointer = Checkpointer(
+            ledger,
+            evidence_signer,
+            s.domain,
+            every_records=s.checkpoint_records,
+            every=dt.timedelta(minutes=s.checkpoint_minutes),
+        )
+        ledger.on_append = checkpointer.appended
         identity = ProviderIdentity(
             signer=signer_pair,
             chain=tuple(evidence_certs[1:]),
@@ -118,6 +167,9 @@ class App:
         await service.recover()
         tls = server_tls(s)
         self.tasks.append(asyncio.create_task(worker.run(), name="delivery"))
+        stamper = StampWorker(recorder, worker.wake)
+        self.tasks.append(asyncio.create_task(stamper.run(), name="evidence-timestamps"))
+        self.tasks.append(asyncio.create_task(checkpointer.run(), name="ledger-checkpoints"))
         self.servers = await start_submission(
             service, tls, s.listen, s.hostname, s.ports.submission, s.ports.submissions
         )

@@ -59,6 +59,19 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class TsaConfig:
+    """An external RFC 3161 time-stamp authority ([tsa]); without it the built-in TSA signs."""
+
+    url: str
+    ca: Path  # PEM certificate(s) the TSA certificate must chain to
+    policy: str | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    timeout: int = 10  # seconds for one request
+    retries: int = 2  # further attempts before the evidence waits for a later try
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     domain: str
@@ -71,15 +84,24 @@ class Settings:
     tls_cert: Path
     tls_key: Path
     evidence_cert: Path  # the transaction certificate, followed by its chain
-    evidence_key: Path
+    evidence_key: Path | None  # PEM key file, or None when the key is in a PKCS#11 token
     provider_ca: Path
-    tsa_cert: Path
-    tsa_key: Path
+    tsa_cert: Path | None  # the built-in TSA's certificate and key; None with an external [tsa]
+    tsa_key: Path | None
     qualified_ca: Path  # PEM bundle of the qualified CAs (and their CRLs) trusted for submissions
     policy: Policy
     peers: tuple[Peer, ...] = ()
     # Dovecot as the IMAP front end: where its Lua script spools read events (conf/dovecot/)
     dovecot_read_spool: Path | None = None
+    # The evidence key in an HSM: RFC 7512 PKCS#11 URI and the file holding the user PIN.
+    evidence_key_uri: str | None = None
+    evidence_pin_file: Path | None = None
+    # CRLs of the provider CA chain, captured into the ledger while in force.
+    evidence_crls: tuple[Path, ...] = ()
+    tsa: TsaConfig | None = None
+    # A ledger checkpoint after this many records, or this many minutes after the last one.
+    checkpoint_records: int = 1000
+    checkpoint_minutes: int = 60
 
     @property
     def mail_root(self) -> Path:
@@ -191,6 +213,22 @@ def load_peers(path: Path) -> tuple[Peer, ...]:
     return tuple(peers)
 
 
+def _tsa(table: _Table) -> TsaConfig:
+    url = table.text("url")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{table.file}: tsa.url must be an http:// or https:// URL")
+    username = table.text("username") if "username" in table.data else None
+    return TsaConfig(
+        url=url,
+        ca=table.path("ca"),
+        policy=table.text("policy") if "policy" in table.data else None,
+        username=username,
+        password_file=table.path("password_file") if username is not None else None,
+        timeout=table.number("timeout", low=1, high=600) if "timeout" in table.data else 10,
+        retries=table.number("retries", low=0, high=20) if "retries" in table.data else 2,
+    )
+
+
 def load(path: Path) -> Settings:
     path = path.resolve()
     top = _read(path)
@@ -205,6 +243,15 @@ def load(path: Path) -> Settings:
     def port(key: str) -> int:
         return ports.number(key, low=0, high=65535)
 
+    tsa = _tsa(top.table("tsa")) if "tsa" in top.data else None
+    has_key, has_uri = "key" in evidence.data, "key_uri" in evidence.data
+    if has_key == has_uri:
+        raise ConfigError(f"{path}: evidence: give exactly one of key (a PEM file) and key_uri (PKCS#11)")
+    key_uri = evidence.text("key_uri") if has_uri else None
+    if key_uri is not None and not key_uri.startswith("pkcs11:"):
+        raise ConfigError(f"{path}: evidence.key_uri must be an RFC 7512 pkcs11: URI")
+    crl_paths = evidence.strings("crls")
+
     return Settings(
         source=path,
         domain=server.text("domain").lower(),
@@ -217,10 +264,24 @@ def load(path: Path) -> Settings:
         tls_cert=tls.path("cert"),
         tls_key=tls.path("key"),
         evidence_cert=evidence.path("cert"),
-        evidence_key=evidence.path("key"),
+        evidence_key=evidence.path("key") if has_key else None,
+        evidence_key_uri=key_uri,
+        evidence_pin_file=evidence.path("pin_file") if has_uri else None,
+        evidence_crls=tuple(_Table({"crl": c}, path, "evidence.crls.").path("crl") for c in crl_paths),
+        checkpoint_records=(
+            evidence.number("checkpoint_records", low=1, high=10_000_000)
+            if "checkpoint_records" in evidence.data
+            else 1000
+        ),
+        checkpoint_minutes=(
+            evidence.number("checkpoint_minutes", low=1, high=7 * 24 * 60)
+            if "checkpoint_minutes" in evidence.data
+            else 60
+        ),
+        tsa=tsa,
         provider_ca=evidence.path("provider_ca"),
-        tsa_cert=evidence.path("tsa_cert"),
-        tsa_key=evidence.path("tsa_key"),
+        tsa_cert=evidence.path("tsa_cert") if tsa is None else None,
+        tsa_key=evidence.path("tsa_key") if tsa is None else None,
         qualified_ca=trust.path("qualified_ca"),
         policy=load_policy(top.table("policy").path("file", str(DEFAULT_POLICY))),
         peers=load_peers(top.table("peers").path("file")) if "file" in top.table("peers").data else (),

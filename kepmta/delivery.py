@@ -8,6 +8,7 @@ delivering twice, and the evidence that follows a delivery is committed with the
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import logging
@@ -122,10 +123,14 @@ class DeliveryWorker:
             raise DeliveryError(f"message {message_id} is not in the database")
         return facts, self.originals / spool if spool else None
 
-    async def _acceptance(self, message_id: str) -> LedgerRecord:
+    async def _acceptance(self, message_id: str) -> tuple[LedgerRecord, bytes]:
+        """The time-stamped SubmissionAcceptance and its XML: a dispatch carries nothing less."""
         for record in await self.ledger.for_message(message_id):
-            if record.event == Event.SUBMISSION_ACCEPTANCE.value:
-                return record
+            if record.event == Event.SUBMISSION_ACCEPTANCE.value and record.xml is not None:
+                if not record.stamped:
+                    # kepmta.events.StampWorker makes this job due again once the TSA answers.
+                    raise DeliveryError(f"the acceptance of {message_id} waits for its time-stamp")
+                return record, record.xml
         raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
 
     @staticmethod
@@ -142,7 +147,7 @@ class DeliveryWorker:
         facts, original = await self._facts(job.message_id)
         if original is None:
             raise DeliveryError(f"message {job.message_id} has no stored original")
-        acceptance = await self._acceptance(job.message_id)
+        acceptance, acceptance_xml = await self._acceptance(job.message_id)
         head = (await asyncio.to_thread(read_headers, original)).addresses
         ident = self.identity
         info = DispatchInfo(
@@ -166,7 +171,7 @@ class DeliveryWorker:
                 out,
                 original,
                 info,
-                acceptance.xml,
+                acceptance_xml,
                 acceptance.der,
                 Event.SUBMISSION_ACCEPTANCE.value,
                 ident.signer,
@@ -186,7 +191,10 @@ class DeliveryWorker:
 
     async def _receipt(self, job: jobs.Job) -> None:
         record = await self.ledger.get(int(job.payload["seq"]))
-        evidence = from_xml(record.xml)
+        if record.xml is None:
+            raise DeliveryError(f"ledger record {record.seq} is not an evidence")
+        xml = record.xml
+        evidence = from_xml(xml)
         facts, _ = await self._facts(job.message_id)
         ident = self.identity
         recipient = evidence.recipient
@@ -205,9 +213,10 @@ class DeliveryWorker:
             event_time=evidence.event_time,
             service_address=ident.service_address,
             policy_ids=ident.policy_ids,
-            digest_b64=None,
+            digest_b64=base64.b64encode(evidence.digest_sha256).decode() if evidence.digest_sha256 else None,
+            message_type=ident.message_type,
         )
-        raw = await asyncio.to_thread(build_receipt, info, record.xml, record.der, ident.signer, ident.chain)
+        raw = await asyncio.to_thread(build_receipt, info, xml, record.der, ident.signer, ident.chain)
         box = self.accounts.maildir(facts.sender)
         base = Maildir.unique_name(f"{_token(job.message_id)}-e{record.seq}")
 

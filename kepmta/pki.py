@@ -141,7 +141,9 @@ def issue_crl(
         .last_update(start)
         .next_update(end)
         # RFC 5280 §5.2.1, §5.2.3: conforming CRLs carry the authority key identifier and a number.
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
         .add_extension(x509.CRLNumber(number), critical=False)
     )
     for serial, when in revoked:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import base64
 import re
+import zipfile
 from pathlib import Path
 
 from kepmta import config, pki
+from kepmta.cli import evidence_ledger, evidence_people
 from kepmta.cli.common import add_config_options, die, settings_from
 
 
@@ -27,12 +29,15 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         else:
             settings = settings_from(args)
             provider_ca = settings.provider_ca
-            tsa_ca = args.tsa_ca or settings.provider_ca
+            tsa_ca = args.tsa_ca or (settings.tsa.ca if settings.tsa else settings.provider_ca)
         trust, tsa_trust = pki.load_certs(provider_ca), pki.load_certs(tsa_ca)
+        if zipfile.is_zipfile(args.file):
+            return evidence_people.verify_bundle(args.file, trust, tsa_trust)
         der = _read_evidence(args.file)
+        record = _read_evidence(args.ers) if args.ers else None
     except (config.ConfigError, OSError, ValueError) as e:
         return die(str(e))
-    report = verify_evidence(der, trust, tsa_trust)
+    report = verify_evidence(der, trust, tsa_trust, evidence_record=record)
     print(describe(report))
     return 0 if report.ok else 1
 
@@ -42,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev_sub = evidence.add_subparsers(dest="evidence_command", required=True)
     verify = ev_sub.add_parser(
         "verify",
-        help="check an evidence file (<Event>.p7m, DER or PEM) offline",
+        help="check an evidence file (<Event>.p7m, DER or PEM) or a bundle (.zip) offline",
         description="Checks the CMS signature, the signer's chain to the provider CA, the RFC 3161 "
         "time-stamp and its imprint, and the evidence XML; prints who, what and when. "
         "Exit 0 only if every check holds.",
@@ -54,5 +59,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument(
         "--tsa-ca", type=Path, help="CA certificate(s) of the time-stamp authority (default: --ca)"
     )
+    verify.add_argument(
+        "--ers",
+        type=Path,
+        help="the evidence's RFC 4998 evidence record (.ers) from `kepmta evidence renew`: "
+        "needed once the time-stamp's TSA certificate has expired",
+    )
     add_config_options(verify)
     verify.set_defaults(func=cmd_evidence_verify)
+    evidence_people.register(ev_sub)
+    evidence_ledger.register(ev_sub)

@@ -25,9 +25,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from kepmta.evidence.checkpoint import read_statement
 from kepmta.evidence.ledger import Kind, NewRecord, chain_hash, content_digest
+from kepmta.evidence.revocation import check_not_revoked, load_crl
 from kepmta.evidence.timeline import MessageEvidence
-from kepmta.evidence.verify import Check, Report, verify_evidence
+from kepmta.evidence.verify import CONTENT, Check, Report, verify_evidence
 from kepmta.pki import KeyPair
 from kepmta.smime import cms
 
@@ -132,7 +134,8 @@ def build(
             tsa_certs += cms.certificates(cms.load(token))
         files[entry.seq] = (p7m, xml, extra)
     records = []
-    for rec in message.records:
+    carried = {r.seq: r for r in (*message.records, *(e.record for e in message.entries))}
+    for rec in sorted(carried.values(), key=lambda r: r.seq):
         if rec.seq not in files:
             folder, ext = ("revocation", "crl") if rec.kind is Kind.REVOCATION else ("ledger", "der")
             stem = f"{folder}/{rec.seq:06d}-{rec.kind.value}"
@@ -466,7 +469,63 @@ def verify(
             return _consistent(r, der, report, members, facts)
 
         _run(checks, f"{path}: consistency", consistency)
+    if reports:
+        _run(checks, "revocation", lambda: _revocation_check(members, reports, provider_trust))
+    for r in ledger_records:
+        if r["kind"] == Kind.CHECKPOINT.value:
+
+            def sealed(r: dict[str, Any] = r) -> str:
+                return _checkpoint_check(r, ledger_records, members, provider_trust, tsa_trust)
+
+            _run(checks, f"checkpoint {r['seq']}", sealed)
     return BundleReport(facts.get("message_id") or manifest.get("message_id"), tuple(checks), tuple(reports))
+
+
+def _checkpoint_check(
+    record: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    members: Mapping[str, bytes],
+    provider_trust: Sequence[x509.Certificate],
+    tsa_trust: Sequence[x509.Certificate],
+) -> str:
+    """The checkpoint is signed and time-stamped by the provider and seals a chain head at or after
+    the message's last record, with the very hash the chain in the bundle arrives at."""
+    der = members[record["der"]]
+    report = verify_evidence(der, provider_trust, tsa_trust)
+    # The content check reads evidence XML; a checkpoint carries a statement, read below instead.
+    failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok and c.name != CONTENT]
+    if failed:
+        raise BundleError("; ".join(failed))
+    seq, head = read_statement(cms.encapsulated_content(cms.load(der)) or b"")
+    chain = {int(link["seq"]): link for link in json.loads(members[LEDGER]).get("chain", [])}
+    last = max(int(r["seq"]) for r in records if r["kind"] != Kind.CHECKPOINT.value)
+    if seq < last:
+        raise BundleError(f"it seals seq {seq}, before the message's last record {last}")
+    if seq not in chain or bytes.fromhex(chain[seq]["hash"]) != head:
+        raise BundleError(f"it seals seq {seq} with a hash the chain in the bundle does not reach")
+    when = f"{report.timestamp_time:%Y-%m-%d %H:%M:%SZ}" if report.timestamp_time else "?"
+    return f"signed and time-stamped ({when}) statement sealing the chain up to seq {seq}"
+
+
+def _revocation_check(
+    members: Mapping[str, bytes], reports: Sequence[tuple[str, Report]], trust: Sequence[x509.Certificate]
+) -> str:
+    """Each evidence signer was not revoked at its time-stamp time, by the CRLs captured for it
+    (EN 319 102-1 §5.6.2.3: validation with revocation data from that time)."""
+    crls = [load_crl(data) for path, data in sorted(members.items()) if path.startswith("revocation/")]
+    if not crls:
+        return "no revocation data was captured with this evidence (no CRL configured)"
+    checked = 0
+    for path, report in reports:
+        ci = cms.load(members[path])
+        cert = cms.signer_certificate(ci)
+        issuers = [*cms.certificates(ci), *trust]
+        issuer = next((c for c in issuers if c.subject == cert.issuer), None)
+        if issuer is None or report.timestamp_time is None:
+            continue  # the evidence check itself already fails and says why
+        check_not_revoked(cert, issuer, crls, report.timestamp_time)
+        checked += 1
+    return f"{checked} evidence signer(s) not revoked at their time-stamp, by {len(crls)} captured CRL(s)"
 
 
 def _new_record(r: Mapping[str, Any], members: Mapping[str, bytes]) -> NewRecord:

@@ -241,7 +241,9 @@ class Ledger:
                 newest[rec.evidence_id] = rec
         return list(newest.values())
 
-    async def walk(self, kinds: tuple[Kind, ...] | None = None, batch: int = 500) -> AsyncIterator[LedgerRecord]:
+    async def walk(
+        self, kinds: tuple[Kind, ...] | None = None, batch: int = 500
+    ) -> AsyncIterator[LedgerRecord]:
         """Every record in chain order, read in batches so a large ledger is never held whole."""
         after = 0
         while True:
@@ -323,7 +325,11 @@ class ChainAudit:
         if own and own != rec.hash:
             problems.append(Problem(rec.seq, "record altered: its hash does not match its content"))
         if rec.seq > self.last_seq + 1:
-            missing = f"{self.last_seq + 1}" if rec.seq == self.last_seq + 2 else f"{self.last_seq + 1}–{rec.seq - 1}"
+            missing = (
+                f"{self.last_seq + 1}"
+                if rec.seq == self.last_seq + 2
+                else f"{self.last_seq + 1}–{rec.seq - 1}"
+            )
             problems.append(Problem(rec.seq, f"records removed: seq {missing} missing before this one"))
         elif rec.prev_hash != self.last_hash:
             before = f"seq {self.last_seq}" if self.last_seq else "the start of the ledger"

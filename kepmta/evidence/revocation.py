@@ -53,7 +53,9 @@ def in_force(crl: x509.CertificateRevocationList, at: dt.datetime) -> bool:
     return crl.last_update_utc <= at and (nxt is None or at <= nxt)
 
 
-def issued_by(crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certificate]) -> x509.Certificate | None:
+def issued_by(
+    crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certificate]
+) -> x509.Certificate | None:
     """The certificate among `issuers` whose key signed `crl` (RFC 5280 §6.3.3 (f)), if any."""
     for cert in issuers:
         if cert.subject != crl.issuer:

@@ -56,9 +56,18 @@ class EvidenceSigner:
         signed = await asyncio.to_thread(cms.sign, self._pair, content=xml, detached=False, chain=self._chain)
         return SignedEvidence(evidence=ev, xml=xml, der=bytes(signed.dump()))
 
+    async def sign_statement(self, content: bytes) -> bytes:
+        """Another XML statement of the provider (a ledger checkpoint), CAdES-B-T like evidence."""
+        signed = await asyncio.to_thread(
+            cms.sign, self._pair, content=content, detached=False, chain=self._chain
+        )
+        return await stamp_der(bytes(signed.dump()), self._tsa)
+
     async def stamp(self, basic: SignedEvidence) -> SignedEvidence:
         """The CAdES-B-T version of B-B evidence: the same signature plus its time-stamp."""
-        return SignedEvidence(evidence=basic.evidence, xml=basic.xml, der=await stamp_der(basic.der, self._tsa))
+        return SignedEvidence(
+            evidence=basic.evidence, xml=basic.xml, der=await stamp_der(basic.der, self._tsa)
+        )
 
 
 async def stamp_der(der: bytes, tsa: TimeStamper) -> bytes:

@@ -17,12 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from kepmta.db.schema import ledger as ledger_table
 from kepmta.db.schema import messages, recipients
+from kepmta.evidence.checkpoint import read_statement
 from kepmta.evidence.ledger import Kind, Ledger, LedgerRecord, chain_hash, content_digest
 from kepmta.evidence.model import Event, Evidence
+from kepmta.evidence.revocation import in_force, load_crl
 from kepmta.evidence.verify import Report, verify_evidence
 from kepmta.evidence.xml import from_xml
+from kepmta.smime import cms
 
 # Turkish names of the events as KEP users know them (PTT's evidence list), for people.
 EVENT_NAMES_TR: dict[Event, str] = {
@@ -145,22 +147,31 @@ async def resolve(conn: AsyncConnection, text: str) -> str:
     return ids[0]
 
 
-async def _revocation_before(book: Ledger, seqs: Sequence[int]) -> list[LedgerRecord]:
-    """The newest revocation record preceding each of `seqs`: the CRLs in force when it was made."""
+async def _revocation_before(book: Ledger, entries: Sequence[Entry]) -> list[LedgerRecord]:
+    """For each entry, the newest CRL record of each issuer that precedes it and was in force at its
+    event time: the revocation data captured for it (kepmta.evidence.revocation)."""
     found: dict[int, LedgerRecord] = {}
-    latest: LedgerRecord | None = None
-    wanted = sorted(seqs)
+    newest: dict[bytes, tuple[LedgerRecord, x509.CertificateRevocationList]] = {}
+    wanted = sorted(entries, key=lambda e: e.seq)
+
+    def settle(entry: Entry) -> None:
+        for rec, crl in newest.values():
+            if in_force(crl, entry.evidence.event_time):
+                found[rec.seq] = rec
+
     async for rec in book.walk((Kind.REVOCATION,)):
-        while wanted and rec.seq > wanted[0]:
-            if latest is not None:
-                found[latest.seq] = latest
-            wanted.pop(0)
+        while wanted and rec.seq > wanted[0].seq:
+            settle(wanted.pop(0))
         if not wanted:
             break
-        latest = rec
-    if wanted and latest is not None:
-        found[latest.seq] = latest
-    return list(found.values())
+        try:
+            crl = load_crl(rec.der)
+        except ValueError:
+            continue  # a record that is no CRL cannot be revocation data for anything
+        newest[crl.issuer.public_bytes()] = (rec, crl)
+    for entry in wanted:
+        settle(entry)
+    return sorted(found.values(), key=lambda r: r.seq)
 
 
 @dataclass(frozen=True)
@@ -174,36 +185,28 @@ class Link:
     hash: bytes
 
 
-async def _chain(
-    book: Ledger, engine: AsyncEngine, first: int, last: int
-) -> tuple[list[Link], LedgerRecord | None]:
-    """The chain from `first` to the first checkpoint after `last` (or to `last` if none yet).
+async def _chain(book: Ledger, first: int, last: int) -> tuple[list[Link], LedgerRecord | None]:
+    """The chain from `first` to the first checkpoint that seals `last` (or to `last` if none yet).
 
     Every hash includes the one before, so these links tie each of the message's records to the
-    others and to the checkpoint, whose signed statement of the chain head seals them all.
+    others and to the checkpoint, whose signed, time-stamped statement of the chain head seals them.
     """
-    async with engine.connect() as conn:
-        stop = (
-            await conn.execute(
-                select(ledger_table.c.seq)
-                .where(ledger_table.c.seq > last, ledger_table.c.kind == Kind.CHECKPOINT.value)
-                .order_by(ledger_table.c.seq)
-                .limit(1)
-            )
-        ).scalar()
-    end = int(stop) if stop is not None else last
     links: list[Link] = []
-    checkpoint = None
     async for rec in book.walk():
-        if rec.seq > end:
-            break
-        if rec.seq >= first:
-            links.append(
-                Link(rec.seq, rec.kind.value, content_digest(rec.content()), rec.prev_hash, rec.hash)
-            )
-            if rec.seq == stop:
-                checkpoint = rec
-    return links, checkpoint
+        if rec.seq < first:
+            continue
+        links.append(Link(rec.seq, rec.kind.value, content_digest(rec.content()), rec.prev_hash, rec.hash))
+        if rec.seq > last and rec.kind is Kind.CHECKPOINT and _seals(rec) >= last:
+            return links, rec
+    return [link for link in links if link.seq <= last], None
+
+
+def _seals(rec: LedgerRecord) -> int:
+    """The seq a checkpoint record's statement seals (0 if it cannot be read)."""
+    try:
+        return read_statement(cms.encapsulated_content(cms.load(rec.der)) or b"")[0]
+    except ValueError:
+        return 0
 
 
 async def load(engine: AsyncEngine, text: str) -> MessageEvidence:
@@ -224,10 +227,10 @@ async def load(engine: AsyncEngine, text: str) -> MessageEvidence:
     for r in current:
         versions += await book.versions(r.evidence_id)
     own = [v.seq for v in versions]
-    versions += await _revocation_before(book, [e.seq for e in entries])
+    versions += await _revocation_before(book, entries)
     links: list[Link] = []
     if own:
-        links, checkpoint = await _chain(book, engine, min(own), max(own))
+        links, checkpoint = await _chain(book, min(own), max(own))
         if checkpoint is not None:
             versions.append(checkpoint)
     return MessageEvidence(

@@ -13,15 +13,12 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import asn1crypto.cms
 import asn1crypto.core
-import asn1crypto.parser
 import asn1crypto.tsp
-import asn1crypto.x509
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from kepmta.evidence.errors import (
@@ -32,11 +29,24 @@ from kepmta.evidence.errors import (
     TokenSignatureError,
 )
 from kepmta.pki import KeyPair
-from kepmta.smime import cms
+from kepmta.smime import cms, der
 
 DEFAULT_POLICY = "1.3.6.1.4.1.99999.1.1"
 # Digest lengths a request's messageImprint may use; the token keeps the requester's algorithm.
 _DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
+_VERSION_1 = der.integer(1)
+# RFC 3161 §2.4.2 Accuracy { seconds 1 }.
+_ACCURACY_ONE_SECOND = der.sequence(der.integer(1))
+# RFC 3161 §2.4.2 PKIStatus values and the PKIFailureInfo bits _Rejection names.
+_GRANTED = der.sequence(der.integer(0))
+_REJECTION = der.integer(2)
+_FAIL_INFO_BITS = {
+    "bad_alg": 0,
+    "bad_request": 2,
+    "bad_data_format": 5,
+    "unaccepted_policy": 15,
+    "unaccepted_extensions": 16,
+}
 
 
 class TimeStamper(Protocol):
@@ -75,70 +85,68 @@ class BuiltinTsa:
         self._pair = pair
         self._chain = tuple(chain)
         self._policy = policy
+        self._policy_der = der.oid(policy)
+        # RFC 3161 §2.4.2 tsa [0] GeneralName, here directoryName [4] with the certificate's subject;
+        # both tags are EXPLICIT because GeneralName and Name are CHOICEs (X.680 §31.2.7).
+        self._tsa_name = der.explicit(0, der.explicit(4, cms.subject_der(pair.cert)))
 
     def respond(self, request_der: bytes) -> bytes:
         """Answer a DER TimeStampReq with a DER TimeStampResp (RFC 3161 §2.4.1, §2.4.2)."""
         try:
             request = _parse_request(request_der, self._policy)
             token = self._issue(
-                imprint=request["message_imprint"],
+                # RFC 3161 §2.4.2: messageImprint is the request's, octet for octet.
+                imprint=der.elements(der.contents(request_der))[1],
                 nonce=request["nonce"].native,
                 cert_req=bool(request["cert_req"].native),
             )
         except _Rejection as rejection:
-            status = {
-                "status": "rejection",
-                "status_string": [rejection.text],
-                "fail_info": asn1crypto.tsp.PKIFailureInfo({rejection.fail_info}),
-            }
-            # asn1crypto's TimeStampResp makes timeStampToken mandatory, but RFC 3161 §2.4.2 has it
-            # OPTIONAL and absent on rejection: emit SEQUENCE { status } directly.
-            status_der = asn1crypto.tsp.PKIStatusInfo(status).dump()
-            return bytes(asn1crypto.parser.emit(0, 1, 16, status_der))
-        granted = {"status": {"status": "granted"}, "time_stamp_token": token}
-        return bytes(asn1crypto.tsp.TimeStampResp(granted).dump())
+            # RFC 3161 §2.4.2: PKIStatusInfo { rejection, statusString (PKIFreeText, a SEQUENCE OF
+            # UTF8String), failInfo }; timeStampToken is OPTIONAL and absent on rejection.
+            status = der.sequence(
+                _REJECTION,
+                der.sequence(der.utf8_string(rejection.text)),
+                der.bit_string((_FAIL_INFO_BITS[rejection.fail_info],)),
+            )
+            return der.sequence(status)
+        return der.sequence(_GRANTED, token)
 
     async def timestamp(self, imprint: bytes) -> bytes:
         """A token over the SHA-256 `imprint`, with the TSA certificate included for verifiers."""
         if len(imprint) != _DIGEST_SIZES["sha256"]:
             raise ValueError("imprint must be a 32-byte SHA-256 value")
-        message_imprint = asn1crypto.tsp.MessageImprint(
-            {"hash_algorithm": {"algorithm": "sha256"}, "hashed_message": imprint}
-        )
+        message_imprint = der.sequence(cms.SHA256_NULL, der.octet_string(imprint))
         # ECDSA signing is CPU work; keep it off the event loop.
-        token = await asyncio.to_thread(self._issue, imprint=message_imprint, nonce=None, cert_req=True)
-        return bytes(token.dump())
+        return await asyncio.to_thread(self._issue, imprint=message_imprint, nonce=None, cert_req=True)
 
-    def _issue(
-        self, *, imprint: asn1crypto.tsp.MessageImprint, nonce: int | None, cert_req: bool
-    ) -> asn1crypto.cms.ContentInfo:
+    def _issue(self, *, imprint: bytes, nonce: int | None, cert_req: bool) -> bytes:
+        """TimeStampToken DER over the encoded MessageImprint `imprint` (RFC 3161 §2.4.2)."""
         # RFC 3161 §2.4.2: genTime is UTC; whole seconds plus a one-second accuracy keep it exact.
         now = datetime.now(UTC).replace(microsecond=0)
-        tsa_cert = asn1crypto.x509.Certificate.load(self._pair.cert.public_bytes(serialization.Encoding.DER))
-        fields: dict[str, Any] = {
-            "version": "v1",
-            "policy": self._policy,
-            "message_imprint": imprint,
+        tst_info = der.sequence(
+            _VERSION_1,
+            self._policy_der,
+            imprint,
             # RFC 3161 §2.4.2: serialNumber unique per token; 127 random bits make collisions
             # negligible without any shared counter, and +1 keeps it positive and non-zero.
-            "serial_number": secrets.randbits(127) + 1,
-            "gen_time": now,
-            "accuracy": {"seconds": 1},
-            "tsa": asn1crypto.x509.GeneralName(name="directory_name", value=tsa_cert.subject),
-        }
-        if nonce is not None:
-            fields["nonce"] = nonce  # RFC 3161 §2.4.2: echo the requester's nonce
-        tst_info = asn1crypto.tsp.TSTInfo(fields)
+            der.integer(secrets.randbits(127) + 1),
+            der.generalized_time(now),
+            _ACCURACY_ONE_SECOND,
+            # ordering is left at its DEFAULT FALSE, which DER omits (X.690 §11.5); the nonce
+            # echoes the requester's.
+            *(() if nonce is None else (der.integer(nonce),)),
+            self._tsa_name,
+        )
         token = cms.sign(
             self._pair,
-            content=tst_info.dump(),
+            content=tst_info,
             detached=False,
             chain=self._chain,
             content_type="tst_info",
             signing_time=now,
         )
         # RFC 3161 §2.4.1: without certReq the TSA certificate must not be included.
-        return token if cert_req else cms.without_certificates(token)
+        return bytes((token if cert_req else cms.without_certificates(token)).dump())
 
 
 def _parse_request(der: bytes, policy: str) -> asn1crypto.tsp.TimeStampReq:

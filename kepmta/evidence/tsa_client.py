@@ -111,7 +111,9 @@ class HttpTsa:
         if reply.status != 200:
             raise TsaUnavailable(f"HTTP {reply.status} from the TSA")
         if reply.content_type.split(";")[0].strip().lower() != REPLY_TYPE:
-            raise TsaUnavailable(f"the TSA answered {reply.content_type or 'no content type'}, not {REPLY_TYPE}")
+            raise TsaUnavailable(
+                f"the TSA answered {reply.content_type or 'no content type'}, not {REPLY_TYPE}"
+            )
         token = parse_response(reply.body)
         return check_reply_token(token, imprint, nonce, self.settings.policy, self.settings.trust)
 

@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 import asn1crypto.cms
 from cryptography import x509
 
+from kepmta.evidence import archive
 from kepmta.evidence.errors import TimeStampError
 from kepmta.evidence.model import Evidence
+from kepmta.evidence.revocation import check_not_revoked
 from kepmta.evidence.tsa import TokenInfo, check_token
 from kepmta.evidence.xml import from_xml
 from kepmta.smime import cms
@@ -27,6 +29,9 @@ CHAIN = "chain"
 TIMESTAMP = "time-stamp"
 CONTENT = "content"
 CHECK_NAMES = (STRUCTURE, SIGNATURE, SIGNING_CERTIFICATE, CHAIN, TIMESTAMP, CONTENT)
+# Only for renewed evidence, checked against its RFC 4998 evidence record.
+ARCHIVE = "archive-time-stamp"
+REVOCATION = "revocation"
 # The TSA stamps right after signing, so an event time later than the stamp (beyond the TSA's
 # accuracy and clock skew) means the record and its time-stamp do not belong together.
 _EVENT_AFTER_STAMP_LEEWAY = timedelta(minutes=5)
@@ -67,9 +72,22 @@ def _skipped(reason: str) -> tuple[Check, ...]:
 
 
 def verify_evidence(
-    der: bytes, provider_trust: Sequence[x509.Certificate], tsa_trust: Sequence[x509.Certificate]
+    der: bytes,
+    provider_trust: Sequence[x509.Certificate],
+    tsa_trust: Sequence[x509.Certificate],
+    *,
+    evidence_record: bytes | None = None,
+    at: datetime | None = None,
 ) -> Report:
-    """Check a signed evidence file (`<EventName>.p7m`) against the given trust anchors."""
+    """Check a signed evidence file (`<EventName>.p7m`) against the given trust anchors, as of `at`
+    (now by default).
+
+    The signature time-stamp proves the signature existed at its time, but only while its TSA
+    certificate is valid: after that, a renewed evidence's RFC 4998 `evidence_record` must prove
+    the time-stamp existed before the TSA certificate expired (EN 319 102-1 §5.6.2.4, proofs of
+    existence). With an evidence record, its chain and the CRLs it archives are checked too.
+    """
+    now = at or datetime.now(UTC)
     parsed: dict[str, object] = {}
 
     def structure() -> str:
@@ -109,6 +127,14 @@ def verify_evidence(
         return "signingCertificateV2 identifies the signer certificate (RFC 5035)"
 
     stamp: list[TokenInfo] = []
+    proof: list[archive.ArchiveProof] = []
+
+    def archived() -> str:
+        assert evidence_record is not None
+        found = archive.verify_record(archive.parse(evidence_record), der, tsa_trust, now)
+        proof.append(found)
+        times = ", ".join(f"{t:%Y-%m-%d %H:%M:%SZ}" for t in found.times)
+        return f"RFC 4998 evidence record: {len(found.times)} archive time-stamp(s) at {times}, chain holds"
 
     def timestamp() -> str:
         token = cms.signature_timestamp_token(ci)
@@ -116,6 +142,21 @@ def verify_evidence(
             raise TimeStampError("no signature time-stamp (the evidence is not CAdES-B-T)")
         imprint = hashlib.sha256(cms.signature_value(ci)).digest()
         info = check_token(token, imprint, tsa_trust)
+        # The token speaks for its time only while its TSA certificate is valid: now, or when an
+        # archive time-stamp first covered it.
+        relied_at, basis = (proof[0].first_time, "the first archive time-stamp") if proof else (now, "now")
+        tsa_cert = cms.signer_certificate(cms.load(token), extra=tsa_trust)
+        try:
+            cms.validate_chain(
+                tsa_cert, intermediates=cms.certificates(cms.load(token)), trust=tsa_trust, at=relied_at
+            )
+        except cms.ChainError as exc:
+            hint = (
+                ""
+                if proof
+                else "; an archive time-stamp made before it expired is needed (kepmta evidence renew)"
+            )
+            raise TimeStampError(f"the TSA certificate is not valid at {basis}: {exc}{hint}") from exc
         stamp.append(info)
         when = f"{info.gen_time:%Y-%m-%d %H:%M:%SZ}"
         return f"RFC 3161 token by {info.tsa_subject} at {when}, serial {info.serial}"
@@ -126,7 +167,7 @@ def verify_evidence(
         # Validity is judged at the time-stamp time: the token proves the signature existed then
         # (EN 319 102-1 validates with such proofs of existence). Without a good token, only the
         # present moment can be trusted.
-        at, when = (stamp[0].gen_time, "at the time-stamp time") if stamp else (datetime.now(UTC), "now")
+        at, when = (stamp[0].gen_time, "at the time-stamp time") if stamp else (now, "now")
         path = cms.validate_chain(
             signer_holder[0],
             intermediates=cms.certificates(ci),
@@ -134,8 +175,17 @@ def verify_evidence(
             at=at,
             all_intermediates_used=True,
         )
+        path_holder.extend(path)
         names = " → ".join(c.subject.rfc4514_string() for c in path)
         return f"chains to a trusted provider CA, valid {when}: {names}"
+
+    path_holder: list[x509.Certificate] = []
+
+    def revocation() -> str:
+        if not stamp or len(path_holder) < 2:
+            raise TimeStampError("needs a verified time-stamp and signer chain")
+        crl = check_not_revoked(path_holder[0], path_holder[1], proof[0].crls, stamp[0].gen_time)
+        return f"not revoked at the time-stamp time (archived CRL of {crl.last_update_utc:%Y-%m-%d})"
 
     evidence_holder: list[Evidence] = []
 
@@ -148,11 +198,13 @@ def verify_evidence(
 
     sig = _run(SIGNATURE, signature)
     cert_check = _run(SIGNING_CERTIFICATE, signing_certificate)
+    renewal = (_run(ARCHIVE, archived),) if evidence_record is not None else ()
     ts = _run(TIMESTAMP, timestamp)
     chain_check = _run(CHAIN, chain)
     content_result = _run(CONTENT, content_check)
+    revoked = (_run(REVOCATION, revocation),) if proof else ()
     return Report(
-        checks=(first, sig, cert_check, chain_check, ts, content_result),
+        checks=(first, sig, cert_check, chain_check, ts, content_result, *renewal, *revoked),
         evidence=evidence_holder[0] if evidence_holder else None,
         signer_subject=signer_holder[0].subject.rfc4514_string() if signer_holder else None,
         timestamp_time=stamp[0].gen_time if stamp else None,

@@ -1,7 +1,9 @@
 """The REM receipt: the provider-signed message that hands the sender one evidence.
 
-EN 319 532-3 (condensed in EVIDENCE.md): shaped like the dispatch without the original. The
-sender's client finds the evidence as the attachment `<EventName>.p7m` (CMS SignedData, DER).
+EN 319 532-3 (condensed in EVIDENCE.md): shaped like the dispatch without the original: a
+bilingual introduction (text and HTML), the evidence XML section and the signed `<EventName>.p7m`
+(CMS SignedData, DER) the sender's client finds as an attachment, the REM-* header fields, and
+In-Reply-To the dispatch's Message-ID (the provider message id).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
+from kepmta.evidence.model import Event
 from kepmta.pki import KeyPair
 from kepmta.rem.mime import (
     bilingual,
@@ -58,6 +61,10 @@ _EVENTS: dict[str, tuple[str, str]] = {
 }
 
 
+# The evidence codes Turkish KEP users know (PTT), by event name.
+_PTT_CODES = {event.value: str(event.ptt_code) for event in Event}
+
+
 @dataclass(frozen=True)
 class ReceiptInfo:
     event_name: str  # "SubmissionAcceptance" …
@@ -75,6 +82,7 @@ class ReceiptInfo:
     service_address: str  # rem-service@<domain>
     policy_ids: tuple[str, ...]
     digest_b64: str | None  # REM-DigestValue of the original, when known
+    message_type: str = "standart"  # X-TR-REM-iletiTip: standart | eYazisma | eTebligat
 
 
 def build_receipt(
@@ -108,6 +116,10 @@ def build_receipt(
             reason_uri=info.reason_uri,
             sender=info.sender,
         ),
+        # Turkish KEP carries these on every REM message, so a receipt is matched to its message
+        # by the same id the dispatch shows.
+        plain_header("X-TR-REM-iletiTip", info.message_type),
+        plain_header("X-TR-REM-iletiID", info.provider_message_id),
     ]
     # Everything below is base64 or quoted-printable, where "=_" cannot occur.
     outer, mixed, alternative = (new_boundary(kind, lambda _: False) for kind in ("s", "m", "a"))
@@ -130,9 +142,10 @@ def _introduction_text(info: ReceiptInfo) -> tuple[str, str]:
     tr_event, en_event = _EVENTS.get(info.event_name, (info.event_name, info.event_name))
     recipients = ", ".join(info.recipients) or "-"
     name = info.event_name
+    code = _PTT_CODES.get(name, "-")
     turkish = [
         f"KEP kanıtı: {tr_event}.",
-        f"Olay: {name}",
+        f"Olay: {name} (KEP kanıt kodu {code})",
         f"Zaman: {when.strftime('%d.%m.%Y %H:%M:%S UTC')}",
         f"Alıcı: {recipients}",
         f"Gerekçe: {info.details} ({info.reason_code})",
@@ -142,7 +155,7 @@ def _introduction_text(info: ReceiptInfo) -> tuple[str, str]:
     ]
     english = [
         f"KEP evidence: {en_event}.",
-        f"Event: {name}",
+        f"Event: {name} (KEP evidence code {code})",
         f"Time: {when.strftime('%Y-%m-%d %H:%M:%S UTC')}",
         f"Recipient: {recipients}",
         f"Reason: {info.details} ({info.reason_code})",

@@ -1,8 +1,10 @@
 """CMS SignedData (RFC 5652) for signatures that OpenSSL and CAdES validators accept.
 
-The structure is built with asn1crypto and signed with `cryptography`. Every signature carries the
-CAdES-B-B signed attributes (EN 319 122-1, baseline level B-B); adding a signature time-stamp as an
-unsigned attribute turns it into CAdES-B-T (EN 319 122-1 §5.3). The same module reads these
+The DER is written directly (kepmta.smime.der) from per-certificate pieces prepared once, signed
+with `cryptography`, and read back with asn1crypto, whose building from Python data costs
+milliseconds per signature. Every signature carries the CAdES-B-B signed attributes (EN 319 122-1,
+baseline level B-B); adding a signature time-stamp as an unsigned attribute turns it into CAdES-B-T
+(EN 319 122-1 §5.3). The same module reads these
 structures back for verification, so that signer, TSA and verifier share one interpretation.
 """
 
@@ -10,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import asn1crypto.cms
 import asn1crypto.core
-import asn1crypto.parser
 import asn1crypto.tsp  # registers signingCertificateV2 and TSTInfo with asn1crypto.cms
 import asn1crypto.x509
 from cryptography import x509
@@ -25,8 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kepmta.pki import KeyPair
+from kepmta.smime import der
 
 __all__ = [
+    "SHA256_NULL",
     "ChainError",
     "CmsError",
     "DerContentInfo",
@@ -45,6 +51,7 @@ __all__ = [
     "signed_attribute",
     "signer_certificate",
     "signer_info",
+    "subject_der",
     "validate_chain",
     "without_certificates",
 ]
@@ -89,22 +96,92 @@ def _asn1_cert(cert: x509.Certificate) -> asn1crypto.x509.Certificate:
     return asn1crypto.x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 
 
-def _ess_cert_id_v2(cert: x509.Certificate) -> dict[str, Any]:
-    """RFC 5035 ESSCertIDv2: the SHA-256 hash of the whole certificate plus its issuer and serial."""
-    a = _asn1_cert(cert)
-    return {
-        # hash_algorithm is left at its DEFAULT (sha256): DER (X.690 §11.5) omits default values.
-        "cert_hash": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest(),
-        "issuer_serial": {
-            "issuer": [asn1crypto.x509.GeneralName(name="directory_name", value=a.issuer)],
-            "serial_number": a.serial_number,
-        },
-    }
+# OIDs written into every signature, encoded once.
+_DATA = "1.2.840.113549.1.7.1"  # RFC 5652 §4 id-data
+_SIGNED_DATA = der.oid("1.2.840.113549.1.7.2")  # RFC 5652 §5.1 id-signedData
+_CONTENT_TYPE = der.oid("1.2.840.113549.1.9.3")  # RFC 5652 §11.1
+_MESSAGE_DIGEST = der.oid("1.2.840.113549.1.9.4")  # RFC 5652 §11.2
+_SIGNING_TIME = der.oid("1.2.840.113549.1.9.5")  # RFC 5652 §11.3
+_SIGNING_CERTIFICATE_V2 = der.oid("1.2.840.113549.1.9.16.2.47")  # RFC 5035 §3
+# RFC 5754 §2 has verifiers accept id-sha256 with NULL parameters as well as absent ones; NULL is
+# what these signatures have always carried, so the octets stay as they were.
+SHA256_NULL = der.sequence(der.oid("2.16.840.1.101.3.4.2.1"), der.tlv(der.NULL, b""))
+# RFC 5754 §3.3: ecdsa-with-SHA256 with the parameters absent.
+_ECDSA_WITH_SHA256 = der.sequence(der.oid("1.2.840.10045.4.3.2"))
+_VERSION_1 = der.integer(1)
+_VERSION_3 = der.integer(3)
+_TBS_VERSION = 0xA0  # RFC 5280 §4.1: TBSCertificate version [0] EXPLICIT
 
 
-def _time(when: datetime) -> asn1crypto.cms.Time:
+@dataclass(frozen=True)
+class _SignerParts:
+    """The DER every signature by one certificate repeats, written once per certificate."""
+
+    certificate: bytes
+    sid: bytes  # RFC 5652 §10.2.4 IssuerAndSerialNumber
+    signing_certificate_v2: bytes  # the whole RFC 5035 attribute
+
+
+@lru_cache(maxsize=256)
+def _certificate_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _tbs_fields(cert: x509.Certificate) -> list[bytes]:
+    """TBSCertificate fields from serialNumber on, as encoded in the certificate (RFC 5280 §4.1).
+
+    The issuer and subject are copied, never re-encoded: the sid and ESSCertIDv2 must match the
+    certificate octet for octet.
+    """
+    tbs = der.elements(der.contents(_certificate_der(cert), der.SEQUENCE))[0]
+    fields = der.elements(der.contents(tbs, der.SEQUENCE))
+    return fields[1:] if fields[0][0] == _TBS_VERSION else fields  # absent means v1
+
+
+def subject_der(cert: x509.Certificate) -> bytes:
+    """The certificate's subject Name exactly as encoded in it."""
+    return _tbs_fields(cert)[4]
+
+
+@lru_cache(maxsize=64)
+def _signer_parts(cert: x509.Certificate) -> _SignerParts:
+    serial, _, issuer = _tbs_fields(cert)[:3]
+    cert_der = _certificate_der(cert)
+    # RFC 5035 ESSCertIDv2: hashAlgorithm stays at its DEFAULT (sha256), which DER omits
+    # (X.690 §11.5); issuerSerial is GeneralNames { directoryName } plus the serial. directoryName
+    # is [4] EXPLICIT because Name is a CHOICE (X.680 §31.2.7).
+    ess_cert_id = der.sequence(
+        der.octet_string(hashlib.sha256(cert_der).digest()),
+        der.sequence(der.sequence(der.explicit(4, issuer)), serial),
+    )
+    return _SignerParts(
+        certificate=cert_der,
+        sid=der.sequence(issuer, serial),
+        # SigningCertificateV2 ::= SEQUENCE { certs SEQUENCE OF ESSCertIDv2 } (policies absent).
+        signing_certificate_v2=_attribute(_SIGNING_CERTIFICATE_V2, der.sequence(der.sequence(ess_cert_id))),
+    )
+
+
+def _attribute(attr_type: bytes, value: bytes) -> bytes:
+    """RFC 5652 §5.3 Attribute with one value: SEQUENCE { attrType, SET OF { value } }."""
+    return der.sequence(attr_type, der.set_of((value,)))
+
+
+@lru_cache(maxsize=64)
+def _content_type_oid(name: str) -> str:
+    dotted: str = asn1crypto.cms.ContentType(name).dotted
+    return dotted
+
+
+@lru_cache(maxsize=64)
+def _attribute_type_oid(name: str) -> str:
+    dotted: str = asn1crypto.cms.CMSAttributeType(name).dotted
+    return dotted
+
+
+def _time(when: datetime) -> bytes:
     """RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise."""
-    return asn1crypto.cms.Time({"utc_time" if 1950 <= when.year < 2050 else "general_time": when})
+    return der.utc_time(when) if 1950 <= when.year < 2050 else der.generalized_time(when)
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -142,66 +219,47 @@ def sign(
     if content_digest is not None and not hmac.compare_digest(digest, content_digest):
         raise ValueError("content_digest is not the SHA-256 of content")
     when = _to_utc(signing_time or datetime.now(UTC))
-
-    cert = _asn1_cert(signer.cert)
-    signed_attrs = asn1crypto.cms.CMSAttributes(
-        [
+    ctype = _content_type_oid(content_type)
+    parts = _signer_parts(signer.cert)
+    signed_attrs = der.set_of(
+        (
             # RFC 5652 §11.1: content-type must match eContentType.
-            {"type": "content_type", "values": [content_type]},
+            _attribute(_CONTENT_TYPE, der.oid(ctype)),
             # RFC 5652 §11.2
-            {"type": "message_digest", "values": [digest]},
+            _attribute(_MESSAGE_DIGEST, der.octet_string(digest)),
             # RFC 5652 §11.3; EN 319 122-1 requires it at CAdES-B-B.
-            {"type": "signing_time", "values": [_time(when)]},
+            _attribute(_SIGNING_TIME, _time(when)),
             # RFC 5035 signingCertificateV2 (EN 319 122-1 B-B): binds the signer certificate to the signature.
-            {
-                "type": "signing_certificate_v2",
-                "values": [{"certs": [_ess_cert_id_v2(signer.cert)]}],
-            },
-        ]
+            parts.signing_certificate_v2,
+        )
     )
     # RFC 5652 §5.4: the signature covers the DER of the attributes as a SET OF (tag 0x31), not
     # the [0] IMPLICIT form in which they travel.
-    signature = signer.key.sign(signed_attrs.dump(), ec.ECDSA(hashes.SHA256()))
-
-    signer_info = asn1crypto.cms.SignerInfo(
-        {
-            # RFC 5652 §5.3: version 1 with issuerAndSerialNumber.
-            "version": "v1",
-            "sid": asn1crypto.cms.SignerIdentifier(
-                name="issuer_and_serial_number",
-                value={"issuer": cert.issuer, "serial_number": cert.serial_number},
-            ),
-            "digest_algorithm": {"algorithm": "sha256"},
-            "signed_attrs": signed_attrs,
-            # RFC 5754 §3.3: ecdsa-with-SHA256, parameters absent.
-            "signature_algorithm": {"algorithm": "sha256_ecdsa"},
-            "signature": signature,
-        }
+    signature = signer.key.sign(signed_attrs, ec.ECDSA(hashes.SHA256()))
+    info = der.sequence(
+        _VERSION_1,  # RFC 5652 §5.3: version 1 with issuerAndSerialNumber.
+        parts.sid,
+        SHA256_NULL,
+        der.implicit(0, signed_attrs),
+        _ECDSA_WITH_SHA256,
+        der.octet_string(signature),
     )
-    encap: dict[str, Any] = {"content_type": content_type}
+    encap = der.oid(ctype)
     if not detached:
         assert content is not None
-        spec = asn1crypto.cms.EncapsulatedContentInfo._oid_specs.get(
-            asn1crypto.cms.ContentType(content_type).native
-        )
-        # asn1crypto insists on its own type for known content types (TSTInfo for id-ct-TSTInfo);
-        # `load` keeps the caller's exact bytes, so the message digest still covers them.
-        encap["content"] = (
-            spec.load(content) if spec is not None and spec is not asn1crypto.core.OctetString else content
-        )
-    signed = asn1crypto.cms.SignedData(
-        {
-            # RFC 5652 §5.1: version 3 whenever eContentType is not id-data.
-            "version": "v1" if asn1crypto.cms.ContentType(content_type).native == "data" else "v3",
-            "digest_algorithms": [{"algorithm": "sha256"}],
-            "encap_content_info": encap,
-            "certificates": [cert, *(_asn1_cert(c) for c in chain)],
-            "signer_infos": [signer_info],
-        }
+        # RFC 5652 §5.2: eContent [0] EXPLICIT OCTET STRING, whatever the content type; the octets
+        # are the caller's, so the message digest covers exactly them.
+        encap += der.explicit(0, der.octet_string(content))
+    signed = der.sequence(
+        # RFC 5652 §5.1: version 3 whenever eContentType is not id-data.
+        _VERSION_1 if ctype == _DATA else _VERSION_3,
+        der.set_of((SHA256_NULL,)),
+        der.sequence(encap),
+        # RFC 5652 §10.2.3 CertificateSet is a SET OF: DER (X.690 §11.6) fixes the order, not the caller.
+        der.implicit(0, der.set_of([parts.certificate, *(_certificate_der(c) for c in chain)])),
+        der.set_of((info,)),
     )
-    ci = asn1crypto.cms.ContentInfo({"content_type": "signed_data", "content": signed})
-    result: DerContentInfo = DerContentInfo.load(ci.dump())
-    return result
+    return _content_info(signed)
 
 
 def load(data: bytes | asn1crypto.cms.ContentInfo) -> asn1crypto.cms.ContentInfo:
@@ -229,22 +287,20 @@ def _parse_fields(signed: asn1crypto.cms.SignedData) -> None:
 
     Not `.native` on the whole structure: that pushes nested attribute values through
     asn1crypto's re-encoding (see `_encoded`), which takes seconds with a time-stamp token inside.
+    Fields holding DEFAULT values (certificate extensions, ESSCertIDv2) are parsed in a copy:
+    asn1crypto marks a value it fills with a default as changed, after which `_encoded` would
+    re-encode the field instead of returning the received bytes, slowly.
     """
-    for name in ("version", "digest_algorithms", "certificates"):
-        signed[name].native  # noqa: B018 - the attribute access is the parse
+    signed["version"].native  # noqa: B018 - the attribute access is the parse
+    signed["digest_algorithms"].native  # noqa: B018
+    signed["certificates"].copy().native  # noqa: B018
     encap = signed["encap_content_info"]
     encap["content_type"].native  # noqa: B018
     encap["content"].contents  # noqa: B018
     for info in signed["signer_infos"]:
-        for name in (
-            "version",
-            "sid",
-            "digest_algorithm",
-            "signed_attrs",
-            "signature_algorithm",
-            "signature",
-        ):
+        for name in ("version", "sid", "digest_algorithm", "signature_algorithm", "signature"):
             info[name].native  # noqa: B018
+        info["signed_attrs"].copy().native  # noqa: B018
         unsigned = info["unsigned_attrs"]
         if not isinstance(unsigned, asn1crypto.core.Void):
             for attr in unsigned:
@@ -432,45 +488,30 @@ def add_unsigned_attribute(
 
     `attr_type` is an asn1crypto attribute name or a dotted OID; `value` is the attribute value as
     DER or as an asn1crypto object. Unsigned attributes sit outside the signature (RFC 5652
-    §5.3), so adding one leaves the signature valid. The attribute is assembled from DER so the
-    existing bytes, signed or not, are carried over untouched (and asn1crypto does not re-encode
-    the whole tree, which it does slowly).
+    §5.3), so adding one leaves the signature valid. The attribute is spliced in: only the
+    SignerInfo and the lengths enclosing it are written anew, every other field, signed or not, is
+    carried over as received.
     """
-    ci = load(ci)
-    info = signer_info(ci)
+    signed = _signed_data(ci)
+    with _malformed():
+        infos = signed["signer_infos"]
+        if len(infos) != 1:
+            raise CmsError(f"expected exactly one SignerInfo, found {len(infos)}")
+        info = infos[0]
+        existing = info["unsigned_attrs"]
+        members = [] if isinstance(existing, asn1crypto.core.Void) else [_encoded(a) for a in existing]
+        # Field by field: asn1crypto marks a value it filled with a DEFAULT while being read as
+        # changed, and re-encoding a whole changed tree through it takes far longer than signing.
+        kept = [
+            _encoded(info[name])
+            for name, _, _ in asn1crypto.cms.SignerInfo._fields
+            if name != "unsigned_attrs" and not isinstance(info[name], asn1crypto.core.Void)
+        ]
     value_der = value if isinstance(value, bytes) else _encoded(value)
-    attr_der = _der(16, asn1crypto.cms.CMSAttributeType(attr_type).dump() + _der(17, value_der))
-    existing = info["unsigned_attrs"]
-    members = [] if isinstance(existing, asn1crypto.core.Void) else [_encoded(a) for a in existing]
-    # X.690 §11.6: DER orders the members of a SET OF by their encodings.
-    unsigned = asn1crypto.parser.emit(2, 1, 1, b"".join(sorted([*members, attr_der])))  # [1] IMPLICIT
-    kept = b"".join(
-        _encoded(info[name])
-        for name, _, _ in asn1crypto.cms.SignerInfo._fields
-        if name != "unsigned_attrs" and not isinstance(info[name], asn1crypto.core.Void)
-    )
-    return _reassemble(ci, {"signer_infos": _der(17, _der(16, kept + unsigned))})
-
-
-def _reassemble(ci: asn1crypto.cms.ContentInfo, replace: dict[str, bytes]) -> DerContentInfo:
-    """`ci` with SignedData fields replaced by the given DER (b"" drops an optional field).
-
-    Built from the received bytes of every other field, never from a re-encoding of them.
-    """
-    signed = ci["content"]
-    body = b"".join(
-        replace[name] if name in replace else _encoded(signed[name])
-        for name, _, _ in asn1crypto.cms.SignedData._fields
-        if name in replace or not isinstance(signed[name], asn1crypto.core.Void)
-    )
-    outer = _encoded(ci["content_type"]) + asn1crypto.parser.emit(2, 1, 0, _der(16, body))  # [0] EXPLICIT
-    result: DerContentInfo = DerContentInfo.load(_der(16, outer))
-    return result
-
-
-def _der(tag: int, contents: bytes) -> bytes:
-    """A universal constructed DER value: SEQUENCE (16) or SET (17)."""
-    return bytes(asn1crypto.parser.emit(0, 1, tag, contents))
+    attribute = _attribute(der.oid(_attribute_type_oid(attr_type)), value_der)
+    # RFC 5652 §5.3: unsignedAttrs [1] IMPLICIT SET OF Attribute, the last SignerInfo field.
+    unsigned = der.implicit(1, der.set_of([*members, attribute]))
+    return _reassemble(signed, {"signer_infos": der.set_of((der.sequence(*kept, unsigned),))})
 
 
 def add_signature_timestamp(
@@ -480,9 +521,60 @@ def add_signature_timestamp(
 
     The caller obtains `token` over SHA-256(signature_value(ci)) (RFC 3161 Appendix A).
     """
-    der = _encoded(token) if isinstance(token, asn1crypto.cms.ContentInfo) else bytes(token)
-    load(der)  # refuse anything that is not SignedData before it goes into the evidence
-    return add_unsigned_attribute(ci, "signature_time_stamp_token", der)
+    der_token = _encoded(token) if isinstance(token, asn1crypto.cms.ContentInfo) else bytes(token)
+    # Refuse anything not framed as SignedData before it goes into the evidence. Its fields are
+    # read down to their headers only: the token's content and signature are the verifier's to
+    # check (`check_token`), and reading them all here would cost more than the rest together.
+    token_fields = _signed_data(der_token)
+    with _malformed():
+        for name, _, _ in asn1crypto.cms.SignedData._fields:
+            token_fields[name]  # the item access is the parse
+    return add_unsigned_attribute(ci, "signature_time_stamp_token", der_token)
+
+
+@contextmanager
+def _malformed() -> Iterator[None]:
+    """Turn what asn1crypto raises on input that does not parse into CmsError."""
+    try:
+        yield
+    except CmsError:
+        raise
+    except Exception as exc:  # asn1crypto parses lazily and raises several types on bad input
+        raise CmsError(f"malformed SignedData: {exc}") from exc
+
+
+def _signed_data(ci: asn1crypto.cms.ContentInfo | bytes) -> asn1crypto.cms.SignedData:
+    """The SignedData in `ci`, parsed no further than its own header (RFC 5652 §3, §5.1)."""
+    if not isinstance(ci, asn1crypto.cms.ContentInfo):
+        try:
+            ci = DerContentInfo.load(bytes(ci), strict=True)
+        except Exception as exc:  # asn1crypto raises ValueError, TypeError and others on bad input
+            raise CmsError(f"not a DER CMS ContentInfo: {exc}") from exc
+    with _malformed():
+        if ci["content_type"].native != "signed_data":
+            raise CmsError(f"content type is {ci['content_type'].native}, not signed-data")
+        signed: asn1crypto.cms.SignedData = ci["content"]
+        return signed
+
+
+def _reassemble(signed: asn1crypto.cms.SignedData, replace: dict[str, bytes]) -> DerContentInfo:
+    """ContentInfo around `signed` with fields replaced by the given DER (b"" drops an optional one).
+
+    Every other field is carried over as received (see `_encoded`), never re-encoded.
+    """
+    with _malformed():
+        body = [
+            replace[name] if name in replace else _encoded(signed[name])
+            for name, _, _ in asn1crypto.cms.SignedData._fields
+            if name in replace or not isinstance(signed[name], asn1crypto.core.Void)
+        ]
+    return _content_info(der.sequence(*body))
+
+
+def _content_info(signed_data: bytes) -> DerContentInfo:
+    """ContentInfo around SignedData DER (RFC 5652 §3); loading it parses the outer header only."""
+    result: DerContentInfo = DerContentInfo.load(der.sequence(_SIGNED_DATA, der.explicit(0, signed_data)))
+    return result
 
 
 def signature_timestamp_token(ci: asn1crypto.cms.ContentInfo) -> bytes | None:
@@ -502,7 +594,7 @@ def without_certificates(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.cms.Conte
     The field sits outside the signature (RFC 5652 §5.1), so the signature stays valid; RFC 3161
     §2.4.1 needs this when a requester sets certReq to false.
     """
-    return _reassemble(load(ci), {"certificates": b""})
+    return _reassemble(_signed_data(ci), {"certificates": b""})
 
 
 class ChainError(CmsError):

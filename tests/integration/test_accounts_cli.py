@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from kepclient import kepmta
+from kepclient import accounts_cli
 
 from kepmta import devinit
 from kepmta.config import Ports
@@ -20,17 +20,7 @@ def data(tmp_path: Path) -> Path:
 
 
 def acc(data: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    import subprocess
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-m", "kepmta", "accounts", *args, "--data", str(data)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return r.returncode, r.stdout.strip(), r.stderr.strip()
+    return accounts_cli(data, *args, stdin=stdin)
 
 
 def add_person(data: Path, first: str, last: str, *extra: str) -> str:
@@ -77,7 +67,7 @@ def test_reopen_only_by_the_holder(data: Path) -> None:
     code, _, err = acc(data, "reopen", address, "--national-id", "10987654321")
     assert code == 1 and "not that of" in err
     assert show(data, address)["state"] == "closed"
-    code, out, _ = acc(data, "reopen", address, "--national-id", "12345678901")
+    code, _out, _ = acc(data, "reopen", address, "--national-id", "12345678901")
     assert code == 0 and show(data, address)["state"] == "active"
 
 

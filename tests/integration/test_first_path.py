@@ -8,10 +8,8 @@ import hashlib
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from kepclient import (
     DevServer,
     imap,
@@ -26,13 +24,6 @@ from kepclient import (
 from kepclient import (
     folder_messages as messages,
 )
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    server = DevServer(tmp_path_factory.mktemp("kep") / "data").start()
-    yield server
-    server.stop()
 
 
 def subject() -> str:

@@ -8,7 +8,6 @@ import smtplib
 import socket
 import ssl
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,6 @@ from kepclient import (
     wait_for,
 )
 from kepclient import plain_message as unsigned
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    server = DevServer(tmp_path_factory.mktemp("kep") / "data").start()
-    yield server
-    server.stop()
 
 
 def subject() -> str:
@@ -131,7 +123,7 @@ def assert_rejected_with_evidence(srv: DevServer, subj: str | None, reason: str,
     try:
         found = wait_for(matching)
         assert found, f"no SubmissionRejection evidence naming {reason!r}"
-        content, printed = found[-1]
+        _content, printed = found[-1]
         assert "timeStampToken" in printed
     finally:
         a.logout()

@@ -31,7 +31,7 @@ from kepmta.config import DEFAULT_POLICY
 EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 # Stands in for clamdscan: same argument (the file) and the same exit codes (0 clean, 1 found, 2 error).
-SCANNER = f"""
+SCANNER = """
 import sys
 data = open(sys.argv[-1], "rb").read()
 if b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE" in data:

@@ -13,11 +13,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from evidence_fixtures import Pki, make_pki, openssl, sample_evidence
 
 from kepmta.db.engine import open_engine
 from kepmta.events import MessageFacts, save_facts
 from kepmta.evidence import bundle, timeline
+from kepmta.evidence.checkpoint import statement
 from kepmta.evidence.ledger import Kind, Ledger, NewRecord
 from kepmta.evidence.model import Evidence, Reason
 from kepmta.evidence.signer import EvidenceSigner
@@ -26,6 +29,7 @@ from kepmta.evidence.tsa import BuiltinTsa
 
 SUBMITTED = dt.datetime(2024, 5, 2, 10, 15, 0, tzinfo=dt.UTC)
 DIGEST = bytes(range(32))
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
 MESSAGE_ID = "20240502101530.abc123@hs01.kep.tr"
 OTHER_ID = "20240502101531.def456@hs01.kep.tr"
 SENDER = "ayse.yilmaz@hs01.kep.tr"
@@ -33,7 +37,29 @@ RECIPIENTS = ("mehmet.ozturk@hs01.kep.tr", "info@ornek.kep.tr")
 SUBJECT = "Sözleşme & ödeme <ek>"
 
 
-async def _message(p: Pki, db: Path, *, message_id: str = MESSAGE_ID) -> MessageEvidence:
+def _crl(p: Pki, *revoked: int) -> bytes:
+    """A CRL of the provider CA, in force now, listing the `revoked` serial numbers."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(p.provider_ca.cert.subject)
+        .last_update(now - dt.timedelta(hours=1))
+        .next_update(now + dt.timedelta(days=7))
+    )
+    for serial in revoked:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=30))
+        )
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(p.provider_ca.key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+async def _message(
+    p: Pki, db: Path, *, message_id: str = MESSAGE_ID, crl: bytes | None = None
+) -> MessageEvidence:
     """A real ledger in SQLite holding the message's evidence, interleaved with another message's
     records, a CRL before them and a checkpoint after; read back as `kepmta evidence` reads it."""
     signer = EvidenceSigner(p.evidence, [p.provider_ca.cert], BuiltinTsa(p.tsa))
@@ -47,7 +73,7 @@ async def _message(p: Pki, db: Path, *, message_id: str = MESSAGE_ID) -> Message
             async with book.writing() as conn:
                 await save_facts(conn, facts)
         async with book.writing() as conn:
-            await book.append_record(conn, NewRecord(Kind.REVOCATION, "crl-1", SUBMITTED, b"crl-der"))
+            await book.append_record(conn, NewRecord(Kind.REVOCATION, "crl-1", SUBMITTED, crl or _crl(p)))
         steps: list[tuple[Reason, int | None]] = [(Reason.RA01, None), (Reason.RD01, 1), (Reason.RD04, 2)]
         steps.append((Reason.RE01, 1))
         for i, (reason, rcpt) in enumerate(steps):
@@ -59,13 +85,16 @@ async def _message(p: Pki, db: Path, *, message_id: str = MESSAGE_ID) -> Message
                     details=reason.label,
                     refers_to_recipient=rcpt,
                     message_id=mid,
-                    event_time=SUBMITTED + dt.timedelta(minutes=i),
+                    event_time=NOW + dt.timedelta(seconds=i),
                 )
                 signed = await signer.sign(ev)
                 async with book.writing() as conn:
                     await book.append(conn, signed)
+        head = await book.head()
+        assert head is not None
+        sealed = await signer.sign_statement(statement("hs01.kep.tr", head.seq, head.hash, NOW))
         async with book.writing() as conn:
-            await book.append_record(conn, NewRecord(Kind.CHECKPOINT, "cp-1", SUBMITTED, b"checkpoint"))
+            await book.append_record(conn, NewRecord(Kind.CHECKPOINT, f"checkpoint.{head.seq}", NOW, sealed))
         return await timeline.load(engine, message_id)
     finally:
         await engine.dispose()
@@ -112,6 +141,9 @@ def test_a_fresh_bundle_verifies(made: tuple[Pki, MessageEvidence, bytes]) -> No
     report = _verify(p, data)
     assert report.ok, bundle.describe(report)
     assert report.message_id == message.message_id
+    checks = {c.name: c for c in report.checks}
+    assert "sealing the chain up to seq 9" in checks["checkpoint 10"].detail
+    assert "chain seq 2–10 unbroken, sealed by checkpoint seq 10" in checks["ledger"].detail
     assert len(report.evidence) == 4
     text = bundle.describe(report)
     assert text.endswith("Result: VALID")
@@ -119,7 +151,7 @@ def test_a_fresh_bundle_verifies(made: tuple[Pki, MessageEvidence, bytes]) -> No
 
 
 def test_bundle_holds_everything_about_the_message(made: tuple[Pki, MessageEvidence, bytes]) -> None:
-    _, message, data = made
+    p, message, data = made
     members = _members(data)
     for e in message.entries:
         assert members[f"evidence/{e.name}.p7m"] == e.der
@@ -142,8 +174,11 @@ def test_bundle_holds_everything_about_the_message(made: tuple[Pki, MessageEvide
     assert [r.get("ptt_code") for r in records] == [None, 10, 40, 41, 60, None]
     assert [r["prev_hash"] for r in records[1:5]] == [e.record.prev_hash.hex() for e in message.entries]
     assert [link["seq"] for link in book["chain"]] == list(range(2, 11))
-    assert members["revocation/000001-revocation.crl"] == b"crl-der"
-    assert members["ledger/000010-checkpoint.der"] == b"checkpoint"
+    assert (
+        x509.load_der_x509_crl(members["revocation/000001-revocation.crl"]).issuer
+        == p.provider_ca.cert.subject
+    )
+    assert members["ledger/000010-checkpoint.der"].startswith(b"\x30")
     assert members["extra/note.txt"] == b"operator note"
     assert b"BEGIN CERTIFICATE" in members["certs/provider-ca.pem"]
     assert b"BEGIN CERTIFICATE" in members["certs/tsa-ca.pem"]
@@ -210,6 +245,17 @@ def test_an_evidence_of_another_message_is_refused(tmp_path: Path) -> None:
     report = _verify(p, _build(p, mixed))
     assert not report.ok
     assert "is about <other@hs01.kep.tr>, not this message" in bundle.describe(report)
+
+
+def test_a_revoked_signer_is_reported(tmp_path: Path) -> None:
+    import asyncio
+
+    p = make_pki(tmp_path)
+    message = asyncio.run(_message(p, tmp_path / "k.db", crl=_crl(p, p.evidence.cert.serial_number)))
+    report = _verify(p, _build(p, message))
+    checks = {c.name: c for c in report.checks}
+    assert not checks["revocation"].ok and "was revoked" in checks["revocation"].detail
+    assert not report.ok
 
 
 def test_untrusted_provider_fails(made: tuple[Pki, MessageEvidence, bytes]) -> None:
