@@ -149,9 +149,9 @@ class BuiltinTsa:
         return bytes((token if cert_req else cms.without_certificates(token)).dump())
 
 
-def _parse_request(der: bytes, policy: str) -> asn1crypto.tsp.TimeStampReq:
+def _parse_request(request_der: bytes, policy: str) -> asn1crypto.tsp.TimeStampReq:
     try:
-        request = asn1crypto.tsp.TimeStampReq.load(der, strict=True)
+        request = asn1crypto.tsp.TimeStampReq.load(request_der, strict=True)
         request.native  # noqa: B018 - forces the full parse so a malformed field fails here
     except Exception as exc:  # asn1crypto raises several exception types on garbage
         raise _Rejection("bad_data_format", f"not a DER TimeStampReq: {exc}") from exc

@@ -3,9 +3,9 @@
 asn1crypto builds values from Python data through a recursive re-encoding that costs milliseconds
 per SignedData; the structures we sign have a fixed shape, so writing their octets directly is
 both faster and easier to check against the standard. Only single-octet identifiers are written or
-read (tag numbers below 31, X.690 §8.1.2.2): every type CMS and RFC 3161 use fits. The reader also
-accepts the indefinite length form (X.690 §8.1.3.6), which BER encoders outside our control use for
-the outer frames of a SignedData.
+read (tag numbers below 31, X.690 §8.1.2.2): every type CMS and RFC 3161 use fits. The reader,
+which takes fields out of certificates and time-stamp requests, also accepts the indefinite length
+form (X.690 §8.1.3.6) that BER encoders outside our control may send.
 """
 
 from __future__ import annotations
