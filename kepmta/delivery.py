@@ -45,6 +45,10 @@ class DeliveryError(Exception):
     """A job that cannot be done now; it is retried later."""
 
 
+class AwaitingTimestamp(DeliveryError):
+    """The expected wait while the time-stamp authority is away: no fault to report."""
+
+
 @dataclass(frozen=True)
 class ProviderIdentity:
     """What provider-signed REM messages are signed with and say about their sender."""
@@ -109,6 +113,9 @@ class DeliveryWorker:
                     await self._deliver(job)
                 else:
                     await self._receipt(job)
+            except AwaitingTimestamp as e:
+                log.info("job %d: %s", job.id, e)
+                await jobs.retry_later(self.engine, job, str(e))
             except Exception as e:
                 log.exception("job %d (%s of %s) failed; will retry", job.id, job.kind, job.message_id)
                 await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
@@ -129,7 +136,7 @@ class DeliveryWorker:
             if record.event == Event.SUBMISSION_ACCEPTANCE.value and record.xml is not None:
                 if not record.stamped:
                     # kepmta.events.StampWorker makes this job due again once the TSA answers.
-                    raise DeliveryError(f"the acceptance of {message_id} waits for its time-stamp")
+                    raise AwaitingTimestamp(f"the acceptance of {message_id} waits for its time-stamp")
                 return record, record.xml
         raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
 
