@@ -190,7 +190,7 @@ class EventRecorder:
             # Before the evidence in the chain: the CRLs in force when it was made (long-term proof).
             await self.revocation.capture(conn, self.ledger)
         seq = await self.ledger.append(conn, signed)
-        stamped = cms.signature_timestamp_token(cms.load(signed.der)) is not None
+        stamped = cms.is_time_stamped(signed.der)
         kind = jobs.RECEIPT if stamped else TIMESTAMP_JOB
         await jobs.enqueue(conn, kind, signed.evidence.message_id, {"seq": seq})
         return seq

@@ -76,7 +76,7 @@ class LedgerRecord:
         """An evidence version carrying its signature time-stamp (CAdES-B-T)."""
         if self.kind not in EVIDENCE_VERSIONS:
             return False
-        return cms.signature_timestamp_token(cms.load(self.der)) is not None
+        return cms.is_time_stamped(self.der)
 
     def content(self) -> NewRecord:
         return NewRecord(

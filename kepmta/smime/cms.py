@@ -588,6 +588,14 @@ def signature_timestamp_token(ci: asn1crypto.cms.ContentInfo) -> bytes | None:
     return None
 
 
+def is_time_stamped(der: bytes) -> bool:
+    """Whether our own signature `der` carries its signature time-stamp (CAdES-B-T).
+
+    For objects this process made or stored: only the path to the unsigned attributes is parsed
+    (load's full check of certificates and attributes costs milliseconds per call)."""
+    return signature_timestamp_token(DerContentInfo.load(der)) is not None
+
+
 def without_certificates(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.cms.ContentInfo:
     """A copy of `ci` with the `certificates` field left out.
 
