@@ -49,7 +49,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_renew(args: argparse.Namespace) -> int:
     from kepmta.app import time_stamper, tsa_trust
     from kepmta.db.engine import open_engine
-    from kepmta.evidence.archive import renew
+    from kepmta.evidence.archive import LABELS, renew
     from kepmta.evidence.errors import TimeStampError
     from kepmta.evidence.ledger import Ledger
 
@@ -63,13 +63,16 @@ def cmd_renew(args: argparse.Namespace) -> int:
         try:
             trust = tsa_trust(s)
             validation = [*pki.load_certs(s.provider_ca), *trust]
-            done = await renew(Ledger(engine), time_stamper(s), trust, validation, deadline=deadline)
+            done = await renew(
+                Ledger(engine), time_stamper(s), trust, validation, deadline=deadline, algorithm=args.rehash
+            )
         except TimeStampError as e:
             return die(f"no archive time-stamp: {e}", 1)
         finally:
             await engine.dispose()
+        moved = f", {done.rehashed} re-hashed to {LABELS[args.rehash]}" if args.rehash else ""
         print(
-            f"renewed {done.renewed} evidence ({done.started} archived for the first time); "
+            f"renewed {done.renewed} evidence ({done.started} archived for the first time{moved}); "
             f"{done.waiting} still wait for their signature time-stamp"
         )
         return 0
@@ -127,7 +130,9 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Keeps evidence verifiable after its TSA or provider certificates expire: one "
         "archive time-stamp (one TSA request per 1000 evidence, through a hash tree) over each "
         "evidence, its certificates and the CRLs captured when it was made, or over its previous "
-        "archive time-stamp. Run it regularly (e.g. monthly from cron).",
+        "archive time-stamp. Run it regularly (e.g. monthly from cron). With --rehash, when the "
+        "hash algorithm in use weakens: a new chain in the stronger algorithm over every evidence "
+        "and its previous chains (RFC 4998 hash-tree renewal), whatever --within says.",
     )
     renew.add_argument(
         "--within",
@@ -137,6 +142,12 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="renew evidence whose newest time-stamp's TSA certificate expires within DAYS (default 180)",
     )
     renew.add_argument("--all", action="store_true", help="renew every time-stamped evidence")
+    renew.add_argument(
+        "--rehash",
+        choices=("sha384", "sha512"),
+        help="move every evidence not yet protected with this hash algorithm to it: a new archive "
+        "time-stamp chain, the TSA asked for an imprint in it; later runs renew in it",
+    )
     add_config_options(renew)
     renew.set_defaults(func=cmd_renew)
 

@@ -1,10 +1,11 @@
 """Evidence bundles: everything about one message in one ZIP file, checkable offline, by hand too.
 
-A bundle holds each evidence (`.p7m` and its readable `.xml`), each signature time-stamp token, the
-certificates, the ledger records with their chain hashes, the message facts, any revocation data,
-and a manifest of every member's SHA-256. The manifest is signed (CMS, detached) with the
-provider's transaction certificate, so changing, adding or removing any member is detected, and a
-README lists the `openssl` commands that check each piece without kepmta.
+A bundle holds each evidence (`.p7m` and its readable `.xml`, and once renewed its RFC 4998
+evidence record `.ers`), each signature time-stamp token, the certificates, the ledger records with
+their chain hashes, the message facts, any revocation data, and a manifest of every member's
+SHA-256. The manifest is signed (CMS, detached) with the provider's transaction certificate, so
+changing, adding or removing any member is detected, and a README lists the `openssl` commands
+that check each piece without kepmta.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from kepmta.evidence.checkpoint import read_statement
-from kepmta.evidence.ledger import Kind, NewRecord, chain_hash, content_digest
+from kepmta.evidence.ledger import (
+    EVIDENCE_VERSIONS,
+    Kind,
+    LedgerRecord,
+    NewRecord,
+    chain_hash,
+    content_digest,
+)
 from kepmta.evidence.revocation import check_not_revoked, load_crl
 from kepmta.evidence.timeline import MessageEvidence
 from kepmta.evidence.verify import CONTENT, Check, Report, verify_evidence
@@ -118,13 +126,25 @@ def build(
     signer_certs: list[x509.Certificate] = []
     tsa_certs: list[x509.Certificate] = []
     files: dict[int, tuple[str, str | None, dict[str, Any]]] = {}
+    archives = _newest_archives(message)
     for entry in message.entries:
         p7m, xml = f"evidence/{entry.name}.p7m", f"evidence/{entry.name}.xml"
         members[p7m] = entry.der
         members[xml] = entry.xml
         ci = cms.load(entry.der)
         signer_certs += cms.certificates(ci)
-        extra: dict[str, Any] = {"ptt_code": entry.evidence.event.ptt_code, "timestamp": None}
+        extra: dict[str, Any] = {
+            "ptt_code": entry.evidence.event.ptt_code,
+            "timestamp": None,
+            "evidence_record": None,
+        }
+        archived = archives.get(entry.record.evidence_id)
+        if archived is not None:
+            # Beside its evidence under the same name, so whoever takes the .p7m out of the bundle
+            # sees the .ers it needs once the time-stamp's TSA certificate has expired.
+            extra["evidence_record"] = f"evidence/{entry.name}.ers"
+            members[extra["evidence_record"]] = archived.der
+            files[archived.seq] = (extra["evidence_record"], None, {})
         token = cms.signature_timestamp_token(ci)
         if token is not None:
             extra["timestamp"] = f"timestamps/{entry.name}.tst"
@@ -217,6 +237,12 @@ def build(
     return out.getvalue()
 
 
+def _newest_archives(message: MessageEvidence) -> dict[str, LedgerRecord]:
+    """Each evidence's newest evidence record (the records come in ledger order): every renewal
+    holds the whole record before it, so the newest one is all a verifier needs."""
+    return {rec.evidence_id: rec for rec in message.records if rec.kind is Kind.ARCHIVE}
+
+
 def readme(
     message: MessageEvidence, provider_name: str, members: Mapping[str, bytes], created: dt.datetime
 ) -> str:
@@ -242,6 +268,7 @@ def readme(
         "  ledger.json         the ledger records with prev_hash and hash, and the chain positions",
         "  evidence/*.p7m      each evidence: EN 319 522-3 XML in a CAdES-B-T CMS SignedData (DER)",
         "  evidence/*.xml      the same XML, readable (identical to the signed content)",
+        "  evidence/*.ers      the RFC 4998 evidence record of a renewed evidence (kepmta evidence renew)",
         "  timestamps/*.tst    the RFC 3161 signature time-stamp token of each evidence",
         "  timestamps/*.sig    the signature value each token time-stamps",
         "  certs/              trust anchors, the signer's and the TSA's certificates",
@@ -287,8 +314,25 @@ def readme(
         f"  {LEDGER_RULE}.",
         "  The chain must run without a gap, each prev_hash equal to the hash before it.",
         "",
+    ]
+    renewed = sorted(p for p in members if p.startswith("evidence/") and p.endswith(".ers"))
+    if renewed:
+        lines += [
+            "6. A renewed evidence (one with an .ers beside it) stays verifiable after the certificates",
+            "  of its signer and of its TSA have expired, when the openssl commands of steps 2 and 3",
+            "  fail: its RFC 4998 evidence record proves, by archive time-stamps renewed before each",
+            "  expiry and re-hashed when a hash algorithm weakened, that it existed while they were valid:",
+        ]
+        for ers in renewed:
+            stem = ers.removesuffix(".ers")
+            lines.append(
+                f"  kepmta evidence verify {stem}.p7m --ers {ers} --ca {PROVIDER_CA} --tsa-ca {tsa_ca}"
+            )
+        lines.append("")
+    lines += [
         "Or all of it at once, offline:",
-        "  kepmta evidence verify bundle.zip --ca certs/provider-ca.pem",
+        "  kepmta evidence verify bundle.zip --ca certs/provider-ca.pem"
+        + ("" if tsa_ca == PROVIDER_CA else f" --tsa-ca {tsa_ca}"),
         "",
     ]
     return "\n".join(lines)
@@ -446,9 +490,11 @@ def verify(
             digests[r["seq"]] = content_digest(rec)
             if chain_hash(bytes.fromhex(r["prev_hash"]), rec) != bytes.fromhex(r["hash"]):
                 raise BundleError(f"ledger record {r['seq']}: its hash does not match its content")
-        on_file = sorted(p for p in members if p.startswith("evidence/") and p.endswith(".p7m"))
-        if sorted(r["der"] for r in ledger_records if r["der"].startswith("evidence/")) != on_file:
-            raise BundleError("the evidence files and the ledger records do not correspond")
+        for ext, kinds in ((".p7m", EVIDENCE_VERSIONS), (".ers", (Kind.ARCHIVE,))):
+            on_file = sorted(p for p in members if p.startswith("evidence/") and p.endswith(ext))
+            named = [r for r in ledger_records if r["der"].startswith("evidence/") and r["der"].endswith(ext)]
+            if sorted(r["der"] for r in named) != on_file or any(Kind(r["kind"]) not in kinds for r in named):
+                raise BundleError(f"the evidence/*{ext} files and the ledger records do not correspond")
         return f"{len(ledger_records)} records, each hash recomputed from its content" + _chain_check(
             loaded.get("chain", []), ledger_records, digests
         )
@@ -459,14 +505,19 @@ def verify(
     reports: list[tuple[str, Report]] = []
     for r in ledger_records:
         path = r["der"]
-        if not path.startswith("evidence/"):
+        if not (path.startswith("evidence/") and path.endswith(".p7m")):
             continue
         der = members.get(path, b"")
-        report = verify_evidence(der, provider_trust, tsa_trust)
+        # A renewed evidence is verified through its evidence record, as `kepmta evidence verify
+        # FILE.p7m --ers FILE.ers` does: its certificates may have expired since.
+        ers = r.get("evidence_record")
+        report = verify_evidence(
+            der, provider_trust, tsa_trust, evidence_record=None if ers is None else members.get(ers, b"")
+        )
         reports.append((path, report))
 
         def consistency(r: dict[str, Any] = r, der: bytes = der, report: Report = report) -> str:
-            return _consistent(r, der, report, members, facts)
+            return _consistent(r, der, report, members, facts, ledger_records)
 
         _run(checks, f"{path}: consistency", consistency)
     if reports:
@@ -585,9 +636,15 @@ def _chain_check(
 
 
 def _consistent(
-    record: dict[str, Any], der: bytes, report: Report, members: Mapping[str, bytes], facts: Mapping[str, Any]
+    record: dict[str, Any],
+    der: bytes,
+    report: Report,
+    members: Mapping[str, bytes],
+    facts: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
 ) -> str:
-    """The evidence agrees with its readable copy, its token file, its ledger record and the message."""
+    """The evidence agrees with its readable copy, its token file, its evidence record, its ledger
+    record and the message."""
     ev = report.evidence
     if ev is None:
         raise BundleError("the evidence could not be read")
@@ -601,6 +658,16 @@ def _consistent(
         sig = record["timestamp"].removesuffix(".tst") + ".sig"
         if members.get(sig) != cms.signature_value(cms.load(der)):
             raise BundleError(f"{sig} is not the signature value the token covers")
+    archived = [
+        r for r in records if r["kind"] == Kind.ARCHIVE.value and r["evidence_id"] == record["evidence_id"]
+    ]
+    ers = record.get("evidence_record")
+    # An older evidence record beside the evidence would still verify, yet prove less (an expired
+    # last TSA, a weak algorithm): the newest one in the ledger must be the one named.
+    if archived and (ers is None or archived[-1]["der"] != ers or archived[-1]["seq"] < record["seq"]):
+        raise BundleError("the evidence record beside the evidence is not its newest one in the ledger")
+    if ers is not None and not archived:
+        raise BundleError(f"{ers} is not an evidence record of this evidence in the ledger")
     if (ev.evidence_id, ev.event.value, ev.reason.value) != (
         record["evidence_id"],
         record["event"],
@@ -614,7 +681,8 @@ def _consistent(
         raise BundleError("the evidence's digest of the original differs from message.json")
     if ev.sender.address != facts.get("sender"):
         raise BundleError("the evidence names another sender than message.json")
-    return f"{ev.event.value} {ev.evidence_id} agrees with its XML, token, ledger record and message"
+    renewed = ", evidence record" if ers is not None else ""
+    return f"{ev.event.value} {ev.evidence_id} agrees with its XML, token{renewed}, ledger record and message"
 
 
 def describe(report: BundleReport) -> str:

@@ -34,6 +34,12 @@ from kepmta.smime import cms, der
 DEFAULT_POLICY = "1.3.6.1.4.1.99999.1.1"
 # Digest lengths a request's messageImprint may use; the token keeps the requester's algorithm.
 _DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
+# RFC 5754 §2: the SHA-2 AlgorithmIdentifiers, parameters NULL as RFC 3161 requesters send them.
+_DIGEST_IDS = {
+    "sha256": cms.SHA256_NULL,
+    "sha384": der.sequence(der.oid("2.16.840.1.101.3.4.2.2"), der.tlv(der.NULL, b"")),
+    "sha512": der.sequence(der.oid("2.16.840.1.101.3.4.2.3"), der.tlv(der.NULL, b"")),
+}
 _VERSION_1 = der.integer(1)
 # RFC 3161 §2.4.2 Accuracy { seconds 1 }.
 _ACCURACY_ONE_SECOND = der.sequence(der.integer(1))
@@ -50,8 +56,9 @@ _FAIL_INFO_BITS = {
 
 
 class TimeStamper(Protocol):
-    async def timestamp(self, imprint: bytes) -> bytes:
-        """A TimeStampToken (ContentInfo DER) over the SHA-256 `imprint`."""
+    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
+        """A TimeStampToken (ContentInfo DER) over `imprint`, a digest made with `algorithm`
+        (sha256, sha384 or sha512)."""
         ...
 
 
@@ -111,11 +118,14 @@ class BuiltinTsa:
             return der.sequence(status)
         return der.sequence(_GRANTED, token)
 
-    async def timestamp(self, imprint: bytes) -> bytes:
-        """A token over the SHA-256 `imprint`, with the TSA certificate included for verifiers."""
-        if len(imprint) != _DIGEST_SIZES["sha256"]:
-            raise ValueError("imprint must be a 32-byte SHA-256 value")
-        message_imprint = der.sequence(cms.SHA256_NULL, der.octet_string(imprint))
+    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
+        """A token over `imprint`, a digest made with `algorithm`, with the TSA certificate
+        included for verifiers."""
+        if algorithm not in _DIGEST_SIZES:
+            raise ValueError(f"hash algorithm {algorithm} is not one of {', '.join(_DIGEST_SIZES)}")
+        if len(imprint) != _DIGEST_SIZES[algorithm]:
+            raise ValueError(f"imprint must be a {_DIGEST_SIZES[algorithm]}-byte {algorithm} value")
+        message_imprint = der.sequence(_DIGEST_IDS[algorithm], der.octet_string(imprint))
         # ECDSA signing is CPU work; keep it off the event loop.
         return await asyncio.to_thread(self._issue, imprint=message_imprint, nonce=None, cert_req=True)
 
@@ -205,26 +215,30 @@ def _load_token(token: bytes) -> tuple[asn1crypto.cms.ContentInfo, asn1crypto.ts
     return ci, _tst_info(ci)
 
 
-def token_imprint(token: bytes) -> bytes:
-    """The SHA-256 imprint a token claims to cover, read without verifying anything (and without
-    parsing the token's certificates, which costs milliseconds)."""
+def token_imprint(token: bytes, algorithm: str = "sha256") -> bytes:
+    """The `algorithm` imprint a token claims to cover, read without verifying anything (and
+    without parsing the token's certificates, which costs milliseconds)."""
     try:
         info = _tst_info(asn1crypto.cms.ContentInfo.load(token))
     except (ValueError, TypeError, KeyError) as exc:
         raise TokenFormatError(f"the token is not CMS SignedData: {exc}") from exc
     imprint = info["message_imprint"]
-    if imprint["hash_algorithm"]["algorithm"].native != "sha256":
-        raise TokenImprintError("the token imprint is not SHA-256")
+    found = imprint["hash_algorithm"]["algorithm"].native
+    if found != algorithm:
+        raise TokenImprintError(f"the token imprint is {found}, not {algorithm}")
     return bytes(imprint["hashed_message"].native)
 
 
-def check_token(token: bytes, imprint: bytes, trust: Sequence[x509.Certificate]) -> TokenInfo:
-    """Verify an RFC 3161 token over the SHA-256 `imprint`, with its TSA chained to `trust`.
+def check_token(
+    token: bytes, imprint: bytes, trust: Sequence[x509.Certificate], algorithm: str = "sha256"
+) -> TokenInfo:
+    """Verify an RFC 3161 token over `imprint` (an `algorithm` digest), with its TSA chained to
+    `trust`.
 
     Raises a TimeStampError subclass naming the failed check.
     """
     ci, info = _load_token(token)
-    if not hmac.compare_digest(token_imprint(token), imprint):
+    if not hmac.compare_digest(token_imprint(token, algorithm), imprint):
         raise TokenImprintError("the token time-stamps different data (messageImprint mismatch)")
     try:
         embedded = cms.certificates(ci)

@@ -89,13 +89,13 @@ class HttpTsa:
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._tls = ssl.create_default_context() if parts.scheme == "https" else None
 
-    async def timestamp(self, imprint: bytes) -> bytes:
-        """A checked TimeStampToken (ContentInfo DER) over the SHA-256 `imprint`."""
+    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
+        """A checked TimeStampToken (ContentInfo DER) over `imprint`, an `algorithm` digest."""
         attempts = 1 + max(0, self.settings.retries)
         pause = _RETRY_PAUSE
         for attempt in range(1, attempts + 1):
             try:
-                return await self._once(imprint)
+                return await self._once(imprint, algorithm)
             except TsaUnavailable as exc:
                 log.warning("TSA %s attempt %d/%d failed: %s", self.settings.url, attempt, attempts, exc)
                 if attempt == attempts:
@@ -104,9 +104,9 @@ class HttpTsa:
             pause *= 2
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _once(self, imprint: bytes) -> bytes:
+    async def _once(self, imprint: bytes, algorithm: str) -> bytes:
         nonce = secrets.randbits(63) + 1
-        request = build_request(imprint, nonce, self.settings.policy)
+        request = build_request(imprint, nonce, self.settings.policy, algorithm)
         reply = await self._post(request)
         if reply.status != 200:
             raise TsaUnavailable(f"HTTP {reply.status} from the TSA")
@@ -115,7 +115,8 @@ class HttpTsa:
                 f"the TSA answered {reply.content_type or 'no content type'}, not {REPLY_TYPE}"
             )
         token = parse_response(reply.body)
-        return check_reply_token(token, imprint, nonce, self.settings.policy, self.settings.trust)
+        s = self.settings
+        return check_reply_token(token, imprint, nonce, s.policy, s.trust, algorithm)
 
     async def _post(self, body: bytes) -> _Reply:
         s = self.settings
@@ -186,11 +187,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
             raise TsaUnavailable("the answer is too large for a time-stamp response")
 
 
-def build_request(imprint: bytes, nonce: int, policy: str | None) -> bytes:
-    """A DER TimeStampReq (RFC 3161 §2.4.1) over the SHA-256 `imprint`, asking for the certificate."""
+def build_request(imprint: bytes, nonce: int, policy: str | None, algorithm: str = "sha256") -> bytes:
+    """A DER TimeStampReq (RFC 3161 §2.4.1) over `imprint`, an `algorithm` digest, asking for the
+    certificate."""
     fields: dict[str, object] = {
         "version": "v1",
-        "message_imprint": {"hash_algorithm": {"algorithm": "sha256"}, "hashed_message": imprint},
+        "message_imprint": {"hash_algorithm": {"algorithm": algorithm}, "hashed_message": imprint},
         "nonce": nonce,
         # The certificate in the token lets any verifier, years later, check it without asking us.
         "cert_req": True,
@@ -226,14 +228,19 @@ def parse_response(der: bytes) -> bytes:
 
 
 def check_reply_token(
-    token: bytes, imprint: bytes, nonce: int | None, policy: str | None, trust: Sequence[x509.Certificate]
+    token: bytes,
+    imprint: bytes,
+    nonce: int | None,
+    policy: str | None,
+    trust: Sequence[x509.Certificate],
+    algorithm: str = "sha256",
 ) -> bytes:
     """Everything RFC 3161 §2.4.2 asks of a requester before it relies on a token."""
-    if not hmac.compare_digest(token_imprint(token), imprint):
+    if not hmac.compare_digest(token_imprint(token, algorithm), imprint):
         raise TokenImprintError("the TSA time-stamped different data (messageImprint mismatch)")
     if nonce is not None and _nonce(token) != nonce:
         raise TokenNonceError("the token does not carry the nonce of the request")
-    info = check_token(token, imprint, trust)
+    info = check_token(token, imprint, trust, algorithm)
     if policy is not None and info.policy != policy:
         raise TokenPolicyError(f"the token's policy is {info.policy}, not the configured {policy}")
     return token

@@ -133,8 +133,13 @@ def verify_evidence(
         assert evidence_record is not None
         found = archive.verify_record(archive.parse(evidence_record), der, tsa_trust, now)
         proof.append(found)
-        times = ", ".join(f"{t:%Y-%m-%d %H:%M:%SZ}" for t in found.times)
-        return f"RFC 4998 evidence record: {len(found.times)} archive time-stamp(s) at {times}, chain holds"
+        return "RFC 4998 evidence record holds: " + "; ".join(
+            f"chain {n} {chain.label}"
+            + (" (hash-tree renewal)" if n > 1 else "")
+            + f", {len(chain.times)} archive time-stamp(s) at "
+            + ", ".join(f"{t:%Y-%m-%d %H:%M:%SZ}" for t in chain.times)
+            for n, chain in enumerate(found.chains, 1)
+        )
 
     def timestamp() -> str:
         token = cms.signature_timestamp_token(ci)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -143,6 +144,50 @@ def test_audit_checkpoint_renew_and_verify_with_the_cli(
     )
     assert v.returncode == 0, v.stdout
     assert "✓ archive-time-stamp" in v.stdout and "✓ revocation" in v.stdout
+    assert _audit(srv)[0] == 0
+
+
+def test_rehash_to_sha512_then_the_bundle_and_its_ers_verify_offline(
+    setup: tuple[DevServer, HttpTsa], tmp_path: Path
+) -> None:
+    """RFC 4998 hash-tree renewal through the external TSA (SHA-512 imprints over HTTP), then the
+    export carries each evidence's newest .ers beside its .p7m, and both verify offline."""
+    srv, _ = setup
+    r = kepmta("evidence", "renew", "--rehash", "sha512", "--data", str(srv.data))
+    assert r.returncode == 0 and "re-hashed to SHA-512" in r.stdout, r.stdout + r.stderr
+    again = kepmta("evidence", "renew", "--rehash", "sha512", "--data", str(srv.data))
+    assert again.stdout.startswith("renewed 0 evidence"), again.stdout  # all moved already
+    with _db(srv) as db:
+        (message_id,) = db.execute(
+            "SELECT message_id FROM ledger WHERE kind = 'archive' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    out = tmp_path / "kanit.zip"
+    e = kepmta("evidence", "export", message_id, "-o", str(out), "--data", str(srv.data))
+    assert e.returncode == 0, e.stderr
+    v = kepmta("evidence", "verify", str(out), "--data", str(srv.data))
+    assert v.returncode == 0 and v.stdout.rstrip().endswith("Result: VALID"), v.stdout
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path / "kanit")
+        members = {n: zf.read(n) for n in zf.namelist()}
+    pairs = sorted(p.removesuffix(".ers") for p in members if p.endswith(".ers"))
+    assert pairs and all(f"{stem}.p7m" in members for stem in pairs)
+    for stem in pairs:
+        folder = tmp_path / "kanit"
+        one = kepmta(
+            "evidence", "verify", str(folder / f"{stem}.p7m"), "--ers", str(folder / f"{stem}.ers"),
+            "--ca", str(folder / "certs/provider-ca.pem"),
+        )  # fmt: skip
+        assert one.returncode == 0, one.stdout
+        assert "chain 1 SHA-256" in one.stdout and "chain 2 SHA-512 (hash-tree renewal)" in one.stdout
+    ers = f"{pairs[0]}.ers"
+    changed = bytearray(members[ers])
+    changed[len(changed) // 2] ^= 0x01
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(tampered, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, bytes(changed) if name == ers else data)
+    v = kepmta("evidence", "verify", str(tampered), "--data", str(srv.data))
+    assert v.returncode == 1 and f"{ers} was changed" in v.stdout, v.stdout
     assert _audit(srv)[0] == 0
 
 
