@@ -6,8 +6,9 @@ resolved against the folder of the file that contains them.
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,9 @@ class Settings:
     # A ledger checkpoint after this many records, or this many minutes after the last one.
     checkpoint_records: int = 1000
     checkpoint_minutes: int = 60
+    # Hash algorithm (sha256, sha384, sha512) → the moment it counts as weak: an evidence record
+    # chain in it must have been re-hashed (`kepmta evidence renew --rehash`) before then.
+    weak_algorithms: dict[str, dt.datetime] = field(default_factory=dict)
 
     @property
     def mail_root(self) -> Path:
@@ -162,6 +166,18 @@ class _Table:
         if must_exist and not path.exists():
             raise ConfigError(f"{self._where(key)}: {path} does not exist")
         return path
+
+
+def weak_since(name: str, value: object, where: str) -> tuple[str, dt.datetime]:
+    """One `weak_algorithms` entry: a hash algorithm and the UTC day from which it is weak."""
+    if name not in ("sha256", "sha384", "sha512"):
+        raise ConfigError(f"{where}: {name} is not sha256, sha384 or sha512")
+    try:
+        # TOML gives a bare 2040-01-01 as a date, a quoted one as a string; both mean that day.
+        day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{name} must be a date, YYYY-MM-DD") from exc
+    return name, dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
 def _read(path: Path) -> _Table:
@@ -251,6 +267,10 @@ def load(path: Path) -> Settings:
     if key_uri is not None and not key_uri.startswith("pkcs11:"):
         raise ConfigError(f"{path}: evidence.key_uri must be an RFC 7512 pkcs11: URI")
     crl_paths = evidence.strings("crls")
+    weak = evidence.table("weak_algorithms")
+    weak_algorithms = dict(
+        weak_since(k, v, f"{path}: evidence.weak_algorithms") for k, v in weak.data.items()
+    )
 
     return Settings(
         source=path,
@@ -278,6 +298,7 @@ def load(path: Path) -> Settings:
             if "checkpoint_minutes" in evidence.data
             else 60
         ),
+        weak_algorithms=weak_algorithms,
         tsa=tsa,
         provider_ca=evidence.path("provider_ca"),
         tsa_cert=evidence.path("tsa_cert") if tsa is None else None,

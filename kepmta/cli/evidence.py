@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import re
 import zipfile
 from pathlib import Path
@@ -23,6 +24,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     from kepmta.evidence.verify import describe, verify_evidence
 
     try:
+        weak: dict[str, dt.datetime] = {}
         if args.ca:
             provider_ca = args.ca
             tsa_ca = args.tsa_ca or args.ca
@@ -30,14 +32,18 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
             settings = settings_from(args)
             provider_ca = settings.provider_ca
             tsa_ca = args.tsa_ca or (settings.tsa.ca if settings.tsa else settings.provider_ca)
+            weak.update(settings.weak_algorithms)
+        for given in args.weak:
+            name, _, day = given.partition("=")
+            weak.update([config.weak_since(name.strip().lower(), day.strip(), "--weak")])
         trust, tsa_trust = pki.load_certs(provider_ca), pki.load_certs(tsa_ca)
         if zipfile.is_zipfile(args.file):
-            return evidence_people.verify_bundle(args.file, trust, tsa_trust)
+            return evidence_people.verify_bundle(args.file, trust, tsa_trust, weak)
         der = _read_evidence(args.file)
         record = _read_evidence(args.ers) if args.ers else None
     except (config.ConfigError, OSError, ValueError) as e:
         return die(str(e))
-    report = verify_evidence(der, trust, tsa_trust, evidence_record=record)
+    report = verify_evidence(der, trust, tsa_trust, evidence_record=record, weak=weak)
     print(describe(report))
     return 0 if report.ok else 1
 
@@ -64,6 +70,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         help="the evidence's RFC 4998 evidence record (.ers) from `kepmta evidence renew`: "
         "needed once the time-stamp's TSA certificate has expired",
+    )
+    verify.add_argument(
+        "--weak",
+        action="append",
+        default=[],
+        metavar="ALGORITHM=DATE",
+        help="a hash algorithm weak since DATE (e.g. sha256=2040-01-01): an evidence record chain in "
+        "it must have been re-hashed before then; repeatable, adds to [evidence] weak_algorithms",
     )
     add_config_options(verify)
     verify.set_defaults(func=cmd_evidence_verify)

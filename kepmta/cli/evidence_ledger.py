@@ -30,7 +30,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     async def run() -> int:
         engine = await open_engine(s.database_url)
         try:
-            result = await audit(Ledger(engine), pki.load_certs(s.provider_ca), tsa_trust(s))
+            result = await audit(
+                Ledger(engine), pki.load_certs(s.provider_ca), tsa_trust(s), s.weak_algorithms
+            )
         finally:
             await engine.dispose()
         for problem in result.problems:
@@ -72,7 +74,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
             await engine.dispose()
         moved = f", {done.rehashed} re-hashed to {LABELS[args.rehash]}" if args.rehash else ""
         print(
-            f"renewed {done.renewed} evidence ({done.started} archived for the first time{moved}); "
+            f"renewed {done.renewed} evidence and checkpoints ({done.started} archived for the first "
+            f"time{moved}); "
             f"{done.waiting} still wait for their signature time-stamp"
         )
         return 0
@@ -126,13 +129,14 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     renew = ev_sub.add_parser(
         "renew",
-        help="add an RFC 4998 archive time-stamp to evidence whose time-stamps expire soon",
+        help="add an RFC 4998 archive time-stamp to evidence and checkpoints whose time-stamps expire soon",
         description="Keeps evidence verifiable after its TSA or provider certificates expire: one "
         "archive time-stamp (one TSA request per 1000 evidence, through a hash tree) over each "
         "evidence, its certificates and the CRLs captured when it was made, or over its previous "
-        "archive time-stamp. Run it regularly (e.g. monthly from cron). With --rehash, when the "
-        "hash algorithm in use weakens: a new chain in the stronger algorithm over every evidence "
-        "and its previous chains (RFC 4998 hash-tree renewal), whatever --within says.",
+        "archive time-stamp; ledger checkpoints alike. Run it regularly (e.g. monthly from cron). "
+        "With --rehash, when the hash algorithm in use weakens: a new chain in the stronger "
+        "algorithm over every evidence and its previous chains (RFC 4998 hash-tree renewal), "
+        "whatever --within says.",
     )
     renew.add_argument(
         "--within",

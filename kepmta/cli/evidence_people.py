@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from cryptography import x509
 
 from kepmta import config, pki
 from kepmta.cli.common import add_config_options, die, settings_from
-from kepmta.evidence import bundle, timeline
+from kepmta.evidence import archive, bundle, timeline
 from kepmta.evidence.errors import EvidenceError
 
 
@@ -61,7 +62,7 @@ def _write(path: Path, data: bytes) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     try:
         settings, message = _load(args)
-        checked = timeline.check(message, *_trust(settings))
+        checked = timeline.check(message, *_trust(settings), settings.weak_algorithms)
     except (config.ConfigError, timeline.NotFound, OSError, ValueError) as e:
         return die(str(e))
     if args.json:
@@ -93,6 +94,7 @@ def _as_json(message: timeline.MessageEvidence, checked: Sequence[timeline.Check
                 "event_time": e.evidence.event_time.isoformat(),
                 "recipient": e.evidence.recipient.address if e.evidence.recipient else None,
                 "verified": results[e.seq].ok,
+                "renewal": results[e.seq].renewal,
             }
             for e in message.entries
         ],
@@ -125,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         settings, message = _load(args)
-        checked = timeline.check(message, *_trust(settings))
+        checked = timeline.check(message, *_trust(settings), settings.weak_algorithms)
         data = report.render(
             message, checked, provider_name=settings.provider_name, provider_domain=settings.domain
         )
@@ -137,13 +139,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify_bundle(path: Path, trust: list[x509.Certificate], tsa_trust: list[x509.Certificate]) -> int:
+def cmd_ers(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+        evidence, record = asyncio.run(timeline.renewed_evidence(settings.database_url, args.evidence_id))
+        if args.p7m is not None:
+            _write(args.p7m, evidence.der)
+        _write(args.output, record.der)
+    except (config.ConfigError, timeline.NotFound, OSError, ValueError) as e:
+        return die(str(e))
+    chains = ", ".join(c.algorithm for c in archive.parse(record.der).chains)
+    also = f" and {args.p7m}" if args.p7m is not None else ""
+    print(
+        f"{args.output}{also}: evidence record of {evidence.evidence_id} (ledger seq {record.seq}, {chains})"
+    )
+    return 0
+
+
+def verify_bundle(
+    path: Path,
+    trust: list[x509.Certificate],
+    tsa_trust: list[x509.Certificate],
+    weak: Mapping[str, dt.datetime] | None = None,
+) -> int:
     """`kepmta evidence verify FILE.zip`: the whole bundle offline; exit 0 only if all holds."""
     try:
         data = path.read_bytes()
     except OSError as e:
         return die(str(e))
-    result = bundle.verify(data, trust, tsa_trust)
+    result = bundle.verify(data, trust, tsa_trust, weak)
     print(bundle.describe(result))
     return 0 if result.ok else 1
 
@@ -174,6 +198,20 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export.add_argument("-o", "--output", type=Path, required=True, help="the .zip file to write")
     add_config_options(export)
     export.set_defaults(func=cmd_export)
+
+    ers = ev_sub.add_parser(
+        "ers",
+        help="write one evidence's newest RFC 4998 evidence record (.ers), and the evidence itself",
+        description="For someone who holds a receipt's .p7m: its newest evidence record from "
+        "`kepmta evidence renew`, which `kepmta evidence verify FILE.p7m --ers FILE.ers` needs once "
+        "the time-stamp's TSA certificate has expired. EVIDENCE-ID is the evidence's "
+        "EvidenceIdentifier (as in `kepmta evidence show`).",
+    )
+    ers.add_argument("evidence_id", metavar="EVIDENCE-ID", help="the evidence id (with or without <>)")
+    ers.add_argument("-o", "--output", type=Path, required=True, help="the .ers file to write")
+    ers.add_argument("--p7m", type=Path, help="also write the evidence (its newest version) here")
+    add_config_options(ers)
+    ers.set_defaults(func=cmd_ers)
 
     pdf = ev_sub.add_parser(
         "report",

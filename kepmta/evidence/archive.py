@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asn1crypto.cms
@@ -48,6 +48,9 @@ DIGESTS = {
 }
 LABELS = {"sha256": "SHA-256", "sha384": "SHA-384", "sha512": "SHA-512"}
 _BY_OID = {oid: name for name, oid in DIGESTS.items()}
+# The records whose `der` is a CAdES-B-T signature an evidence record can keep speaking: the
+# evidence versions and the checkpoints.
+ARCHIVABLE = (*EVIDENCE_VERSIONS, Kind.CHECKPOINT)
 
 
 class ArchiveError(EvidenceError):
@@ -393,12 +396,20 @@ def _tsa_certificate(
 
 
 def verify_record(
-    er: EvidenceRecord, evidence_der: bytes, tsa_trust: Sequence[x509.Certificate], at: dt.datetime
+    er: EvidenceRecord,
+    evidence_der: bytes,
+    tsa_trust: Sequence[x509.Certificate],
+    at: dt.datetime,
+    weak: Mapping[str, dt.datetime] | None = None,
 ) -> ArchiveProof:
     """RFC 4998 §5.3: the first archive time-stamp of each chain covers, in the chain's algorithm,
     the data group (and from the second chain on, the sequence of the chains before it); every
     later one covers the time-stamp before it; each TSA certificate was still valid when the next
-    time-stamp, in the same chain or the next, renewed it; the last one is valid at `at`."""
+    time-stamp, in the same chain or the next, renewed it; the last one is valid at `at`.
+
+    `weak` maps a hash algorithm to the moment it stopped being trusted: a chain in it must have
+    been followed by a hash-tree renewal before then (RFC 4998 §5.2), and the last chain must not
+    be in it at `at`."""
     proofs: list[ChainProof] = []
     previous: tuple[bytes, dt.datetime, str] | None = None  # token, time and name of the last ATS
     for n, chain in enumerate(er.chains, 1):
@@ -428,6 +439,16 @@ def verify_record(
         proofs.append(ChainProof(chain.algorithm, tuple(times), tuple(subjects)))
     assert previous is not None  # parse and stamp_batch never make a record without a chain
     _valid_at(previous[0], tsa_trust, at, previous[2])
+    for n, proof in enumerate(proofs, 1):
+        since = (weak or {}).get(proof.algorithm)
+        # A chain's hashes are relied on until the next chain re-hashed them, or until now.
+        relied = proofs[n].times[0] if n < len(proofs) else at
+        if since is not None and relied >= since:
+            late = f"re-hashed only at {relied:%Y-%m-%d %H:%M:%SZ}" if n < len(proofs) else "never re-hashed"
+            raise ArchiveError(
+                f"chain {n} ({proof.label}): {proof.label} is weak since {since:%Y-%m-%d}, and the chain "
+                f"was {late} (kepmta evidence renew --rehash)"
+            )
     try:
         certs = tuple(x509.load_der_x509_certificate(c) for c in er.certificates)
         crls = tuple(x509.load_der_x509_crl(c) for c in er.crls)
@@ -484,6 +505,8 @@ async def renew(
 ) -> Renewal:
     """Add an archive time-stamp to every evidence whose newest time-stamp's TSA certificate
     expires before `deadline` (all of them when None), one TSA request per `batch` of evidence.
+    Checkpoints are renewed alike: they are CAdES-B-T too, and a checkpoint whose time-stamp no
+    longer speaks would leave the chain head it seals unproven.
 
     With `algorithm` (a key of DIGESTS), every evidence not yet protected in it is renewed
     whatever the deadline: archived for the first time in it, or given a hash-tree renewal
@@ -497,7 +520,7 @@ async def renew(
     archived: dict[str, int] = {}
     crls: list[x509.CertificateRevocationList] = []
     async for rec in ledger.walk():
-        if rec.kind in EVIDENCE_VERSIONS:
+        if rec.kind in ARCHIVABLE:
             current[rec.evidence_id] = rec.seq
         elif rec.kind is Kind.ARCHIVE:
             archived[rec.evidence_id] = rec.seq
@@ -508,7 +531,7 @@ async def renew(
     waiting = 0
     for evidence_id, seq in current.items():
         rec = await ledger.get(seq)
-        if not rec.stamped:
+        if not cms.is_time_stamped(rec.der):
             waiting += 1
             continue
         existing = parse((await ledger.get(archived[evidence_id])).der) if evidence_id in archived else None

@@ -163,6 +163,12 @@ def build(
             members[files[rec.seq][0]] = rec.der
             if rec.xml is not None:
                 members[f"{stem}.xml"] = rec.xml
+            renewal = archives.get(rec.evidence_id)
+            if rec.kind is Kind.CHECKPOINT and renewal is not None:
+                # As for evidence: the checkpoint's .ers beside it, under the same name.
+                files[rec.seq][2]["evidence_record"] = f"{stem}.ers"
+                files[renewal.seq] = (f"{stem}.ers", None, {})
+                members[f"{stem}.ers"] = renewal.der
         der_path, xml_path, extra = files[rec.seq]
         records.append(
             {
@@ -394,9 +400,13 @@ def _run(checks: list[Check], name: str, body: Callable[[], str]) -> bool:
 
 
 def verify(
-    data: bytes, provider_trust: Sequence[x509.Certificate], tsa_trust: Sequence[x509.Certificate]
+    data: bytes,
+    provider_trust: Sequence[x509.Certificate],
+    tsa_trust: Sequence[x509.Certificate],
+    weak: Mapping[str, dt.datetime] | None = None,
 ) -> BundleReport:
-    """Check a bundle offline: manifest and its signature, every member, every evidence."""
+    """Check a bundle offline: manifest and its signature, every member, every evidence; evidence
+    records against the hash algorithms `weak` names (archive.verify_record)."""
     checks: list[Check] = []
     members: dict[str, bytes] = {}
     manifest: dict[str, Any] = {}
@@ -512,7 +522,11 @@ def verify(
         # FILE.p7m --ers FILE.ers` does: its certificates may have expired since.
         ers = r.get("evidence_record")
         report = verify_evidence(
-            der, provider_trust, tsa_trust, evidence_record=None if ers is None else members.get(ers, b"")
+            der,
+            provider_trust,
+            tsa_trust,
+            evidence_record=None if ers is None else members.get(ers, b""),
+            weak=weak,
         )
         reports.append((path, report))
 
@@ -526,7 +540,7 @@ def verify(
         if r["kind"] == Kind.CHECKPOINT.value:
 
             def sealed(r: dict[str, Any] = r) -> str:
-                return _checkpoint_check(r, ledger_records, members, provider_trust, tsa_trust)
+                return _checkpoint_check(r, ledger_records, members, provider_trust, tsa_trust, weak)
 
             _run(checks, f"checkpoint {r['seq']}", sealed)
     return BundleReport(facts.get("message_id") or manifest.get("message_id"), tuple(checks), tuple(reports))
@@ -538,24 +552,47 @@ def _checkpoint_check(
     members: Mapping[str, bytes],
     provider_trust: Sequence[x509.Certificate],
     tsa_trust: Sequence[x509.Certificate],
+    weak: Mapping[str, dt.datetime] | None,
 ) -> str:
     """The checkpoint is signed and time-stamped by the provider and seals a chain head at or after
     the message's last record, with the very hash the chain in the bundle arrives at."""
     der = members[record["der"]]
-    report = verify_evidence(der, provider_trust, tsa_trust)
+    ers = record.get("evidence_record")
+    renewals = [
+        r for r in records if r["kind"] == Kind.ARCHIVE.value and r["evidence_id"] == record["evidence_id"]
+    ]
+    if renewals and (ers is None or renewals[-1]["der"] != ers):
+        raise BundleError("the evidence record beside the checkpoint is not its newest one in the ledger")
+    if ers is not None and not renewals:
+        raise BundleError(f"{ers} is not an evidence record of this checkpoint in the ledger")
+    # Like a renewed evidence: once the checkpoint's TSA certificate expired, only its evidence
+    # record shows the time-stamp was relied on while it was valid.
+    report = verify_evidence(
+        der,
+        provider_trust,
+        tsa_trust,
+        evidence_record=None if ers is None else members.get(ers, b""),
+        weak=weak,
+    )
     # The content check reads evidence XML; a checkpoint carries a statement, read below instead.
     failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok and c.name != CONTENT]
     if failed:
         raise BundleError("; ".join(failed))
     seq, head = read_statement(cms.encapsulated_content(cms.load(der)) or b"")
     chain = {int(link["seq"]): link for link in json.loads(members[LEDGER]).get("chain", [])}
-    last = max(int(r["seq"]) for r in records if r["kind"] != Kind.CHECKPOINT.value)
+    sealing = {r["evidence_id"] for r in records if r["kind"] == Kind.CHECKPOINT.value}
+    last = max(
+        int(r["seq"])
+        for r in records
+        if r["kind"] != Kind.CHECKPOINT.value and r["evidence_id"] not in sealing
+    )
     if seq < last:
         raise BundleError(f"it seals seq {seq}, before the message's last record {last}")
     if seq not in chain or bytes.fromhex(chain[seq]["hash"]) != head:
         raise BundleError(f"it seals seq {seq} with a hash the chain in the bundle does not reach")
     when = f"{report.timestamp_time:%Y-%m-%d %H:%M:%SZ}" if report.timestamp_time else "?"
-    return f"signed and time-stamped ({when}) statement sealing the chain up to seq {seq}"
+    renewed = f", renewed by {ers}" if ers is not None else ""
+    return f"signed and time-stamped ({when}) statement sealing the chain up to seq {seq}{renewed}"
 
 
 def _revocation_check(
@@ -620,9 +657,14 @@ def _chain_check(
         if hashlib.sha256(prev + content).digest() != own:
             raise BundleError(f"chain: seq {link['seq']} hash ≠ SHA-256(prev_hash || content_sha256)")
         previous = own
+    sealing = {r["evidence_id"] for r in records if r["kind"] == Kind.CHECKPOINT.value}
     for r in records:
         if r["kind"] == Kind.REVOCATION.value and r["seq"] not in at:
             continue  # revocation data in force before the message's first record
+        if r["evidence_id"] in sealing and r["kind"] == Kind.ARCHIVE.value and r["seq"] > links[-1]["seq"]:
+            # A checkpoint's renewal comes after the checkpoint that ends the chain; its RFC 4998
+            # record proves itself, and the chain up to it could be years of other messages.
+            continue
         found = at.get(r["seq"])
         if (
             found is None

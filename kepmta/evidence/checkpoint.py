@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -143,9 +143,13 @@ class AuditResult:
 
 
 async def audit(
-    ledger: Ledger, provider_trust: Sequence[x509.Certificate], tsa_trust: Sequence[x509.Certificate]
+    ledger: Ledger,
+    provider_trust: Sequence[x509.Certificate],
+    tsa_trust: Sequence[x509.Certificate],
+    weak: Mapping[str, dt.datetime] | None = None,
 ) -> AuditResult:
-    """Walk the whole ledger in order; every problem with its position."""
+    """Walk the whole ledger in order; every problem with its position. Evidence records are
+    judged against the hash algorithms `weak` names (archive.verify_record)."""
     result = AuditResult()
     chain = ChainAudit()
     unstamped: dict[str, bytes] = {}  # evidence id → signature value, while its time-stamp is pending
@@ -153,7 +157,7 @@ async def audit(
         result.problems += chain.feed(rec)
         result.problems += [
             Problem(rec.seq, what)
-            for what in await _content(rec, ledger, provider_trust, tsa_trust, unstamped)
+            for what in await _content(rec, ledger, provider_trust, tsa_trust, unstamped, weak)
         ]
         result.checkpoints += rec.kind is Kind.CHECKPOINT
     result.records = chain.count
@@ -168,6 +172,7 @@ async def _content(
     provider_trust: Sequence[x509.Certificate],
     tsa_trust: Sequence[x509.Certificate],
     unstamped: dict[str, bytes],
+    weak: Mapping[str, dt.datetime] | None,
 ) -> list[str]:
     try:
         if rec.kind in (Kind.EVIDENCE, Kind.TIMESTAMP):
@@ -175,7 +180,7 @@ async def _content(
         if rec.kind is Kind.CHECKPOINT:
             return await _checkpoint(rec, ledger, provider_trust, tsa_trust)
         if rec.kind is Kind.ARCHIVE:
-            return await _archive(rec, ledger, provider_trust, tsa_trust)
+            return await _archive(rec, ledger, tsa_trust, weak)
         if record_id(load_crl(rec.der)) != rec.evidence_id:
             return ["revocation record: the CRL is not the one its id names"]
         return []
@@ -244,15 +249,21 @@ async def _checkpoint(
 async def _archive(
     rec: LedgerRecord,
     ledger: Ledger,
-    provider_trust: Sequence[x509.Certificate],
     tsa_trust: Sequence[x509.Certificate],
+    weak: Mapping[str, dt.datetime] | None,
 ) -> list[str]:
-    versions = [v for v in await ledger.versions(rec.evidence_id) if v.seq < rec.seq and v.stamped]
+    versions = [
+        v
+        for v in await ledger.versions(rec.evidence_id)
+        if v.seq < rec.seq and v.kind in archive.ARCHIVABLE and cms.is_time_stamped(v.der)
+    ]
     if not versions:
-        return [f"evidence record for {rec.evidence_id} covers no time-stamped evidence before it"]
+        return [
+            f"evidence record for {rec.evidence_id} covers no time-stamped evidence or checkpoint before it"
+        ]
     er = archive.parse(rec.der)
     try:
-        archive.verify_record(er, versions[-1].der, tsa_trust, rec.created_at)
+        archive.verify_record(er, versions[-1].der, tsa_trust, rec.created_at, weak)
     except archive.ArchiveError as exc:
         return [f"evidence record for {rec.evidence_id}: {exc}"]
     return []

@@ -48,6 +48,8 @@ _CHECK_NAMES_TR = {
     "chain": "sertifika zinciri",
     "time-stamp": "zaman damgası",
     "content": "içerik",
+    "archive-time-stamp": "arşiv zaman damgası",
+    "revocation": "iptal durumu",
 }
 
 

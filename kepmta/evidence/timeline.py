@@ -8,7 +8,7 @@ from the `MessageEvidence` this module loads.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.checkpoint import read_statement
-from kepmta.evidence.ledger import Kind, Ledger, LedgerRecord, chain_hash, content_digest
+from kepmta.evidence.ledger import (
+    EVIDENCE_VERSIONS,
+    Kind,
+    Ledger,
+    LedgerRecord,
+    chain_hash,
+    content_digest,
+)
 from kepmta.evidence.model import Event, Evidence
 from kepmta.evidence.revocation import in_force, load_crl
-from kepmta.evidence.verify import Report, verify_evidence
+from kepmta.evidence.verify import ARCHIVE, Report, verify_evidence
 from kepmta.evidence.xml import from_xml
 from kepmta.smime import cms
 
@@ -114,6 +121,14 @@ class Checked:
     @property
     def ok(self) -> bool:
         return self.report.ok and record_ok(self.entry.record)
+
+    @property
+    def renewal(self) -> str | None:
+        """For an evidence verified through its evidence record: "renewed, chain 1 SHA-256, …"."""
+        found = [c for c in self.report.checks if c.name == ARCHIVE and c.ok]
+        if not found:
+            return None
+        return "renewed, " + found[0].detail.split(": ", 1)[-1]
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -233,6 +248,9 @@ async def load(engine: AsyncEngine, text: str) -> MessageEvidence:
         links, checkpoint = await _chain(book, min(own), max(own))
         if checkpoint is not None:
             versions.append(checkpoint)
+            # Its newest evidence record only: each renewal holds the whole record before it.
+            renewals = [r for r in await book.versions(checkpoint.evidence_id) if r.kind is Kind.ARCHIVE]
+            versions += renewals[-1:]
     return MessageEvidence(
         message_id=row.id,
         ua_message_id=row.ua_message_id,
@@ -269,13 +287,50 @@ async def load_message(url: str, text: str) -> MessageEvidence:
         await engine.dispose()
 
 
+async def renewed_evidence(url: str, text: str) -> tuple[LedgerRecord, LedgerRecord]:
+    """The newest version of the evidence `text` names and its newest evidence record."""
+    evidence_id = bare_id(text)
+    engine = open_readonly(url)
+    try:
+        found = await Ledger(engine).versions(evidence_id)
+    finally:
+        await engine.dispose()
+    versions = [r for r in found if r.kind in EVIDENCE_VERSIONS]
+    if not versions:
+        raise NotFound(f"no evidence with the id {evidence_id}")
+    renewals = [r for r in found if r.kind is Kind.ARCHIVE]
+    if not renewals:
+        raise NotFound(f"evidence {evidence_id} has no evidence record yet: run `kepmta evidence renew`")
+    return versions[-1], renewals[-1]
+
+
 def check(
     message: MessageEvidence,
     provider_trust: Sequence[x509.Certificate],
     tsa_trust: Sequence[x509.Certificate],
+    weak: Mapping[str, dt.datetime] | None = None,
 ) -> tuple[Checked, ...]:
-    """Every entry verified offline, as `kepmta evidence verify` would verify its file."""
-    return tuple(Checked(e, verify_evidence(e.der, provider_trust, tsa_trust)) for e in message.entries)
+    """Every entry verified offline, as `kepmta evidence verify` would verify its file: through its
+    newest evidence record when it was renewed (`verify X.p7m --ers X.ers`), since an old
+    evidence's own time-stamp no longer speaks once its TSA certificate has expired."""
+    newest = {
+        r.evidence_id: r.der
+        for r in message.records
+        if r.kind is Kind.ARCHIVE and r.message_id == message.message_id
+    }
+    return tuple(
+        Checked(
+            e,
+            verify_evidence(
+                e.der,
+                provider_trust,
+                tsa_trust,
+                evidence_record=newest.get(e.record.evidence_id),
+                weak=weak,
+            ),
+        )
+        for e in message.entries
+    )
 
 
 def _when(value: dt.datetime) -> str:
@@ -340,6 +395,9 @@ def render(message: MessageEvidence, checked: Sequence[Checked] | None = None) -
             lines += [f"    ✗ {x.name}: {x.detail}" for x in c.report.checks if not x.ok]
             if not record_ok(c.entry.record):
                 lines.append("    ✗ ledger: the record's hash does not match its evidence")
+        for c in checked:
+            if c.ok and c.renewal is not None:
+                lines.append(f"  #{c.entry.seq} {c.entry.evidence.event.value}: {c.renewal}")
     return "\n".join(lines)
 
 

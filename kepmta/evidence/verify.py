@@ -7,7 +7,7 @@ intact, signed by the provider, time-stamped by a trusted TSA, and what it attes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -78,6 +78,7 @@ def verify_evidence(
     *,
     evidence_record: bytes | None = None,
     at: datetime | None = None,
+    weak: Mapping[str, datetime] | None = None,
 ) -> Report:
     """Check a signed evidence file (`<EventName>.p7m`) against the given trust anchors, as of `at`
     (now by default).
@@ -85,7 +86,8 @@ def verify_evidence(
     The signature time-stamp proves the signature existed at its time, but only while its TSA
     certificate is valid: after that, a renewed evidence's RFC 4998 `evidence_record` must prove
     the time-stamp existed before the TSA certificate expired (EN 319 102-1 §5.6.2.4, proofs of
-    existence). With an evidence record, its chain and the CRLs it archives are checked too.
+    existence). With an evidence record, its chain and the CRLs it archives are checked too, and
+    its chains against the hash algorithms `weak` names (archive.verify_record).
     """
     now = at or datetime.now(UTC)
     parsed: dict[str, object] = {}
@@ -131,7 +133,7 @@ def verify_evidence(
 
     def archived() -> str:
         assert evidence_record is not None
-        found = archive.verify_record(archive.parse(evidence_record), der, tsa_trust, now)
+        found = archive.verify_record(archive.parse(evidence_record), der, tsa_trust, now, weak)
         proof.append(found)
         return "RFC 4998 evidence record holds: " + "; ".join(
             f"chain {n} {chain.label}"
