@@ -15,7 +15,7 @@ from typing import Any
 from kepmta import config
 from kepmta.accounts import Account, AccountError, AccountKind, AccountState, AccountStore, MailboxType
 from kepmta.cli.common import add_config_options, die, settings_from
-from kepmta.db.engine import open_engine
+from kepmta.db.engine import opened
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
@@ -37,14 +37,11 @@ def _mailbox_type(text: str) -> MailboxType:
 
 async def _with_store(args: argparse.Namespace, work: Callable[[AccountStore], Awaitable[int]]) -> int:
     settings = settings_from(args)
-    engine = await open_engine(settings.database_url)
-    try:
+    async with opened(settings.database_url) as engine:
         store = AccountStore(
             engine, settings.mail_root, domain=settings.domain, default_quota=settings.policy.default_quota
         )
         return await work(store)
-    finally:
-        await engine.dispose()
 
 
 def _password(args: argparse.Namespace) -> str:

@@ -46,17 +46,14 @@ def _read_credentials(fd: int) -> tuple[str, str] | None:
 async def _authenticate(config_file: Path, username: str, password: str, peer_ip: str) -> str | None:
     from kepmta import config
     from kepmta.accounts import AccountStore
-    from kepmta.db.engine import open_engine
+    from kepmta.db.engine import opened
 
     settings = config.load(config_file)
-    engine = await open_engine(settings.database_url)
-    store = AccountStore(
-        engine, settings.mail_root, domain=settings.domain, default_quota=settings.policy.default_quota
-    )
-    try:
+    async with opened(settings.database_url) as engine:
+        store = AccountStore(
+            engine, settings.mail_root, domain=settings.domain, default_quota=settings.policy.default_quota
+        )
         account = await store.authenticate(username, password, peer_ip)
-    finally:
-        await engine.dispose()
     return account.address if account else None
 
 

@@ -19,7 +19,7 @@ def _settings(args: argparse.Namespace) -> config.Settings | int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from kepmta.app import tsa_trust
-    from kepmta.db.engine import open_engine
+    from kepmta.db.engine import opened
     from kepmta.evidence.checkpoint import audit, digest_line
     from kepmta.evidence.ledger import Ledger
 
@@ -28,13 +28,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return s
 
     async def run() -> int:
-        engine = await open_engine(s.database_url)
-        try:
+        async with opened(s.database_url) as engine:
             result = await audit(
                 Ledger(engine), pki.load_certs(s.provider_ca), tsa_trust(s), s.weak_algorithms
             )
-        finally:
-            await engine.dispose()
         for problem in result.problems:
             print(problem)
         for note in result.notes:
@@ -50,7 +47,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_renew(args: argparse.Namespace) -> int:
     from kepmta.app import time_stamper, tsa_trust
-    from kepmta.db.engine import open_engine
+    from kepmta.db.engine import opened
     from kepmta.evidence.archive import LABELS, renew
     from kepmta.evidence.errors import TimeStampError
     from kepmta.evidence.ledger import Ledger
@@ -61,17 +58,20 @@ def cmd_renew(args: argparse.Namespace) -> int:
     deadline = None if args.all else dt.datetime.now(dt.UTC) + dt.timedelta(days=args.within)
 
     async def run() -> int:
-        engine = await open_engine(s.database_url)
         try:
-            trust = tsa_trust(s)
-            validation = [*pki.load_certs(s.provider_ca), *trust]
-            done = await renew(
-                Ledger(engine), time_stamper(s), trust, validation, deadline=deadline, algorithm=args.rehash
-            )
+            async with opened(s.database_url) as engine:
+                trust = tsa_trust(s)
+                validation = [*pki.load_certs(s.provider_ca), *trust]
+                done = await renew(
+                    Ledger(engine),
+                    time_stamper(s),
+                    trust,
+                    validation,
+                    deadline=deadline,
+                    algorithm=args.rehash,
+                )
         except TimeStampError as e:
             return die(f"no archive time-stamp: {e}", 1)
-        finally:
-            await engine.dispose()
         moved = f", {done.rehashed} re-hashed to {LABELS[args.rehash]}" if args.rehash else ""
         print(
             f"renewed {done.renewed} evidence and checkpoints ({done.started} archived for the first "
@@ -85,7 +85,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from kepmta.app import evidence_pair, time_stamper
-    from kepmta.db.engine import open_engine
+    from kepmta.db.engine import opened
     from kepmta.evidence.checkpoint import Checkpointer
     from kepmta.evidence.errors import TimeStampError
     from kepmta.evidence.ledger import Ledger
@@ -96,19 +96,19 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         return s
 
     async def run() -> int:
-        engine = await open_engine(s.database_url)
         try:
-            ledger = Ledger(engine)
-            head = await ledger.head()
-            if head is None:
-                return die("the ledger is empty: nothing to seal", 1)
-            signer = EvidenceSigner(evidence_pair(s), pki.load_certs(s.evidence_cert)[1:], time_stamper(s))
-            maker = Checkpointer(ledger, signer, s.domain, every_records=1, every=dt.timedelta(0))
-            rec = await maker.make(head)
+            async with opened(s.database_url) as engine:
+                ledger = Ledger(engine)
+                head = await ledger.head()
+                if head is None:
+                    return die("the ledger is empty: nothing to seal", 1)
+                signer = EvidenceSigner(
+                    evidence_pair(s), pki.load_certs(s.evidence_cert)[1:], time_stamper(s)
+                )
+                maker = Checkpointer(ledger, signer, s.domain, every_records=1, every=dt.timedelta(0))
+                rec = await maker.make(head)
         except TimeStampError as e:
             return die(f"no checkpoint: {e}", 1)
-        finally:
-            await engine.dispose()
         print(f"checkpoint at seq {rec.seq} seals seq {head.seq} sha256 {head.hash.hex()}")
         return 0
 
