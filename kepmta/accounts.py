@@ -456,16 +456,27 @@ class AccountStore:
     # -- storage --------------------------------------------------------------------------------
 
     async def usage(self, address: str) -> Usage:
-        account = await self.require(address)
+        return await self.usage_of(await self.require(address))
+
+    async def usage_of(self, account: Account) -> Usage:
+        """Usage against the quota of `account` as already read, without reading it again."""
         used = await asyncio.to_thread(self.maildir(account.address).size)
         return Usage(used, account.quota)
 
-    async def quota_warned(self, address: str) -> int:
+    async def warning_state(self, address: str) -> tuple[Usage, int]:
+        """Usage and the last quota warning sent (in percent), from one read of the account."""
         async with self.engine.connect() as conn:
-            value = (
-                await conn.execute(select(accounts.c.quota_warned).where(accounts.c.address == address))
-            ).scalar()
-        return int(value or 0)
+            row = (
+                await conn.execute(
+                    select(accounts.c.address, accounts.c.quota, accounts.c.quota_warned).where(
+                        accounts.c.address == str(addresses.parse(address))
+                    )
+                )
+            ).first()
+        if row is None:
+            raise AccountError(f"no account {address}")
+        used = await asyncio.to_thread(self.maildir(row.address).size)
+        return Usage(used, row.quota), int(row.quota_warned or 0)
 
     async def set_quota_warned(self, address: str, percent: int) -> None:
         await self._update(address, quota_warned=percent)

@@ -121,13 +121,18 @@ class DeliveryWorker:
                 await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
 
     async def _facts(self, message_id: str) -> tuple[MessageFacts, Path | None]:
-        async with self.engine.connect() as conn:
-            facts = await load_facts(conn, message_id)
-            spool = (
-                await conn.execute(select(messages.c.spool_path).where(messages.c.id == message_id))
-            ).scalar()
-        if facts is None:
-            raise DeliveryError(f"message {message_id} is not in the database")
+        known = self.recorder.known.get(message_id)
+        if known is None:
+            async with self.engine.connect() as conn:
+                facts = await load_facts(conn, message_id)
+                spool = (
+                    await conn.execute(select(messages.c.spool_path).where(messages.c.id == message_id))
+                ).scalar()
+            if facts is None:
+                raise DeliveryError(f"message {message_id} is not in the database")
+            known = (facts, spool)
+            self.recorder.known.put(facts, spool)
+        facts, spool = known
         return facts, self.originals / spool if spool else None
 
     async def _acceptance(self, message_id: str) -> tuple[LedgerRecord, bytes]:

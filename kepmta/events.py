@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,6 +126,30 @@ async def load_facts(conn: AsyncConnection, message_id: str) -> MessageFacts | N
     )
 
 
+class KnownMessages:
+    """Facts of recently accepted messages, kept so the jobs that follow need not read them again.
+
+    A message row is never changed once committed, so a remembered entry cannot go stale. Only
+    facts that are committed go in: the acceptance after its transaction, a worker after reading.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[MessageFacts, str | None]] = OrderedDict()
+
+    def get(self, message_id: str) -> tuple[MessageFacts, str | None] | None:
+        found = self._entries.get(message_id)
+        if found is not None:
+            self._entries.move_to_end(message_id)
+        return found
+
+    def put(self, facts: MessageFacts, spool_path: str | None) -> None:
+        self._entries[facts.message_id] = (facts, spool_path)
+        self._entries.move_to_end(facts.message_id)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class Issuer:
     """Who signs the evidence and under which policy."""
@@ -147,6 +172,7 @@ class EventRecorder:
         self.signer = signer
         self.ledger = ledger
         self.revocation = revocation
+        self.known = KnownMessages()
 
     async def sign(
         self, facts: MessageFacts, reason: Reason, details: str, recipient: int | None = None

@@ -54,9 +54,8 @@ class QuotaWarner:
 
     async def check(self, address: str) -> None:
         """Warn `address` once per level reached since its usage was last below that level."""
-        usage = await self.accounts.usage(address)
+        usage, warned = await self.accounts.warning_state(address)
         reached = max((lvl for lvl in self.levels if usage.percent >= lvl), default=0)
-        warned = await self.accounts.quota_warned(address)
         if reached > warned:
             raw = warning_message(address, self.service_address, usage, reached)
             box = self.accounts.maildir(address)

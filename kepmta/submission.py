@@ -188,7 +188,8 @@ class SubmissionService:
     ) -> Transaction:
         try:
             sender = await resolve_sender(self.accounts, login, address)
-            check_sender_quota(sender.account.address, await self.accounts.usage(sender.account.address))
+            # The account as read at login or by resolve_sender: its quota needs no second read.
+            check_sender_quota(sender.account.address, await self.accounts.usage_of(sender.account))
             check_declared_size(declared_size, self.policy.local_max_size, peer=False)  # RFC 1870 §6.3
         except PolicyError as e:
             raise await self._rejected(e, None, login, authenticated_at) from None
@@ -289,6 +290,7 @@ class SubmissionService:
         except BaseException:
             original.unlink(missing_ok=True)
             raise
+        self.recorder.known.put(facts, original.name)
         self.wake_delivery()
         log.info(
             "accepted %s from %s for %d recipient(s)",

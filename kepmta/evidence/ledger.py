@@ -134,11 +134,20 @@ class Ledger:
         self._lock = asyncio.Lock()
         # Told after each append, so a checkpointer can count records without polling.
         self.on_append: Callable[[], None] | None = None
+        self._on_commit: list[Callable[[], None]] = []
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
-        async with self._lock, self.engine.begin() as conn:
-            yield conn
+        async with self._lock:
+            self._on_commit = []
+            async with self.engine.begin() as conn:
+                yield conn
+            for callback in self._on_commit:
+                callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Inside `writing()`: call `callback` once that transaction has committed, never if it rolls back."""
+        self._on_commit.append(callback)
 
     async def append(self, conn: AsyncConnection, signed: SignedEvidence) -> int:
         """Add `signed` inside a `writing()` transaction; returns its sequence number."""

@@ -10,8 +10,10 @@ them under its archive time-stamp together with the certificates.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,9 @@ def check_not_revoked(
 class _Loaded:
     mtime_ns: int
     crl: x509.CertificateRevocationList
+    # Worked out once per file version: verifying the CRL's signature on every evidence costs.
+    signed_by_chain: bool
+    record_id: str
 
 
 class RevocationCapture:
@@ -106,22 +111,29 @@ class RevocationCapture:
         self._chain = tuple(chain)  # the provider CA certificates the CRLs must be signed by
         self._loaded: dict[Path, _Loaded] = {}
         self._warned: set[str] = set()
+        # Per ledger, the CRL records seen committed there; rows are never removed, so this holds.
+        self._recorded: weakref.WeakKeyDictionary[Ledger, set[str]] = weakref.WeakKeyDictionary()
 
     def current(self, at: dt.datetime) -> list[x509.CertificateRevocationList]:
         """The configured CRLs in force at `at`, re-read when their file changes (CAs publish anew)."""
+        return [loaded.crl for loaded in self._current(at)]
+
+    def _current(self, at: dt.datetime) -> list[_Loaded]:
         found = []
         for path in self._paths:
             try:
                 mtime = path.stat().st_mtime_ns
                 loaded = self._loaded.get(path)
                 if loaded is None or loaded.mtime_ns != mtime:
-                    loaded = _Loaded(mtime, load_crl(path.read_bytes()))
+                    crl = load_crl(path.read_bytes())
+                    signed = issued_by(crl, self._chain) is not None
+                    loaded = _Loaded(mtime, crl, signed, record_id(crl))
                     self._loaded[path] = loaded
             except (OSError, ValueError) as exc:
                 self._warn_once(str(path), f"CRL {path} cannot be read: {exc}")
                 continue
             crl = loaded.crl
-            if issued_by(crl, self._chain) is None:
+            if not loaded.signed_by_chain:
                 self._warn_once(str(path), f"CRL {path} is not signed by a provider CA certificate")
             elif not in_force(crl, at):
                 self._warn_once(
@@ -130,7 +142,7 @@ class RevocationCapture:
                     "evidence is made without current revocation data until it is renewed",
                 )
             else:
-                found.append(crl)
+                found.append(loaded)
         return found
 
     def _warn_once(self, key: str, text: str) -> None:
@@ -141,17 +153,21 @@ class RevocationCapture:
     async def capture(self, conn: AsyncConnection, ledger: Ledger) -> None:
         """Inside a `ledger.writing()` transaction: append the CRLs in force not recorded yet.
 
-        Looked up in the ledger every time (one indexed read per CRL), not remembered: a remembered
-        id would outlive a transaction that rolled back, and the CRL would never be recorded.
+        A CRL is looked up in the ledger until a transaction that found or added it has committed;
+        only then is it remembered, so a rollback can never leave it unrecorded.
         """
         now = dt.datetime.now(dt.UTC)
-        for crl in self.current(now):
-            rid = record_id(crl)
+        recorded = self._recorded.setdefault(ledger, set())
+        for loaded in self._current(now):
+            rid = loaded.record_id
+            if rid in recorded:
+                continue
             known = await conn.execute(
                 select(ledger_table.c.seq).where(ledger_table.c.evidence_id == rid).limit(1)
             )
-            if known.first() is not None:
-                continue
-            await ledger.append_record(
-                conn, NewRecord(kind=Kind.REVOCATION, evidence_id=rid, created_at=now, der=crl_der(crl))
-            )
+            if known.first() is None:
+                await ledger.append_record(
+                    conn,
+                    NewRecord(kind=Kind.REVOCATION, evidence_id=rid, created_at=now, der=crl_der(loaded.crl)),
+                )
+            ledger.after_commit(functools.partial(recorded.add, rid))
