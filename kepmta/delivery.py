@@ -13,7 +13,7 @@ import contextlib
 import email.utils
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kepmta.accounts import AccountStore
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, load_facts
-from kepmta.evidence.ledger import Ledger, LedgerRecord
-from kepmta.evidence.model import Event, Reason
+from kepmta.evidence.ledger import Ledger
+from kepmta.evidence.model import Event, Evidence, Reason
 from kepmta.evidence.xml import from_xml
 from kepmta.headers import read_headers
 from kepmta.maildir import INBOX, Maildir
@@ -135,14 +135,18 @@ class DeliveryWorker:
         facts, spool = known
         return facts, self.originals / spool if spool else None
 
-    async def _acceptance(self, message_id: str) -> tuple[LedgerRecord, bytes]:
-        """The time-stamped SubmissionAcceptance and its XML: a dispatch carries nothing less."""
+    async def _acceptance(self, message_id: str) -> tuple[str, bytes, bytes]:
+        """Evidence id, XML and DER of the time-stamped SubmissionAcceptance: a dispatch carries
+        nothing less."""
+        known = self.recorder.committed.acceptance(message_id)
+        if known is not None:
+            return known.evidence.evidence_id, known.xml, known.der
         for record in await self.ledger.for_message(message_id):
             if record.event == Event.SUBMISSION_ACCEPTANCE.value and record.xml is not None:
                 if not record.stamped:
                     # kepmta.events.StampWorker makes this job due again once the TSA answers.
                     raise AwaitingTimestamp(f"the acceptance of {message_id} waits for its time-stamp")
-                return record, record.xml
+                return record.evidence_id, record.xml, record.der
         raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
 
     @staticmethod
@@ -159,7 +163,7 @@ class DeliveryWorker:
         facts, original = await self._facts(job.message_id)
         if original is None:
             raise DeliveryError(f"message {job.message_id} has no stored original")
-        acceptance, acceptance_xml = await self._acceptance(job.message_id)
+        acceptance_id, acceptance_xml, acceptance_der = await self._acceptance(job.message_id)
         head = (await asyncio.to_thread(read_headers, original)).addresses
         ident = self.identity
         info = DispatchInfo(
@@ -169,7 +173,7 @@ class DeliveryWorker:
             cc=_addresses(head.cc),
             subject=facts.subject,
             ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
-            evidence_id=acceptance.evidence_id,
+            evidence_id=acceptance_id,
             event_uri=Event.SUBMISSION_ACCEPTANCE.uri,
             reason_uri=Reason.RA01.uri,
             policy_ids=ident.policy_ids,
@@ -184,7 +188,7 @@ class DeliveryWorker:
                 original,
                 info,
                 acceptance_xml,
-                acceptance.der,
+                acceptance_der,
                 Event.SUBMISSION_ACCEPTANCE.value,
                 ident.signer,
                 ident.chain,
@@ -201,12 +205,21 @@ class DeliveryWorker:
         log.info("delivered %s to %s", job.message_id, address)
         await self.quota.check(address)
 
-    async def _receipt(self, job: jobs.Job) -> None:
-        record = await self.ledger.get(int(job.payload["seq"]))
+    async def _evidence(self, seq: int) -> tuple[Evidence, bytes, bytes]:
+        """The evidence at ledger `seq`, as its XML states it, with that XML and its DER."""
+        known = self.recorder.committed.get(seq)
+        if known is not None:
+            # The XML states event times to the second (kepmta.evidence.xml).
+            ev = known.evidence
+            return replace(ev, event_time=ev.event_time.replace(microsecond=0)), known.xml, known.der
+        record = await self.ledger.get(seq)
         if record.xml is None:
             raise DeliveryError(f"ledger record {record.seq} is not an evidence")
-        xml = record.xml
-        evidence = from_xml(xml)
+        return from_xml(record.xml), record.xml, record.der
+
+    async def _receipt(self, job: jobs.Job) -> None:
+        seq = int(job.payload["seq"])
+        evidence, xml, der = await self._evidence(seq)
         facts, _ = await self._facts(job.message_id)
         ident = self.identity
         recipient = evidence.recipient
@@ -228,9 +241,9 @@ class DeliveryWorker:
             digest_b64=base64.b64encode(evidence.digest_sha256).decode() if evidence.digest_sha256 else None,
             message_type=ident.message_type,
         )
-        raw = await asyncio.to_thread(build_receipt, info, xml, record.der, ident.signer, ident.chain)
+        raw = await asyncio.to_thread(build_receipt, info, xml, der, ident.signer, ident.chain)
         box = self.accounts.maildir(facts.sender)
-        base = Maildir.unique_name(f"{_token(job.message_id)}-e{record.seq}")
+        base = Maildir.unique_name(f"{_token(job.message_id)}-e{seq}")
 
         def write(out: BinaryIO) -> None:
             out.write(raw)

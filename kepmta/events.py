@@ -29,7 +29,7 @@ from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.errors import TimeStampError
 from kepmta.evidence.ledger import Kind, Ledger, NewRecord
-from kepmta.evidence.model import Evidence, Party, Reason
+from kepmta.evidence.model import Event, Evidence, Party, Reason
 from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
 from kepmta.queue import jobs
@@ -150,6 +150,36 @@ class KnownMessages:
             self._entries.popitem(last=False)
 
 
+class CommittedEvidence:
+    """Recently committed evidence by ledger seq, and each message's time-stamped acceptance, kept
+    so the receipt and delivery jobs that follow need not read and parse the ledger again.
+
+    Ledger rows are never changed, so an entry cannot go stale; only committed evidence goes in.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._by_seq: OrderedDict[int, SignedEvidence] = OrderedDict()
+        self._acceptances: OrderedDict[str, SignedEvidence] = OrderedDict()
+
+    def get(self, seq: int) -> SignedEvidence | None:
+        return self._by_seq.get(seq)
+
+    def acceptance(self, message_id: str) -> SignedEvidence | None:
+        return self._acceptances.get(message_id)
+
+    def put(self, seq: int, signed: SignedEvidence) -> None:
+        self._by_seq[seq] = signed
+        if len(self._by_seq) > self._size:
+            self._by_seq.popitem(last=False)
+        ev = signed.evidence
+        # A B-B acceptance is not what a dispatch may carry: its B-T version is read from the ledger.
+        if ev.event is Event.SUBMISSION_ACCEPTANCE and cms.is_time_stamped(signed.der):
+            self._acceptances[ev.message_id] = signed
+            if len(self._acceptances) > self._size:
+                self._acceptances.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class Issuer:
     """Who signs the evidence and under which policy."""
@@ -173,6 +203,7 @@ class EventRecorder:
         self.ledger = ledger
         self.revocation = revocation
         self.known = KnownMessages()
+        self.committed = CommittedEvidence()
 
     async def sign(
         self, facts: MessageFacts, reason: Reason, details: str, recipient: int | None = None
@@ -216,6 +247,7 @@ class EventRecorder:
             # Before the evidence in the chain: the CRLs in force when it was made (long-term proof).
             await self.revocation.capture(conn, self.ledger)
         seq = await self.ledger.append(conn, signed)
+        self.ledger.after_commit(lambda: self.committed.put(seq, signed))
         stamped = cms.is_time_stamped(signed.der)
         kind = jobs.RECEIPT if stamped else TIMESTAMP_JOB
         await jobs.enqueue(conn, kind, signed.evidence.message_id, {"seq": seq})

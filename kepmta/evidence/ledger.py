@@ -20,7 +20,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Insert, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kepmta.db.schema import ledger
@@ -127,6 +128,17 @@ def chain_hash(prev_hash: bytes, rec: NewRecord) -> bytes:
     return hashlib.sha256(prev_hash + content_digest(rec)).digest()
 
 
+# Built once: statement construction is a large part of an append's CPU.
+_HEAD = select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
+_INSERT = insert(ledger)
+# Where the database can skip a taken seq instead of failing the transaction, the head may be
+# remembered between appends: a row another process appended meanwhile makes the insert a no-op.
+_INSERT_IF_FREE: dict[str, Insert] = {
+    "sqlite": sqlite.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.seq]),
+    "postgresql": postgresql.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.seq]),
+}
+
+
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -135,13 +147,20 @@ class Ledger:
         # Told after each append, so a checkpointer can count records without polling.
         self.on_append: Callable[[], None] | None = None
         self._on_commit: list[Callable[[], None]] = []
+        self._insert_if_free = _INSERT_IF_FREE.get(engine.dialect.name)
+        # (seq, hash) of the last record this process appended, or None: read the head instead.
+        self._head: tuple[int, bytes] | None = None
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
         async with self._lock:
             self._on_commit = []
-            async with self.engine.begin() as conn:
-                yield conn
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            except BaseException:
+                self._head = None  # it may name a record that was rolled back
+                raise
             for callback in self._on_commit:
                 callback()
 
@@ -170,30 +189,25 @@ class Ledger:
 
     async def append_record(self, conn: AsyncConnection, new: NewRecord) -> LedgerRecord:
         """Add any record inside a `writing()` transaction, chained to the current head."""
-        head = (
-            await conn.execute(select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1))
-        ).first()
-        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
-        digest = chain_hash(prev, new)
-        await conn.execute(
-            insert(ledger).values(
-                seq=seq,
-                kind=new.kind.value,
-                evidence_id=new.evidence_id,
-                message_id=new.message_id,
-                event=new.event,
-                reason=new.reason,
-                recipient=new.recipient,
-                created_at=new.created_at,
-                xml=new.xml,
-                der=new.der,
-                prev_hash=prev,
-                hash=digest,
-            )
-        )
+        if self._insert_if_free is not None and self._head is not None:
+            seq, prev, digest = self._place(self._head, new)
+            inserted = await conn.execute(self._insert_if_free, _row(seq, new, prev, digest))
+            if inserted.rowcount != 1:  # another process appended since: chain to the real head
+                self._head = None
+        if self._insert_if_free is None or self._head is None:
+            head = (await conn.execute(_HEAD)).first()
+            seq, prev, digest = self._place((head.seq, head.hash) if head is not None else (0, GENESIS), new)
+            await conn.execute(_INSERT, _row(seq, new, prev, digest))
+        self._head = (seq, digest)
         if self.on_append is not None:
             self.on_append()
         return _record_of(seq, new, prev, digest)
+
+    @staticmethod
+    def _place(head: tuple[int, bytes], new: NewRecord) -> tuple[int, bytes, bytes]:
+        """Seq, prev_hash and hash of `new` appended after `head`."""
+        seq, prev = head[0] + 1, head[1]
+        return seq, prev, chain_hash(prev, new)
 
     async def get(self, seq: int) -> LedgerRecord:
         async with self.engine.connect() as conn:
@@ -266,6 +280,23 @@ class Ledger:
             for rec in rows:
                 yield rec
             after = rows[-1].seq
+
+
+def _row(seq: int, new: NewRecord, prev: bytes, digest: bytes) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "kind": new.kind.value,
+        "evidence_id": new.evidence_id,
+        "message_id": new.message_id,
+        "event": new.event,
+        "reason": new.reason,
+        "recipient": new.recipient,
+        "created_at": new.created_at,
+        "xml": new.xml,
+        "der": new.der,
+        "prev_hash": prev,
+        "hash": digest,
+    }
 
 
 def _record_of(seq: int, new: NewRecord, prev: bytes, digest: bytes) -> LedgerRecord:

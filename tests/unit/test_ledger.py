@@ -246,3 +246,25 @@ async def test_time_based_checkpoint_is_due_after_the_interval(p: Pki, engine: A
     assert await cp.due() is None  # an empty ledger has nothing to seal
     await _fill(p, ledger, 1)
     assert (await cp.due()) is not None
+
+
+async def test_two_writers_on_one_database_keep_one_linear_chain(p: Pki, engine: AsyncEngine) -> None:
+    """Each Ledger remembers its last append; when another process appended meanwhile, the next
+    append must notice, take the real head, and still chain after it (never fork, never reuse a seq)."""
+    first, second = Ledger(engine), Ledger(engine)
+    signer = _signer(p)
+    order = [first, first, second, first, second, second, first]
+    for i, writer in enumerate(order):
+        signed = await signer.sign(_evidence(f"two-{i}@hs01.kep.tr"))
+        async with writer.writing() as conn:
+            await writer.append(conn, signed)
+    seqs, prev = [], bytes(32)
+    async for rec in first.walk():
+        seqs.append(rec.seq)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(ledger_table).order_by(ledger_table.c.seq))).all()
+    assert [r.seq for r in rows] == list(range(1, len(order) + 1)) == seqs
+    for row in rows:
+        assert row.prev_hash == prev
+        prev = row.hash
+    assert await _audit_lines(first, p) == []
