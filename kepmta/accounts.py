@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kepmta import addresses
+from kepmta.db import utc
 from kepmta.db.schema import accounts, operators
 from kepmta.maildir import INBOX, Maildir, SizeCache
 from kepmta.passwords import check_password_async, hash_password
@@ -123,12 +124,6 @@ class Usage:
         return self.used >= self.limit
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 def _account(row: Row[tuple[object, ...]]) -> Account:
     r = row._mapping
     return Account(
@@ -144,7 +139,7 @@ def _account(row: Row[tuple[object, ...]]) -> Account:
         mersis=r["mersis"],
         legal_name=r["legal_name"],
         cert_pem=r["cert_pem"],
-        created_at=_aware(r["created_at"]),
+        created_at=utc(r["created_at"]) if r["created_at"] else None,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kepmta.db import utc
 from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.errors import TimeStampError
@@ -46,12 +47,6 @@ AUTH_METHOD = "SMTP AUTH over TLS (RFC 4954, RFC 8314)"
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
-        return value.replace(tzinfo=dt.UTC)
-    return value
 
 
 def new_id(domain: str, at: dt.datetime | None = None) -> str:
@@ -111,8 +106,7 @@ async def load_facts(conn: AsyncConnection, message_id: str) -> MessageFacts | N
         .where(recipients.c.message_id == message_id)
         .order_by(recipients.c.position)
     )
-    submitted = _aware(row.submitted_at)
-    assert submitted is not None
+    submitted = utc(row.submitted_at)
     return MessageFacts(
         message_id=row.id,
         sender=row.sender,
@@ -120,7 +114,7 @@ async def load_facts(conn: AsyncConnection, message_id: str) -> MessageFacts | N
         subject=row.subject,
         ua_message_id=row.ua_message_id,
         submitted_at=submitted,
-        authenticated_at=_aware(row.authenticated_at),
+        authenticated_at=utc(row.authenticated_at) if row.authenticated_at else None,
         digest=row.digest,
         operator=row.operator,
     )

@@ -24,6 +24,7 @@ from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from kepmta.db import utc
 from kepmta.db.schema import ledger
 from kepmta.evidence.signer import SignedEvidence
 from kepmta.smime import cms
@@ -93,12 +94,6 @@ class LedgerRecord:
         )
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:  # SQLite returns naive datetimes; everything stored is UTC
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
 def _field(value: str | int | bytes | None) -> bytes:
     if value is None:
         return _NULL
@@ -109,7 +104,7 @@ def _field(value: str | int | bytes | None) -> bytes:
 def content_digest(rec: NewRecord) -> bytes:
     """SHA-256 over every column a writer supplies, each length-prefixed so fields cannot shift."""
     # Microseconds kept: both databases store them, so the value read back encodes the same.
-    when = _utc(rec.created_at).isoformat(timespec="microseconds")
+    when = utc(rec.created_at).isoformat(timespec="microseconds")
     parts = (
         rec.kind.value,
         rec.evidence_id,
@@ -308,7 +303,7 @@ def _record_of(seq: int, new: NewRecord, prev: bytes, digest: bytes) -> LedgerRe
         event=new.event,
         reason=new.reason,
         recipient=new.recipient,
-        created_at=_utc(new.created_at),
+        created_at=utc(new.created_at),
         xml=new.xml,
         der=new.der,
         prev_hash=prev,
@@ -326,7 +321,7 @@ def _record(row: object) -> LedgerRecord:
         event=r["event"],
         reason=r["reason"],
         recipient=r["recipient"],
-        created_at=_utc(r["created_at"]),
+        created_at=utc(r["created_at"]),
         xml=r["xml"],
         der=r["der"],
         prev_hash=r["prev_hash"],

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from kepmta.db import utc
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.checkpoint import read_statement
 from kepmta.evidence.ledger import (
@@ -129,10 +130,6 @@ class Checked:
         if not found:
             return None
         return "renewed, " + found[0].detail.split(": ", 1)[-1]
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value  # SQLite: naive UTC
 
 
 def bare_id(text: str) -> str:
@@ -258,7 +255,7 @@ async def load(engine: AsyncEngine, text: str) -> MessageEvidence:
         operator=row.operator,
         recipients=addresses,
         subject=row.subject,
-        submitted_at=_aware(row.submitted_at),
+        submitted_at=utc(row.submitted_at),
         digest=None if row.digest is None else bytes(row.digest),
         entries=entries,
         records=tuple(sorted(versions, key=lambda v: v.seq)),

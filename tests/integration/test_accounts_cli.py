@@ -19,12 +19,8 @@ def data(tmp_path: Path) -> Path:
     return folder
 
 
-def acc(data: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    return accounts_cli(data, *args, stdin=stdin)
-
-
 def add_person(data: Path, first: str, last: str, *extra: str) -> str:
-    code, out, err = acc(
+    code, out, err = accounts_cli(
         data,
         "add",
         "person",
@@ -41,7 +37,7 @@ def add_person(data: Path, first: str, last: str, *extra: str) -> str:
 
 
 def show(data: Path, address: str) -> dict[str, object]:
-    code, out, err = acc(data, "show", address, "--json")
+    code, out, err = accounts_cli(data, "show", address, "--json")
     assert code == 0, err
     shown: dict[str, object] = json.loads(out)
     return shown
@@ -51,7 +47,7 @@ def test_person_addresses_are_assigned_and_closed_ones_never_reused(data: Path) 
     first = add_person(data, "Ayşe", "Kaya", "--national-id", "12345678901")
     assert first == "ayse.kaya@kep.test"
     assert show(data, first)["state"] == "pending"
-    assert acc(data, "close", first)[0] == 0
+    assert accounts_cli(data, "close", first)[0] == 0
     # the closed address stays taken: the next Ayşe Kaya gets .1, then .2
     assert add_person(data, "Ayse", "KAYA") == "ayse.kaya.1@kep.test"
     assert add_person(data, "Ayşe", "Kaya", "--active") == "ayse.kaya.2@kep.test"
@@ -61,34 +57,34 @@ def test_person_addresses_are_assigned_and_closed_ones_never_reused(data: Path) 
 def test_reopen_only_by_the_holder(data: Path) -> None:
     address = add_person(data, "Çağrı", "Işık", "--national-id", "12345678901", "--active")
     assert address == "cagri.isik@kep.test"
-    assert acc(data, "close", address)[0] == 0
-    code, _, err = acc(data, "activate", address)
+    assert accounts_cli(data, "close", address)[0] == 0
+    code, _, err = accounts_cli(data, "activate", address)
     assert code == 1 and "closed" in err and "reopen" in err
-    code, _, err = acc(data, "reopen", address, "--national-id", "10987654321")
+    code, _, err = accounts_cli(data, "reopen", address, "--national-id", "10987654321")
     assert code == 1 and "not that of" in err
     assert show(data, address)["state"] == "closed"
-    code, _out, _ = acc(data, "reopen", address, "--national-id", "12345678901")
+    code, _out, _ = accounts_cli(data, "reopen", address, "--national-id", "12345678901")
     assert code == 0 and show(data, address)["state"] == "active"
 
 
 def test_state_changes(data: Path) -> None:
     address = add_person(data, "Ali", "Veli")
-    assert acc(data, "block", address)[0] == 1  # pending accounts are activated, not blocked
-    assert acc(data, "activate", address)[0] == 0
-    assert acc(data, "block", address)[0] == 0
+    assert accounts_cli(data, "block", address)[0] == 1  # pending accounts are activated, not blocked
+    assert accounts_cli(data, "activate", address)[0] == 0
+    assert accounts_cli(data, "block", address)[0] == 0
     assert show(data, address)["state"] == "blocked"
-    code, _, err = acc(data, "block", address)
+    code, _, err = accounts_cli(data, "block", address)
     assert code == 1 and "already blocked" in err
-    assert acc(data, "activate", address)[0] == 0
+    assert accounts_cli(data, "activate", address)[0] == 0
     assert show(data, address)["state"] == "active"
 
 
 def test_entities_and_operators(data: Path) -> None:
-    code, entity, err = acc(
+    code, entity, err = accounts_cli(
         data, "add", "entity", "--legal-name", "Örnek Dış Ticaret A.Ş.", "--free", "hukuk"
     )
     assert code == 0, err and entity == "ornek-dis-ticaret-a-s.hukuk@kep.test"
-    code, by_mersis, _ = acc(
+    code, by_mersis, _ = accounts_cli(
         data,
         "add",
         "entity",
@@ -101,16 +97,16 @@ def test_entities_and_operators(data: Path) -> None:
     )
     assert code == 0 and by_mersis == "0123456789012345@kep.test"
     person = add_person(data, "Mehmet", "Demir", "--active")
-    assert acc(data, "add-operator", entity, person)[0] == 0
-    code, _, err = acc(data, "add-operator", entity, person)
+    assert accounts_cli(data, "add-operator", entity, person)[0] == 0
+    code, _, err = accounts_cli(data, "add-operator", entity, person)
     assert code == 1 and "already an operator" in err
-    code, _, err = acc(data, "add-operator", person, entity)
+    code, _, err = accounts_cli(data, "add-operator", person, entity)
     assert code == 1 and "not a legal entity" in err
     assert show(data, entity)["operators"] == [person]
     assert show(data, person)["operator_of"] == [entity]
-    assert acc(data, "remove-operator", entity, person)[0] == 0
+    assert accounts_cli(data, "remove-operator", entity, person)[0] == 0
     assert show(data, entity)["operators"] == []
-    code, _, err = acc(data, "passwd", entity, "--password-stdin", stdin="whatever-123\n")
+    code, _, err = accounts_cli(data, "passwd", entity, "--password-stdin", stdin="whatever-123\n")
     assert code == 1 and "legal entity" in err
 
 
@@ -118,11 +114,11 @@ def test_quota_and_listing(data: Path) -> None:
     address = add_person(data, "Zeynep", "Ak", "--quota", "200MB", "--type", "recipient-only")
     row = show(data, address)
     assert row["quota"] == 200 * 1024 * 1024 and row["type"] == "recipient-only"
-    assert acc(data, "set-quota", address, "1G")[0] == 0
+    assert accounts_cli(data, "set-quota", address, "1G")[0] == 0
     assert show(data, address)["quota"] == 1024**3
-    code, out, _ = acc(data, "list", "--json")
+    code, out, _ = accounts_cli(data, "list", "--json")
     assert code == 0 and [a["address"] for a in json.loads(out)] == [address]
-    code, out, _ = acc(data, "list")
+    code, out, _ = accounts_cli(data, "list")
     assert "ADDRESS" in out and address in out
 
 
@@ -169,8 +165,8 @@ def test_quota_and_listing(data: Path) -> None:
 def test_bad_arguments_give_one_line_and_change_nothing(
     data: Path, args: tuple[str, ...], stdin: str | None, message: str
 ) -> None:
-    code, out, err = acc(data, *args, stdin=stdin)
+    code, out, err = accounts_cli(data, *args, stdin=stdin)
     assert code in (1, 2)
     assert message in err and len(err.splitlines()) == 1, err
-    code, out, _ = acc(data, "list", "--json")
+    code, out, _ = accounts_cli(data, "list", "--json")
     assert json.loads(out) == []
