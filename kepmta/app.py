@@ -111,6 +111,7 @@ class App:
         self.engine: AsyncEngine | None = None
         self.servers: list[asyncio.Server] = []
         self.imap: ImapServer | None = None
+        self.ledger: Ledger | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
 
@@ -130,9 +131,10 @@ class App:
         evidence_certs = pki.load_certs(s.evidence_cert)
         signer_pair = evidence_pair(s)
         evidence_signer = EvidenceSigner(signer_pair, evidence_certs[1:], time_stamper(s))
-        ledger = Ledger(engine)
+        ledger = self.ledger = Ledger(engine)
         issuer = Issuer(s.provider_name, s.domain, (p.id,), p.message_type)
         revocation = RevocationCapture(s.evidence_crls, [*evidence_certs[1:], *pki.load_certs(s.provider_ca)])
+        await revocation.load_recorded(engine)
         recorder = EventRecorder(issuer, evidence_signer, ledger, revocation)
         checkpointer = Checkpointer(
             ledger,
@@ -194,6 +196,8 @@ class App:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for srv in self.servers:
             await srv.wait_closed()
+        if self.ledger:
+            await self.ledger.close()
         if self.engine:
             await self.engine.dispose()
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kepmta.accounts import AccountStore
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, load_facts
-from kepmta.evidence.ledger import Ledger
+from kepmta.evidence.ledger import Ledger, Writes
 from kepmta.evidence.model import Event, Evidence, Reason
 from kepmta.evidence.xml import from_xml
 from kepmta.headers import read_headers
@@ -199,9 +199,12 @@ class DeliveryWorker:
         await asyncio.to_thread(self._deliver_once, box, INBOX, base, job.attempts > 0, write)
         # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
         signed = await self.recorder.sign(facts, Reason.RD01, Reason.RD01.label, recipient=position)
-        async with self.ledger.writing() as conn:
-            await self.recorder.commit(conn, signed)
-            await jobs.complete(conn, job.id)
+
+        def unit(w: Writes) -> None:
+            self.recorder.commit(w, signed)
+            jobs.complete(w, job.id)
+
+        await self.ledger.transact(unit)
         log.info("delivered %s to %s", job.message_id, address)
         await self.quota.check(address)
 
@@ -249,6 +252,9 @@ class DeliveryWorker:
             out.write(raw)
 
         await asyncio.to_thread(self._deliver_once, box, ident.evidence_folder, base, job.attempts > 0, write)
-        async with self.engine.begin() as conn:
-            await jobs.complete(conn, job.id)
+
+        def unit(w: Writes) -> None:
+            jobs.complete(w, job.id)
+
+        await self.ledger.transact(unit)
         await self.quota.check(facts.sender)

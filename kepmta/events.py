@@ -22,14 +22,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kepmta.db import utc
 from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.errors import TimeStampError
-from kepmta.evidence.ledger import Kind, Ledger, NewRecord
+from kepmta.evidence.ledger import Kind, Ledger, NewRecord, Writes, evidence_record
 from kepmta.evidence.model import Event, Evidence, Party, Reason
 from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
@@ -70,31 +70,30 @@ class MessageFacts:
     operator: str | None = None  # the person who sent for a legal entity
 
 
-async def save_facts(
-    conn: AsyncConnection, facts: MessageFacts, *, size: int | None = None, spool_path: str | None = None
+_SAVE_MESSAGE = insert(messages)
+_SAVE_RECIPIENT = insert(recipients)
+
+
+def save_facts(
+    w: Writes, facts: MessageFacts, *, size: int | None = None, spool_path: str | None = None
 ) -> None:
-    await conn.execute(
-        insert(messages).values(
-            id=facts.message_id,
-            sender=facts.sender,
-            operator=facts.operator,
-            ua_message_id=facts.ua_message_id,
-            subject=facts.subject,
-            submitted_at=facts.submitted_at,
-            authenticated_at=facts.authenticated_at,
-            digest=facts.digest,
-            size=size,
-            spool_path=spool_path,
-        )
+    w.add(
+        _SAVE_MESSAGE,
+        {
+            "id": facts.message_id,
+            "sender": facts.sender,
+            "operator": facts.operator,
+            "ua_message_id": facts.ua_message_id,
+            "subject": facts.subject,
+            "submitted_at": facts.submitted_at,
+            "authenticated_at": facts.authenticated_at,
+            "digest": facts.digest,
+            "size": size,
+            "spool_path": spool_path,
+        },
     )
-    if facts.recipients:
-        await conn.execute(
-            insert(recipients),
-            [
-                {"message_id": facts.message_id, "position": i, "address": a}
-                for i, a in enumerate(facts.recipients, start=1)
-            ],
-        )
+    for i, address in enumerate(facts.recipients, start=1):
+        w.add(_SAVE_RECIPIENT, {"message_id": facts.message_id, "position": i, "address": address})
 
 
 async def load_facts(conn: AsyncConnection, message_id: str) -> MessageFacts | None:
@@ -234,17 +233,17 @@ class EventRecorder:
             log.warning("evidence %s waits for its time-stamp: %s", evidence.evidence_id, exc)
             return basic
 
-    async def commit(self, conn: AsyncConnection, signed: SignedEvidence) -> int:
+    def commit(self, w: Writes, signed: SignedEvidence) -> int:
         """Append to the ledger and schedule the receipt (or first the time-stamp), in the caller's
-        `ledger.writing()`."""
+        ledger transaction."""
         if self.revocation is not None:
             # Before the evidence in the chain: the CRLs in force when it was made (long-term proof).
-            await self.revocation.capture(conn, self.ledger)
-        seq = await self.ledger.append(conn, signed)
-        self.ledger.after_commit(lambda: self.committed.put(seq, signed))
+            self.revocation.capture(w)
+        seq = w.append(evidence_record(signed)).seq
+        w.after_commit(lambda: self.committed.put(seq, signed))
         stamped = cms.is_time_stamped(signed.der)
         kind = jobs.RECEIPT if stamped else TIMESTAMP_JOB
-        await jobs.enqueue(conn, kind, signed.evidence.message_id, {"seq": seq})
+        jobs.enqueue(w, kind, signed.evidence.message_id, {"seq": seq})
         return seq
 
     async def record(
@@ -252,10 +251,24 @@ class EventRecorder:
     ) -> int:
         """Evidence for an event with no other rows of its own (a refusal)."""
         signed = await self.sign(facts, reason, details)
-        async with self.ledger.writing() as conn:
+
+        def unit(w: Writes) -> int:
             if new_message:
-                await save_facts(conn, facts)
-            return await self.commit(conn, signed)
+                save_facts(w, facts)
+            return self.commit(w, signed)
+
+        return await self.ledger.transact(unit)
+
+
+_WAKE_DISPATCHES = (
+    update(jobs_table)
+    .where(
+        jobs_table.c.message_id == bindparam("waiting"),
+        jobs_table.c.kind == jobs.DELIVER,
+        jobs_table.c.state == "pending",
+    )
+    .values(next_at=bindparam("now"))
+)
 
 
 class StampWorker:
@@ -289,32 +302,25 @@ class StampWorker:
     async def _stamp(self, job: jobs.Job) -> None:
         basic = await self.ledger.get(int(job.payload["seq"]))
         der = await stamp_der(basic.der, self.recorder.signer.tsa)
-        async with self.ledger.writing() as conn:
-            stamped = await self.ledger.append_record(
-                conn,
-                NewRecord(
-                    kind=Kind.TIMESTAMP,
-                    evidence_id=basic.evidence_id,
-                    created_at=utcnow(),
-                    der=der,
-                    message_id=basic.message_id,
-                    event=basic.event,
-                    reason=basic.reason,
-                    recipient=basic.recipient,
-                    xml=basic.xml,
-                ),
-            )
-            await jobs.enqueue(conn, jobs.RECEIPT, job.message_id, {"seq": stamped.seq})
-            await jobs.complete(conn, job.id)
+        record = NewRecord(
+            kind=Kind.TIMESTAMP,
+            evidence_id=basic.evidence_id,
+            created_at=utcnow(),
+            der=der,
+            message_id=basic.message_id,
+            event=basic.event,
+            reason=basic.reason,
+            recipient=basic.recipient,
+            xml=basic.xml,
+        )
+
+        def unit(w: Writes) -> None:
+            stamped = w.append(record)
+            jobs.enqueue(w, jobs.RECEIPT, job.message_id, {"seq": stamped.seq})
+            jobs.complete(w, job.id)
             # Dispatches of this message waited for a time-stamped acceptance: due now, not at
             # their next back-off.
-            await conn.execute(
-                update(jobs_table)
-                .where(
-                    jobs_table.c.message_id == job.message_id,
-                    jobs_table.c.kind == jobs.DELIVER,
-                    jobs_table.c.state == "pending",
-                )
-                .values(next_at=utcnow())
-            )
+            w.add(_WAKE_DISPATCHES, {"waiting": job.message_id, "now": utcnow()})
+
+        await self.ledger.transact(unit)
         log.info("evidence %s time-stamped after a delay", basic.evidence_id)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,24 +112,37 @@ class _Counted:
 
 class SizeCache:
     """Folder sizes for quota, recounted only when the folder changed since it was counted, so a
-    mailbox of thousands of messages is not walked on every delivery and every MAIL FROM."""
+    mailbox of thousands of messages is not walked on every delivery and every MAIL FROM.
+
+    Our own deliveries add their size under the lock that also guards reading the stamp, so a
+    count is never invalidated by a delivery of ours that happened while it was looked at; any
+    other change (a flag, an expunge, another program) makes the next look recount.
+    """
 
     def __init__(self) -> None:
         self._folders: dict[Path, _Counted] = {}
+        self._lock = threading.Lock()  # deliveries and lookups run on worker threads
 
     def folder_size(self, folder: Path) -> int:
-        stamp = _stamp(folder)  # taken before counting: a change meanwhile makes the next call recount
-        counted = self._folders.get(folder)
-        if counted is None or counted.stamp != stamp:
-            counted = _Counted(stamp, _count(folder))
-            self._folders[folder] = counted
-        return counted.total
+        with self._lock:
+            stamp = _stamp(folder)  # taken before counting: a change meanwhile makes the next look recount
+            counted = self._folders.get(folder)
+            if counted is not None and counted.stamp == stamp:
+                return counted.total
+        total = _count(folder)
+        with self._lock:
+            self._folders[folder] = _Counted(stamp, total)
+        return total
 
-    def added(self, folder: Path, size: int) -> None:
-        """Our own delivery of `size` bytes into `folder`: add it rather than recount."""
-        counted = self._folders.get(folder)
-        if counted is not None:
-            self._folders[folder] = _Counted(_stamp(folder), counted.total + size)
+    @contextlib.contextmanager
+    def delivering(self, folder: Path, size: int) -> Iterator[None]:
+        """Around the rename that files `size` bytes into `folder`: the count follows it."""
+        with self._lock:
+            before = _stamp(folder)
+            yield
+            counted = self._folders.pop(folder, None)
+            if counted is not None and counted.stamp == before:  # nothing else changed it meanwhile
+                self._folders[folder] = _Counted(_stamp(folder), counted.total + size)
 
 
 class Maildir:
@@ -208,8 +222,7 @@ class Maildir:
             f.flush()
             os.fsync(f.fileno())
         final = folder / "new" / base
-        size = os.stat(tmp).st_size
-        os.rename(tmp, final)
+        with self.sizes.delivering(folder, os.stat(tmp).st_size):
+            os.rename(tmp, final)
         _fsync_dir(folder / "new")
-        self.sizes.added(folder, size)
         return final

@@ -25,6 +25,7 @@ from kepmta.accounts import Account, AccountStore, Login
 from kepmta.config import Policy
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, new_id, save_facts, utcnow
+from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
 from kepmta.headers import HeaderError, Headers, read_headers
 from kepmta.policy.formal import check_formal
@@ -277,17 +278,19 @@ class SubmissionService:
             digest=rem_digest,
         )
         signed = await self.recorder.sign(facts, Reason.RA01, Reason.RA01.label)
+
+        def unit(w: Writes) -> None:
+            save_facts(w, facts, size=size, spool_path=original.name)
+            self.recorder.commit(w, signed)
+            for position, rcpt in enumerate(tx.recipients, start=1):
+                # Relaying to peers is not built yet: their jobs wait, durable, in the queue.
+                kind = jobs.DELIVER if rcpt.local else jobs.RELAY
+                jobs.enqueue(w, kind, tx.message_id, {"recipient": position, "address": rcpt.address})
+
         try:
-            async with self.recorder.ledger.writing() as conn:
-                await save_facts(conn, facts, size=size, spool_path=original.name)
-                await self.recorder.commit(conn, signed)
-                for position, rcpt in enumerate(tx.recipients, start=1):
-                    # Relaying to peers is not built yet: their jobs wait, durable, in the queue.
-                    kind = jobs.DELIVER if rcpt.local else jobs.RELAY
-                    await jobs.enqueue(
-                        conn, kind, tx.message_id, {"recipient": position, "address": rcpt.address}
-                    )
-        except BaseException:
+            await self.recorder.ledger.transact(unit)
+        except Exception:
+            # Not on cancellation: the unit may still commit, and then its original must be there.
             original.unlink(missing_ok=True)
             raise
         self.recorder.known.put(facts, original.name)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from kepmta.db.schema import metadata
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     # A commit returns only once it is on disk: a 250 promises exactly that.
@@ -35,7 +35,7 @@ async def opened(url: str) -> AsyncIterator[AsyncEngine]:
 async def open_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     return engine

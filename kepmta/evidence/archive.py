@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from kepmta.evidence import revocation
 from kepmta.evidence.errors import EvidenceError, TimeStampError
-from kepmta.evidence.ledger import EVIDENCE_VERSIONS, Kind, Ledger, LedgerRecord, NewRecord
+from kepmta.evidence.ledger import EVIDENCE_VERSIONS, Kind, Ledger, LedgerRecord, NewRecord, Writes
 from kepmta.evidence.revocation import crl_der
 from kepmta.evidence.tsa import TimeStamper, check_token
 from kepmta.smime import cms
@@ -552,22 +552,27 @@ async def renew(
         chunk = todo[start : start + batch]
         records = await stamp_batch([(e, r.der, c, k) for r, e, c, k in chunk], tsa, algorithm=algorithm)
         now = dt.datetime.now(dt.UTC)
-        async with ledger.writing() as conn:
-            for (rec, existing, _, _), er in zip(chunk, records, strict=True):
-                await ledger.append_record(
-                    conn,
-                    NewRecord(
-                        kind=Kind.ARCHIVE,
-                        evidence_id=rec.evidence_id,
-                        created_at=now,
-                        der=er.dump(),
-                        message_id=rec.message_id,
-                        event=rec.event,
-                        reason=rec.reason,
-                        recipient=rec.recipient,
-                    ),
-                )
-                renewed += 1
-                started += existing is None
-                rehashed += existing is not None and len(er.chains) > len(existing.chains)
+        appended = [
+            NewRecord(
+                kind=Kind.ARCHIVE,
+                evidence_id=rec.evidence_id,
+                created_at=now,
+                der=er.dump(),
+                message_id=rec.message_id,
+                event=rec.event,
+                reason=rec.reason,
+                recipient=rec.recipient,
+            )
+            for (rec, _, _, _), er in zip(chunk, records, strict=True)
+        ]
+
+        def unit(w: Writes, appended: list[NewRecord] = appended) -> None:
+            for new in appended:
+                w.append(new)
+
+        await ledger.transact(unit)
+        for (_, existing, _, _), er in zip(chunk, records, strict=True):
+            renewed += 1
+            started += existing is None
+            rehashed += existing is not None and len(er.chains) > len(existing.chains)
     return Renewal(renewed, started, waiting, rehashed)

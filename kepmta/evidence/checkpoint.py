@@ -101,13 +101,11 @@ class Checkpointer:
         """Sign and time-stamp a statement of `head`, and append it; raises TimeStampError without a TSA."""
         now = dt.datetime.now(dt.UTC)
         der = await self.signer.sign_statement(statement(self.domain, head.seq, head.hash, now))
-        async with self.ledger.writing() as conn:
-            rec = await self.ledger.append_record(
-                conn,
-                NewRecord(
-                    kind=Kind.CHECKPOINT, evidence_id=f"checkpoint.{head.seq}", created_at=now, der=der
-                ),
-            )
+        record = NewRecord(
+            kind=Kind.CHECKPOINT, evidence_id=f"checkpoint.{head.seq}", created_at=now, der=der
+        )
+
+        rec = await self.ledger.transact(lambda w: w.append(record))
         self._appended = 0
         log.info("ledger checkpoint at seq %d seals seq %d", rec.seq, head.seq)
         return rec

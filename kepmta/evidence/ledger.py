@@ -16,16 +16,16 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import Insert, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Insert, Update, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.db import utc
-from kepmta.db.schema import ledger
+from kepmta.db.schema import ledger, metadata
+from kepmta.db.writer import BatchWriter, Step
 from kepmta.evidence.signer import SignedEvidence
 from kepmta.smime import cms
 
@@ -126,83 +126,170 @@ def chain_hash(prev_hash: bytes, rec: NewRecord) -> bytes:
 # Built once: statement construction is a large part of an append's CPU.
 _HEAD = select(ledger.c.seq, ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
 _INSERT = insert(ledger)
-# Where the database can skip a taken seq instead of failing the transaction, the head may be
-# remembered between appends: a row another process appended meanwhile makes the insert a no-op.
-_INSERT_IF_FREE: dict[str, Insert] = {
-    "sqlite": sqlite.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.seq]),
-    "postgresql": postgresql.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.seq]),
-}
+# Rows are sent table by table, parents first, so a batch never breaks a foreign key.
+_TABLE_ORDER = {table: i for i, table in enumerate(metadata.sorted_tables)}
+
+T = TypeVar("T")
+Statement = Insert | Update
+
+
+def _order(statement: Statement) -> tuple[int, bool]:
+    return _TABLE_ORDER[statement.table], isinstance(statement, Update)  # type: ignore[index]
+
+
+def evidence_record(signed: SignedEvidence) -> NewRecord:
+    ev = signed.evidence
+    return NewRecord(
+        kind=Kind.EVIDENCE,
+        evidence_id=ev.evidence_id,
+        message_id=ev.message_id,
+        event=ev.event.value,
+        reason=ev.reason.value,
+        recipient=ev.refers_to_recipient,
+        created_at=ev.event_time,
+        xml=signed.xml,
+        der=signed.der,
+    )
+
+
+class Writes:
+    """The writes of one transaction, gathered in memory and sent when it commits: each statement
+    once, with all its rows (kepmta.db.writer), so the work of many callers costs one round trip
+    and one fsync."""
+
+    def __init__(self, head: tuple[int, bytes]) -> None:
+        self.head = head
+        self.records: list[LedgerRecord] = []
+        self._rows: dict[Statement, list[dict[str, Any]]] = {}
+        self._committed: list[Callable[[], None]] = []
+
+    def append(self, new: NewRecord) -> LedgerRecord:
+        """Chain `new` after the current head; it is in the ledger once the transaction commits."""
+        seq, prev = self.head[0] + 1, self.head[1]
+        digest = chain_hash(prev, new)
+        self.add(_INSERT, _row(seq, new, prev, digest))
+        self.head = (seq, digest)
+        record = _record_of(seq, new, prev, digest)
+        self.records.append(record)
+        return record
+
+    def appended(self, evidence_id: str) -> bool:
+        """Whether this transaction already appends a record under `evidence_id`."""
+        return any(r.evidence_id == evidence_id for r in self.records)
+
+    def add(self, statement: Statement, params: dict[str, Any]) -> None:
+        """Run `statement` (built once, the same object each time) with `params` at commit."""
+        self._rows.setdefault(statement, []).append(params)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once this transaction has committed, never if it rolls back."""
+        self._committed.append(callback)
+
+    def steps(self) -> list[Step]:
+        return [(statement, self._rows[statement]) for statement in sorted(self._rows, key=_order)]
+
+    def _mark(self) -> tuple[tuple[int, bytes], int, dict[Statement, int], int]:
+        return self.head, len(self.records), {k: len(v) for k, v in self._rows.items()}, len(self._committed)
+
+    def _undo(self, mark: tuple[tuple[int, bytes], int, dict[Statement, int], int]) -> None:
+        """Forget what was added since `mark` (a unit that raised)."""
+        self.head, records, rows, committed = mark
+        del self.records[records:]
+        for statement in list(self._rows):
+            kept = rows.get(statement, 0)
+            if kept:
+                del self._rows[statement][kept:]
+            else:
+                del self._rows[statement]
+        del self._committed[committed:]
+
+
+Unit = Callable[[Writes], T]
 
 
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # One writer at a time keeps the chain linear; the writer's other rows join its transaction.
+        self._writer = BatchWriter(engine)
+        # One transaction at a time keeps the chain linear; the units queued meanwhile share the next.
         self._lock = asyncio.Lock()
-        # Told after each append, so a checkpointer can count records without polling.
+        # Told after each committed append, so a checkpointer can count records without polling.
         self.on_append: Callable[[], None] | None = None
-        self._on_commit: list[Callable[[], None]] = []
-        self._insert_if_free = _INSERT_IF_FREE.get(engine.dialect.name)
-        # (seq, hash) of the last record this process appended, or None: read the head instead.
+        # (seq, hash) of the last record this process committed, or None: read the head instead.
         self._head: tuple[int, bytes] | None = None
+        self._queue: list[tuple[Unit[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
-        async with self._lock:
-            self._on_commit = []
+    async def transact(self, unit: Unit[T]) -> T:
+        """Run `unit` in a transaction shared with the units queued at the same moment (group commit),
+        and return what it returns once that transaction has committed.
+
+        `unit` only appends records, adds rows and registers callbacks on its `Writes`, so it can
+        run again: if the shared transaction fails, each of its units is run once more alone, from
+        the head as it is then, and only a failing one raises. Cancelling the caller does not
+        withdraw a unit already queued: it may be committing.
+        """
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((unit, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await asyncio.shield(done)
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def _flush(self) -> None:
+        while self._queue:
+            async with self._lock:
+                batch, self._queue = self._queue, []
+                try:
+                    if not await self._commit(batch, final=False):
+                        # The head this process remembered may be stale (another process
+                        # appended), and one unit's rows must not take the others down.
+                        for item in batch:
+                            if not item[1].done():  # not a unit that raised by itself
+                                await self._commit([item], final=True)
+                except BaseException:  # cancelled at shutdown: so are the callers still waiting
+                    for _, done in batch:
+                        done.cancel()
+                    raise
+
+    async def _commit(self, batch: list[tuple[Unit[Any], asyncio.Future[Any]]], *, final: bool) -> bool:
+        """One transaction for `batch`. If the database refuses it: False, with only the units that
+        raised by themselves resolved, or when `final`, every unit failed with the refusal."""
+        if self._head is None:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(_HEAD)).first()
+            self._head = (row.seq, row.hash) if row is not None else (0, GENESIS)
+        w = Writes(self._head)
+        results: list[tuple[asyncio.Future[Any], Any]] = []
+        for unit, done in batch:
+            mark = w._mark()
             try:
-                async with self.engine.begin() as conn:
-                    yield conn
-            except BaseException:
-                self._head = None  # it may name a record that was rolled back
-                raise
-            for callback in self._on_commit:
-                callback()
-
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Inside `writing()`: call `callback` once that transaction has committed, never if it rolls back."""
-        self._on_commit.append(callback)
-
-    async def append(self, conn: AsyncConnection, signed: SignedEvidence) -> int:
-        """Add `signed` inside a `writing()` transaction; returns its sequence number."""
-        ev = signed.evidence
-        rec = await self.append_record(
-            conn,
-            NewRecord(
-                kind=Kind.EVIDENCE,
-                evidence_id=ev.evidence_id,
-                message_id=ev.message_id,
-                event=ev.event.value,
-                reason=ev.reason.value,
-                recipient=ev.refers_to_recipient,
-                created_at=ev.event_time,
-                xml=signed.xml,
-                der=signed.der,
-            ),
-        )
-        return rec.seq
-
-    async def append_record(self, conn: AsyncConnection, new: NewRecord) -> LedgerRecord:
-        """Add any record inside a `writing()` transaction, chained to the current head."""
-        if self._insert_if_free is not None and self._head is not None:
-            seq, prev, digest = self._place(self._head, new)
-            inserted = await conn.execute(self._insert_if_free, _row(seq, new, prev, digest))
-            if inserted.rowcount != 1:  # another process appended since: chain to the real head
-                self._head = None
-        if self._insert_if_free is None or self._head is None:
-            head = (await conn.execute(_HEAD)).first()
-            seq, prev, digest = self._place((head.seq, head.hash) if head is not None else (0, GENESIS), new)
-            await conn.execute(_INSERT, _row(seq, new, prev, digest))
-        self._head = (seq, digest)
+                results.append((done, unit(w)))
+            except Exception as exc:
+                w._undo(mark)
+                done.set_exception(exc)
+        try:
+            steps = w.steps()
+            if steps:
+                await self._writer.run(steps)
+        except Exception as exc:
+            self._head = None
+            if not final:
+                return False
+            for done, _ in results:
+                done.set_exception(exc)
+            return True
+        self._head = w.head
+        for callback in w._committed:
+            callback()
         if self.on_append is not None:
-            self.on_append()
-        return _record_of(seq, new, prev, digest)
-
-    @staticmethod
-    def _place(head: tuple[int, bytes], new: NewRecord) -> tuple[int, bytes, bytes]:
-        """Seq, prev_hash and hash of `new` appended after `head`."""
-        seq, prev = head[0] + 1, head[1]
-        return seq, prev, chain_hash(prev, new)
+            for _ in w.records:
+                self.on_append()
+        for done, result in results:
+            done.set_result(result)
+        return True
 
     async def get(self, seq: int) -> LedgerRecord:
         async with self.engine.connect() as conn:

@@ -13,7 +13,6 @@ import datetime as dt
 import functools
 import hashlib
 import logging
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.db.schema import ledger as ledger_table
 from kepmta.evidence.errors import EvidenceError
-from kepmta.evidence.ledger import Kind, Ledger, NewRecord
+from kepmta.evidence.ledger import Kind, NewRecord, Writes
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +110,8 @@ class RevocationCapture:
         self._chain = tuple(chain)  # the provider CA certificates the CRLs must be signed by
         self._loaded: dict[Path, _Loaded] = {}
         self._warned: set[str] = set()
-        # Per ledger, the CRL records seen committed there; rows are never removed, so this holds.
-        self._recorded: weakref.WeakKeyDictionary[Ledger, set[str]] = weakref.WeakKeyDictionary()
+        # The CRL records seen committed in the server's ledger; rows are never removed, so this holds.
+        self._recorded: set[str] = set()
 
     def current(self, at: dt.datetime) -> list[x509.CertificateRevocationList]:
         """The configured CRLs in force at `at`, re-read when their file changes (CAs publish anew)."""
@@ -150,24 +149,27 @@ class RevocationCapture:
             self._warned.add(key)
             log.warning("%s", text)
 
-    async def capture(self, conn: AsyncConnection, ledger: Ledger) -> None:
-        """Inside a `ledger.writing()` transaction: append the CRLs in force not recorded yet.
+    async def load_recorded(self, engine: AsyncEngine) -> None:
+        """Before the first `capture`: learn which of the CRLs in force the ledger holds already."""
+        ids = [loaded.record_id for loaded in self._current(dt.datetime.now(dt.UTC))]
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                select(ledger_table.c.evidence_id).where(ledger_table.c.evidence_id.in_(ids))
+            )
+            self._recorded.update(found.scalars())
 
-        A CRL is looked up in the ledger until a transaction that found or added it has committed;
-        only then is it remembered, so a rollback can never leave it unrecorded.
+    def capture(self, w: Writes) -> None:
+        """In a ledger transaction: append the CRLs in force not recorded yet.
+
+        A CRL counts as recorded once a transaction that added it has committed, so a rollback can
+        never leave it unrecorded.
         """
         now = dt.datetime.now(dt.UTC)
-        recorded = self._recorded.setdefault(ledger, set())
         for loaded in self._current(now):
             rid = loaded.record_id
-            if rid in recorded:
+            if rid in self._recorded or w.appended(rid):
                 continue
-            known = await conn.execute(
-                select(ledger_table.c.seq).where(ledger_table.c.evidence_id == rid).limit(1)
+            w.append(
+                NewRecord(kind=Kind.REVOCATION, evidence_id=rid, created_at=now, der=crl_der(loaded.crl))
             )
-            if known.first() is None:
-                await ledger.append_record(
-                    conn,
-                    NewRecord(kind=Kind.REVOCATION, evidence_id=rid, created_at=now, der=crl_der(loaded.crl)),
-                )
-            ledger.after_commit(functools.partial(recorded.add, rid))
+            w.after_commit(functools.partial(self._recorded.add, rid))

@@ -20,9 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from kepmta import addresses
 from kepmta.db.schema import handovers
 from kepmta.events import EventRecorder, load_facts, utcnow
+from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
 
 log = logging.getLogger(__name__)
+
+_HANDOVER = insert(handovers)
 
 DISPATCH_TYPE = "http://uri.etsi.org/19522/v1#/ERDMessageType/dispatch"
 _HEAD_LIMIT = 256 * 1024
@@ -74,13 +77,14 @@ class ReadHook:
                 return
         # EN 319 522-2: ContentHandover, the recipient has taken the content
         signed = await self.recorder.sign(facts, Reason.RE01, Reason.RE01.label, recipient=position)
+
+        def unit(w: Writes) -> None:
+            # The unique (message, recipient) row decides, even against a concurrent first read.
+            w.add(_HANDOVER, {"message_id": message_id, "recipient": position, "read_at": utcnow()})
+            self.recorder.commit(w, signed)
+
         try:
-            async with self.recorder.ledger.writing() as conn:
-                # The unique (message, recipient) row decides, even against a concurrent first read.
-                await conn.execute(
-                    insert(handovers).values(message_id=message_id, recipient=position, read_at=utcnow())
-                )
-                await self.recorder.commit(conn, signed)
+            await self.recorder.ledger.transact(unit)
         except IntegrityError:
             return
         self.wake_delivery()

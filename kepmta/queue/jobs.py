@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.db.schema import jobs
+from kepmta.evidence.ledger import Writes
 
 DELIVER = "deliver"
 RECEIPT = "receipt"
@@ -38,8 +39,8 @@ _ENQUEUE = insert(jobs)
 _COMPLETE = update(jobs).where(jobs.c.id == bindparam("job_id")).values(state="done", last_error=None)
 
 
-async def enqueue(conn: AsyncConnection, kind: str, message_id: str, payload: dict[str, Any]) -> None:
-    await conn.execute(
+def enqueue(w: Writes, kind: str, message_id: str, payload: dict[str, Any]) -> None:
+    w.add(
         _ENQUEUE,
         {
             "kind": kind,
@@ -63,8 +64,8 @@ async def due(engine: AsyncEngine, kinds: tuple[str, ...], limit: int = 100) -> 
         return [Job(r.id, r.kind, r.message_id, r.payload, r.attempts) for r in rows]
 
 
-async def complete(conn: AsyncConnection, job_id: int) -> None:
-    await conn.execute(_COMPLETE, {"job_id": job_id})
+def complete(w: Writes, job_id: int) -> None:
+    w.add(_COMPLETE, {"job_id": job_id})
 
 
 async def retry_later(engine: AsyncEngine, job: Job, error: str) -> None:

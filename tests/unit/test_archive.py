@@ -21,7 +21,7 @@ from kepmta.db.schema import messages
 from kepmta.evidence import archive
 from kepmta.evidence.checkpoint import audit
 from kepmta.evidence.errors import TimeStampError
-from kepmta.evidence.ledger import Kind, Ledger
+from kepmta.evidence.ledger import Kind, Ledger, evidence_record
 from kepmta.evidence.revocation import crl_der
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa, check_token, token_imprint
@@ -215,8 +215,7 @@ async def test_renew_picks_evidence_whose_tsa_expires_soon_and_audits_clean(engi
         signed = await EvidenceSigner(signer_pair, [], tsa).sign(
             sample_evidence(evidence_id=f"ev{i}@x", message_id=MESSAGE, event_time=NOW.replace(microsecond=0))
         )
-        async with ledger.writing() as conn:
-            await ledger.append(conn, signed)
+        await ledger.transact(lambda w, signed=signed: w.append(evidence_record(signed)))
     trust = [tsa_ca.cert]
     deadline = NOW + dt.timedelta(days=30)
     first = await archive.renew(ledger, later, trust, [ca.cert, tsa_ca.cert], deadline=deadline)
@@ -376,8 +375,7 @@ async def test_renew_rehash_moves_every_evidence_and_audits_clean(engine: AsyncE
         signed = await EvidenceSigner(signer_pair, [], tsa).sign(
             sample_evidence(evidence_id=f"ev{i}@x", message_id=MESSAGE, event_time=NOW.replace(microsecond=0))
         )
-        async with ledger.writing() as conn:
-            await ledger.append(conn, signed)
+        await ledger.transact(lambda w, signed=signed: w.append(evidence_record(signed)))
         if i == 1:  # the first two are archived in the SHA-256 era, the third is not
             done = await archive.renew(ledger, tsa, [tsa_ca.cert], [ca.cert, tsa_ca.cert], deadline=None)
             assert (done.renewed, done.started, done.rehashed) == (2, 2, 0)

@@ -21,7 +21,7 @@ from kepmta.db.engine import open_engine
 from kepmta.events import MessageFacts, save_facts
 from kepmta.evidence import bundle, timeline
 from kepmta.evidence.checkpoint import statement
-from kepmta.evidence.ledger import Kind, Ledger, NewRecord
+from kepmta.evidence.ledger import Kind, Ledger, NewRecord, evidence_record
 from kepmta.evidence.model import Evidence, Reason
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.timeline import MessageEvidence
@@ -70,10 +70,9 @@ async def _message(
             facts = MessageFacts(
                 mid, SENDER, RECIPIENTS, SUBJECT, "client-42@laptop.local", SUBMITTED, SUBMITTED, DIGEST
             )
-            async with book.writing() as conn:
-                await save_facts(conn, facts)
-        async with book.writing() as conn:
-            await book.append_record(conn, NewRecord(Kind.REVOCATION, "crl-1", SUBMITTED, crl or _crl(p)))
+            await book.transact(lambda w, facts=facts: save_facts(w, facts))
+        revocation = NewRecord(Kind.REVOCATION, "crl-1", SUBMITTED, crl or _crl(p))
+        await book.transact(lambda w: w.append(revocation))
         steps: list[tuple[Reason, int | None]] = [(Reason.RA01, None), (Reason.RD01, 1), (Reason.RD04, 2)]
         steps.append((Reason.RE01, 1))
         for i, (reason, rcpt) in enumerate(steps):
@@ -88,13 +87,12 @@ async def _message(
                     event_time=NOW + dt.timedelta(seconds=i),
                 )
                 signed = await signer.sign(ev)
-                async with book.writing() as conn:
-                    await book.append(conn, signed)
+                await book.transact(lambda w, signed=signed: w.append(evidence_record(signed)))
         head = await book.head()
         assert head is not None
         sealed = await signer.sign_statement(statement("hs01.kep.tr", head.seq, head.hash, NOW))
-        async with book.writing() as conn:
-            await book.append_record(conn, NewRecord(Kind.CHECKPOINT, f"checkpoint.{head.seq}", NOW, sealed))
+        checkpoint = NewRecord(Kind.CHECKPOINT, f"checkpoint.{head.seq}", NOW, sealed)
+        await book.transact(lambda w: w.append(checkpoint))
         return await timeline.load(engine, message_id)
     finally:
         await engine.dispose()

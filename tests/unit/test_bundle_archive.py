@@ -21,7 +21,7 @@ from kepmta import pki
 from kepmta.db.engine import open_engine
 from kepmta.events import MessageFacts, save_facts
 from kepmta.evidence import archive, bundle, timeline
-from kepmta.evidence.ledger import Kind, Ledger, NewRecord
+from kepmta.evidence.ledger import Kind, Ledger, NewRecord, Writes, evidence_record
 from kepmta.evidence.model import Reason
 from kepmta.evidence.revocation import crl_der
 from kepmta.evidence.signer import EvidenceSigner
@@ -42,11 +42,13 @@ async def _renewed_message(
     """Two evidence of a 2019 message, renewed through 2020 and re-hashed to SHA-512 in 2024."""
     book = Ledger(engine)
     facts = MessageFacts(MESSAGE_ID, SENDER, RECIPIENTS, SUBJECT, "ua@laptop", SIGNED_AT, SIGNED_AT, DIGEST)
-    async with book.writing() as conn:
-        await save_facts(conn, facts)
-        await book.append_record(
-            conn, NewRecord(Kind.REVOCATION, "crl-2019", utc(2019, 5, 1), crl_der(w.crl))
-        )
+    crl = NewRecord(Kind.REVOCATION, "crl-2019", utc(2019, 5, 1), crl_der(w.crl))
+
+    def first(tx: Writes) -> None:
+        save_facts(tx, facts)
+        tx.append(crl)
+
+    await book.transact(first)
     move(SIGNED_AT)
     signer = EvidenceSigner(w.signer, [w.provider_ca.cert], w.tsa1)
     for i, (reason, rcpt) in enumerate([(Reason.RA01, None), (Reason.RD01, 1)]):
@@ -59,8 +61,8 @@ async def _renewed_message(
             message_id=MESSAGE_ID,
             event_time=SIGNED_AT,
         )
-        async with book.writing() as conn:
-            await book.append(conn, await signer.sign(ev))
+        signed = await signer.sign(ev)
+        await book.transact(lambda tx, signed=signed: tx.append(evidence_record(signed)))
     trust, validation = [w.tsa_ca.cert], [w.provider_ca.cert, w.tsa_ca.cert]
     for when, tsa, algorithm in (
         (utc(2020, 3, 1), w.tsa2, None),

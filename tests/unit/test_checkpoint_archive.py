@@ -20,7 +20,7 @@ from kepmta.db.engine import open_engine
 from kepmta.events import MessageFacts, save_facts
 from kepmta.evidence import archive, bundle, timeline
 from kepmta.evidence.checkpoint import audit, statement
-from kepmta.evidence.ledger import Kind, Ledger, NewRecord
+from kepmta.evidence.ledger import Kind, Ledger, NewRecord, Writes, evidence_record
 from kepmta.evidence.revocation import crl_der, record_id
 from kepmta.evidence.signer import EvidenceSigner
 
@@ -66,19 +66,23 @@ async def _history(w: CheckpointWorld, move: Callable[[dt.datetime], None], engi
     run that only the checkpoint needs."""
     book = Ledger(engine)
     facts = MessageFacts(MESSAGE_ID, SENDER, RECIPIENTS, SUBJECT, "ua@laptop", SIGNED_AT, SIGNED_AT, DIGEST)
-    async with book.writing() as conn:
-        await save_facts(conn, facts)
-        await book.append_record(
-            conn, NewRecord(Kind.REVOCATION, record_id(w.crl), utc(2019, 5, 1), crl_der(w.crl))
-        )
+    crl = NewRecord(Kind.REVOCATION, record_id(w.crl), utc(2019, 5, 1), crl_der(w.crl))
+
+    def first(tx: Writes) -> None:
+        save_facts(tx, facts)
+        tx.append(crl)
+
+    await book.transact(first)
     move(SIGNED_AT)
     ev = sample_evidence(evidence_id=f"ev-{MESSAGE_ID}", message_id=MESSAGE_ID, event_time=SIGNED_AT)
     signed = await EvidenceSigner(w.signer, [w.provider_ca.cert], w.tsa1).sign(ev)
-    async with book.writing() as conn:
-        await book.append(conn, signed)
-        await book.append_record(
-            conn, NewRecord(Kind.REVOCATION, record_id(w.crl2020), utc(2020, 3, 1), crl_der(w.crl2020))
-        )
+    crl2020 = NewRecord(Kind.REVOCATION, record_id(w.crl2020), utc(2020, 3, 1), crl_der(w.crl2020))
+
+    def second(tx: Writes) -> None:
+        tx.append(evidence_record(signed))
+        tx.append(crl2020)
+
+    await book.transact(second)
     trust, validation = [w.tsa_ca.cert], [w.provider_ca.cert, w.tsa_ca.cert]
     move(utc(2020, 3, 1))
     done = await archive.renew(book, w.tsa_long, trust, validation, deadline=None)
@@ -88,9 +92,9 @@ async def _history(w: CheckpointWorld, move: Callable[[dt.datetime], None], engi
     assert head is not None
     sealer = EvidenceSigner(w.signer2020, [w.provider_ca.cert], w.tsa2)
     der = await sealer.sign_statement(statement("hs01.kep.tr", head.seq, head.hash, SEALED_AT))
-    async with book.writing() as conn:
-        # What Checkpointer.make appends, at the time it would have been made.
-        await book.append_record(conn, NewRecord(Kind.CHECKPOINT, f"checkpoint.{head.seq}", SEALED_AT, der))
+    # What Checkpointer.make appends, at the time it would have been made.
+    checkpoint = NewRecord(Kind.CHECKPOINT, f"checkpoint.{head.seq}", SEALED_AT, der)
+    await book.transact(lambda tx: tx.append(checkpoint))
     return book
 
 

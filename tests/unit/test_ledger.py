@@ -3,23 +3,35 @@ found, with its position; checkpoints seal the head. Real SQLite, real signature
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from evidence_fixtures import Pki, make_pki, sample_evidence
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.db.engine import open_engine
 from kepmta.db.schema import ledger as ledger_table
 from kepmta.db.schema import messages
+from kepmta.events import MessageFacts, save_facts
 from kepmta.evidence.checkpoint import Checkpointer, audit, read_statement
-from kepmta.evidence.ledger import ChainAudit, Kind, Ledger, LedgerRecord, NewRecord, chain_hash
+from kepmta.evidence.ledger import (
+    ChainAudit,
+    Kind,
+    Ledger,
+    LedgerRecord,
+    NewRecord,
+    Writes,
+    chain_hash,
+    evidence_record,
+)
 from kepmta.evidence.model import Evidence
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa
@@ -61,8 +73,7 @@ async def _fill(p: Pki, ledger: Ledger, n: int) -> None:
     signer = _signer(p)
     for i in range(n):
         signed = await signer.sign(_evidence(f"ev-{i}@hs01.kep.tr"))
-        async with ledger.writing() as conn:
-            await ledger.append(conn, signed)
+        await ledger.transact(lambda w, signed=signed: w.append(evidence_record(signed)))
 
 
 async def _audit_lines(ledger: Ledger, p: Pki) -> list[str]:
@@ -256,8 +267,8 @@ async def test_two_writers_on_one_database_keep_one_linear_chain(p: Pki, engine:
     order = [first, first, second, first, second, second, first]
     for i, writer in enumerate(order):
         signed = await signer.sign(_evidence(f"two-{i}@hs01.kep.tr"))
-        async with writer.writing() as conn:
-            await writer.append(conn, signed)
+
+        assert await writer.transact(lambda w, signed=signed: w.append(evidence_record(signed)).seq) == i + 1
     seqs, prev = [], bytes(32)
     async for rec in first.walk():
         seqs.append(rec.seq)
@@ -268,3 +279,98 @@ async def test_two_writers_on_one_database_keep_one_linear_chain(p: Pki, engine:
         assert row.prev_hash == prev
         prev = row.hash
     assert await _audit_lines(first, p) == []
+
+
+def _record(evidence_id: str, message_id: str | None = None) -> NewRecord:
+    return NewRecord(Kind.REVOCATION, evidence_id, dt.datetime.now(dt.UTC), b"der", message_id=message_id)
+
+
+async def _chain_problems(ledger: Ledger) -> list[str]:
+    chain = ChainAudit()
+    return [str(problem) async for rec in ledger.walk() for problem in chain.feed(rec)]
+
+
+def _commits(ledger: Ledger) -> list[int]:
+    """Every COMMIT the ledger's writer sends from now on, so a test can see units share one."""
+    commits: list[int] = []
+    sync = ledger._writer._sync
+    assert sync is not None
+    event.listen(sync, "commit", lambda _conn: commits.append(1))
+    return commits
+
+
+async def test_concurrent_units_share_transactions_and_keep_one_chain(engine: AsyncEngine) -> None:
+    ledger = Ledger(engine)
+    commits = _commits(ledger)
+    seqs = await asyncio.gather(
+        *(ledger.transact(lambda w, i=i: w.append(_record(f"group-{i}")).seq) for i in range(40))
+    )
+    assert sorted(seqs) == list(range(1, 41))
+    # All forty were queued before the first transaction began: they share it.
+    assert len(commits) == 1, commits
+    assert await _chain_problems(ledger) == []
+
+
+async def test_a_failing_unit_fails_alone_and_its_rows_are_not_kept(engine: AsyncEngine) -> None:
+    ledger = Ledger(engine)
+
+    def good(w: Writes, i: int) -> str:
+        w.append(_record(f"good-{i}"))
+        return f"good-{i}"
+
+    def refused(w: Writes) -> str:
+        w.append(_record("refused"))
+        # A foreign key to no message: the database refuses the row when the batch is sent.
+        w.append(_record("refused-ref", message_id="no-such-message@hs01.kep.tr"))
+        return "refused"
+
+    def raising(w: Writes) -> str:
+        w.append(_record("raising"))
+        raise ValueError("a unit that fails before anything is sent")
+
+    units: list[Callable[[Writes], str]] = [lambda w, i=i: good(w, i) for i in range(5)]
+    units[2:2] = [refused, raising]
+    results = await asyncio.gather(*(ledger.transact(u) for u in units), return_exceptions=True)
+    assert isinstance(results[2], IntegrityError)
+    assert isinstance(results[3], ValueError)
+    assert [r for r in results if isinstance(r, str)] == [f"good-{i}" for i in range(5)]
+    kept = [rec.evidence_id async for rec in ledger.walk()]
+    assert sorted(kept) == [f"good-{i}" for i in range(5)]
+    assert await _chain_problems(ledger) == []
+
+
+async def test_a_stale_head_is_read_again_and_the_unit_still_commits(engine: AsyncEngine) -> None:
+    """Another process appended after this one's last commit: the seq it remembered is taken."""
+    first, other = Ledger(engine), Ledger(engine)
+    await first.transact(lambda w: w.append(_record("first-1")))
+    await other.transact(lambda w: w.append(_record("other-1")))
+    commits = _commits(first)
+    assert await first.transact(lambda w: w.append(_record("first-2")).seq) == 3
+    assert len(commits) == 1  # the refused try rolled back; the retry from the real head committed
+    assert await _chain_problems(first) == []
+
+
+async def test_rows_of_one_batch_go_in_parent_first_whatever_the_unit_order(engine: AsyncEngine) -> None:
+    """A unit may append evidence of a message that a unit queued after it saves in the same batch."""
+    ledger = Ledger(engine)
+    now = dt.datetime.now(dt.UTC)
+    facts = MessageFacts("late@hs01.kep.tr", "a@kep.test", ("b@kep.test",), "s", None, now, now, None)
+    commits = _commits(ledger)
+    await asyncio.gather(
+        ledger.transact(lambda w: w.append(_record("child", message_id=facts.message_id))),
+        ledger.transact(lambda w: save_facts(w, facts)),
+    )
+    assert len(commits) == 1
+    [rec] = [r async for r in ledger.walk()]
+    assert rec.message_id == facts.message_id
+
+
+async def test_a_cancelled_caller_does_not_withdraw_its_unit(engine: AsyncEngine) -> None:
+    ledger = Ledger(engine)
+    caller = asyncio.create_task(ledger.transact(lambda w: w.append(_record("kept"))))
+    await asyncio.sleep(0)  # queued, and its transaction started
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await ledger.transact(lambda w: None)  # queued behind it: done once that one has committed
+    assert [r.evidence_id async for r in ledger.walk()] == ["kept"]
