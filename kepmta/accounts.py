@@ -14,15 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta import addresses
 from kepmta.db import utc
+from kepmta.db.runner import runner
 from kepmta.db.schema import accounts, operators
 from kepmta.maildir import INBOX, Maildir, SizeCache
 from kepmta.passwords import check_password_async, hash_password
@@ -156,6 +158,13 @@ def _check_cert(cert_pem: str | None) -> None:
         raise AccountError(f"the certificate is not a PEM X.509 certificate: {e}") from None
 
 
+# Built once: read for every MAIL, RCPT, login and delivery.
+_BY_ADDRESS = select(accounts).where(accounts.c.address == bindparam("address"))
+_WARNING_STATE = select(accounts.c.address, accounts.c.quota, accounts.c.quota_warned).where(
+    accounts.c.address == bindparam("address")
+)
+
+
 class AccountStore:
     def __init__(
         self,
@@ -167,6 +176,7 @@ class AccountStore:
         limiter: FailureLimiter | None = None,
     ) -> None:
         self.engine = engine
+        self.db = runner(engine)
         self.mail_root = mail_root
         self.domain = domain
         self.default_quota = default_quota
@@ -175,12 +185,13 @@ class AccountStore:
 
     # -- creating -------------------------------------------------------------------------------
 
-    async def _insert(self, conn: AsyncConnection, address: str, values: dict[str, object]) -> bool:
+    @staticmethod
+    def _insert(conn: Connection, address: str, values: dict[str, object]) -> bool:
         """Insert unless the address exists (in any state); False when it does."""
-        taken = await conn.execute(select(accounts.c.address).where(accounts.c.address == address))
+        taken = conn.execute(select(accounts.c.address).where(accounts.c.address == address))
         if taken.first() is not None:
             return False
-        await conn.execute(insert(accounts).values(address=address, **values))
+        conn.execute(insert(accounts).values(address=address, **values))
         return True
 
     async def add_person(
@@ -286,22 +297,25 @@ class AccountStore:
 
     async def _assign(self, candidates: Iterable[str], values: dict[str, object], *, single: bool) -> Account:
         try:
-            async with self.engine.begin() as conn:
-                address = await self._first_free(conn, candidates, values, single=single)
-                row = (await conn.execute(select(accounts).where(accounts.c.address == address))).one()
+
+            def assign(conn: Connection) -> Row[Any]:
+                address = self._first_free(conn, candidates, values, single=single)
+                return conn.execute(select(accounts).where(accounts.c.address == address)).one()
+
+            row = await self.db.write(assign)
         except IntegrityError:
             raise AccountError(
                 "the address was taken at the same moment by another request; try again"
             ) from None
-        self.maildir(address).create(INBOX)
+        self.maildir(row.address).create(INBOX)
         return _account(row)
 
-    async def _first_free(
-        self, conn: AsyncConnection, candidates: Iterable[str], values: dict[str, object], *, single: bool
+    def _first_free(
+        self, conn: Connection, candidates: Iterable[str], values: dict[str, object], *, single: bool
     ) -> str:
         for address in candidates:
             # A taken address, closed ones included, is never handed out again (KEP.md).
-            if await self._insert(conn, address, values):
+            if self._insert(conn, address, values):
                 return address
             if single:
                 raise AccountError(f"{address} is already assigned (closed addresses are never reused)")
@@ -314,8 +328,7 @@ class AccountStore:
             addr = str(addresses.parse(address))
         except addresses.AddressError:
             return None
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(accounts).where(accounts.c.address == addr))).first()
+        row = await self.db.read(lambda conn: conn.execute(_BY_ADDRESS, {"address": addr}).first())
         return _account(row) if row else None
 
     async def require(self, address: str) -> Account:
@@ -325,33 +338,28 @@ class AccountStore:
         return account
 
     async def all(self) -> list[Account]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(accounts).order_by(accounts.c.address))
-            return [_account(r) for r in rows]
+        rows = await self.db.read(
+            lambda conn: conn.execute(select(accounts).order_by(accounts.c.address)).all()
+        )
+        return [_account(r) for r in rows]
 
     async def operators_of(self, entity: str) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(operators.c.operator)
-                .where(operators.c.entity == entity)
-                .order_by(operators.c.operator)
-            )
-            return [r.operator for r in rows]
+        query = (
+            select(operators.c.operator).where(operators.c.entity == entity).order_by(operators.c.operator)
+        )
+        return list(await self.db.read(lambda conn: conn.execute(query).scalars().all()))
 
     async def entities_of(self, operator: str) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(operators.c.entity)
-                .where(operators.c.operator == operator)
-                .order_by(operators.c.entity)
-            )
-            return [r.entity for r in rows]
+        query = (
+            select(operators.c.entity).where(operators.c.operator == operator).order_by(operators.c.entity)
+        )
+        return list(await self.db.read(lambda conn: conn.execute(query).scalars().all()))
 
     # -- changing -------------------------------------------------------------------------------
 
     async def _update(self, address: str, **values: object) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(accounts).where(accounts.c.address == address).values(**values))
+        statement = update(accounts).where(accounts.c.address == address).values(**values)
+        await self.db.write(lambda conn: conn.execute(statement))
 
     async def transition(self, address: str, command: str) -> Account:
         """activate, block or close, from the states KEP.md allows."""
@@ -407,18 +415,16 @@ class AccountStore:
             raise AccountError(f"{op.address} is not a natural person; operators log in as themselves")
         if op.address in await self.operators_of(ent.address):
             raise AccountError(f"{op.address} is already an operator of {ent.address}")
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(operators).values(entity=ent.address, operator=op.address, added_at=_now())
-            )
+        statement = insert(operators).values(entity=ent.address, operator=op.address, added_at=_now())
+        await self.db.write(lambda conn: conn.execute(statement))
 
     async def remove_operator(self, entity: str, operator: str) -> None:
         ent, op = await self.require(entity), await self.require(operator)
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                delete(operators).where(operators.c.entity == ent.address, operators.c.operator == op.address)
-            )
-        if result.rowcount == 0:
+        statement = delete(operators).where(
+            operators.c.entity == ent.address, operators.c.operator == op.address
+        )
+        removed = await self.db.write(lambda conn: conn.execute(statement).rowcount)
+        if removed == 0:
             raise AccountError(f"{op.address} is not an operator of {ent.address}")
 
     # -- logging in -----------------------------------------------------------------------------
@@ -431,8 +437,7 @@ class AccountStore:
             addr = username.strip().lower()
         if not self.limiter.allowed(addr, peer_ip):
             return Login(None, LoginRefusal.THROTTLED)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(accounts).where(accounts.c.address == addr))).first()
+        row = await self.db.read(lambda conn: conn.execute(_BY_ADDRESS, {"address": addr}).first())
         stored = row.password_hash if row is not None else None
         # Same cost whether or not the address exists, so timing does not tell which do.
         ok = await check_password_async(password, stored or _unknown_user_hash())
@@ -460,14 +465,8 @@ class AccountStore:
 
     async def warning_state(self, address: str) -> tuple[Usage, int]:
         """Usage and the last quota warning sent (in percent), from one read of the account."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(accounts.c.address, accounts.c.quota, accounts.c.quota_warned).where(
-                        accounts.c.address == str(addresses.parse(address))
-                    )
-                )
-            ).first()
+        addr = str(addresses.parse(address))
+        row = await self.db.read(lambda conn: conn.execute(_WARNING_STATE, {"address": addr}).first())
         if row is None:
             raise AccountError(f"no account {address}")
         used = await asyncio.to_thread(self.maildir(row.address).size)

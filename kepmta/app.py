@@ -16,6 +16,7 @@ from kepmta import devinit, pki
 from kepmta.accounts import AccountStore
 from kepmta.config import Settings
 from kepmta.db.engine import open_engine
+from kepmta.db.runner import close
 from kepmta.delivery import DeliveryWorker, ProviderIdentity
 from kepmta.events import EventRecorder, Issuer, StampWorker
 from kepmta.evidence import pkcs11
@@ -111,7 +112,6 @@ class App:
         self.engine: AsyncEngine | None = None
         self.servers: list[asyncio.Server] = []
         self.imap: ImapServer | None = None
-        self.ledger: Ledger | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
 
@@ -131,7 +131,7 @@ class App:
         evidence_certs = pki.load_certs(s.evidence_cert)
         signer_pair = evidence_pair(s)
         evidence_signer = EvidenceSigner(signer_pair, evidence_certs[1:], time_stamper(s))
-        ledger = self.ledger = Ledger(engine)
+        ledger = Ledger(engine)
         issuer = Issuer(s.provider_name, s.domain, (p.id,), p.message_type)
         revocation = RevocationCapture(s.evidence_crls, [*evidence_certs[1:], *pki.load_certs(s.provider_ca)])
         await revocation.load_recorded(engine)
@@ -196,10 +196,8 @@ class App:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for srv in self.servers:
             await srv.wait_closed()
-        if self.ledger:
-            await self.ledger.close()
         if self.engine:
-            await self.engine.dispose()
+            await close(self.engine)
 
 
 async def serve(settings: Settings, demo: devinit.Demo | None = None) -> None:

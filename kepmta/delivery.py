@@ -13,6 +13,7 @@ import contextlib
 import email.utils
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
 _CONCURRENT_JOBS = 8
+# Filing (building, signing, writing with fsync) runs on threads of its own, so a queue of
+# deliveries never delays the worker threads that submissions wait on.
+_FILING_THREADS = 2
 
 
 class DeliveryError(Exception):
@@ -89,6 +93,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         # Jobs wait mostly on fsync; a few at once keep the disk busy without crowding the loop.
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
+        self._filing = ThreadPoolExecutor(_FILING_THREADS, thread_name_prefix="kepmta-filing")
 
     def wake(self) -> None:
         self._wake.set()
@@ -103,22 +108,29 @@ class DeliveryWorker:
     async def run_once(self) -> int:
         """Do every job that is due, several at a time; returns how many were attempted."""
         batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT))
-        await asyncio.gather(*(self._attempt(job) for job in batch))
+        filed = await asyncio.gather(*(self._attempt(job) for job in batch))
+        # Once per mailbox that grew, not once per message filed into it.
+        for address in sorted({a for a in filed if a is not None}):
+            try:
+                await self.quota.check(address)
+            except Exception:  # a warning that cannot be sent must not stop delivery
+                log.exception("quota warning for %s failed", address)
         return len(batch)
 
-    async def _attempt(self, job: jobs.Job) -> None:
+    async def _attempt(self, job: jobs.Job) -> str | None:
+        """Do `job`; returns the address whose mailbox it filed a message into, if it did."""
         async with self._slots:
             try:
                 if job.kind == jobs.DELIVER:
-                    await self._deliver(job)
-                else:
-                    await self._receipt(job)
+                    return await self._deliver(job)
+                return await self._receipt(job)
             except AwaitingTimestamp as e:
                 log.info("job %d: %s", job.id, e)
                 await jobs.retry_later(self.engine, job, str(e))
             except Exception as e:
                 log.exception("job %d (%s of %s) failed; will retry", job.id, job.kind, job.message_id)
                 await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
+            return None
 
     async def _facts(self, message_id: str) -> tuple[MessageFacts, Path | None]:
         known = self.recorder.known.get(message_id)
@@ -157,46 +169,50 @@ class DeliveryWorker:
             return  # an earlier attempt got the file in before it could record so
         box.deliver(folder, base, write)
 
-    async def _deliver(self, job: jobs.Job) -> None:
+    async def _deliver(self, job: jobs.Job) -> str:
         position = int(job.payload["recipient"])
         address = str(job.payload["address"])
         facts, original = await self._facts(job.message_id)
         if original is None:
             raise DeliveryError(f"message {job.message_id} has no stored original")
         acceptance_id, acceptance_xml, acceptance_der = await self._acceptance(job.message_id)
-        head = (await asyncio.to_thread(read_headers, original)).addresses
         ident = self.identity
-        info = DispatchInfo(
-            provider_message_id=facts.message_id,
-            sender=facts.sender,
-            to=_addresses(head.to),
-            cc=_addresses(head.cc),
-            subject=facts.subject,
-            ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
-            evidence_id=acceptance_id,
-            event_uri=Event.SUBMISSION_ACCEPTANCE.uri,
-            reason_uri=Reason.RA01.uri,
-            policy_ids=ident.policy_ids,
-            service_address=ident.service_address,
-            message_type=ident.message_type,
-            submission_time=facts.submitted_at,
-        )
-
-        def write(out: BinaryIO) -> None:
-            write_dispatch(
-                out,
-                original,
-                info,
-                acceptance_xml,
-                acceptance_der,
-                Event.SUBMISSION_ACCEPTANCE.value,
-                ident.signer,
-                ident.chain,
-            )
-
         box = self.accounts.maildir(address)
         base = Maildir.unique_name(f"{_token(job.message_id)}-d{job.id}")
-        await asyncio.to_thread(self._deliver_once, box, INBOX, base, job.attempts > 0, write)
+
+        def file_dispatch() -> None:  # one trip to a worker thread: headers, signing and fsync
+            head = read_headers(original).addresses
+            info = DispatchInfo(
+                provider_message_id=facts.message_id,
+                sender=facts.sender,
+                to=_addresses(head.to),
+                cc=_addresses(head.cc),
+                subject=facts.subject,
+                ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
+                evidence_id=acceptance_id,
+                event_uri=Event.SUBMISSION_ACCEPTANCE.uri,
+                reason_uri=Reason.RA01.uri,
+                policy_ids=ident.policy_ids,
+                service_address=ident.service_address,
+                message_type=ident.message_type,
+                submission_time=facts.submitted_at,
+            )
+
+            def write(out: BinaryIO) -> None:
+                write_dispatch(
+                    out,
+                    original,
+                    info,
+                    acceptance_xml,
+                    acceptance_der,
+                    Event.SUBMISSION_ACCEPTANCE.value,
+                    ident.signer,
+                    ident.chain,
+                )
+
+            self._deliver_once(box, INBOX, base, job.attempts > 0, write)
+
+        await asyncio.get_running_loop().run_in_executor(self._filing, file_dispatch)
         # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
         signed = await self.recorder.sign(facts, Reason.RD01, Reason.RD01.label, recipient=position)
 
@@ -206,7 +222,7 @@ class DeliveryWorker:
 
         await self.ledger.transact(unit)
         log.info("delivered %s to %s", job.message_id, address)
-        await self.quota.check(address)
+        return address
 
     async def _evidence(self, seq: int) -> tuple[Evidence, bytes, bytes]:
         """The evidence at ledger `seq`, as its XML states it, with that XML and its DER."""
@@ -220,7 +236,7 @@ class DeliveryWorker:
             raise DeliveryError(f"ledger record {record.seq} is not an evidence")
         return from_xml(record.xml), record.xml, record.der
 
-    async def _receipt(self, job: jobs.Job) -> None:
+    async def _receipt(self, job: jobs.Job) -> str:
         seq = int(job.payload["seq"])
         evidence, xml, der = await self._evidence(seq)
         facts, _ = await self._facts(job.message_id)
@@ -244,17 +260,21 @@ class DeliveryWorker:
             digest_b64=base64.b64encode(evidence.digest_sha256).decode() if evidence.digest_sha256 else None,
             message_type=ident.message_type,
         )
-        raw = await asyncio.to_thread(build_receipt, info, xml, der, ident.signer, ident.chain)
         box = self.accounts.maildir(facts.sender)
         base = Maildir.unique_name(f"{_token(job.message_id)}-e{seq}")
 
-        def write(out: BinaryIO) -> None:
-            out.write(raw)
+        def file_receipt() -> None:  # one trip to a worker thread: building, signing and fsync
+            raw = build_receipt(info, xml, der, ident.signer, ident.chain)
 
-        await asyncio.to_thread(self._deliver_once, box, ident.evidence_folder, base, job.attempts > 0, write)
+            def write(out: BinaryIO) -> None:
+                out.write(raw)
+
+            self._deliver_once(box, ident.evidence_folder, base, job.attempts > 0, write)
+
+        await asyncio.get_running_loop().run_in_executor(self._filing, file_receipt)
 
         def unit(w: Writes) -> None:
             jobs.complete(w, job.id)
 
         await self.ledger.transact(unit)
-        await self.quota.check(facts.sender)
+        return facts.sender

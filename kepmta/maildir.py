@@ -78,7 +78,8 @@ def decode_mutf7(text: str) -> str:
     return "".join(out)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a new or renamed directory entry in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -215,7 +216,9 @@ class Maildir:
 
         The message is visible to readers only once complete; a crash leaves at most a file in tmp/.
         """
-        folder = self.create(name)
+        folder = self.folder_dir(name)
+        if not (folder / "tmp").is_dir():  # the first message of this folder: make it
+            self.create(name)
         tmp = folder / "tmp" / base
         with open(tmp, "wb") as f:
             write(f)
@@ -224,5 +227,5 @@ class Maildir:
         final = folder / "new" / base
         with self.sizes.delivering(folder, os.stat(tmp).st_size):
             os.rename(tmp, final)
-        _fsync_dir(folder / "new")
+        fsync_dir(folder / "new")
         return final

@@ -35,6 +35,8 @@ class Role(Enum):
 class KeyPair:
     cert: x509.Certificate
     key: PrivateKey
+    # The private key is in a hardware token (PKCS#11): each signature is a round trip to it.
+    in_token: bool = False
 
 
 def utcnow() -> dt.datetime:

@@ -28,6 +28,7 @@ from kepmta.events import EventRecorder, MessageFacts, new_id, save_facts, utcno
 from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
 from kepmta.headers import HeaderError, Headers, read_headers
+from kepmta.maildir import fsync_dir
 from kepmta.policy.formal import check_formal
 from kepmta.policy.malware import scan
 from kepmta.policy.quota import check_sender_quota
@@ -67,9 +68,10 @@ class Transaction:
 
 
 def write_original(incoming: Path, target: Path, provider_id: str, header_end: int) -> tuple[bytes, int]:
-    """Copy the message as it will be attached to the dispatch: its Message-ID replaced by the
-    provider message id (EN 319 532-3; the user's id stays in REM-UAMessageIdentifier), ending in
-    CRLF. Returns the SHA-256 of exactly those bytes (the REM digest) and their size."""
+    """Move the message into `target` as it will be attached to the dispatch: its Message-ID
+    replaced by the provider message id (EN 319 532-3; the user's id stays in
+    REM-UAMessageIdentifier), ending in CRLF, synced to disk; `incoming` is removed. Returns the
+    SHA-256 of exactly those bytes (the REM digest) and their size."""
     digest = hashlib.sha256()
     size = 0
     with incoming.open("rb") as src, target.open("wb") as out:
@@ -103,6 +105,8 @@ def write_original(incoming: Path, target: Path, provider_id: str, header_end: i
             put(b"\r\n")
         out.flush()
         os.fsync(out.fileno())
+    fsync_dir(target.parent)  # the message row will name this file: its entry must survive a crash
+    incoming.unlink()  # here, not on the event loop: an unlink can wait on the journal
     return digest.digest(), size
 
 
@@ -216,19 +220,22 @@ class SubmissionService:
         Raises ScanUnavailable when the malware scanner cannot give a verdict: nothing is decided."""
         try:
             return await self._accept(tx, incoming, outcome, digest)
-        finally:
-            incoming.unlink(missing_ok=True)
+        except BaseException:
+            incoming.unlink(missing_ok=True)  # accepted, write_original removed it
+            raise
 
-    async def _check(self, tx: Transaction, incoming: Path, outcome: DataOutcome) -> Headers:
+    def _inspect(
+        self, tx: Transaction, incoming: Path, outcome: DataOutcome, original: Path
+    ) -> tuple[Headers | None, PolicyError | None, tuple[bytes, int] | None]:
+        """Every check that reads the spooled file and, if they all pass, the original stored as
+        it will be attached: (headers if readable, the refusal, (REM digest, size) if stored).
+
+        Runs on a worker thread, in one trip, and raises nothing a refusal can say."""
         try:
-            headers: Headers | None = await asyncio.to_thread(read_headers, incoming)
-            header_error = None
+            headers: Headers | None = read_headers(incoming)
+            header_problem = None
         except HeaderError as e:
-            # RFC 5322 §2.1: header fields, then an empty line, then the body
-            headers = None
-            header_error = refuse(
-                554, "5.6.0", Reason.RA02, str(e), "iletinin başlık bölümü boş bir satırla bitmiyor"
-            )
+            headers, header_problem = None, str(e)
         try:
             # Size and line endings first; readable headers still let the evidence name the message.
             if outcome.too_big:
@@ -242,30 +249,43 @@ class SubmissionService:
                     "the message has a bare CR or LF; every line must end with CRLF (RFC 5322 section 2.3)",
                     "iletide tek başına CR veya LF var; her satır CRLF ile bitmelidir",
                 )
-            if header_error is not None:
-                raise header_error
+            if header_problem is not None:
+                # RFC 5322 §2.1: header fields, then an empty line, then the body
+                raise refuse(
+                    554,
+                    "5.6.0",
+                    Reason.RA02,
+                    header_problem,
+                    "iletinin başlık bölümü boş bir satırla bitmiyor",
+                )
             assert headers is not None
             check_formal(headers.addresses, tx.sender.account.address, [r.address for r in tx.recipients])
             signer = tx.sender.signer
             identity = SignerIdentity(signer.address, signer.certificate, signer.national_id)
-            verdict = await asyncio.to_thread(
-                verify_sender, incoming, identity, self.trust, utcnow(), self.crls
-            )
-            check_signature(verdict)
-            await scan(self.policy.malware_command, incoming)
+            check_signature(verify_sender(incoming, identity, self.trust, utcnow(), self.crls))
         except PolicyError as e:
+            return headers, e, None
+        return headers, None, write_original(incoming, original, tx.message_id, headers.header_end)
+
+    async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
+        original = self.originals_dir / f"{tx.message_id.split('@')[0]}.eml"
+        headers, refusal, stored = await asyncio.to_thread(self._inspect, tx, incoming, outcome, original)
+        try:
+            if refusal is not None:
+                raise refusal
+            # After storing: a clean scan, the usual answer, then costs no second trip to a thread.
+            await scan(self.policy.malware_command, original)
+        except PolicyError as e:
+            original.unlink(missing_ok=True)
             rcpts = tuple(r.address for r in tx.recipients)
             raise await self._rejected(
                 e, tx, tx.login, tx.authenticated_at, recipients=rcpts, headers=headers
             ) from None
-        return headers
-
-    async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
-        headers = await self._check(tx, incoming, outcome)
-        original = self.originals_dir / f"{tx.message_id.split('@')[0]}.eml"
-        rem_digest, size = await asyncio.to_thread(
-            write_original, incoming, original, tx.message_id, headers.header_end
-        )
+        except BaseException:  # the scanner could not answer: nothing is decided
+            original.unlink(missing_ok=True)
+            raise
+        assert headers is not None and stored is not None
+        rem_digest, size = stored
         facts = MessageFacts(
             message_id=tx.message_id,
             sender=tx.sender.account.address,

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from kepmta.db import sqlite_pragmas
+from kepmta.db.runner import close
 from kepmta.db.schema import metadata
-
-
-def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # A commit returns only once it is on disk: a 250 promises exactly that.
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
 
 
 @asynccontextmanager
@@ -29,7 +20,7 @@ async def opened(url: str) -> AsyncIterator[AsyncEngine]:
     try:
         yield engine
     finally:
-        await engine.dispose()
+        await close(engine)
 
 
 async def open_engine(url: str) -> AsyncEngine:

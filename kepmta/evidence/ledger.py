@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Insert, Update, func, insert, select
+from sqlalchemy import Connection, Insert, Update, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.db import utc
+from kepmta.db.runner import runner
 from kepmta.db.schema import ledger, metadata
-from kepmta.db.writer import BatchWriter, Step
 from kepmta.evidence.signer import SignedEvidence
 from kepmta.smime import cms
 
@@ -152,6 +153,19 @@ def evidence_record(signed: SignedEvidence) -> NewRecord:
     )
 
 
+Step = tuple[Statement, list[dict[str, Any]]]
+
+
+def _execute(steps: list[Step], conn: Connection) -> None:
+    for statement, rows in steps:
+        conn.execute(statement, rows)
+
+
+def _read_head(conn: Connection) -> tuple[int, bytes]:
+    row = conn.execute(_HEAD).first()
+    return (row.seq, row.hash) if row is not None else (0, GENESIS)
+
+
 class Writes:
     """The writes of one transaction, gathered in memory and sent when it commits: each statement
     once, with all its rows (kepmta.db.writer), so the work of many callers costs one round trip
@@ -210,7 +224,7 @@ Unit = Callable[[Writes], T]
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._writer = BatchWriter(engine)
+        self._db = runner(engine)
         # One transaction at a time keeps the chain linear; the units queued meanwhile share the next.
         self._lock = asyncio.Lock()
         # Told after each committed append, so a checkpointer can count records without polling.
@@ -235,9 +249,6 @@ class Ledger:
             self._flusher = asyncio.create_task(self._flush())
         return await asyncio.shield(done)
 
-    async def close(self) -> None:
-        await self._writer.close()
-
     async def _flush(self) -> None:
         while self._queue:
             async with self._lock:
@@ -258,9 +269,7 @@ class Ledger:
         """One transaction for `batch`. If the database refuses it: False, with only the units that
         raised by themselves resolved, or when `final`, every unit failed with the refusal."""
         if self._head is None:
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(_HEAD)).first()
-            self._head = (row.seq, row.hash) if row is not None else (0, GENESIS)
+            self._head = await self._db.read(_read_head)
         w = Writes(self._head)
         results: list[tuple[asyncio.Future[Any], Any]] = []
         for unit, done in batch:
@@ -273,7 +282,7 @@ class Ledger:
         try:
             steps = w.steps()
             if steps:
-                await self._writer.run(steps)
+                await self._db.write(functools.partial(_execute, steps))
         except Exception as exc:
             self._head = None
             if not final:

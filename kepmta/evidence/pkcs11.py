@@ -192,4 +192,4 @@ def load_pair(uri: str, pin_file: os.PathLike[str] | str, cert: x509.Certificate
     """The evidence key pair with its private half in the token."""
     with open(pin_file, encoding="utf-8") as f:
         pin = f.read().strip()
-    return KeyPair(cert, open_key(uri, pin, cert))
+    return KeyPair(cert, open_key(uri, pin, cert), in_token=True)

@@ -6,7 +6,6 @@ issues tokens directly for the evidence signer. `check_token` is what the offlin
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -55,11 +54,28 @@ _FAIL_INFO_BITS = {
 }
 
 
+@dataclass(frozen=True)
+class Token:
+    """A TimeStampToken (ContentInfo DER) and the messageImprint it covers (RFC 3161 §2.4.2), as
+    the TimeStamper that returns it wrote or checked it, so that callers need not parse it back."""
+
+    der: bytes
+    algorithm: str  # the messageImprint hashAlgorithm: sha256, sha384 or sha512
+    imprint: bytes  # the messageImprint hashedMessage
+
+
 class TimeStamper(Protocol):
-    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
-        """A TimeStampToken (ContentInfo DER) over `imprint`, a digest made with `algorithm`
-        (sha256, sha384 or sha512)."""
+    """Where time-stamp tokens come from. A TimeStamper stands behind the imprint in the `Token` it
+    returns: it wrote the messageImprint itself (BuiltinTsa) or checked the token as RFC 3161
+    §2.4.2 asks of a requester (HttpTsa)."""
+
+    async def token(self, imprint: bytes, algorithm: str = "sha256") -> Token:
+        """A token over `imprint`, a digest made with `algorithm` (sha256, sha384 or sha512)."""
         ...
+
+    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
+        """The DER of `token(imprint, algorithm)`."""
+        return (await self.token(imprint, algorithm)).der
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class TokenInfo:
     policy: str
     serial: int
     tsa_subject: str
+    nonce: int | None  # RFC 3161 §2.4.2: the requester's nonce echoed, None if it sent none
 
 
 class _Rejection(Exception):
@@ -79,7 +96,7 @@ class _Rejection(Exception):
         self.text = text
 
 
-class BuiltinTsa:
+class BuiltinTsa(TimeStamper):
     """A TSA signing with a local key: development and tests, not a qualified service."""
 
     def __init__(
@@ -118,7 +135,7 @@ class BuiltinTsa:
             return der.sequence(status)
         return der.sequence(_GRANTED, token)
 
-    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
+    async def token(self, imprint: bytes, algorithm: str = "sha256") -> Token:
         """A token over `imprint`, a digest made with `algorithm`, with the TSA certificate
         included for verifiers."""
         if algorithm not in _DIGEST_SIZES:
@@ -126,8 +143,12 @@ class BuiltinTsa:
         if len(imprint) != _DIGEST_SIZES[algorithm]:
             raise ValueError(f"imprint must be a {_DIGEST_SIZES[algorithm]}-byte {algorithm} value")
         message_imprint = der.sequence(_DIGEST_IDS[algorithm], der.octet_string(imprint))
-        # ECDSA signing is CPU work; keep it off the event loop.
-        return await asyncio.to_thread(self._issue, imprint=message_imprint, nonce=None, cert_req=True)
+        # On the loop: a software ECDSA signature and a few hundred bytes of DER take a fraction
+        # of a millisecond, less than the two thread switches a worker would cost.
+        token = self._issue(imprint=message_imprint, nonce=None, cert_req=True)
+        # The messageImprint is the one written just above: reading it back out of the token
+        # would only find it again.
+        return Token(token, algorithm, imprint)
 
     def _issue(self, *, imprint: bytes, nonce: int | None, cert_req: bool) -> bytes:
         """TimeStampToken DER over the encoded MessageImprint `imprint` (RFC 3161 §2.4.2)."""
@@ -215,6 +236,15 @@ def _load_token(token: bytes) -> tuple[asn1crypto.cms.ContentInfo, asn1crypto.ts
     return ci, _tst_info(ci)
 
 
+def _imprint(info: asn1crypto.tsp.TSTInfo, algorithm: str) -> bytes:
+    """The TSTInfo's messageImprint hashedMessage, which must be made with `algorithm`."""
+    imprint = info["message_imprint"]
+    found = imprint["hash_algorithm"]["algorithm"].native
+    if found != algorithm:
+        raise TokenImprintError(f"the token imprint is {found}, not {algorithm}")
+    return bytes(imprint["hashed_message"].native)
+
+
 def token_imprint(token: bytes, algorithm: str = "sha256") -> bytes:
     """The `algorithm` imprint a token claims to cover, read without verifying anything (and
     without parsing the token's certificates, which costs milliseconds)."""
@@ -222,11 +252,7 @@ def token_imprint(token: bytes, algorithm: str = "sha256") -> bytes:
         info = _tst_info(asn1crypto.cms.ContentInfo.load(token))
     except (ValueError, TypeError, KeyError) as exc:
         raise TokenFormatError(f"the token is not CMS SignedData: {exc}") from exc
-    imprint = info["message_imprint"]
-    found = imprint["hash_algorithm"]["algorithm"].native
-    if found != algorithm:
-        raise TokenImprintError(f"the token imprint is {found}, not {algorithm}")
-    return bytes(imprint["hashed_message"].native)
+    return _imprint(info, algorithm)
 
 
 def check_token(
@@ -238,7 +264,7 @@ def check_token(
     Raises a TimeStampError subclass naming the failed check.
     """
     ci, info = _load_token(token)
-    if not hmac.compare_digest(token_imprint(token, algorithm), imprint):
+    if not hmac.compare_digest(_imprint(info, algorithm), imprint):
         raise TokenImprintError("the token time-stamps different data (messageImprint mismatch)")
     try:
         embedded = cms.certificates(ci)
@@ -274,6 +300,7 @@ def check_token(
         policy=info["policy"].dotted,
         serial=int(info["serial_number"].native),
         tsa_subject=signer.subject.rfc4514_string(),
+        nonce=None if info["nonce"].native is None else int(info["nonce"].native),
     )
 
 
@@ -287,6 +314,7 @@ __all__ = [
     "BuiltinTsa",
     "TimeStampError",
     "TimeStamper",
+    "Token",
     "TokenInfo",
     "check_token",
     "imprint_of",

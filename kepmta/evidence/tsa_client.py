@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
 import secrets
 import ssl
@@ -22,9 +21,8 @@ import asn1crypto.parser
 import asn1crypto.tsp
 from cryptography import x509
 
-from kepmta.evidence.errors import TimeStampError, TokenFormatError, TokenImprintError
-from kepmta.evidence.tsa import check_token, token_imprint
-from kepmta.smime import cms
+from kepmta.evidence.errors import TimeStampError, TokenFormatError
+from kepmta.evidence.tsa import TimeStamper, Token, check_token
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ class _Reply:
     body: bytes
 
 
-class HttpTsa:
+class HttpTsa(TimeStamper):
     """A `TimeStamper` asking an RFC 3161 TSA over HTTP or HTTPS."""
 
     def __init__(self, settings: TsaSettings) -> None:
@@ -89,8 +87,8 @@ class HttpTsa:
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._tls = ssl.create_default_context() if parts.scheme == "https" else None
 
-    async def timestamp(self, imprint: bytes, algorithm: str = "sha256") -> bytes:
-        """A checked TimeStampToken (ContentInfo DER) over `imprint`, an `algorithm` digest."""
+    async def token(self, imprint: bytes, algorithm: str = "sha256") -> Token:
+        """A checked token over `imprint`, an `algorithm` digest."""
         attempts = 1 + max(0, self.settings.retries)
         pause = _RETRY_PAUSE
         for attempt in range(1, attempts + 1):
@@ -104,7 +102,7 @@ class HttpTsa:
             pause *= 2
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _once(self, imprint: bytes, algorithm: str) -> bytes:
+    async def _once(self, imprint: bytes, algorithm: str) -> Token:
         nonce = secrets.randbits(63) + 1
         request = build_request(imprint, nonce, self.settings.policy, algorithm)
         reply = await self._post(request)
@@ -114,9 +112,10 @@ class HttpTsa:
             raise TsaUnavailable(
                 f"the TSA answered {reply.content_type or 'no content type'}, not {REPLY_TYPE}"
             )
-        token = parse_response(reply.body)
         s = self.settings
-        return check_reply_token(token, imprint, nonce, s.policy, s.trust, algorithm)
+        token = check_reply_token(parse_response(reply.body), imprint, nonce, s.policy, s.trust, algorithm)
+        # check_reply_token found the token's messageImprint to be `imprint`, made with `algorithm`.
+        return Token(token, algorithm, imprint)
 
     async def _post(self, body: bytes) -> _Reply:
         s = self.settings
@@ -236,19 +235,11 @@ def check_reply_token(
     algorithm: str = "sha256",
 ) -> bytes:
     """Everything RFC 3161 §2.4.2 asks of a requester before it relies on a token."""
-    if not hmac.compare_digest(token_imprint(token, algorithm), imprint):
-        raise TokenImprintError("the TSA time-stamped different data (messageImprint mismatch)")
-    if nonce is not None and _nonce(token) != nonce:
-        raise TokenNonceError("the token does not carry the nonce of the request")
+    # The imprint ours, the signature, signingCertificateV2, the TSA certificate's critical EKU
+    # timeStamping and its chain; the one parse this takes also gives the nonce and the policy.
     info = check_token(token, imprint, trust, algorithm)
+    if nonce is not None and info.nonce != nonce:
+        raise TokenNonceError("the token does not carry the nonce of the request")
     if policy is not None and info.policy != policy:
         raise TokenPolicyError(f"the token's policy is {info.policy}, not the configured {policy}")
     return token
-
-
-def _nonce(token: bytes) -> int | None:
-    content = cms.encapsulated_content(cms.load(token))
-    if content is None:
-        raise TokenFormatError("the token carries no TSTInfo")
-    value = asn1crypto.tsp.TSTInfo.load(content)["nonce"].native
-    return None if value is None else int(value)

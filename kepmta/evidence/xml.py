@@ -1,8 +1,9 @@
 """EN 319 522-3 evidence XML: writing our evidence and reading it back.
 
 The element order, names and prefixes follow the published EN 319 522-3 samples (see
-shared/EVIDENCE.md). Elements are written with literal prefixes and explicit xmlns declarations so
-that the output does not depend on ElementTree's global prefix registry; reading is namespace-aware.
+shared/EVIDENCE.md). Elements are written as text with literal prefixes and explicit xmlns
+declarations, in the layout ElementTree gave them when evidence was first signed (the bytes must
+not change for the same evidence); reading is namespace-aware ElementTree.
 """
 
 from __future__ import annotations
@@ -38,83 +39,133 @@ def _fmt_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
-def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-    child = ET.SubElement(parent, tag, attrs)
-    if text is not None:
-        child.text = text
-    return child
+def _escape(text: str) -> str:
+    """Character data with `&`, `<` and `>` as references (XML 1.0 §2.4), as ElementTree writes it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _identity(parent: ET.Element, friendly: str, name: str, value: str) -> None:
-    identity = _sub(parent, "tns:Identity")
-    attr = _sub(identity, "saml:Attribute", FriendlyName=friendly, Name=name, NameFormat=SAML_URI_FORMAT)
-    _sub(attr, "saml:AttributeValue", value)
+def _attrs(**attrs: str) -> str:
+    """Attributes in the order given, as ElementTree writes them for our constant values (which
+    hold no tab, CR or LF, the characters it would also write as references)."""
+    out = []
+    for name, value in attrs.items():
+        quoted = _escape(value).replace('"', "&quot;")
+        out.append(f' {name}="{quoted}"')
+    return "".join(out)
 
 
-def _party(parent: ET.Element, party: Party) -> None:
+class _Writer:
+    """XML text in the layout `ET.indent(space="  ")` gives an element tree, written directly:
+    building an ElementTree only to serialise it cost three times as much.
+
+    Indentation only adds whitespace between elements, never inside a text value, so it changes
+    nothing a reader extracts while letting a person read the evidence.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._open: list[str] = []
+
+    def leaf(self, tag: str, text: str | None = None, attrs: str = "") -> None:
+        indent = "  " * len(self._open)
+        if text:
+            self.lines.append(f"{indent}<{tag}{attrs}>{_escape(text)}</{tag}>")
+        else:
+            # ElementTree's short form for an element with neither text nor children.
+            self.lines.append(f"{indent}<{tag}{attrs} />")
+
+    def open(self, tag: str, attrs: str = "") -> _Writer:
+        """Start an element with children; used as `with w.open(tag):`, which ends it."""
+        self.lines.append(f"{'  ' * len(self._open)}<{tag}{attrs}>")
+        self._open.append(tag)
+        return self
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        tag = self._open.pop()
+        self.lines.append(f"{'  ' * len(self._open)}</{tag}>")
+
+
+_ROOT_ATTRS = _attrs(**{f"xmlns:{p}": uri for p, uri in NS.items()}, version=VERSION)
+_LEGAL_NAME_ATTRS = _attrs(FriendlyName="LegalName", Name=LEGAL_NAME, NameFormat=SAML_URI_FORMAT)
+_DISPLAY_NAME_ATTRS = _attrs(FriendlyName="DisplayName", Name=DISPLAY_NAME, NameFormat=SAML_URI_FORMAT)
+_DNS = _attrs(IdentifierSchemeName="dns")
+_MAILTO = _attrs(IdentifierSchemeName="mailto")
+_SHA256 = _attrs(Algorithm=SHA256_URI)
+_NON_CRITICAL = _attrs(isCritical="false")
+_RELAY_EVENTS = (Event.RELAY_ACCEPTANCE, Event.RELAY_REJECTION, Event.RELAY_FAILURE)
+
+
+def _identity(w: _Writer, attrs: str, value: str) -> None:
+    with w.open("tns:Identity"), w.open("saml:Attribute", attrs):
+        w.leaf("saml:AttributeValue", value)
+
+
+def _party(w: _Writer, party: Party) -> None:
     if party.name is not None:
-        _identity(parent, "DisplayName", DISPLAY_NAME, party.name)
-    _sub(parent, "Identifier", party.address, IdentifierSchemeName="mailto")
+        _identity(w, _DISPLAY_NAME_ATTRS, party.name)
+    w.leaf("Identifier", party.address, _MAILTO)
 
 
 def to_xml(ev: Evidence) -> bytes:
     """The evidence as EN 319 522-3 XML, UTF-8 with an XML declaration."""
-    root = ET.Element("tns:Evidence", {f"xmlns:{p}": uri for p, uri in NS.items()})
-    root.set("version", VERSION)
-    _sub(root, "tns:EvidenceIdentifier", ev.evidence_id)  # G01
-    _sub(root, "tns:ERDSEventId", ev.event.uri)  # G03
-    reason = _sub(_sub(root, "tns:EventReasons"), "tns:EventReason")  # G04
-    _sub(reason, "Code", ev.reason.uri)
-    _sub(reason, "Details", ev.reason.value)
-    _sub(reason, "Details", ev.details)
-    _sub(root, "EventTime", _fmt_time(ev.event_time))  # G05
-    policies = _sub(root, "tns:EvidenceIssuerPolicyID")  # R01
-    for policy in ev.policy_ids:
-        _sub(policies, "PolicyID", policy)
-    issuer = _sub(root, "tns:EvidenceIssuerDetails")  # R02
-    _identity(issuer, "LegalName", LEGAL_NAME, ev.issuer_name)
-    _sub(issuer, "Identifier", ev.issuer_domain, IdentifierSchemeName="dns")
-    sender = _sub(root, "tns:SenderDetails")
-    _party(sender, ev.sender)
-    if ev.sender_auth_time is not None or ev.sender_auth_method is not None:
-        auth = _sub(_sub(sender, "AssuranceLevelsDetails"), "tns:AuthenticationDetails")
-        if ev.sender_auth_time is not None:
-            _sub(auth, "AuthenticationTime", _fmt_time(ev.sender_auth_time))
-        if ev.sender_auth_method is not None:
-            _sub(auth, "AuthenticationMethod", ev.sender_auth_method)
-    for recipient in ev.recipients:
-        _party(_sub(root, "tns:RecipientDetails"), recipient)
-    _sub(root, "tns:SubmissionTime", _fmt_time(ev.submission_time))  # M03
-    if ev.refers_to_recipient is not None:
-        _sub(root, "EvidenceRefersToRecipient", str(ev.refers_to_recipient))  # I09
-    _sub(root, "tns:MessageIdentifier", ev.message_id)  # M01
-    if ev.ua_message_id is not None or ev.digest_sha256 is not None:
-        content = _sub(root, "tns:UserContentInfo")
-        if ev.ua_message_id is not None:
-            _sub(content, "AppLayerIdentifier", f"<{ev.ua_message_id}>")
-        if ev.digest_sha256 is not None:
-            _sub(content, "ComposingParts", "1")
-            part = _sub(_sub(content, "tns:PartsInfo"), "tns:PartInfo")
-            _sub(part, "Identifier", ORIGINAL_PART_ID)
-            _sub(part, "ContentType", "message/rfc822")
-            _sub(part, "ds:DigestMethod", Algorithm=SHA256_URI)
-            _sub(part, "ds:DigestValue", base64.b64encode(ev.digest_sha256).decode("ascii"))
-    extensions = _sub(root, "tns:Extensions")
-    general = _sub(extensions, "tns:Extension", isCritical="false")
-    _sub(_sub(general, "ext:GeneralEvidenceInfo"), "ext:Subject", ev.subject)
-    if ev.event in (Event.RELAY_ACCEPTANCE, Event.RELAY_REJECTION, Event.RELAY_FAILURE):
-        relay = _sub(general, "ext:RelayEvidenceInfo")
-        _sub(relay, "ext:RelayEvidenceRefersTo", str(ev.refers_to_recipient))
-    kep = _sub(_sub(extensions, "tns:Extension", isCritical="false"), "kep:KEPEvidenceInfo")
-    _sub(kep, "kep:MessageType", ev.message_type)
-    _sub(kep, "kep:PTTCode", str(ev.event.ptt_code))
-    if ev.operator is not None:
-        _party(_sub(kep, "kep:Operator"), ev.operator)
-    # Indentation only adds whitespace between elements, never inside a text value, so it changes
-    # nothing a reader extracts while letting a person read the evidence.
-    ET.indent(root, space="  ")
-    body = ET.tostring(root, encoding="unicode")
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n").encode("utf-8")
+    w = _Writer()
+    with w.open("tns:Evidence", _ROOT_ATTRS):
+        w.leaf("tns:EvidenceIdentifier", ev.evidence_id)  # G01
+        w.leaf("tns:ERDSEventId", ev.event.uri)  # G03
+        with w.open("tns:EventReasons"), w.open("tns:EventReason"):  # G04
+            w.leaf("Code", ev.reason.uri)
+            w.leaf("Details", ev.reason.value)
+            w.leaf("Details", ev.details)
+        w.leaf("EventTime", _fmt_time(ev.event_time))  # G05
+        with w.open("tns:EvidenceIssuerPolicyID"):  # R01
+            for policy in ev.policy_ids:
+                w.leaf("PolicyID", policy)
+        with w.open("tns:EvidenceIssuerDetails"):  # R02
+            _identity(w, _LEGAL_NAME_ATTRS, ev.issuer_name)
+            w.leaf("Identifier", ev.issuer_domain, _DNS)
+        with w.open("tns:SenderDetails"):
+            _party(w, ev.sender)
+            if ev.sender_auth_time is not None or ev.sender_auth_method is not None:
+                with w.open("AssuranceLevelsDetails"), w.open("tns:AuthenticationDetails"):
+                    if ev.sender_auth_time is not None:
+                        w.leaf("AuthenticationTime", _fmt_time(ev.sender_auth_time))
+                    if ev.sender_auth_method is not None:
+                        w.leaf("AuthenticationMethod", ev.sender_auth_method)
+        for recipient in ev.recipients:
+            with w.open("tns:RecipientDetails"):
+                _party(w, recipient)
+        w.leaf("tns:SubmissionTime", _fmt_time(ev.submission_time))  # M03
+        if ev.refers_to_recipient is not None:
+            w.leaf("EvidenceRefersToRecipient", str(ev.refers_to_recipient))  # I09
+        w.leaf("tns:MessageIdentifier", ev.message_id)  # M01
+        if ev.ua_message_id is not None or ev.digest_sha256 is not None:
+            with w.open("tns:UserContentInfo"):
+                if ev.ua_message_id is not None:
+                    w.leaf("AppLayerIdentifier", f"<{ev.ua_message_id}>")
+                if ev.digest_sha256 is not None:
+                    w.leaf("ComposingParts", "1")
+                    with w.open("tns:PartsInfo"), w.open("tns:PartInfo"):
+                        w.leaf("Identifier", ORIGINAL_PART_ID)
+                        w.leaf("ContentType", "message/rfc822")
+                        w.leaf("ds:DigestMethod", None, _SHA256)
+                        w.leaf("ds:DigestValue", base64.b64encode(ev.digest_sha256).decode("ascii"))
+        with w.open("tns:Extensions"):
+            with w.open("tns:Extension", _NON_CRITICAL):
+                with w.open("ext:GeneralEvidenceInfo"):
+                    w.leaf("ext:Subject", ev.subject)
+                if ev.event in _RELAY_EVENTS:
+                    with w.open("ext:RelayEvidenceInfo"):
+                        w.leaf("ext:RelayEvidenceRefersTo", str(ev.refers_to_recipient))
+            with w.open("tns:Extension", _NON_CRITICAL), w.open("kep:KEPEvidenceInfo"):
+                w.leaf("kep:MessageType", ev.message_type)
+                w.leaf("kep:PTTCode", str(ev.event.ptt_code))
+                if ev.operator is not None:
+                    with w.open("kep:Operator"):
+                        _party(w, ev.operator)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + "\n".join(w.lines) + "\n").encode("utf-8")
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kepmta.db.runner import runner
 from kepmta.db.schema import jobs
 from kepmta.evidence.ledger import Writes
 
@@ -53,15 +54,22 @@ def enqueue(w: Writes, kind: str, message_id: str, payload: dict[str, Any]) -> N
     )
 
 
+_DUE = (
+    select(jobs)
+    .where(
+        jobs.c.state == "pending",
+        jobs.c.kind.in_(bindparam("kinds", expanding=True)),
+        jobs.c.next_at <= bindparam("now"),
+    )
+    .order_by(jobs.c.id)
+    .limit(bindparam("limit"))
+)
+
+
 async def due(engine: AsyncEngine, kinds: tuple[str, ...], limit: int = 100) -> list[Job]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            select(jobs)
-            .where(jobs.c.state == "pending", jobs.c.kind.in_(kinds), jobs.c.next_at <= _now())
-            .order_by(jobs.c.id)
-            .limit(limit)
-        )
-        return [Job(r.id, r.kind, r.message_id, r.payload, r.attempts) for r in rows]
+    params = {"kinds": list(kinds), "now": _now(), "limit": limit}
+    rows = await runner(engine).read(lambda conn: conn.execute(_DUE, params).all())
+    return [Job(r.id, r.kind, r.message_id, r.payload, r.attempts) for r in rows]
 
 
 def complete(w: Writes, job_id: int) -> None:
@@ -70,9 +78,9 @@ def complete(w: Writes, job_id: int) -> None:
 
 async def retry_later(engine: AsyncEngine, job: Job, error: str) -> None:
     delay = _BACKOFF[min(job.attempts, len(_BACKOFF) - 1)]
-    async with engine.begin() as conn:
-        await conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id)
-            .values(attempts=job.attempts + 1, next_at=_now() + dt.timedelta(seconds=delay), last_error=error)
-        )
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == job.id)
+        .values(attempts=job.attempts + 1, next_at=_now() + dt.timedelta(seconds=delay), last_error=error)
+    )
+    await runner(engine).write(lambda conn: conn.execute(statement))

@@ -17,9 +17,11 @@ import email.policy
 import hashlib
 import html
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.utils import format_datetime
 from typing import BinaryIO, Protocol
 
@@ -35,10 +37,10 @@ __all__ = [
     "MESSAGE_TYPE",
     "METADATA_VERSION",
     "Buffer",
+    "address_header",
     "base64_lines",
     "bilingual",
     "detached_signer",
-    "encoded_header",
     "evidence_parts",
     "hash_range",
     "header_block",
@@ -53,6 +55,7 @@ __all__ = [
     "rfc5322_date",
     "split_entity",
     "split_multipart",
+    "text_header",
     "write_multipart_signed",
 ]
 
@@ -119,8 +122,10 @@ def split_entity(buf: Buffer, start: int, end: int) -> tuple[bytes, int]:
             return b"", start + len(eol)
     best: tuple[int, int] | None = None
     for blank in (b"\r\n\r\n", b"\n\n"):
-        at = buf.find(blank, start, end)
-        if at != -1 and (best is None or at < best[0]):
+        # Only a blank line starting before the one found counts: without this bound a CRLF
+        # message would be searched to its end for an LF-only one.
+        at = buf.find(blank, start, end if best is None else best[0] + len(blank) - 1)
+        if at != -1:
             best = (at, len(blank))
     if best is None:
         return buf[start:end], end
@@ -221,7 +226,7 @@ def new_boundary(kind: str, collides: Callable[[bytes], bool]) -> str:
 
 def _one_line(value: str) -> str:
     # A line break in a value would end the header field early and let the value inject fields.
-    return " ".join(value.replace("\r", "\n").split("\n"))
+    return value.replace("\r", " ").replace("\n", " ")
 
 
 def plain_header(name: str, value: str) -> bytes:
@@ -232,18 +237,171 @@ def plain_header(name: str, value: str) -> bytes:
     """
     value = _one_line(value)
     if not value.isascii():
-        return encoded_header(name, value)
-    return f"{name}: {value}".encode("ascii") + CRLF
+        return text_header(name, value)
+    return f"{name}: {value}\r\n".encode("ascii")
 
 
-def encoded_header(name: str, value: str) -> bytes:
-    """A header field with user text: folded, and RFC 2047 encoded words where not ASCII.
+# RFC 5322 §2.1.1: lines of at most 78 characters before the CRLF, where the text allows it.
+_LINE = 78
+# RFC 2047 §2: a line with an encoded-word is at most 76 characters, the word at most 75.
+_EW_LINE = 76
+# Base64 keeps the word free of the characters RFC 2047 §5(3) forbids in a phrase, so one encoder
+# serves both unstructured text and display names.
+_EW_OPEN, _EW_CLOSE = "=?utf-8?b?", "?="
+_EW_FRAME = len(_EW_OPEN) + len(_EW_CLOSE)
+# 45 bytes are 60 base64 characters: 72 with the frame, 73 on a folded line.
+_EW_BYTES = 45
+# RFC 5322 §3.2.3: a phrase of atoms separated by single spaces needs no quotes.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ATOMS = re.compile(f"{_ATEXT}(?: {_ATEXT})*")
+# RFC 5322 §3.4.1 dot-atom@dot-atom, the shape of KEP addresses. "=" is left out so that no address
+# can begin an encoded-word; quoted local parts, domain literals and non-ASCII go to `email`.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/?^_`{|}~-]+)*"
+_PLAIN_ADDR = re.compile(f"{_DOT_ATOM}@{_DOT_ATOM}")
+# (white space, word) pairs; the last match is always the empty one at the end of the text.
+_UNITS = re.compile(r"([ \t]*)([^ \t]*)")
 
-    The `email` header classes know each field's syntax (addresses, unstructured text), so a
-    display name is quoted or encoded as its field requires.
+
+def _plain(text: str) -> bool:
+    """Whether `text` may be written as it is: printable ASCII (spaces included), and nothing a
+    reader could take for the start of an encoded-word (RFC 2047 §5(1))."""
+    return text.isascii() and text.isprintable() and "=?" not in text
+
+
+def _cut(data: bytes, start: int, size: int) -> int:
+    """Where an encoded-word of at most `size` bytes from `start` ends.
+
+    RFC 2047 §5: each encoded-word holds whole characters, so the cut backs off from a UTF-8
+    continuation byte (10xxxxxx) to the start of its character.
     """
-    folded: str = _SMTP.header_factory(name, _one_line(value)).fold(policy=_SMTP)
-    return folded.encode("ascii")
+    end = start + size
+    if end >= len(data):
+        return len(data)
+    while end > start and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return end
+
+
+class _Folder:
+    """One header field, its lines broken before white space (RFC 5322 §2.2.3)."""
+
+    def __init__(self, name: str, *, break_first: bool) -> None:
+        self.parts = [name, ":"]
+        self.width = len(name) + 1
+        self.limit = _LINE
+        # Readers keep white space that starts a line as part of unstructured text, so such a
+        # field is not broken right after its colon.
+        self.may_break = break_first
+
+    def _put(self, separator: str, token: str) -> None:
+        self.parts += (separator, token)
+        self.width += len(separator) + len(token)
+        self.may_break = True
+
+    def _break(self) -> None:
+        self.parts.append("\r\n")
+        self.width = 0
+        self.limit = _LINE
+
+    def add(self, separator: str, token: str) -> None:
+        """`token` after the white space `separator`, on a new line if it does not fit."""
+        if self.may_break and self.width + len(separator) + len(token) > self.limit:
+            self._break()
+        self._put(separator, token)
+
+    def encode(self, separator: str, text: str) -> None:
+        """`text` as encoded-words, the first after `separator`.
+
+        The space between two encoded-words is not part of the text (RFC 2047 §6.2), so the words
+        may be cut wherever a character ends.
+        """
+        data = text.encode("utf-8")
+        start = 0
+        while start < len(data):
+            room = min((_EW_LINE - self.width - len(separator) - _EW_FRAME) // 4 * 3, _EW_BYTES)
+            # What one encoded-word holds goes whole to a new line rather than being cut: CPython
+            # reads a display name with a space where two encoded-words meet.
+            if self.may_break and (
+                room < len(data) - start <= _EW_BYTES or _cut(data, start, max(room, 0)) == start
+            ):
+                self._break()
+                room = _EW_BYTES
+            # Where the line may not break yet, 4 bytes hold one character of any length.
+            end = _cut(data, start, max(room, 4))
+            self._put(separator, _EW_OPEN + base64.b64encode(data[start:end]).decode("ascii") + _EW_CLOSE)
+            self.limit = _EW_LINE
+            separator, start = " ", end
+
+    def field(self) -> bytes:
+        self.parts.append("\r\n")
+        return "".join(self.parts).encode("ascii")
+
+
+def text_header(name: str, value: str) -> bytes:
+    """An unstructured header field of user text (RFC 5322 §3.2.5), folded, with RFC 2047
+    encoded-words where it is not printable ASCII. It reads back as `value` with its line breaks
+    made spaces."""
+    value = _one_line(value)
+    if _plain(value) and len(name) + 2 + len(value) <= _LINE and value[:1] != " " and value[-1:] != " ":
+        return f"{name}: {value}\r\n".encode("ascii")
+    units = _UNITS.findall(value)[:-1]
+    raw = [bool(word) and _plain(word) and len(space) + len(word) <= _LINE for space, word in units]
+    # Readers drop white space after the colon, and white space before a line break is often
+    # stripped in transit, so white space at either end goes inside an encoded-word; so does a
+    # first word too long for the first line, which may not be broken after the colon.
+    if units[0][0] or len(name) + 2 + len(units[0][1]) > _LINE:
+        raw[0] = False
+    if not units[-1][1] and len(units) > 1:
+        raw[-2] = False
+    folder = _Folder(name, break_first=False)
+    index = 0
+    while index < len(units):
+        if raw[index]:
+            space, word = units[index]
+            folder.add(space or " ", word)
+            index += 1
+            continue
+        end = index + 1
+        while end < len(units) and not raw[end]:
+            end += 1
+        text = "".join(space + word for space, word in units[index:end])
+        # One white space character stays outside to part the encoded-word from the word before
+        # it (RFC 2047 §5(1)); the rest is text, since between encoded-words it is dropped (§6.2).
+        if index == 0:
+            folder.encode(" ", text)
+        else:
+            folder.encode(text[0], text[1:])
+        index = end
+    return folder.field()
+
+
+def address_header(name: str, mailboxes: Sequence[tuple[str, str]]) -> bytes:
+    """An address-list header field (RFC 5322 §3.4) from (display name, addr-spec) pairs, with ""
+    for no display name; folded between mailboxes."""
+    if not all(_PLAIN_ADDR.fullmatch(addr) for _, addr in mailboxes):
+        text = ", ".join(
+            str(Address(display, addr_spec=addr)) if display else addr for display, addr in mailboxes
+        )
+        folded: str = _SMTP.header_factory(name, _one_line(text)).fold(policy=_SMTP)
+        return folded.encode("ascii")
+    folder = _Folder(name, break_first=True)
+    last = len(mailboxes) - 1
+    for index, (display, addr) in enumerate(mailboxes):
+        comma = "," if index < last else ""
+        display = _one_line(display)
+        if not display:
+            folder.add(" ", addr + comma)
+            continue
+        if not _plain(display):
+            # RFC 2047 §5(3): an encoded-word may stand for a word of the phrase.
+            folder.encode(" ", display)
+        elif _ATOMS.fullmatch(display):
+            folder.add(" ", display)
+        else:
+            # RFC 5322 §3.2.4: in a quoted-string only the quote and the backslash are escaped.
+            folder.add(" ", '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        folder.add(" ", f"<{addr}>{comma}")
+    return folder.field()
 
 
 def rfc5322_date(when: datetime) -> str:

@@ -18,9 +18,9 @@ from cryptography import x509
 from kepmta.evidence.model import Event
 from kepmta.pki import KeyPair
 from kepmta.rem.mime import (
+    address_header,
     bilingual,
     detached_signer,
-    encoded_header,
     evidence_parts,
     introduction,
     multipart,
@@ -28,6 +28,7 @@ from kepmta.rem.mime import (
     plain_header,
     rem_fields,
     rfc5322_date,
+    text_header,
     write_multipart_signed,
 )
 
@@ -95,9 +96,10 @@ def build_receipt(
     """The signed receipt carrying `evidence_der` as `<event_name>.p7m`, as message bytes."""
     domain = info.service_address.rpartition("@")[2]
     fields = [
-        encoded_header("From", info.service_address),
-        encoded_header("To", info.sender),
-        encoded_header("Subject", f"REM {info.event_name}: {info.subject}"),
+        address_header("From", [("", info.service_address)]),
+        address_header("To", [("", info.sender)]),
+        # "REM <EventName>: <original subject>" (EVIDENCE.md); no dangling space for an empty subject.
+        text_header("Subject", f"REM {info.event_name}: {info.subject}".rstrip()),
         plain_header("Date", rfc5322_date(info.event_time)),
         # Derived from the evidence id, so a receipt rebuilt for the same evidence is recognisable
         # as a duplicate.

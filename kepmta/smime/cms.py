@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ _SIGNING_CERTIFICATE_V2 = der.oid("1.2.840.113549.1.9.16.2.47")  # RFC 5035 §3
 SHA256_NULL = der.sequence(der.oid("2.16.840.1.101.3.4.2.1"), der.tlv(der.NULL, b""))
 # RFC 5754 §3.3: ecdsa-with-SHA256 with the parameters absent.
 _ECDSA_WITH_SHA256 = der.sequence(der.oid("1.2.840.10045.4.3.2"))
+# RFC 5652 §5.1 digestAlgorithms: the one algorithm every signature here uses.
+_DIGEST_ALGORITHMS = der.set_of((SHA256_NULL,))
 _VERSION_1 = der.integer(1)
 _VERSION_3 = der.integer(3)
 _TBS_VERSION = 0xA0  # RFC 5280 §4.1: TBSCertificate version [0] EXPLICIT
@@ -117,7 +120,6 @@ _TBS_VERSION = 0xA0  # RFC 5280 §4.1: TBSCertificate version [0] EXPLICIT
 class _SignerParts:
     """The DER every signature by one certificate repeats, written once per certificate."""
 
-    certificate: bytes
     sid: bytes  # RFC 5652 §10.2.4 IssuerAndSerialNumber
     signing_certificate_v2: bytes  # the whole RFC 5035 attribute
 
@@ -143,6 +145,20 @@ def subject_der(cert: x509.Certificate) -> bytes:
     return _tbs_fields(cert)[4]
 
 
+@lru_cache(maxsize=256)
+def _issuer_and_serial(cert: x509.Certificate) -> tuple[bytes, int]:
+    """The issuer Name as encoded in the certificate, and its serialNumber (RFC 5280 §4.1.2.2)."""
+    serial, _, issuer = _tbs_fields(cert)[:3]
+    return issuer, int.from_bytes(der.contents(serial, der.INTEGER), "big", signed=True)
+
+
+@lru_cache(maxsize=256)
+def _key_identifier(cert: x509.Certificate) -> bytes | None:
+    """The subjectKeyIdentifier (RFC 5280 §4.2.1.2), as asn1crypto reads it."""
+    key_identifier: bytes | None = _asn1_cert(cert).key_identifier
+    return key_identifier
+
+
 @lru_cache(maxsize=64)
 def _signer_parts(cert: x509.Certificate) -> _SignerParts:
     serial, _, issuer = _tbs_fields(cert)[:3]
@@ -155,16 +171,30 @@ def _signer_parts(cert: x509.Certificate) -> _SignerParts:
         der.sequence(der.sequence(der.explicit(4, issuer)), serial),
     )
     return _SignerParts(
-        certificate=cert_der,
         sid=der.sequence(issuer, serial),
         # SigningCertificateV2 ::= SEQUENCE { certs SEQUENCE OF ESSCertIDv2 } (policies absent).
         signing_certificate_v2=_attribute(_SIGNING_CERTIFICATE_V2, der.sequence(der.sequence(ess_cert_id))),
     )
 
 
+@lru_cache(maxsize=64)
+def _certificate_set(cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> bytes:
+    """certificates [0] IMPLICIT CertificateSet with the signer certificate and `chain`.
+
+    RFC 5652 §10.2.3 CertificateSet is a SET OF: DER (X.690 §11.6) fixes the order, not the caller.
+    """
+    return der.implicit(0, der.set_of([_certificate_der(cert), *(_certificate_der(c) for c in chain)]))
+
+
 def _attribute(attr_type: bytes, value: bytes) -> bytes:
     """RFC 5652 §5.3 Attribute with one value: SEQUENCE { attrType, SET OF { value } }."""
     return der.sequence(attr_type, der.set_of((value,)))
+
+
+@lru_cache(maxsize=64)
+def _content_type_attribute(dotted: str) -> bytes:
+    """RFC 5652 §11.1 content-type attribute; it must match eContentType."""
+    return _attribute(_CONTENT_TYPE, der.oid(dotted))
 
 
 @lru_cache(maxsize=64)
@@ -223,8 +253,7 @@ def sign(
     parts = _signer_parts(signer.cert)
     signed_attrs = der.set_of(
         (
-            # RFC 5652 §11.1: content-type must match eContentType.
-            _attribute(_CONTENT_TYPE, der.oid(ctype)),
+            _content_type_attribute(ctype),
             # RFC 5652 §11.2
             _attribute(_MESSAGE_DIGEST, der.octet_string(digest)),
             # RFC 5652 §11.3; EN 319 122-1 requires it at CAdES-B-B.
@@ -253,10 +282,9 @@ def sign(
     signed = der.sequence(
         # RFC 5652 §5.1: version 3 whenever eContentType is not id-data.
         _VERSION_1 if ctype == _DATA else _VERSION_3,
-        der.set_of((SHA256_NULL,)),
+        _DIGEST_ALGORITHMS,
         der.sequence(encap),
-        # RFC 5652 §10.2.3 CertificateSet is a SET OF: DER (X.690 §11.6) fixes the order, not the caller.
-        der.implicit(0, der.set_of([parts.certificate, *(_certificate_der(c) for c in chain)])),
+        _certificate_set(signer.cert, tuple(chain)),
         der.set_of((info,)),
     )
     return _content_info(signed)
@@ -287,25 +315,62 @@ def _parse_fields(signed: asn1crypto.cms.SignedData) -> None:
 
     Not `.native` on the whole structure: that pushes nested attribute values through
     asn1crypto's re-encoding (see `_encoded`), which takes seconds with a time-stamp token inside.
-    Fields holding DEFAULT values (certificate extensions, ESSCertIDv2) are parsed in a copy:
-    asn1crypto marks a value it fills with a default as changed, after which `_encoded` would
-    re-encode the field instead of returning the received bytes, slowly.
+    The larger fields are parsed as values of their own, from their octets (`_check_parses`), so
+    the DEFAULT values asn1crypto fills in (certificate extensions, ESSCertIDv2) do not mark the
+    received tree as changed, after which `_encoded` would re-encode it instead of returning the
+    received bytes, slowly.
     """
     signed["version"].native  # noqa: B018 - the attribute access is the parse
-    signed["digest_algorithms"].native  # noqa: B018
-    signed["certificates"].copy().native  # noqa: B018
+    _check_members(signed["digest_algorithms"])
+    certificates = signed["certificates"]
+    if not isinstance(certificates, asn1crypto.core.Void):
+        _check_members(certificates)
     encap = signed["encap_content_info"]
     encap["content_type"].native  # noqa: B018
     encap["content"].contents  # noqa: B018
     for info in signed["signer_infos"]:
-        for name in ("version", "sid", "digest_algorithm", "signature_algorithm", "signature"):
-            info[name].native  # noqa: B018
-        info["signed_attrs"].copy().native  # noqa: B018
+        info["version"].native  # noqa: B018
+        info["signature"].native  # noqa: B018
+        for name in ("sid", "digest_algorithm", "signature_algorithm"):
+            _check_parses(type(info[name]), _encoded(info[name]))
+        signed_attrs = info["signed_attrs"]
+        if not isinstance(signed_attrs, asn1crypto.core.Void):
+            _check_members(signed_attrs)
         unsigned = info["unsigned_attrs"]
         if not isinstance(unsigned, asn1crypto.core.Void):
             for attr in unsigned:
                 attr["type"].native  # noqa: B018
                 len(attr["values"])
+
+
+def _check_members(values: asn1crypto.core.SequenceOf) -> None:
+    """Parse each member of a SET OF or SEQUENCE OF in full, as `.native` on all of it would."""
+    for member in values:
+        _check_parses(type(member), _encoded(member))
+
+
+# Encodings up to this size have their full parse remembered; larger ones are parsed every time,
+# so that what a client sends cannot make the cache hold much memory.
+_PARSE_MEMO_LIMIT = 16 * 1024
+
+
+def _check_parses(spec: Any, encoding: bytes) -> None:
+    """Raise what asn1crypto raises if `encoding` does not parse in full as a value of the
+    asn1crypto type `spec`."""
+    if len(encoding) > _PARSE_MEMO_LIMIT:
+        _parse_in_full(spec, encoding)
+    else:
+        _parse_in_full_once(spec, encoding)
+
+
+def _parse_in_full(spec: Any, encoding: bytes) -> None:
+    spec.load(encoding, strict=True).native  # noqa: B018 - the attribute access is the parse
+
+
+# A submitter signs each message with the same certificates, algorithms and most signed
+# attributes; their full parse (about a millisecond for a certificate chain) depends on the
+# octets alone, so it is done once per distinct encoding. Failures are not cached.
+_parse_in_full_once = lru_cache(maxsize=512)(_parse_in_full)
 
 
 def check_structure(ci: asn1crypto.cms.ContentInfo) -> None:
@@ -344,6 +409,9 @@ def signer_info(ci: asn1crypto.cms.ContentInfo) -> asn1crypto.cms.SignerInfo:
 
 def signature_value(ci: asn1crypto.cms.ContentInfo) -> bytes:
     """The SignerInfo signature octets: what a signature time-stamp imprints (EN 319 122-1 §5.3)."""
+    layout = _walk(ci)
+    if layout is not None:
+        return der.contents(layout.signer_info[-1])  # RFC 5652 §5.3: signature, before unsignedAttrs
     return bytes(signer_info(ci)["signature"].native)
 
 
@@ -384,14 +452,13 @@ def signer_certificate(
     """
     sid = signer_info(ci)["sid"]
     for cert in (*certificates(ci), *extra):
-        a = _asn1_cert(cert)
         if sid.name == "issuer_and_serial_number":
             # Exact DER, not asn1crypto's case-folding Name equality: the sid is unsigned, so a
             # loose match would let its bytes change unnoticed.
-            same_issuer = _encoded(a.issuer) == _encoded(sid.chosen["issuer"])
-            if same_issuer and a.serial_number == sid.chosen["serial_number"].native:
+            issuer, serial = _issuer_and_serial(cert)
+            if issuer == _encoded(sid.chosen["issuer"]) and serial == sid.chosen["serial_number"].native:
                 return cert
-        elif sid.name == "subject_key_identifier" and a.key_identifier == sid.chosen.native:
+        elif sid.name == "subject_key_identifier" and _key_identifier(cert) == sid.chosen.native:
             return cert
     raise CmsError("the signer certificate is not in the SignedData certificates")
 
@@ -492,26 +559,13 @@ def add_unsigned_attribute(
     SignerInfo and the lengths enclosing it are written anew, every other field, signed or not, is
     carried over as received.
     """
-    signed = _signed_data(ci)
-    with _malformed():
-        infos = signed["signer_infos"]
-        if len(infos) != 1:
-            raise CmsError(f"expected exactly one SignerInfo, found {len(infos)}")
-        info = infos[0]
-        existing = info["unsigned_attrs"]
-        members = [] if isinstance(existing, asn1crypto.core.Void) else [_encoded(a) for a in existing]
-        # Field by field: asn1crypto marks a value it filled with a DEFAULT while being read as
-        # changed, and re-encoding a whole changed tree through it takes far longer than signing.
-        kept = [
-            _encoded(info[name])
-            for name, _, _ in asn1crypto.cms.SignerInfo._fields
-            if name != "unsigned_attrs" and not isinstance(info[name], asn1crypto.core.Void)
-        ]
+    layout = _walk(ci) or _parsed_layout(ci)
     value_der = value if isinstance(value, bytes) else _encoded(value)
     attribute = _attribute(der.oid(_attribute_type_oid(attr_type)), value_der)
     # RFC 5652 §5.3: unsignedAttrs [1] IMPLICIT SET OF Attribute, the last SignerInfo field.
-    unsigned = der.implicit(1, der.set_of([*members, attribute]))
-    return _reassemble(signed, {"signer_infos": der.set_of((der.sequence(*kept, unsigned),))})
+    unsigned = der.implicit(1, der.set_of([*layout.unsigned, attribute]))
+    signer_infos = der.set_of((der.sequence(*layout.signer_info, unsigned),))
+    return _content_info(der.sequence(layout.signed_data, signer_infos))
 
 
 def add_signature_timestamp(
@@ -525,10 +579,14 @@ def add_signature_timestamp(
     # Refuse anything not framed as SignedData before it goes into the evidence. Its fields are
     # read down to their headers only: the token's content and signature are the verifier's to
     # check (`check_token`), and reading them all here would cost more than the rest together.
-    token_fields = _signed_data(der_token)
-    with _malformed():
-        for name, _, _ in asn1crypto.cms.SignedData._fields:
-            token_fields[name]  # the item access is the parse
+    # A token as TSAs write it passes the walk; anything else is read by asn1crypto.
+    try:
+        _layout(der_token)
+    except der.DerError:
+        token_fields = _signed_data(der_token)
+        with _malformed():
+            for name, _, _ in asn1crypto.cms.SignedData._fields:
+                token_fields[name]  # the item access is the parse
     return add_unsigned_attribute(ci, "signature_time_stamp_token", der_token)
 
 
@@ -577,8 +635,141 @@ def _content_info(signed_data: bytes) -> DerContentInfo:
     return result
 
 
+# -- our own objects, read without asn1crypto --------------------------------------------------------
+
+# RFC 3161 Appendix A: id-aa-timeStampToken, the contents octets of the OID.
+_TIME_STAMP_TOKEN = der.contents(der.oid("1.2.840.113549.1.9.16.2.14"))
+# The identifier octets of the fields, in order, of SignedData (RFC 5652 §5.1: version,
+# digestAlgorithms, encapContentInfo, [0] certificates, [1] crls, signerInfos) and SignerInfo
+# (§5.3: version, sid as issuerAndSerialNumber or [0] subjectKeyIdentifier, digestAlgorithm,
+# [0] signedAttrs, signatureAlgorithm, signature, [1] unsignedAttrs).
+_SIGNED_DATA_FIELDS = re.compile(b"\x02\x31\x30\xa0?\xa1?\x31")
+_SIGNER_INFO_FIELDS = re.compile(b"\x02[\x30\x80]\x30\xa0?\x30\x04\xa1?")
+_EXPLICIT_0 = 0xA0
+_UNSIGNED_ATTRS = 0xA1
+# X.690 §8.19.2: a subidentifier whose first octet is 0x80 is not in the fewest octets.
+_PADDED_SUBIDENTIFIER = re.compile(b"(?:^|[\x00-\x7f])\x80")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The encodings of the fields of a SignedData with one SignerInfo (RFC 5652 §5.1, §5.3)."""
+
+    signed_data: bytes  # the SignedData fields before signerInfos, one after the other
+    signer_info: list[bytes]  # the SignerInfo fields before unsignedAttrs
+    unsigned: list[bytes]  # the unsigned attributes, each an Attribute SEQUENCE
+
+
+def _inside(data: bytes, span: tuple[int, int, int, int], identifier: int) -> list[tuple[int, int, int, int]]:
+    """`der.spans` of the contents of `span`, which must have `identifier`."""
+    if span[0] != identifier:
+        raise der.DerError(f"identifier 0x{span[0]:02x} where 0x{identifier:02x} was expected")
+    return der.spans(data, span[2], span[3])
+
+
+def _layout(data: bytes) -> _Layout:
+    """The fields of the ContentInfo DER `data`, read by a walk over the TLV headers.
+
+    For objects we made or stored, where asn1crypto's parse costs tens of microseconds. The walk
+    takes only input that reads one way: definite lengths, nothing after the end, one SignerInfo,
+    every identifier where RFC 5652 puts it; asn1crypto reads the same fields from that. Anything
+    else raises DerError, and the caller asks asn1crypto instead, so that unusual input gets the
+    answer, or the error, it always got.
+    """
+    top = der.spans(data)
+    if len(top) != 1:
+        raise der.DerError("not one encoding")
+    outer = _inside(data, top[0], der.SEQUENCE)  # RFC 5652 §3 ContentInfo
+    if len(outer) != 2 or data[outer[0][1] : outer[0][3]] != _SIGNED_DATA:
+        raise der.DerError("not a ContentInfo holding signed-data")
+    wrapped = _inside(data, outer[1], _EXPLICIT_0)  # content [0] EXPLICIT
+    if len(wrapped) != 1:
+        raise der.DerError("content [0] does not hold one value")
+    signed = _inside(data, wrapped[0], der.SEQUENCE)
+    if not _SIGNED_DATA_FIELDS.fullmatch(bytes(field[0] for field in signed)):
+        raise der.DerError("SignedData fields are not the RFC 5652 §5.1 ones")
+    infos = _inside(data, signed[-1], der.SET)
+    if len(infos) != 1:
+        raise der.DerError("not one SignerInfo")
+    info = _inside(data, infos[0], der.SEQUENCE)
+    if not _SIGNER_INFO_FIELDS.fullmatch(bytes(field[0] for field in info)):
+        raise der.DerError("SignerInfo fields are not the RFC 5652 §5.3 ones")
+    unsigned = []
+    if info[-1][0] == _UNSIGNED_ATTRS:
+        unsigned = _inside(data, info.pop(), _UNSIGNED_ATTRS)
+    if any(attr[0] != der.SEQUENCE for attr in unsigned):
+        raise der.DerError("an unsigned attribute is not a SEQUENCE")
+    return _Layout(
+        signed_data=data[signed[0][1] : signed[-1][1]],
+        signer_info=[data[field[1] : field[3]] for field in info],
+        unsigned=[data[attr[1] : attr[3]] for attr in unsigned],
+    )
+
+
+def _walk(ci: asn1crypto.cms.ContentInfo) -> _Layout | None:
+    """`_layout` of the octets `ci` was loaded from, while none of it has been parsed (so none
+    of it has been changed); None otherwise, or for what the walk leaves to asn1crypto."""
+    if ci.children is not None or ci._header is None:
+        return None
+    try:
+        return _layout(bytes(ci._header + ci._contents + ci._trailer))
+    except der.DerError:
+        return None
+
+
+def _parsed_layout(ci: asn1crypto.cms.ContentInfo) -> _Layout:
+    """`_layout` read by asn1crypto, field by field; CmsError if `ci` is malformed."""
+    signed = _signed_data(ci)
+    with _malformed():
+        infos = signed["signer_infos"]
+        if len(infos) != 1:
+            raise CmsError(f"expected exactly one SignerInfo, found {len(infos)}")
+        info = infos[0]
+        existing = info["unsigned_attrs"]
+        unsigned = [] if isinstance(existing, asn1crypto.core.Void) else [_encoded(a) for a in existing]
+        # Field by field: asn1crypto marks a value it filled with a DEFAULT while being read as
+        # changed, and re-encoding a whole changed tree through it takes far longer than signing.
+        signer_info = [
+            _encoded(info[name])
+            for name, _, _ in asn1crypto.cms.SignerInfo._fields
+            if name != "unsigned_attrs" and not isinstance(info[name], asn1crypto.core.Void)
+        ]
+        signed_data = b"".join(
+            _encoded(signed[name])
+            for name, _, _ in asn1crypto.cms.SignedData._fields
+            if name != "signer_infos" and not isinstance(signed[name], asn1crypto.core.Void)
+        )
+    return _Layout(signed_data, signer_info, unsigned)
+
+
+def _time_stamp_token(layout: _Layout) -> bytes | None:
+    """What `signature_timestamp_token` finds, read from `layout` (DerError: ask asn1crypto)."""
+    for attr in layout.unsigned:
+        # RFC 5652 §5.3 Attribute ::= SEQUENCE { attrType, attrValues SET OF }
+        fields = _inside(attr, der.spans(attr)[0], der.SEQUENCE)
+        if len(fields) != 2 or fields[0][0] != der.OID or fields[1][0] != der.SET:
+            raise der.DerError("not an Attribute")
+        attr_type = attr[fields[0][2] : fields[0][3]]
+        if attr_type == _TIME_STAMP_TOKEN:
+            values = der.spans(attr, fields[1][2], fields[1][3])
+            if values:
+                if values[0][0] != der.SEQUENCE:
+                    raise der.DerError("the time-stamp token is not a ContentInfo")
+                return attr[values[0][1] : values[0][3]]
+        # asn1crypto compares the OID it decodes, which padded octets can spell like ours.
+        elif not attr_type or attr_type[-1] & 0x80 or _PADDED_SUBIDENTIFIER.search(attr_type):
+            raise der.DerError("an attribute type that is not in DER")
+    return None
+
+
 def signature_timestamp_token(ci: asn1crypto.cms.ContentInfo) -> bytes | None:
     """DER of the first signature time-stamp token in the unsigned attributes, if any."""
+    layout = _walk(ci)
+    if layout is not None:
+        try:
+            return _time_stamp_token(layout)
+        except der.DerError:
+            pass  # an attribute the walk does not read: asn1crypto gives the answer below
     attrs = signer_info(ci)["unsigned_attrs"]
     if isinstance(attrs, asn1crypto.core.Void):
         return None
@@ -591,8 +782,9 @@ def signature_timestamp_token(ci: asn1crypto.cms.ContentInfo) -> bytes | None:
 def is_time_stamped(der: bytes) -> bool:
     """Whether our own signature `der` carries its signature time-stamp (CAdES-B-T).
 
-    For objects this process made or stored: only the path to the unsigned attributes is parsed
-    (load's full check of certificates and attributes costs milliseconds per call)."""
+    For objects this process made or stored: only the path to the unsigned attributes is read
+    (load's full check of certificates and attributes costs milliseconds per call), by the walk
+    of `_layout` when `der` has the shape `sign` writes."""
     return signature_timestamp_token(DerContentInfo.load(der)) is not None
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "read",
     "sequence",
     "set_of",
+    "spans",
     "tlv",
     "utc_time",
     "utf8_string",
@@ -244,4 +245,40 @@ def elements(octets: bytes) -> list[bytes]:
         end = read(octets, pos)[3]
         out.append(octets[pos:end])
         pos = end
+    return out
+
+
+def spans(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(identifier, start, contents start, end) of each encoding that `data[start:end]` consists of.
+
+    Offsets instead of copies, for walks through large structures. Definite lengths only, as in DER
+    (X.690 §10.1): what `read` takes in the indefinite form is refused here.
+    """
+    stop = len(data) if end is None else end
+    out: list[tuple[int, int, int, int]] = []
+    pos = start
+    while pos < stop:
+        if pos + 2 > stop:
+            raise DerError("truncated header")
+        identifier = data[pos]
+        if identifier & 0x1F == 0x1F:
+            raise DerError("high tag numbers are not supported")
+        first = data[pos + 1]
+        inner = pos + 2
+        if first == 0x80:
+            raise DerError("indefinite length")
+        if first & 0x80:
+            count = first & 0x7F
+            if count == 0x7F:
+                raise DerError("reserved length octet 0xFF")  # X.690 §8.1.3.5 c)
+            if inner + count > stop:
+                raise DerError("truncated length")
+            size = int.from_bytes(data[inner : inner + count], "big")
+            inner += count
+        else:
+            size = first
+        if inner + size > stop:
+            raise DerError("contents run past the end of the data")
+        out.append((identifier, pos, inner, inner + size))
+        pos = inner + size
     return out

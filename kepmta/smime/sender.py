@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import collapse_rfc2231_value
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,7 +31,7 @@ import asn1crypto.cms
 import asn1crypto.core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -361,12 +362,55 @@ def _issued_by(cert: x509.Certificate, candidates: Sequence[x509.Certificate]) -
     for candidate in candidates:
         if candidate.subject != cert.issuer:
             continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (InvalidSignature, ValueError, TypeError):
-            continue
-        return candidate
+        if _signed_by(cert, candidate):
+            return candidate
     return None
+
+
+# A submitter's chain and the trust store's CRLs are the same message after message, and each
+# signature check on them is a public-key operation (milliseconds over a large CRL), each CRL
+# lookup a scan of the whole list. The answers depend on the octets alone, so they are
+# remembered; errors are not. Certificates compare and hash by their contents, so one with the
+# same names and another key or signature is another entry.
+
+
+@lru_cache(maxsize=256)
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s key verifies the signature on `cert` (RFC 5280 §6.1.3 (a)(1))."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+class _SameCrl:
+    """A CRL as a cache key, by identity: CRL objects have no hash, and the trust store keeps its
+    CRLs while it is in use. The key holds its CRL, so the id is not reused while cached, and the
+    caches below hold a bounded number of CRLs."""
+
+    __slots__ = ("crl",)
+
+    def __init__(self, crl: x509.CertificateRevocationList) -> None:
+        self.crl = crl
+
+    def __hash__(self) -> int:
+        return id(self.crl)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SameCrl) and other.crl is self.crl
+
+
+@lru_cache(maxsize=64)
+def _crl_signed_by(crl: _SameCrl, key_der: bytes) -> bool:
+    """Whether the public key (SubjectPublicKeyInfo DER) verifies the CRL's signature."""
+    key = serialization.load_der_public_key(key_der)
+    return crl.crl.is_signature_valid(key)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1024)
+def _crl_entry(crl: _SameCrl, serial: int) -> x509.RevokedCertificate | None:
+    return crl.crl.get_revoked_certificate_by_serial_number(serial)
 
 
 def _ca_problem(ca: x509.Certificate, below: int, now: datetime) -> str | None:
@@ -431,7 +475,10 @@ def _revoked(
             continue
         # RFC 5280 §6.3.3 (f): the CRL must be signed by the certificate's issuer
         keys = [c.public_key() for c in issuers if c.subject == crl.issuer]
-        if not any(crl.is_signature_valid(k) for k in keys):  # type: ignore[arg-type]
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if not any(
+            _crl_signed_by(_SameCrl(crl), k.public_bytes(serialization.Encoding.DER, spki)) for k in keys
+        ):
             continue
         next_update = crl.next_update_utc
         if next_update is not None and next_update < now:
@@ -440,7 +487,7 @@ def _revoked(
                 f"the CRL of {_label(crl.issuer)} expired on {_iso(next_update)}; "
                 "revocation cannot be checked"
             )
-        entry = crl.get_revoked_certificate_by_serial_number(signer.serial_number)
+        entry = _crl_entry(_SameCrl(crl), signer.serial_number)
         if entry is not None and entry.revocation_date_utc <= at:
             return f"signer certificate was revoked on {_iso(entry.revocation_date_utc)}"
     return None

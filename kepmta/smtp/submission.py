@@ -11,7 +11,6 @@ import binascii
 import datetime as dt
 import hashlib
 import logging
-import os
 import ssl
 from typing import Any, BinaryIO
 
@@ -89,8 +88,8 @@ class SubmissionSMTP(SMTP):
                     rest = reader.feed(chunk)
                     if rest is not None:
                         break
-                spool.flush()
-                await asyncio.to_thread(os.fsync, spool.fileno())
+                # No fsync: this is a working copy; the accepted original is written and synced
+                # before the 250 (kepmta.submission.write_original).
         except BaseException:
             path.unlink(missing_ok=True)
             raise

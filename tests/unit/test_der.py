@@ -196,3 +196,36 @@ def test_reader_bounds_nesting() -> None:
     deep = b"\x30\x80" * 100 + b"\x00\x00" * 100
     with pytest.raises(der.DerError, match="too deep"):
         der.read(deep)
+
+
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_spans_agree_with_the_reader(values: list[bytes]) -> None:
+    encodings = [der.octet_string(v) for v in values]
+    data = b"junk" + b"".join(encodings) + b"tail"
+    found = der.spans(data, 4, len(data) - 4)
+    assert [data[start:end] for _, start, _, end in found] == encodings
+    for identifier, start, inner, end in found:
+        assert der.read(data, start) == (identifier, inner, end, end)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x04", "truncated header"),
+        (b"\x04\x05abc", "past the end"),
+        (b"\x04\x82\x01", "truncated length"),
+        (b"\x04\xff" + b"\x00" * 127, "reserved"),
+        (b"\x1f\x01\x00", "high tag"),
+        (b"\x30\x80\x04\x01a\x00\x00", "indefinite"),
+    ],
+)
+def test_spans_refuse_what_is_not_definite_der(data: bytes, message: str) -> None:
+    with pytest.raises(der.DerError, match=message):
+        der.spans(data)
+
+
+def test_spans_stay_inside_the_range_given() -> None:
+    data = der.sequence(der.octet_string(b"abc"))
+    with pytest.raises(der.DerError, match="past the end"):
+        der.spans(data, 0, len(data) - 1)
+    assert der.spans(data, 2, len(data)) == [(der.OCTET_STRING, 2, 4, 7)]

@@ -11,7 +11,7 @@ from evidence_fixtures import Pki, make_pki, openssl, sample_evidence
 from kepmta.evidence.errors import TokenImprintError
 from kepmta.evidence.model import Event, Reason
 from kepmta.evidence.signer import EvidenceSigner
-from kepmta.evidence.tsa import BuiltinTsa, check_token
+from kepmta.evidence.tsa import BuiltinTsa, TimeStamper, Token, check_token
 from kepmta.evidence.xml import to_xml
 from kepmta.smime import cms
 
@@ -57,17 +57,20 @@ async def test_filename_follows_the_event(p: Pki) -> None:
     assert signed.filename == "SubmissionRejection.p7m"
 
 
-class _WrongTsa:
-    """A TSA that stamps something else than it was asked to."""
+class _WrongTsa(TimeStamper):
+    """A TSA that stamps something else than it was asked to, and says so."""
 
-    def __init__(self, real: BuiltinTsa) -> None:
-        self.real = real
+    def __init__(self, real: BuiltinTsa, data: bytes, algorithm: str) -> None:
+        self.real, self.data, self.algorithm = real, data, algorithm
 
-    async def timestamp(self, imprint: bytes) -> bytes:
-        return await self.real.timestamp(hashlib.sha256(b"something else").digest())
+    async def token(self, imprint: bytes, algorithm: str = "sha256") -> Token:
+        return await self.real.token(hashlib.new(self.algorithm, self.data).digest(), self.algorithm)
 
 
-async def test_a_token_over_other_data_is_refused(p: Pki) -> None:
-    signer = EvidenceSigner(p.evidence, [], _WrongTsa(BuiltinTsa(p.tsa)))
+@pytest.mark.parametrize(
+    ("data", "algorithm"), [(b"something else", "sha256"), (b"the signature value", "sha512")]
+)
+async def test_a_token_over_other_data_is_refused(p: Pki, data: bytes, algorithm: str) -> None:
+    signer = EvidenceSigner(p.evidence, [], _WrongTsa(BuiltinTsa(p.tsa), data, algorithm))
     with pytest.raises(TokenImprintError):
         await signer.sign(sample_evidence())

@@ -222,3 +222,12 @@ async def test_any_flipped_token_byte_raises_a_timestamp_error(p: Pki) -> None:
         flipped[i] ^= 0x01
         with pytest.raises(TimeStampError):
             check_token(bytes(flipped), IMPRINT, [p.tsa_ca.cert])
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha384", "sha512"])
+async def test_a_builtin_token_says_what_it_stamped(p: Pki, algorithm: str) -> None:
+    imprint = hashlib.new(algorithm, DATA).digest()
+    token = await BuiltinTsa(p.tsa).token(imprint, algorithm)
+    assert (token.algorithm, token.imprint) == (algorithm, imprint)
+    assert token_imprint(token.der, algorithm) == imprint
+    assert check_token(token.der, imprint, [p.tsa_ca.cert], algorithm).nonce is None

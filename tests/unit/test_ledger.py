@@ -293,8 +293,7 @@ async def _chain_problems(ledger: Ledger) -> list[str]:
 def _commits(ledger: Ledger) -> list[int]:
     """Every COMMIT the ledger's writer sends from now on, so a test can see units share one."""
     commits: list[int] = []
-    sync = ledger._writer._sync
-    assert sync is not None
+    sync, _ = ledger._db._sqlite["write"]
     event.listen(sync, "commit", lambda _conn: commits.append(1))
     return commits
 

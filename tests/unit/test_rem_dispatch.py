@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
 from rem_fixtures import (
     OPENSSL,
     OTHER,
@@ -30,7 +32,7 @@ from rem_fixtures import (
 from kepmta.pki import utcnow
 from kepmta.rem import mime
 from kepmta.rem.digest import original_digest
-from kepmta.rem.dispatch import DispatchInfo, write_dispatch
+from kepmta.rem.dispatch import DispatchInfo, _EncodingProbe, write_dispatch
 from kepmta.smime import cms
 from kepmta.smime.sender import verify_sender
 
@@ -276,6 +278,33 @@ def test_transfer_encoding_fits_the_original(tmp_path: Path, body: bytes, encodi
     assert f"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: {encoding}\r\n".encode() in raw
     assert attached_original(raw) == expected_attached(original)
     assert b"Content-Transfer-Encoding: base64\r\nREM-Section-Type: rem_message/original" not in raw
+
+
+def line_by_line_encoding(data: bytes) -> str:
+    """RFC 2045 §2.7-§2.9 read literally: CRLF lines of at most 998 octets, no NUL."""
+    lines = data.split(b"\r\n")
+    if b"\0" in data or lines[-1] or any(b"\r" in line or b"\n" in line or len(line) > 998 for line in lines):
+        return "binary"
+    return "7bit" if data.isascii() else "8bit"
+
+
+lines_of_every_kind = st.lists(
+    st.one_of(
+        st.binary(max_size=30),
+        st.sampled_from([b"x" * 998, b"x" * 999, "ş".encode() * 499, b"\r" * 3, b"a\nb"]),
+    ),
+    max_size=12,
+).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
+originals = st.tuples(lines_of_every_kind, st.sampled_from([b"", b"no final break", b"\r"])).map(b"".join)
+
+
+@given(originals, st.data())
+def test_encoding_probe_agrees_with_a_line_by_line_reading(original: bytes, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(original)), max_size=4)))
+    probe = _EncodingProbe()
+    for start, end in zip([0, *cuts], [*cuts, len(original)], strict=True):
+        probe.feed(original[start:end])
+    assert probe.result() == line_by_line_encoding(original)
 
 
 def test_boundary_collision_with_the_original_is_avoided(

@@ -28,10 +28,13 @@ from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa, check_token
 from kepmta.evidence.tsa_client import (
     HttpTsa,
+    TokenNonceError,
     TokenPolicyError,
     TsaRefused,
     TsaSettings,
     TsaUnavailable,
+    build_request,
+    check_reply_token,
     parse_response,
 )
 from kepmta.queue import jobs
@@ -155,6 +158,9 @@ async def test_a_good_tsa_gives_a_checked_token(p: Pki, tsa_server: TsaServer) -
     info = check_token(token, IMPRINT, [p.tsa_ca.cert])
     assert info.policy == POLICY
     assert tsa_server.auth == "Basic a2VwOnMzY3JldA=="  # RFC 7617: base64("kep:s3cret")
+    stamped = await _client(p, tsa_server).token(IMPRINT)
+    assert (stamped.algorithm, stamped.imprint) == ("sha256", IMPRINT)
+    assert check_token(stamped.der, IMPRINT, [p.tsa_ca.cert]).nonce is not None
 
 
 @pytest.mark.parametrize(
@@ -182,6 +188,29 @@ async def test_unreachable_tsa_is_retried_then_reported(p: Pki, tsa_server: TsaS
     with pytest.raises(TsaUnavailable, match="HTTP 500"):
         await _client(p, tsa_server, retries=1).timestamp(IMPRINT)
     assert tsa_server.requests == 2
+
+
+def test_a_reply_token_must_echo_the_nonce_and_keep_to_the_policy(p: Pki) -> None:
+    tsa = BuiltinTsa(p.tsa, [p.tsa_ca.cert], policy=POLICY)
+    trust = [p.tsa_ca.cert]
+    token = parse_response(tsa.respond(build_request(IMPRINT, 7, POLICY)))
+    assert check_reply_token(token, IMPRINT, 7, POLICY, trust) == token
+    with pytest.raises(TokenNonceError):
+        check_reply_token(token, IMPRINT, 8, POLICY, trust)
+    with pytest.raises(TokenPolicyError):
+        check_reply_token(token, IMPRINT, 7, "1.2.3.4", trust)
+    with pytest.raises(TokenImprintError):
+        check_reply_token(token, hashlib.sha256(b"other").digest(), 7, POLICY, trust)
+    without_nonce = asn1crypto.tsp.TimeStampReq(
+        {
+            "version": "v1",
+            "message_imprint": {"hash_algorithm": {"algorithm": "sha256"}, "hashed_message": IMPRINT},
+            "cert_req": True,
+        }
+    )
+    token = parse_response(tsa.respond(without_nonce.dump()))
+    with pytest.raises(TokenNonceError):
+        check_reply_token(token, IMPRINT, 7, POLICY, trust)
 
 
 def test_credentials_in_the_url_are_refused(p: Pki) -> None:
