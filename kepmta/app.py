@@ -19,13 +19,14 @@ from kepmta.db.engine import open_engine
 from kepmta.db.runner import close
 from kepmta.delivery import DeliveryWorker, ProviderIdentity
 from kepmta.events import EventRecorder, Issuer, StampWorker
-from kepmta.evidence import pkcs11
 from kepmta.evidence.checkpoint import Checkpointer
+from kepmta.evidence.keys import evidence_pair
 from kepmta.evidence.ledger import Ledger
 from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa, TimeStamper
 from kepmta.evidence.tsa_client import HttpTsa, TsaSettings
+from kepmta.filing import FilingPool
 from kepmta.hooks.dovecot import DovecotReadSpool
 from kepmta.hooks.read import ReadHook
 from kepmta.imap.server import ImapServer
@@ -36,6 +37,10 @@ from kepmta.smtp.submission import start_submission
 from kepmta.submission import SubmissionService, originals_dir
 
 log = logging.getLogger(__name__)
+
+# Processes that build, sign and write dispatches and receipts: they mostly wait on fsync, so two
+# keep the disk busy while the server's own process serves connections.
+_FILING_WORKERS = 2
 
 
 def server_tls(settings: Settings) -> ssl.SSLContext:
@@ -72,15 +77,6 @@ class ImapBackendAdapter:
         return frozenset({self.evidence_folder})
 
 
-def evidence_pair(s: Settings) -> pki.KeyPair:
-    """The transaction certificate with its key: from a PEM file, or in a PKCS#11 token."""
-    if s.evidence_key_uri is not None:
-        assert s.evidence_pin_file is not None  # config requires pin_file with key_uri
-        return pkcs11.load_pair(s.evidence_key_uri, s.evidence_pin_file, pki.load_certs(s.evidence_cert)[0])
-    assert s.evidence_key is not None  # config requires key or key_uri
-    return pki.load_pair(s.evidence_cert, s.evidence_key)
-
-
 def time_stamper(s: Settings) -> TimeStamper:
     """The external TSA of [tsa], or the built-in one."""
     if s.tsa is None:
@@ -112,6 +108,7 @@ class App:
         self.engine: AsyncEngine | None = None
         self.servers: list[asyncio.Server] = []
         self.imap: ImapServer | None = None
+        self.filing: FilingPool | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
 
@@ -145,15 +142,16 @@ class App:
         )
         ledger.on_append = checkpointer.appended
         identity = ProviderIdentity(
-            signer=signer_pair,
-            chain=tuple(evidence_certs[1:]),
             service_address=s.service_address,
             policy_ids=(p.id,),
             message_type=p.message_type,
             evidence_folder=p.evidence_folder,
         )
         warner = QuotaWarner(accounts, p.quota_warnings, s.service_address)
-        worker = DeliveryWorker(engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner)
+        self.filing = FilingPool(s, workers=_FILING_WORKERS)
+        worker = DeliveryWorker(
+            engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, self.filing
+        )
         trust, crls = pki.load_trust(s.qualified_ca)
         service = SubmissionService(
             accounts,
@@ -196,6 +194,8 @@ class App:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for srv in self.servers:
             await srv.wait_closed()
+        if self.filing:
+            await asyncio.to_thread(self.filing.close)
         if self.engine:
             await close(self.engine)
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import email.utils
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
-from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,21 +25,20 @@ from kepmta.events import EventRecorder, MessageFacts, load_facts
 from kepmta.evidence.ledger import Ledger, Writes
 from kepmta.evidence.model import Event, Evidence, Reason
 from kepmta.evidence.xml import from_xml
-from kepmta.headers import read_headers
+from kepmta.filing import FilingPool
 from kepmta.maildir import INBOX, Maildir
-from kepmta.pki import KeyPair
 from kepmta.queue import jobs
 from kepmta.quota import QuotaWarner
-from kepmta.rem.dispatch import DispatchInfo, write_dispatch
-from kepmta.rem.receipt import ReceiptInfo, build_receipt
+from kepmta.rem.dispatch import DispatchInfo
+from kepmta.rem.receipt import ReceiptInfo
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
 _CONCURRENT_JOBS = 8
-# Filing (building, signing, writing with fsync) runs on threads of its own, so a queue of
-# deliveries never delays the worker threads that submissions wait on.
-_FILING_THREADS = 2
+# Moving filed messages into place (rename, directory fsync) runs on threads of its own, so a
+# queue of deliveries never delays the worker threads that submissions wait on.
+_MOVING_THREADS = 2
 
 
 class DeliveryError(Exception):
@@ -55,18 +51,12 @@ class AwaitingTimestamp(DeliveryError):
 
 @dataclass(frozen=True)
 class ProviderIdentity:
-    """What provider-signed REM messages are signed with and say about their sender."""
+    """What provider-signed REM messages say about their sender (kepmta.filing signs them)."""
 
-    signer: KeyPair
-    chain: tuple[x509.Certificate, ...]
     service_address: str
     policy_ids: tuple[str, ...]
     message_type: str
     evidence_folder: str
-
-
-def _addresses(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(addr for _, addr in email.utils.getaddresses([str(v) for v in values]) if addr)
 
 
 def _token(message_id: str) -> str:
@@ -82,6 +72,7 @@ class DeliveryWorker:
         identity: ProviderIdentity,
         originals: Path,
         quota: QuotaWarner,
+        filing: FilingPool,
     ) -> None:
         self.quota = quota
         self.engine = engine
@@ -93,7 +84,8 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         # Jobs wait mostly on fsync; a few at once keep the disk busy without crowding the loop.
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
-        self._filing = ThreadPoolExecutor(_FILING_THREADS, thread_name_prefix="kepmta-filing")
+        self.filing = filing
+        self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
 
     def wake(self) -> None:
         self._wake.set()
@@ -161,13 +153,14 @@ class DeliveryWorker:
                 return record.evidence_id, record.xml, record.der
         raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
 
-    @staticmethod
-    def _deliver_once(
-        box: Maildir, folder: str, base: str, retry: bool, write: Callable[[BinaryIO], None]
+    async def _file(
+        self, box: Maildir, folder: str, base: str, retry: bool, write: Callable[[Path], Awaitable[None]]
     ) -> None:
-        if retry and box.find(folder, base) is not None:
+        """Have a filing worker write the message at its tmp/ path, then move it into `folder`."""
+        if retry and await asyncio.to_thread(box.find, folder, base) is not None:
             return  # an earlier attempt got the file in before it could record so
-        box.deliver(folder, base, write)
+        await write(box.tmp_path(folder, base))
+        await asyncio.get_running_loop().run_in_executor(self._moving, box.publish, folder, base)
 
     async def _deliver(self, job: jobs.Job) -> str:
         position = int(job.payload["recipient"])
@@ -180,39 +173,27 @@ class DeliveryWorker:
         box = self.accounts.maildir(address)
         base = Maildir.unique_name(f"{_token(job.message_id)}-d{job.id}")
 
-        def file_dispatch() -> None:  # one trip to a worker thread: headers, signing and fsync
-            head = read_headers(original).addresses
-            info = DispatchInfo(
-                provider_message_id=facts.message_id,
-                sender=facts.sender,
-                to=_addresses(head.to),
-                cc=_addresses(head.cc),
-                subject=facts.subject,
-                ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
-                evidence_id=acceptance_id,
-                event_uri=Event.SUBMISSION_ACCEPTANCE.uri,
-                reason_uri=Reason.RA01.uri,
-                policy_ids=ident.policy_ids,
-                service_address=ident.service_address,
-                message_type=ident.message_type,
-                submission_time=facts.submitted_at,
-            )
+        info = DispatchInfo(
+            provider_message_id=facts.message_id,
+            sender=facts.sender,
+            to=(),  # the filing worker reads To and Cc from the original
+            cc=(),
+            subject=facts.subject,
+            ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
+            evidence_id=acceptance_id,
+            event_uri=Event.SUBMISSION_ACCEPTANCE.uri,
+            reason_uri=Reason.RA01.uri,
+            policy_ids=ident.policy_ids,
+            service_address=ident.service_address,
+            message_type=ident.message_type,
+            submission_time=facts.submitted_at,
+        )
+        event = Event.SUBMISSION_ACCEPTANCE.value
 
-            def write(out: BinaryIO) -> None:
-                write_dispatch(
-                    out,
-                    original,
-                    info,
-                    acceptance_xml,
-                    acceptance_der,
-                    Event.SUBMISSION_ACCEPTANCE.value,
-                    ident.signer,
-                    ident.chain,
-                )
+        async def write(tmp: Path) -> None:
+            await self.filing.dispatch(tmp, original, info, acceptance_xml, acceptance_der, event)
 
-            self._deliver_once(box, INBOX, base, job.attempts > 0, write)
-
-        await asyncio.get_running_loop().run_in_executor(self._filing, file_dispatch)
+        await self._file(box, INBOX, base, job.attempts > 0, write)
         # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
         signed = await self.recorder.sign(facts, Reason.RD01, Reason.RD01.label, recipient=position)
 
@@ -263,15 +244,10 @@ class DeliveryWorker:
         box = self.accounts.maildir(facts.sender)
         base = Maildir.unique_name(f"{_token(job.message_id)}-e{seq}")
 
-        def file_receipt() -> None:  # one trip to a worker thread: building, signing and fsync
-            raw = build_receipt(info, xml, der, ident.signer, ident.chain)
+        async def write(tmp: Path) -> None:
+            await self.filing.receipt(tmp, info, xml, der)
 
-            def write(out: BinaryIO) -> None:
-                out.write(raw)
-
-            self._deliver_once(box, ident.evidence_folder, base, job.attempts > 0, write)
-
-        await asyncio.get_running_loop().run_in_executor(self._filing, file_receipt)
+        await self._file(box, ident.evidence_folder, base, job.attempts > 0, write)
 
         def unit(w: Writes) -> None:
             jobs.complete(w, job.id)

@@ -216,16 +216,29 @@ class Maildir:
 
         The message is visible to readers only once complete; a crash leaves at most a file in tmp/.
         """
+        write_synced(self.tmp_path(name, base), write)
+        return self.publish(name, base)
+
+    def tmp_path(self, name: str, base: str) -> Path:
+        """Where a message with base name `base` is written before `publish` moves it into `name`."""
         folder = self.folder_dir(name)
         if not (folder / "tmp").is_dir():  # the first message of this folder: make it
             self.create(name)
-        tmp = folder / "tmp" / base
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        final = folder / "new" / base
+        return folder / "tmp" / base
+
+    def publish(self, name: str, base: str) -> Path:
+        """Move the complete, synced message `base` from tmp/ into new/ of folder `name`."""
+        folder = self.folder_dir(name)
+        tmp, final = folder / "tmp" / base, folder / "new" / base
         with self.sizes.delivering(folder, os.stat(tmp).st_size):
             os.rename(tmp, final)
         fsync_dir(folder / "new")
         return final
+
+
+def write_synced(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """A new file written by `write` and on disk when this returns."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())

@@ -84,10 +84,11 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from kepmta.app import evidence_pair, time_stamper
+    from kepmta.app import time_stamper
     from kepmta.db.engine import opened
     from kepmta.evidence.checkpoint import Checkpointer
     from kepmta.evidence.errors import TimeStampError
+    from kepmta.evidence.keys import evidence_pair
     from kepmta.evidence.ledger import Ledger
     from kepmta.evidence.signer import EvidenceSigner
 
