@@ -26,7 +26,6 @@ from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa, TimeStamper
 from kepmta.evidence.tsa_client import HttpTsa, TsaSettings
-from kepmta.filing import FilingPool
 from kepmta.hooks.dovecot import DovecotReadSpool
 from kepmta.hooks.read import ReadHook
 from kepmta.imap.server import ImapServer
@@ -35,12 +34,14 @@ from kepmta.quota import QuotaWarner
 from kepmta.ratelimit import FailureLimiter, Limits
 from kepmta.smtp.submission import start_submission
 from kepmta.submission import SubmissionService, originals_dir
+from kepmta.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-# Processes that build, sign and write dispatches and receipts: they mostly wait on fsync, so two
-# keep the disk busy while the server's own process serves connections.
-_FILING_WORKERS = 2
+# Worker processes (kepmta.workers): two check submissions, two build, sign and write dispatches
+# and receipts. Apart, so an acceptance never queues behind deliveries; they wait on fsync much of
+# the time, so two of each keep a second core busy on a small machine.
+_WORKER_PROCESSES = 2
 
 
 def server_tls(settings: Settings) -> ssl.SSLContext:
@@ -108,7 +109,7 @@ class App:
         self.engine: AsyncEngine | None = None
         self.servers: list[asyncio.Server] = []
         self.imap: ImapServer | None = None
-        self.filing: FilingPool | None = None
+        self.pools: list[WorkerPool] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
 
@@ -148,11 +149,12 @@ class App:
             evidence_folder=p.evidence_folder,
         )
         warner = QuotaWarner(accounts, p.quota_warnings, s.service_address)
-        self.filing = FilingPool(s, workers=_FILING_WORKERS)
+        checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES) for _ in range(2))
+        self.pools = [checking, filing]
         worker = DeliveryWorker(
-            engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, self.filing
+            engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing
         )
-        trust, crls = pki.load_trust(s.qualified_ca)
+        pki.load_trust(s.qualified_ca)  # a bad trust store stops the start, not a worker later
         service = SubmissionService(
             accounts,
             recorder,
@@ -160,8 +162,7 @@ class App:
             spool_dir=s.spool_dir,
             policy=p,
             peer_domains=frozenset(peer.domain for peer in s.peers),
-            qualified_trust=trust,
-            crls=crls,
+            workers=checking,
             wake_delivery=worker.wake,
         )
         await service.recover()
@@ -194,8 +195,8 @@ class App:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for srv in self.servers:
             await srv.wait_closed()
-        if self.filing:
-            await asyncio.to_thread(self.filing.close)
+        for pool in self.pools:
+            await pool.close()
         if self.engine:
             await close(self.engine)
 

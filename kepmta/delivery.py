@@ -25,12 +25,12 @@ from kepmta.events import EventRecorder, MessageFacts, load_facts
 from kepmta.evidence.ledger import Ledger, Writes
 from kepmta.evidence.model import Event, Evidence, Reason
 from kepmta.evidence.xml import from_xml
-from kepmta.filing import FilingPool
 from kepmta.maildir import INBOX, Maildir
 from kepmta.queue import jobs
 from kepmta.quota import QuotaWarner
 from kepmta.rem.dispatch import DispatchInfo
 from kepmta.rem.receipt import ReceiptInfo
+from kepmta.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class AwaitingTimestamp(DeliveryError):
 
 @dataclass(frozen=True)
 class ProviderIdentity:
-    """What provider-signed REM messages say about their sender (kepmta.filing signs them)."""
+    """What provider-signed REM messages say about their sender (kepmta.workers signs them)."""
 
     service_address: str
     policy_ids: tuple[str, ...]
@@ -72,7 +72,7 @@ class DeliveryWorker:
         identity: ProviderIdentity,
         originals: Path,
         quota: QuotaWarner,
-        filing: FilingPool,
+        workers: WorkerPool,
     ) -> None:
         self.quota = quota
         self.engine = engine
@@ -84,7 +84,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         # Jobs wait mostly on fsync; a few at once keep the disk busy without crowding the loop.
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
-        self.filing = filing
+        self.workers = workers
         self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
 
     def wake(self) -> None:
@@ -156,7 +156,7 @@ class DeliveryWorker:
     async def _file(
         self, box: Maildir, folder: str, base: str, retry: bool, write: Callable[[Path], Awaitable[None]]
     ) -> None:
-        """Have a filing worker write the message at its tmp/ path, then move it into `folder`."""
+        """Have a worker process write the message at its tmp/ path, then move it into `folder`."""
         if retry and await asyncio.to_thread(box.find, folder, base) is not None:
             return  # an earlier attempt got the file in before it could record so
         await write(box.tmp_path(folder, base))
@@ -176,7 +176,7 @@ class DeliveryWorker:
         info = DispatchInfo(
             provider_message_id=facts.message_id,
             sender=facts.sender,
-            to=(),  # the filing worker reads To and Cc from the original
+            to=(),  # the worker process reads To and Cc from the original
             cc=(),
             subject=facts.subject,
             ua_message_id=f"<{facts.ua_message_id}>" if facts.ua_message_id else None,
@@ -191,7 +191,7 @@ class DeliveryWorker:
         event = Event.SUBMISSION_ACCEPTANCE.value
 
         async def write(tmp: Path) -> None:
-            await self.filing.dispatch(tmp, original, info, acceptance_xml, acceptance_der, event)
+            await self.workers.dispatch(tmp, original, info, acceptance_xml, acceptance_der, event)
 
         await self._file(box, INBOX, base, job.attempts > 0, write)
         # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
@@ -245,7 +245,7 @@ class DeliveryWorker:
         base = Maildir.unique_name(f"{_token(job.message_id)}-e{seq}")
 
         async def write(tmp: Path) -> None:
-            await self.filing.receipt(tmp, info, xml, der)
+            await self.workers.receipt(tmp, info, xml, der)
 
         await self._file(box, ident.evidence_folder, base, job.attempts > 0, write)
 

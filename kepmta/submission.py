@@ -8,17 +8,14 @@ and its delivery jobs are on disk.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import hashlib
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
 from kepmta.accounts import Account, AccountStore, Login
@@ -27,19 +24,17 @@ from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, new_id, save_facts, utcnow
 from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
-from kepmta.headers import HeaderError, Headers, read_headers
-from kepmta.maildir import fsync_dir
-from kepmta.policy.formal import check_formal
+from kepmta.headers import Headers
+from kepmta.inspection import Signer
 from kepmta.policy.malware import scan
 from kepmta.policy.quota import check_sender_quota
 from kepmta.policy.recipient import Recipient, check_recipient
-from kepmta.policy.refusal import PolicyError, refuse
+from kepmta.policy.refusal import PolicyError, Refusal, refuse
 from kepmta.policy.sender import Sender, resolve_sender
-from kepmta.policy.signature import check_signature
 from kepmta.policy.size import check_declared_size, too_big
 from kepmta.queue import jobs
-from kepmta.smime.sender import SignerIdentity, verify_sender
 from kepmta.smtp.data import DataOutcome
+from kepmta.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -67,49 +62,6 @@ class Transaction:
         return any(not r.local for r in self.recipients)
 
 
-def write_original(incoming: Path, target: Path, provider_id: str, header_end: int) -> tuple[bytes, int]:
-    """Move the message into `target` as it will be attached to the dispatch: its Message-ID
-    replaced by the provider message id (EN 319 532-3; the user's id stays in
-    REM-UAMessageIdentifier), ending in CRLF, synced to disk; `incoming` is removed. Returns the
-    SHA-256 of exactly those bytes (the REM digest) and their size."""
-    digest = hashlib.sha256()
-    size = 0
-    with incoming.open("rb") as src, target.open("wb") as out:
-
-        def put(data: bytes | memoryview) -> None:
-            nonlocal size
-            digest.update(data)
-            out.write(data)
-            size += len(data)
-
-        head = src.read(header_end)
-        lines = head[: header_end - 4].split(b"\r\n") if header_end > 2 else []
-        kept: list[bytes] = []
-        skipping = False
-        for line in lines:
-            if line[:1] in (b" ", b"\t") and skipping:
-                continue  # RFC 5322 §2.2.3: a folded continuation of the dropped field
-            skipping = line.lower().startswith(b"message-id:")
-            if not skipping:
-                kept.append(line)
-        put(f"Message-ID: <{provider_id}>\r\n".encode())
-        put(b"".join(line + b"\r\n" for line in kept) + b"\r\n")
-        last = b"\r\n"
-        # One reused buffer: fresh 1 MB chunks per read made glibc's heap grow by tens of MB.
-        buffer = bytearray(_COPY_CHUNK)
-        view = memoryview(buffer)
-        while n := src.readinto(buffer):
-            put(view[:n])
-            last = (last + bytes(view[max(0, n - 2) : n]))[-2:]
-        if last != b"\r\n":
-            put(b"\r\n")
-        out.flush()
-        os.fsync(out.fileno())
-    fsync_dir(target.parent)  # the message row will name this file: its entry must survive a crash
-    incoming.unlink()  # here, not on the event loop: an unlink can wait on the journal
-    return digest.digest(), size
-
-
 class SubmissionService:
     def __init__(
         self,
@@ -120,8 +72,7 @@ class SubmissionService:
         spool_dir: Path,
         policy: Policy,
         peer_domains: frozenset[str],
-        qualified_trust: list[x509.Certificate],
-        crls: list[x509.CertificateRevocationList],
+        workers: WorkerPool,
         wake_delivery: Callable[[], None],
     ) -> None:
         self.accounts = accounts
@@ -129,8 +80,7 @@ class SubmissionService:
         self.domain = domain
         self.policy = policy
         self.peer_domains = peer_domains
-        self.trust = qualified_trust
-        self.crls = crls
+        self.workers = workers
         self.wake_delivery = wake_delivery
         self.incoming_dir = spool_dir / "incoming"
         self.originals_dir = originals_dir(spool_dir)
@@ -224,55 +174,38 @@ class SubmissionService:
             incoming.unlink(missing_ok=True)  # accepted, write_original removed it
             raise
 
-    def _inspect(
-        self, tx: Transaction, incoming: Path, outcome: DataOutcome, original: Path
-    ) -> tuple[Headers | None, PolicyError | None, tuple[bytes, int] | None]:
-        """Every check that reads the spooled file and, if they all pass, the original stored as
-        it will be attached: (headers if readable, the refusal, (REM digest, size) if stored).
-
-        Runs on a worker thread, in one trip, and raises nothing a refusal can say."""
-        try:
-            headers: Headers | None = read_headers(incoming)
-            header_problem = None
-        except HeaderError as e:
-            headers, header_problem = None, str(e)
-        try:
-            # Size and line endings first; readable headers still let the evidence name the message.
-            if outcome.too_big:
-                # RFC 5321 §4.5.3.1.10: answered after the end of the data
-                raise too_big(self.size_limit(tx), peer=tx.to_peer)
-            if outcome.bare_line_end:
-                raise refuse(
-                    554,
-                    "5.6.0",
-                    Reason.RA02,
-                    "the message has a bare CR or LF; every line must end with CRLF (RFC 5322 section 2.3)",
-                    "iletide tek başına CR veya LF var; her satır CRLF ile bitmelidir",
-                )
-            if header_problem is not None:
-                # RFC 5322 §2.1: header fields, then an empty line, then the body
-                raise refuse(
-                    554,
-                    "5.6.0",
-                    Reason.RA02,
-                    header_problem,
-                    "iletinin başlık bölümü boş bir satırla bitmiyor",
-                )
-            assert headers is not None
-            check_formal(headers.addresses, tx.sender.account.address, [r.address for r in tx.recipients])
-            signer = tx.sender.signer
-            identity = SignerIdentity(signer.address, signer.certificate, signer.national_id)
-            check_signature(verify_sender(incoming, identity, self.trust, utcnow(), self.crls))
-        except PolicyError as e:
-            return headers, e, None
-        return headers, None, write_original(incoming, original, tx.message_id, headers.header_end)
+    def _early_refusal(self, tx: Transaction, outcome: DataOutcome) -> Refusal | None:
+        """What the data phase itself decided: size and line endings come before any other check."""
+        if outcome.too_big:
+            # RFC 5321 §4.5.3.1.10: answered after the end of the data
+            return too_big(self.size_limit(tx), peer=tx.to_peer).refusal
+        if outcome.bare_line_end:
+            return refuse(
+                554,
+                "5.6.0",
+                Reason.RA02,
+                "the message has a bare CR or LF; every line must end with CRLF (RFC 5322 section 2.3)",
+                "iletide tek başına CR veya LF var; her satır CRLF ile bitmelidir",
+            ).refusal
+        return None
 
     async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
         original = self.originals_dir / f"{tx.message_id.split('@')[0]}.eml"
-        headers, refusal, stored = await asyncio.to_thread(self._inspect, tx, incoming, outcome, original)
+        signer = tx.sender.signer
+        cert = signer.certificate.public_bytes(Encoding.DER) if signer.certificate else None
+        inspection = await self.workers.inspect(
+            incoming,
+            original,
+            tx.message_id,
+            self._early_refusal(tx, outcome),
+            tx.sender.account.address,
+            tuple(r.address for r in tx.recipients),
+            Signer(signer.address, cert, signer.national_id),
+        )
+        headers, stored = inspection.headers, inspection.stored
         try:
-            if refusal is not None:
-                raise refusal
+            if inspection.refusal is not None:
+                raise PolicyError(inspection.refusal)
             # After storing: a clean scan, the usual answer, then costs no second trip to a thread.
             await scan(self.policy.malware_command, original)
         except PolicyError as e:

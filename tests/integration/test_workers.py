@@ -1,0 +1,99 @@
+"""The worker processes (kepmta.workers): real spawned processes, real files, real signatures.
+
+A worker that dies or is abandoned mid-request is replaced, and no caller ever receives the answer
+meant for another; a task that fails inside a worker fails only its own call."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kepmta import config, devinit
+from kepmta.rem.receipt import ReceiptInfo
+from kepmta.workers import WorkerError, WorkerPool
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> config.Settings:
+    data = tmp_path_factory.mktemp("workers") / "data"
+    data.mkdir()
+    devinit.create_identity(data, devinit.choose_ports(None))
+    return config.load(data / devinit.CONFIG_NAME)
+
+
+@pytest.fixture
+async def pool(settings: config.Settings) -> AsyncIterator[WorkerPool]:
+    workers = WorkerPool(settings, workers=1)
+    yield workers
+    await workers.close()
+
+
+def _info(subject: str) -> ReceiptInfo:
+    return ReceiptInfo(
+        event_name="SubmissionAcceptance",
+        evidence_id="ev1@kep.test",
+        event_uri="http://uri.etsi.org/19522/Event/SubmissionAcceptance",
+        reason_uri="http://uri.etsi.org/19522/EventReason/Accepted",
+        reason_code="RA01",
+        details="accepted",
+        provider_message_id="m1@kep.test",
+        ua_message_id=None,
+        sender="ali.yilmaz@kep.test",
+        recipients=("ayse.kaya@kep.test",),
+        subject=subject,
+        event_time=dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC),
+        service_address="rem-service@kep.test",
+        policy_ids=("urn:kepmta:policy:kep-tr:v1",),
+        digest_b64=None,
+        message_type="standart",
+    )
+
+
+def _workers(pool: WorkerPool) -> set[int]:
+    return {w.proc.pid for w in pool._all}
+
+
+async def test_a_receipt_is_written_and_synced_by_a_worker(pool: WorkerPool, tmp_path: Path) -> None:
+    target = tmp_path / "receipt.eml"
+    await pool.receipt(target, _info("Sözleşme"), b"<xml/>", b"\x30\x00")
+    raw = target.read_bytes()
+    assert b"Subject: REM SubmissionAcceptance: =?utf-8?" in raw
+    assert b"application/pkcs7-signature" in raw  # signed with the key the worker loaded itself
+
+
+async def test_a_failing_task_fails_its_call_only(pool: WorkerPool, tmp_path: Path) -> None:
+    with pytest.raises(WorkerError, match="FileNotFoundError"):
+        await pool.receipt(tmp_path / "no-such-dir" / "r.eml", _info("x"), b"<xml/>", b"\x30\x00")
+    before = _workers(pool)
+    await pool.receipt(tmp_path / "r.eml", _info("x"), b"<xml/>", b"\x30\x00")
+    assert _workers(pool) == before  # the same worker answered the next call
+
+
+async def test_a_dead_worker_is_replaced(pool: WorkerPool, tmp_path: Path) -> None:
+    await pool.receipt(tmp_path / "first.eml", _info("first"), b"<xml/>", b"\x30\x00")
+    [dead] = _workers(pool)
+    os.kill(dead, signal.SIGKILL)
+    with pytest.raises(WorkerError, match="stopped"):
+        await pool.receipt(tmp_path / "lost.eml", _info("lost"), b"<xml/>", b"\x30\x00")
+    await pool.receipt(tmp_path / "second.eml", _info("second"), b"<xml/>", b"\x30\x00")
+    assert dead not in _workers(pool) and len(_workers(pool)) == 1
+    assert b"second" in (tmp_path / "second.eml").read_bytes()
+
+
+async def test_an_abandoned_request_never_answers_the_next_caller(pool: WorkerPool, tmp_path: Path) -> None:
+    await pool.receipt(tmp_path / "warm.eml", _info("warm"), b"<xml/>", b"\x30\x00")
+    [first] = _workers(pool)
+    call = asyncio.create_task(pool.receipt(tmp_path / "a.eml", _info("a"), b"<xml/>", b"\x30\x00"))
+    await asyncio.sleep(0)  # the request is on its way to the worker
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await pool.receipt(tmp_path / "b.eml", _info("b"), b"<xml/>", b"\x30\x00")
+    assert first not in _workers(pool)  # its answer to the abandoned call was never read
+    assert b"REM SubmissionAcceptance: b" in (tmp_path / "b.eml").read_bytes()
