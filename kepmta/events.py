@@ -20,7 +20,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,7 +29,7 @@ from kepmta.db import utc
 from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.errors import TimeStampError
-from kepmta.evidence.ledger import Kind, Ledger, NewRecord, Writes, evidence_record
+from kepmta.evidence.ledger import Kind, Ledger, Writes, evidence_record
 from kepmta.evidence.model import Event, Evidence, Party, Reason
 from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
@@ -302,17 +302,8 @@ class StampWorker:
     async def _stamp(self, job: jobs.Job) -> None:
         basic = await self.ledger.get(int(job.payload["seq"]))
         der = await stamp_der(basic.der, self.recorder.signer.tsa)
-        record = NewRecord(
-            kind=Kind.TIMESTAMP,
-            evidence_id=basic.evidence_id,
-            created_at=utcnow(),
-            der=der,
-            message_id=basic.message_id,
-            event=basic.event,
-            reason=basic.reason,
-            recipient=basic.recipient,
-            xml=basic.xml,
-        )
+        # The same evidence, now CAdES-B-T: only the kind, the time of the record and the DER differ.
+        record = replace(basic.content(), kind=Kind.TIMESTAMP, created_at=utcnow(), der=der)
 
         def unit(w: Writes) -> None:
             stamped = w.append(record)

@@ -50,6 +50,7 @@ def inspect(
     sender: str,
     recipients: Sequence[str],
     signer: Signer,
+    *,
     trust: Sequence[x509.Certificate],
     crls: Sequence[x509.CertificateRevocationList],
 ) -> Inspection:

@@ -62,17 +62,10 @@ def _here() -> _State:
     return _state
 
 
-def _inspect(
-    incoming: Path,
-    original: Path,
-    message_id: str,
-    early: Refusal | None,
-    sender: str,
-    recipients: tuple[str, ...],
-    signer: Signer,
-) -> Inspection:
+def _inspect(*request: Any) -> Inspection:
+    """`WorkerPool.inspect`'s arguments, with the trust store this worker loaded."""
     state = _here()
-    return inspect(incoming, original, message_id, early, sender, recipients, signer, state.trust, state.crls)
+    return inspect(*request, trust=state.trust, crls=state.crls)
 
 
 def _addresses(values: Sequence[str]) -> tuple[str, ...]:

@@ -194,10 +194,10 @@ def read(data: bytes, pos: int = 0) -> tuple[int, int, int, int]:
     return _read(data, pos, 0)
 
 
-def _read(data: bytes, pos: int, depth: int) -> tuple[int, int, int, int]:
-    if depth > _MAX_DEPTH:
-        raise DerError("nesting too deep")
-    if pos + 2 > len(data):
+def _header(data: bytes, pos: int, stop: int) -> tuple[int, int, int | None]:
+    """(identifier, contents start, contents length, or None in the indefinite form) of the
+    encoding at `data[pos]`, which must lie within `data[:stop]`."""
+    if pos + 2 > stop:
         raise DerError("truncated header")
     identifier = data[pos]
     if identifier & 0x1F == 0x1F:
@@ -205,6 +205,27 @@ def _read(data: bytes, pos: int, depth: int) -> tuple[int, int, int, int]:
     first = data[pos + 1]
     start = pos + 2
     if first == 0x80:
+        return identifier, start, None
+    if first & 0x80:
+        count = first & 0x7F
+        if count == 0x7F:
+            raise DerError("reserved length octet 0xFF")  # X.690 §8.1.3.5 c)
+        if start + count > stop:
+            raise DerError("truncated length")
+        size = int.from_bytes(data[start : start + count], "big")
+        start += count
+    else:
+        size = first
+    if start + size > stop:
+        raise DerError("contents run past the end of the data")
+    return identifier, start, size
+
+
+def _read(data: bytes, pos: int, depth: int) -> tuple[int, int, int, int]:
+    if depth > _MAX_DEPTH:
+        raise DerError("nesting too deep")
+    identifier, start, size = _header(data, pos, len(data))
+    if size is None:
         # X.690 §8.1.3.6: indefinite form, constructed only, closed by end-of-contents octets.
         if not identifier & _CONSTRUCTED:
             raise DerError("indefinite length on a primitive encoding")
@@ -212,18 +233,6 @@ def _read(data: bytes, pos: int, depth: int) -> tuple[int, int, int, int]:
         while data[end : end + 2] != b"\x00\x00":
             end = _read(data, end, depth + 1)[3]
         return identifier, start, end, end + 2
-    if first & 0x80:
-        count = first & 0x7F
-        if count == 0x7F:
-            raise DerError("reserved length octet 0xFF")  # X.690 §8.1.3.5 c)
-        if start + count > len(data):
-            raise DerError("truncated length")
-        size = int.from_bytes(data[start : start + count], "big")
-        start += count
-    else:
-        size = first
-    if start + size > len(data):
-        raise DerError("contents run past the end of the data")
     return identifier, start, start + size, start + size
 
 
@@ -258,27 +267,9 @@ def spans(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[int
     out: list[tuple[int, int, int, int]] = []
     pos = start
     while pos < stop:
-        if pos + 2 > stop:
-            raise DerError("truncated header")
-        identifier = data[pos]
-        if identifier & 0x1F == 0x1F:
-            raise DerError("high tag numbers are not supported")
-        first = data[pos + 1]
-        inner = pos + 2
-        if first == 0x80:
+        identifier, inner, size = _header(data, pos, stop)
+        if size is None:
             raise DerError("indefinite length")
-        if first & 0x80:
-            count = first & 0x7F
-            if count == 0x7F:
-                raise DerError("reserved length octet 0xFF")  # X.690 §8.1.3.5 c)
-            if inner + count > stop:
-                raise DerError("truncated length")
-            size = int.from_bytes(data[inner : inner + count], "big")
-            inner += count
-        else:
-            size = first
-        if inner + size > stop:
-            raise DerError("contents run past the end of the data")
         out.append((identifier, pos, inner, inner + size))
         pos = inner + size
     return out
