@@ -5,11 +5,12 @@ Four checks are reported separately, because the rejection evidence must name th
 
 * integrity: the CMS signature verifies over the signed content (RFC 5652 §5.4, §5.6),
 * chain: the signer certificate chains to a trusted qualified CA (RFC 5280 §6.1, simplified),
-* validity: the signer certificate is in force and fit for e-mail signatures (RFC 8550 §4.4),
+* validity: the signer certificate is in force and fit for e-mail signatures (RFC 8550 §4.4), and
+  not revoked at signing time by a CRL of the trust store (RFC 5280 §6.3),
 * identity: the certificate names the submitting account (RFC 8550 §3).
 
-The spool file may hold 100 MB, so a multipart/signed message is mapped, not read, and the signed
-part is hashed slice by slice. Revocation (CRL/OCSP) is not checked here.
+The spool file may hold 100 MB, so the signed part of a multipart/signed message is read and hashed
+slice by slice, never held whole. OCSP is not consulted: CRLs come from the trust store.
 """
 
 from __future__ import annotations
