@@ -119,7 +119,6 @@ class SubmissionService:
         *,
         recipients: tuple[str, ...] = (),
         headers: Headers | None = None,
-        digest: bytes | None = None,
     ) -> PolicyError:
         """Record SubmissionRejection evidence for a refusal; returns the error to raise."""
         sender = tx.sender if tx else None
@@ -132,7 +131,7 @@ class SubmissionService:
             ua_message_id=headers.message_id if headers else None,
             submitted_at=utcnow(),
             authenticated_at=authenticated_at,
-            digest=digest,
+            digest=None,  # a refused message has no original, so nothing the REM digest covers
         )
         await self.recorder.record(facts, error.refusal.reason, error.refusal.details, new_message=True)
         self.wake_delivery()
@@ -164,14 +163,14 @@ class SubmissionService:
     def new_spool_file(self) -> Path:
         return self.incoming_dir / f"{secrets.token_hex(12)}.eml"
 
-    async def data(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
+    async def data(self, tx: Transaction, incoming: Path, outcome: DataOutcome) -> str:
         """Accept the spooled message or raise PolicyError; returns the provider message id.
 
         Raises ScanUnavailable when the malware scanner cannot give a verdict: nothing is decided."""
         try:
-            return await self._accept(tx, incoming, outcome, digest)
+            return await self._accept(tx, incoming, outcome)
         except BaseException:
-            incoming.unlink(missing_ok=True)  # accepted, write_original removed it
+            incoming.unlink(missing_ok=True)  # on acceptance the worker has already moved it
             raise
 
     def _early_refusal(self, tx: Transaction, outcome: DataOutcome) -> Refusal | None:
@@ -189,7 +188,7 @@ class SubmissionService:
             ).refusal
         return None
 
-    async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome, digest: bytes) -> str:
+    async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome) -> str:
         original = self.originals_dir / f"{tx.message_id.split('@')[0]}.eml"
         signer = tx.sender.signer
         cert = signer.certificate.public_bytes(Encoding.DER) if signer.certificate else None

@@ -168,7 +168,7 @@ def _read_head(conn: Connection) -> tuple[int, bytes]:
 
 class Writes:
     """The writes of one transaction, gathered in memory and sent when it commits: each statement
-    once, with all its rows (kepmta.db.writer), so the work of many callers costs one round trip
+    once, with all its rows (kepmta.db.runner), so the work of many callers costs one round trip
     and one fsync."""
 
     def __init__(self, head: tuple[int, bytes]) -> None:
@@ -225,13 +225,13 @@ class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._db = runner(engine)
-        # One transaction at a time keeps the chain linear; the units queued meanwhile share the next.
-        self._lock = asyncio.Lock()
         # Told after each committed append, so a checkpointer can count records without polling.
         self.on_append: Callable[[], None] | None = None
         # (seq, hash) of the last record this process committed, or None: read the head instead.
         self._head: tuple[int, bytes] | None = None
         self._queue: list[tuple[Unit[Any], asyncio.Future[Any]]] = []
+        # The one task that commits: one transaction at a time keeps the chain linear, and the
+        # units queued meanwhile share the next.
         self._flusher: asyncio.Task[None] | None = None
 
     async def transact(self, unit: Unit[T]) -> T:
@@ -251,19 +251,18 @@ class Ledger:
 
     async def _flush(self) -> None:
         while self._queue:
-            async with self._lock:
-                batch, self._queue = self._queue, []
-                try:
-                    if not await self._commit(batch, final=False):
-                        # The head this process remembered may be stale (another process
-                        # appended), and one unit's rows must not take the others down.
-                        for item in batch:
-                            if not item[1].done():  # not a unit that raised by itself
-                                await self._commit([item], final=True)
-                except BaseException:  # cancelled at shutdown: so are the callers still waiting
-                    for _, done in batch:
-                        done.cancel()
-                    raise
+            batch, self._queue = self._queue, []
+            try:
+                if not await self._commit(batch, final=False):
+                    # The head this process remembered may be stale (another process appended),
+                    # and one unit's rows must not take the others down.
+                    for item in batch:
+                        if not item[1].done():  # not a unit that raised by itself
+                            await self._commit([item], final=True)
+            except BaseException:  # cancelled at shutdown: so are the callers still waiting
+                for _, done in batch:
+                    done.cancel()
+                raise
 
     async def _commit(self, batch: list[tuple[Unit[Any], asyncio.Future[Any]]], *, final: bool) -> bool:
         """One transaction for `batch`. If the database refuses it: False, with only the units that

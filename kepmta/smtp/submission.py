@@ -9,10 +9,9 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
-import hashlib
 import logging
 import ssl
-from typing import Any, BinaryIO
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
@@ -75,10 +74,9 @@ class SubmissionSMTP(SMTP):
         service = self.kep_handler.service
         path = service.new_spool_file()
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        digest = hashlib.sha256()
         try:
             with path.open("wb") as spool:
-                reader = DataReader(_Hashing(spool, digest), service.size_limit(tx))
+                reader = DataReader(spool, service.size_limit(tx))
                 while True:
                     chunk = await self._reader.read(_READ_CHUNK)
                     if not chunk:  # the client went away mid-message: nothing was accepted
@@ -97,7 +95,7 @@ class SubmissionSMTP(SMTP):
             # Pipelined commands after the final dot (RFC 2920 §3.1) go back to the command reader.
             self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
         try:
-            message_id = await service.data(tx, path, reader.outcome, digest.digest())
+            message_id = await service.data(tx, path, reader.outcome)
             status = f"250 2.0.0 Ok: accepted as <{message_id}>"
         except PolicyError as e:
             status = e.refusal.smtp_reply()
@@ -107,17 +105,6 @@ class SubmissionSMTP(SMTP):
             status = "451 4.3.0 the message could not be scanned for malware now; try again later"
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
-
-
-class _Hashing:
-    """A write-only file that also hashes what passes through it."""
-
-    def __init__(self, out: BinaryIO, digest: hashlib._Hash) -> None:
-        self.out, self.digest = out, digest
-
-    def write(self, data: bytes, /) -> int:
-        self.digest.update(data)
-        return self.out.write(data)
 
 
 class SubmissionHandler:
