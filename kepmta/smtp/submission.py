@@ -20,6 +20,7 @@ from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
 from kepmta.smtp.data import DataReader
 from kepmta.submission import SubmissionService, Transaction
+from kepmta.workers import WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SubmissionSMTP(SMTP):
                     if rest is not None:
                         break
                 # No fsync: this is a working copy; the accepted original is written and synced
-                # before the 250 (kepmta.submission.write_original).
+                # before the 250 (kepmta.inspection.write_original).
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -103,6 +104,10 @@ class SubmissionSMTP(SMTP):
             log.error("malware scan unavailable: %s", e)
             # RFC 3463 X.3.0: a temporary system problem; the client keeps the message and retries
             status = "451 4.3.0 the message could not be scanned for malware now; try again later"
+        except WorkerError as e:
+            log.error("message not checked: %s", e)
+            # As above: nothing was decided, so the client must keep the message, not drop it.
+            status = "451 4.3.0 the message could not be checked now; try again later"
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 

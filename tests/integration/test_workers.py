@@ -1,7 +1,8 @@
 """The worker processes (kepmta.workers): real spawned processes, real files, real signatures.
 
 A worker that dies or is abandoned mid-request is replaced, and no caller ever receives the answer
-meant for another; a task that fails inside a worker fails only its own call."""
+meant for another; a task that fails inside a worker fails only its own call. Through a real
+server: a submission whose check could not run is answered 451, never accepted or refused."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from kepclient import DevServer, send_as, signed_by, wait_for
 
 from kepmta import config, devinit
 from kepmta.rem.receipt import ReceiptInfo
@@ -97,3 +99,28 @@ async def test_an_abandoned_request_never_answers_the_next_caller(pool: WorkerPo
     await pool.receipt(tmp_path / "b.eml", _info("b"), b"<xml/>", b"\x30\x00")
     assert first not in _workers(pool)  # its answer to the abandoned call was never read
     assert b"REM SubmissionAcceptance: b" in (tmp_path / "b.eml").read_bytes()
+
+
+def test_dead_workers_mean_try_again_later_not_a_lost_message(srv: DevServer) -> None:
+    ali, ayse = srv.account(0), srv.account(1)
+    first = signed_by(srv, 0, [ayse["address"]], "before the workers die")
+    assert send_as(srv, ali, ali["address"], [ayse["address"]], first)[:2] == ("done", 250)
+    inbox = Path(srv.info["data"]) / "mail" / "kep.test" / "ayse.kaya" / "new"  # type: ignore[index]
+    wait_for(lambda: len(list(inbox.iterdir())) == 1)  # delivered: the filing workers run too
+    assert srv.proc is not None
+    children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    assert len(children) == 4  # two pools of two
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    answers = []
+    while True:  # each dead worker fails the one request it is given, then is replaced
+        msg = signed_by(srv, 0, [ayse["address"]], f"after the workers died {len(answers)}")
+        stage, code, text = send_as(srv, ali, ali["address"], [ayse["address"]], msg)
+        answers.append((stage, code))
+        if code == 250:
+            break
+        assert (stage, code) == ("DATA", 451) and "4.3.0" in text, text
+        assert len(answers) <= 2, answers
+    assert answers[0] == ("DATA", 451)  # the first check went to a dead worker
+    # Filing workers died too: the delivery is retried and still arrives.
+    wait_for(lambda: len(list(inbox.iterdir())) >= 2, timeout=60)
