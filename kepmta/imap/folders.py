@@ -7,7 +7,6 @@ Maildir++ uses, so a folder "A.B" is the directory `.A.B` next to INBOX's cur/ne
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,17 +68,76 @@ class ListEntry:
     attributes: tuple[str, ...]
 
 
-def _pattern_regex(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
-    # RFC 3501 §6.3.8: "*" matches anything, "%" anything but the hierarchy delimiter.
-    out = []
+# RFC 3501 §6.3.8 leaves the pattern's length open; one far longer than any folder name can only
+# cost time.
+MAX_PATTERN = 1024
+
+
+def _fold(ch: str) -> str:
+    # INBOX is case-insensitive (RFC 3501 §5.1), and INBOX is ASCII: folding ASCII suffices.
+    return ch.lower() if ch.isascii() else ch
+
+
+def _collapse(pattern: str) -> str:
+    """The pattern with each run of wildcards as one: "*" if the run holds a "*", else "%"."""
+    out: list[str] = []
     for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append(f"[^{re.escape(DELIMITER)}]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+        if ch in "*%" and out and out[-1] in "*%":
+            if ch == "*":
+                out[-1] = "*"
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class WildcardPattern:
+    """A LIST pattern (RFC 3501 §6.3.8, RFC 9051 §6.3.9): "*" matches anything, "%" anything but
+    the hierarchy delimiter, every other character itself.
+
+    Matched as a set of states, one bit per pattern position (bit i: the first i characters of the
+    pattern matched the name so far), all advanced at once for each character of the name. That is
+    O(len(name) × len(pattern) / word size) whatever the pattern, where a backtracking regular
+    expression took exponential time for "*%*%…x" and froze the event loop.
+    """
+
+    literal_positions: dict[str, int]
+    star_positions: int
+    percent_positions: int
+    accept: int
+    ignore_case: bool
+
+    @classmethod
+    def compile(cls, pattern: str, *, ignore_case: bool = False) -> WildcardPattern:
+        # Collapsing the runs leaves no two wildcards side by side, so the positions a state can
+        # reach without consuming a character are at most one further: one shift in `matches`.
+        pattern = _collapse(pattern)
+        literals: dict[str, int] = {}
+        star = percent = 0
+        for i, ch in enumerate(pattern):
+            if ch == "*":
+                star |= 1 << i
+            elif ch == "%":
+                percent |= 1 << i
+            else:
+                key = _fold(ch) if ignore_case else ch
+                literals[key] = literals.get(key, 0) | 1 << i
+        return cls(literals, star, percent, 1 << len(pattern), ignore_case)
+
+    def matches(self, name: str) -> bool:
+        wild = self.star_positions | self.percent_positions
+        states = 1 | (1 & wild) << 1
+        for ch in name:
+            key = _fold(ch) if self.ignore_case else ch
+            # A literal position moves on past a matching character; a wildcard stays where it is.
+            step = (states & self.literal_positions.get(key, 0)) << 1
+            step |= states & self.star_positions
+            if ch != DELIMITER:
+                step |= states & self.percent_positions
+            if not step:
+                return False
+            states = step | (step & wild) << 1
+        return bool(states & self.accept)
 
 
 def list_folders(
@@ -87,6 +145,8 @@ def list_folders(
 ) -> list[ListEntry]:
     """LIST/LSUB results; parents that exist only as a prefix of deeper folders are \\Noselect."""
     full = reference + pattern
+    if len(full) > MAX_PATTERN:
+        raise BadCommand(f"reference and pattern together may not exceed {MAX_PATTERN} characters")
     names = list(maildir.folders())
     existing = set(names)
     everything = set(names)
@@ -94,19 +154,20 @@ def list_folders(
         parts = name.split(DELIMITER)
         for i in range(1, len(parts)):
             everything.add(DELIMITER.join(parts[:i]))
-    regex = _pattern_regex(full, ignore_case=False)
-    inbox_regex = _pattern_regex(full, ignore_case=True)
+    # `everything` holds every prefix of its names, so a name has children exactly when it is the
+    # parent of one of them: one pass, not a scan of all names for each.
+    parents = {n.rsplit(DELIMITER, 1)[0] for n in everything if DELIMITER in n}
+    matcher = WildcardPattern.compile(full)
+    inbox_matcher = WildcardPattern.compile(full, ignore_case=True)
     entries: list[ListEntry] = []
     for name in sorted(everything, key=lambda n: (n != INBOX, n)):
-        matcher = inbox_regex if name == INBOX else regex
-        if not matcher.fullmatch(name):
+        if not (inbox_matcher if name == INBOX else matcher).matches(name):
             continue
-        has_children = any(other.startswith(name + DELIMITER) for other in everything)
         attrs: list[str] = []
         if name not in existing:
             attrs.append("\\Noselect")
         # RFC 3348 §4 child information.
-        attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
         if name in special_use:
             attrs.append(special_use[name])
         entries.append(ListEntry(name, tuple(attrs)))

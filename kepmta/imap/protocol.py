@@ -3,6 +3,10 @@
 A command is read as one byte string: its lines with their CRLFs and, after every line ending in a
 literal marker `{n}` / `{n+}`, the n literal octets (RFC 3501 §4.3, RFC 7888). The lexer then walks
 that string, so a literal is just another token wherever the grammar allows a string.
+
+What a command may hold in memory is small, and smaller still before login; the one literal that may
+be big, APPEND's message, is written to a file as it arrives and stands in the string as an empty
+literal the lexer knows the file of.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
+import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 MAX_LINE = 64 * 1024
+# The largest literal taken at all, and only ever into a file: one big message.
 MAX_LITERAL = 100 * 1024 * 1024
-# A command may carry several literals (e.g. LOGIN); together they may not exceed one big message.
-MAX_COMMAND = MAX_LITERAL + MAX_LINE
+# Octets of a streamed literal written at once: what one read from the connection brings.
+_CHUNK = 64 * 1024
 
 _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]+]+")
 _LITERAL_MARK = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n\Z")
@@ -31,11 +38,13 @@ class BadCommand(Exception):
 
 
 class Refused(BadCommand):
-    """A command refused while it was still being read (too long, literal too big)."""
+    """A command refused while it was still being read (too long, literal too big, no room for it):
+    answered `status` (BAD, or NO for a well-formed command that cannot be carried out)."""
 
-    def __init__(self, tag: str | None, text: str) -> None:
+    def __init__(self, tag: str | None, text: str, status: str = "BAD") -> None:
         super().__init__(text)
         self.tag = tag
+        self.status = status
 
 
 class CommandFailed(Exception):
@@ -74,11 +83,21 @@ class Atom:
 
 
 @dataclass(frozen=True)
+class LiteralFile:
+    """A literal the reader wrote to a file instead of keeping it in memory."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
 class String:
-    """A quoted string or a literal, as the octets the client sent."""
+    """A quoted string or a literal, as the octets the client sent; a literal written to a file has
+    no octets here but the file."""
 
     value: bytes
     literal: bool = False
+    file: LiteralFile | None = None
 
 
 @dataclass(frozen=True)
@@ -90,9 +109,10 @@ Token = Atom | String | ParenList
 
 
 class _Lexer:
-    def __init__(self, data: bytes, pos: int) -> None:
+    def __init__(self, data: bytes, pos: int, files: Mapping[int, LiteralFile]) -> None:
         self.data = data
         self.pos = pos
+        self.files = files
 
     def sequence(self, closer: int | None) -> list[Token]:
         data = self.data
@@ -161,6 +181,10 @@ class _Lexer:
         m = _LITERAL_TOKEN.match(self.data, self.pos)
         if not m:
             raise BadCommand("malformed literal")
+        file = self.files.get(self.pos)
+        if file is not None:
+            self.pos = m.end()
+            return String(b"", literal=True, file=file)
         size = int(m.group(1))
         start = m.end()
         if start + size > len(self.data):
@@ -215,18 +239,35 @@ def split_tag(line: bytes) -> str | None:
     return m.group().decode("ascii")
 
 
-def parse_command(data: bytes) -> Command:
-    """Tokenise a complete command (lines and literals, as `CommandReader.read` returns it)."""
+def parse_command(data: bytes, files: Mapping[int, LiteralFile] | None = None) -> Command:
+    """Tokenise a complete command (lines and literals, as `CommandReader.command` returns it)."""
     tag = split_tag(data)
     if tag is None:
         raise BadCommand("missing or invalid tag")
-    lexer = _Lexer(data, len(tag) + 1)
+    lexer = _Lexer(data, len(tag) + 1, files or {})
     tokens = lexer.sequence(None)
     if lexer.data[lexer.pos :] not in (b"\r\n", b"\n", b""):
         raise BadCommand("garbage after command")
     if not tokens or not isinstance(tokens[0], Atom) or tokens[0].section is not None:
         raise BadCommand("missing command name")
     return Command(tag, tokens[0].value.upper(), tuple(tokens[1:]))
+
+
+def parse_head(head: bytes) -> Command | None:
+    """The command so far, when `head` is a command read up to a literal marker: what the literal
+    would be an argument of. None when that much does not parse (the whole command will not either)."""
+    m = _LITERAL_MARK.search(head)
+    if not m:
+        return None
+    start = m.start()
+    if head[start - 1 : start] == b"~":
+        start -= 1
+    if head[start - 1 : start] != b" ":
+        return None
+    try:
+        return parse_command(head[: start - 1])
+    except BadCommand:
+        return None
 
 
 # --- argument cursor --------------------------------------------------------------------------------
@@ -261,6 +302,8 @@ class Args:
     def astring(self, what: str) -> bytes:
         tok = self.next(what)
         if isinstance(tok, String):
+            if tok.file is not None:
+                raise BadCommand(f"{what} is too long")
             return tok.value
         if isinstance(tok, Atom) and tok.section is None:
             return tok.value.encode("ascii")
@@ -397,6 +440,32 @@ def paren(items: Iterable[bytes]) -> bytes:
 # --- reading commands -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one command may hold in memory: each literal, and the literals and the lines after them
+    together (the first line has MAX_LINE)."""
+
+    literal: int
+    command: int
+
+
+@dataclass(frozen=True)
+class RawCommand:
+    """A command as read: its octets, and the literals written to files by the offset of their
+    marker in `data` (rewritten as the empty literal `{0}`)."""
+
+    data: bytes
+    files: Mapping[int, LiteralFile] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        """Remove the files no command took: that of a command that failed, or was refused."""
+        for file in self.files.values():
+            file.path.unlink(missing_ok=True)
+
+
+Admit = Callable[[bytes, int, int], Awaitable[Path | None]]
+
+
 class CommandReader:
     """Reads CRLF lines and literals from a stream with its own buffer, enforcing the size limits.
 
@@ -456,38 +525,128 @@ class CommandReader:
         del self._buf[:n]
         return data
 
-    async def command(self, send_continuation: Callable[[], Awaitable[None]]) -> bytes:
-        """A whole command; raises Refused when it must be turned down before it is complete."""
+    async def _skip(self, n: int) -> None:
+        while n:
+            if not self._buf:
+                await self._fill()
+            taken = min(n, len(self._buf))
+            del self._buf[:taken]
+            n -= taken
+
+    async def _stream(self, path: Path, n: int) -> None:
+        """Write the next `n` octets to a new file at `path`, a chunk at a time as they arrive."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while n:
+                if not self._buf:
+                    await self._fill()
+                chunk = bytes(self._buf[: min(n, _CHUNK)])
+                del self._buf[: len(chunk)]
+                n -= len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    async def command(
+        self, send_continuation: Callable[[], Awaitable[None]], limits: Limits, admit: Admit | None = None
+    ) -> RawCommand:
+        """A whole command; raises Refused when it must be turned down before it is complete.
+
+        Before a continuation invites a literal, `admit(head, index, size)` is asked where it goes,
+        with the command up to and including the literal's marker and the number of literals before
+        it: it returns a new file's path to write the literal to, or None to keep it in memory within
+        `limits`, or raises BadCommand (answered BAD) or CommandFailed (answered NO) to refuse the
+        command there and then.
+        """
         try:
             first = await self.line()
         except LineTooLong as e:
             raise Refused(split_tag(e.head), "command line too long") from None
+        tag = split_tag(first)
         parts = [first]
-        total = len(first)
+        files: dict[int, LiteralFile] = {}
+        # Where the last line starts in the command; what literals and the lines after them hold in
+        # memory (the first line has a limit of its own).
+        offset = 0
+        held = 0
         line = first
+        try:
+            while True:
+                m = _LITERAL_MARK.search(line)
+                if not m:
+                    if held > limits.command:
+                        raise Refused(tag, f"[TOOBIG] command longer than {limits.command} octets")
+                    return RawCommand(b"".join(parts), files)
+                size, non_sync = int(m.group(1)), bool(m.group(2))
+                if size > MAX_LITERAL:
+                    _too_big(non_sync)
+                    raise Refused(tag, f"[TOOBIG] literals are limited to {MAX_LITERAL} octets")
+                try:
+                    path = await admit(b"".join(parts), len(parts) // 2, size) if admit else None
+                except (BadCommand, CommandFailed) as e:
+                    if non_sync:
+                        # RFC 7888: a non-synchronising literal is sent without waiting, so its
+                        # octets must be read past before the next command begins.
+                        await self._skip(size)
+                        await self._skip_command()
+                    if isinstance(e, CommandFailed):
+                        raise Refused(tag, (f"[{e.code}] " if e.code else "") + e.text, "NO") from None
+                    raise Refused(tag, str(e)) from None
+                if path is None and (size > limits.literal or held + size > limits.command):
+                    _too_big(non_sync)
+                    raise Refused(
+                        tag,
+                        f"[TOOBIG] literals are limited to {limits.literal} octets each, "
+                        f"{limits.command} octets per command",
+                    )
+                if not non_sync:
+                    await send_continuation()
+                if path is None:
+                    parts.append(await self.exactly(size))
+                    held += size
+                    offset += len(line) + size
+                else:
+                    # Registered before the first octet, so a failure part-way removes the file.
+                    files[offset + m.start()] = LiteralFile(path, size)
+                    await self._stream(path, size)
+                    parts[-1] = line[: m.start()] + b"{0}\r\n"
+                    parts.append(b"")
+                    offset += len(parts[-2])
+                try:
+                    line = await self.line()
+                except LineTooLong:
+                    raise Refused(tag, "command line too long") from None
+                parts.append(line)
+                held += len(line)
+        except BaseException:
+            for file in files.values():
+                file.path.unlink(missing_ok=True)
+            raise
+
+    async def _skip_command(self) -> None:
+        """Read past the rest of a refused command: its lines and its non-synchronising literals
+        (a synchronising one ends it: its client waits for a continuation it will not get)."""
         while True:
-            m = _LITERAL_MARK.search(line)
-            if not m:
-                return b"".join(parts)
-            size, non_sync = int(m.group(1)), bool(m.group(2))
-            tag = split_tag(first)
-            if size > MAX_LITERAL or total + size > MAX_COMMAND:
-                if non_sync:
-                    # RFC 7888 §4: the octets are already on their way; a session that cannot take
-                    # them cannot resynchronise either.
-                    raise ConnectionClosed("literal too large")
-                raise Refused(tag, "[TOOBIG] literal too large")
-            if not non_sync:
-                await send_continuation()
-            parts.append(await self.exactly(size))
-            total += size
             try:
-                nxt = await self.line()
+                line = await self.line()
             except LineTooLong:
-                raise Refused(tag, "command line too long") from None
-            parts.append(nxt)
-            total += len(nxt)
-            line = nxt
+                return
+            m = _LITERAL_MARK.search(line)
+            if not m or not m.group(2):
+                return
+            size = int(m.group(1))
+            if size > MAX_LITERAL:
+                raise ConnectionClosed("literal too large")
+            await self._skip(size)
+
+
+def _too_big(non_sync: bool) -> None:
+    if non_sync:
+        # RFC 7888 §4: the octets are already on their way; a session that will not take them cannot
+        # tell where the next command starts.
+        raise ConnectionClosed("literal too large")
 
 
 # --- dates (RFC 3501 §9 date-time, date) ---------------------------------------------------------------

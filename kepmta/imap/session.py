@@ -40,8 +40,11 @@ from kepmta.imap.protocol import (
     ConnectionClosed,
     FileSlice,
     IntervalSet,
+    Limits,
     LineTooLong,
+    LiteralFile,
     ParenList,
+    RawCommand,
     Refused,
     Segment,
     SequenceSet,
@@ -50,10 +53,12 @@ from kepmta.imap.protocol import (
     format_uid_set,
     parse_command,
     parse_date_time,
+    parse_head,
     split_tag,
     string,
 )
 from kepmta.imap.summary import Summary
+from kepmta.logtext import excerpt
 from kepmta.maildir import INBOX, Maildir
 
 if TYPE_CHECKING:
@@ -68,6 +73,11 @@ _COMMON_CAPS = (
 # RFC 5161 §3.1: what ENABLE can turn on.
 _ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
 _STREAM_CHUNK = 1 << 20
+# Before login a stranger needs literals only for a user name and a password: a command may hold
+# little. After it, every literal but APPEND's message (written to a file) is a name, a search string
+# or the like, and stays in memory.
+_PREAUTH_LIMITS = Limits(literal=4 * 1024, command=16 * 1024)
+_AUTH_LIMITS = Limits(literal=64 * 1024, command=1024 * 1024)
 # Messages a FETCH gathers summaries for at once: bounds the memory a long range holds.
 _FETCH_BATCH = 256
 _unique = itertools.count(1)
@@ -187,15 +197,21 @@ class Session:
                     if self.state is State.NOT_AUTHENTICATED
                     else self.server.autologout_seconds
                 )
+                limits = _PREAUTH_LIMITS if self.state is State.NOT_AUTHENTICATED else _AUTH_LIMITS
                 try:
-                    raw = await asyncio.wait_for(self.reader.command(self._continue), timeout)
+                    raw = await asyncio.wait_for(
+                        self.reader.command(self._continue, limits, self._admit), timeout
+                    )
                 except Refused as e:
-                    await self.send(_tagged(e.tag or "*", "BAD", str(e)))
+                    await self.send(_tagged(e.tag or "*", e.status, str(e)))
                     continue
                 except TimeoutError:
                     await self.say_goodbye("autologout, idle for too long")
                     return
-                await self.execute(raw)
+                try:
+                    await self.execute(raw)
+                finally:
+                    raw.discard()
         except ConnectionClosed as e:
             if e.farewell:
                 await self.say_goodbye(e.farewell)
@@ -213,11 +229,35 @@ class Session:
     async def _continue(self) -> None:
         await self.send(b"+ Ready for literal data")
 
-    async def execute(self, raw: bytes) -> None:
+    async def _admit(self, head: bytes, index: int, size: int) -> Path | None:
+        """Where a literal goes (see `CommandReader.command`): APPEND's message to a file in the
+        account's tmp/, once the folder, the size and the quota allow it; anything else to memory.
+
+        The checks come before the continuation, so a message that cannot be stored is refused
+        before a single octet of it is read (RFC 9208 §4.3 OVERQUOTA, RFC 9051 §6.3.12 TRYCREATE).
+        """
+        # The message is the first or, after a mailbox name sent as a literal, the second literal.
+        if self.state is State.NOT_AUTHENTICATED or index > 1:
+            return None
+        cmd = parse_head(head)
+        if cmd is None or cmd.name != "APPEND" or not cmd.args:
+            return None
+        name = self._mailbox(Args(cmd.args))
+        if not folders.exists(self._md(), name):
+            raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
+        self._refuse_read_only_folder(name, "APPEND")
+        used, limit = await self.backend.quota(self.user)
+        quota.check_room(used, limit, size)
+        # Same file system as every folder, so the finished file is renamed into place.
+        tmp = self._md().root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp / _new_base()
+
+    async def execute(self, raw: RawCommand) -> None:
         try:
-            cmd = parse_command(raw)
+            cmd = parse_command(raw.data, raw.files)
         except BadCommand as e:
-            await self.send(_tagged(split_tag(raw) or "*", "BAD", str(e)))
+            await self.send(_tagged(split_tag(raw.data) or "*", "BAD", str(e)))
             return
         name = cmd.name
         args = Args(cmd.args)
@@ -471,7 +511,7 @@ class Session:
         account = await self.backend.authenticate(username, password, self.peer_ip)
         if account is None:
             self.auth_failures += 1
-            log.info("IMAP authentication failed for %r from %s", username, self.peer_ip)
+            log.info("IMAP authentication failed for %s from %s", excerpt(username), self.peer_ip)
             raise CommandFailed("invalid credentials", "AUTHENTICATIONFAILED")
         self.user = account
         self.maildir = self.backend.maildir(account)
@@ -640,7 +680,10 @@ class Session:
             # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
             await self.send(b"* " + word + b" (\\Noselect) " + delim + b' ""')
             return f"{cmd.name} completed"
-        entries = folders.list_folders(self._md(), reference, pattern, self.server.special_folders)
+        # A directory scan that grows with the account's folders: off the event loop.
+        entries = await asyncio.to_thread(
+            folders.list_folders, self._md(), reference, pattern, self.server.special_folders
+        )
         await self.send(
             *(
                 b"* "
@@ -714,10 +757,14 @@ class Session:
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
         used, limit = await self.backend.quota(self.user)
-        quota.check_room(used, limit, len(tok.value))
+        # Checked again: other mail may have arrived while the message streamed in.
+        quota.check_room(used, limit, tok.file.size if tok.file is not None else len(tok.value))
         store = self._open_store(name)
         try:
-            msg = await _save(store, tok.value, flags, when)
+            if tok.file is not None:
+                msg = await _save_file(store, tok.file, flags, when)
+            else:
+                msg = await _save(store, tok.value, flags, when)
         finally:
             self._release(store)
         return f"[APPENDUID {store.uidvalidity} {msg.uid}] APPEND completed"
@@ -1133,9 +1180,22 @@ def _write_file(path: Path, data: bytes, when: float | None) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _set_internal_date(path, when)
+
+
+def _set_internal_date(path: Path, when: float | None) -> None:
     if when is not None:
         # INTERNALDATE is the file's mtime (RFC 3501 §6.3.11 APPEND date-time).
         os.utime(path, (when, when))
+
+
+def _finish_file(path: Path, when: float | None) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _set_internal_date(path, when)
 
 
 async def _save(store: FolderStore, data: bytes, flags: frozenset[str], when: float | None) -> MessageFile:
@@ -1149,6 +1209,15 @@ async def _save(store: FolderStore, data: bytes, flags: frozenset[str], when: fl
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
         raise
+
+
+async def _save_file(
+    store: FolderStore, file: LiteralFile, flags: frozenset[str], when: float | None
+) -> MessageFile:
+    """Move a message the reader wrote to the account's tmp/ into the folder; its name, a new
+    Maildir base, stays the message's. The session removes the file if this fails."""
+    await asyncio.to_thread(_finish_file, file.path, when)
+    return store.add(file.path, file.path.name, flags)
 
 
 def _copy_into(src: Path, staged: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from kepmta.accounts import Account, LoginRefusal
+from kepmta.logtext import excerpt
 from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
 from kepmta.smtp.data import DataReader
@@ -139,7 +140,7 @@ class SubmissionHandler:
         if login.account is not None:
             session.authenticated_at = dt.datetime.now(dt.UTC)
             return AuthResult(success=True, auth_data=login.account)
-        log.info("%r failed authentication as %r: %s", session.peer, username, login.refusal)
+        log.info("%r failed authentication as %s: %s", session.peer, excerpt(username), login.refusal)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 4954 §6: 454 4.7.0 temporary authentication failure
             await server.push("454 4.7.0 Too many failed logins; try again later")

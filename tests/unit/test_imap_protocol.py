@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +13,12 @@ from kepmta.imap.protocol import (
     Args,
     Atom,
     BadCommand,
+    CommandFailed,
     CommandReader,
     ConnectionClosed,
     IntervalSet,
+    Limits,
+    LiteralFile,
     ParenList,
     Refused,
     SequenceSet,
@@ -25,9 +29,12 @@ from kepmta.imap.protocol import (
     parse_command,
     parse_date,
     parse_date_time,
+    parse_head,
     split_tag,
     string,
 )
+
+LIMITS = Limits(literal=64, command=256)
 
 
 def test_atoms_quoted_strings_lists_and_literals() -> None:
@@ -168,11 +175,11 @@ async def test_reader_assembles_literals_and_asks_for_synchronising_ones() -> No
 
     feed = _Feed(b"a LOGIN {3}\r\nali {4+}\r\npass\r\nb NOOP\r\n")
     r = CommandReader(feed.reader)
-    assert await r.command(cont) == b"a LOGIN {3}\r\nali {4+}\r\npass\r\n"
+    assert (await r.command(cont, LIMITS)).data == b"a LOGIN {3}\r\nali {4+}\r\npass\r\n"
     assert continuations == [1]
-    assert await r.command(cont) == b"b NOOP\r\n"
+    assert (await r.command(cont, LIMITS)).data == b"b NOOP\r\n"
     with pytest.raises(ConnectionClosed):
-        await r.command(cont)
+        await r.command(cont, LIMITS)
 
 
 async def test_reader_refuses_long_lines_and_keeps_going() -> None:
@@ -183,9 +190,9 @@ async def test_reader_refuses_long_lines_and_keeps_going() -> None:
         raise AssertionError("no literal here")
 
     with pytest.raises(Refused) as info:
-        await r.command(cont)
+        await r.command(cont, LIMITS)
     assert info.value.tag == "x1"
-    assert await r.command(cont) == b"x2 NOOP\r\n"
+    assert (await r.command(cont, LIMITS)).data == b"x2 NOOP\r\n"
 
 
 async def test_reader_refuses_huge_literals() -> None:
@@ -194,9 +201,94 @@ async def test_reader_refuses_huge_literals() -> None:
 
     r = CommandReader(_Feed(b"a APPEND INBOX {999999999999}\r\nb NOOP\r\n").reader)
     with pytest.raises(Refused, match="TOOBIG") as info:
-        await r.command(cont)
+        await r.command(cont, LIMITS)
     assert info.value.tag == "a"
-    assert await r.command(cont) == b"b NOOP\r\n"
+    assert (await r.command(cont, LIMITS)).data == b"b NOOP\r\n"
     r = CommandReader(_Feed(b"a APPEND INBOX {999999999999+}\r\n").reader)
     with pytest.raises(ConnectionClosed):
-        await r.command(cont)
+        await r.command(cont, LIMITS)
+
+
+async def _no_continuation() -> None:
+    raise AssertionError("must not invite a literal it will refuse")
+
+
+async def test_reader_keeps_literals_within_the_memory_limits() -> None:
+    # Refused before the continuation, and the session reads on.
+    r = CommandReader(_Feed(b"a LOGIN {65}\r\nb NOOP\r\n").reader)
+    with pytest.raises(Refused, match="TOOBIG") as info:
+        await r.command(_no_continuation, LIMITS)
+    assert (info.value.tag, info.value.status) == ("a", "BAD")
+    assert (await r.command(_no_continuation, LIMITS)).data == b"b NOOP\r\n"
+    # Small literals, too many of them together.
+    many = b"a ID (" + b" ".join([b"{60+}\r\n" + b"x" * 60] * 5) + b")\r\n"
+    r = CommandReader(_Feed(many).reader)
+    with pytest.raises(ConnectionClosed):
+        await r.command(_no_continuation, LIMITS)
+    # A non-synchronising literal past the limit cannot be skipped without reading it: the end.
+    r = CommandReader(_Feed(b"a LOGIN {65+}\r\n" + b"x" * 65 + b" y\r\n").reader)
+    with pytest.raises(ConnectionClosed):
+        await r.command(_no_continuation, LIMITS)
+
+
+async def test_reader_streams_an_admitted_literal_to_a_file(tmp_path: Path) -> None:
+    asked = []
+    target = tmp_path / "message"
+
+    async def admit(head: bytes, index: int, size: int) -> Path | None:
+        asked.append((head, index, size))
+        return target if index == 1 else None
+
+    message = b"y" * 200_000
+    data = b"a APPEND {5+}\r\nINBOX (\\Seen) {%d+}\r\n" % len(message) + message + b"\r\n"
+    raw = await CommandReader(_Feed(data).reader).command(_no_continuation, LIMITS, admit)
+    assert [(i, n) for _, i, n in asked] == [(0, 5), (1, 200_000)]
+    assert asked[1][0] == b"a APPEND {5+}\r\nINBOX (\\Seen) {200000+}\r\n"
+    assert target.read_bytes() == message
+    # The literal is an empty one in the command, and the lexer hands out its file instead.
+    assert raw.data == b"a APPEND {5+}\r\nINBOX (\\Seen) {0}\r\n\r\n"
+    cmd = parse_command(raw.data, raw.files)
+    file = LiteralFile(target, len(message))
+    assert cmd.args == (String(b"INBOX", literal=True), ParenList((Atom("\\Seen"),)), String(b"", True, file))
+    with pytest.raises(BadCommand, match="too long"):
+        Args(cmd.args[2:]).astring("mailbox name")
+    raw.discard()
+    assert not target.exists()
+
+
+async def test_reader_removes_a_file_left_incomplete(tmp_path: Path) -> None:
+    target = tmp_path / "message"
+
+    async def admit(head: bytes, index: int, size: int) -> Path | None:
+        return target
+
+    r = CommandReader(_Feed(b"a APPEND INBOX {1000+}\r\n" + b"z" * 500).reader)
+    with pytest.raises(ConnectionClosed):
+        await r.command(_no_continuation, LIMITS, admit)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_reader_refusal_by_admit_reads_past_a_non_synchronising_literal() -> None:
+    async def admit(head: bytes, index: int, size: int) -> Path | None:
+        raise CommandFailed("no room", "OVERQUOTA")
+
+    feed = _Feed(b"a APPEND INBOX {300+}\r\n" + b"q" * 300 + b"\r\nb APPEND INBOX {300}\r\nc NOOP\r\n")
+    r = CommandReader(feed.reader)
+    with pytest.raises(Refused) as info:
+        await r.command(_no_continuation, LIMITS, admit)
+    assert (info.value.tag, info.value.status, str(info.value)) == ("a", "NO", "[OVERQUOTA] no room")
+    # A synchronising one is refused before its continuation, and the client sends nothing more.
+    with pytest.raises(Refused) as info:
+        await r.command(_no_continuation, LIMITS, admit)
+    assert (info.value.tag, info.value.status) == ("b", "NO")
+    assert (await r.command(_no_continuation, LIMITS, admit)).data == b"c NOOP\r\n"
+
+
+def test_parse_head_tokenises_a_command_up_to_its_literal() -> None:
+    head = parse_head(b'a APPEND "Sent" (\\Seen) "01-Jan-2024 00:00:00 +0000" {12}\r\n')
+    assert head is not None and head.name == "APPEND"
+    assert head.args[0] == String(b"Sent") and len(head.args) == 3
+    head = parse_head(b"a APPEND {5}\r\n")
+    assert head is not None and head.args == ()
+    assert parse_head(b'a APPEND "open {5}\r\n') is None
+    assert parse_head(b"a NOOP\r\n") is None
