@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kepmta import addresses
+from kepmta import peers as peer_registry
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "kep-tr.toml"
 
@@ -54,12 +54,6 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Peer:
-    domain: str
-    name: str
-
-
-@dataclass(frozen=True)
 class TsaConfig:
     """An external RFC 3161 time-stamp authority ([tsa]); without it the built-in TSA signs."""
 
@@ -91,7 +85,8 @@ class Settings:
     tsa_key: Path | None
     qualified_ca: Path  # PEM bundle of the qualified CAs (and their CRLs) trusted for submissions
     policy: Policy
-    peers: tuple[Peer, ...] = ()
+    peers_file: Path | None = None  # the peer registry ([peers] file)
+    peers: tuple[peer_registry.Peer, ...] = ()
     # Dovecot as the IMAP front end: where its Lua script spools read events (conf/dovecot/)
     dovecot_read_spool: Path | None = None
     # The evidence key in an HSM: RFC 7512 PKCS#11 URI and the file holding the user PIN.
@@ -212,23 +207,6 @@ def load_policy(path: Path) -> Policy:
     )
 
 
-def load_peers(path: Path) -> tuple[Peer, ...]:
-    top = _read(path)
-    entries = top.data.get("peer", [])
-    if not isinstance(entries, list):
-        raise ConfigError(f"{path}: peer must be an array of tables ([[peer]])")
-    peers = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{path}: peer[{i}] must be a table")
-        table = _Table(entry, path, f"peer[{i}].")
-        domain = table.text("domain").lower()
-        if not addresses.is_domain(domain):
-            raise ConfigError(f"{path}: peer[{i}].domain {domain!r} is not a domain name")
-        peers.append(Peer(domain, table.text("name")))
-    return tuple(peers)
-
-
 def _tsa(table: _Table) -> TsaConfig:
     url = table.text("url")
     if not url.startswith(("http://", "https://")):
@@ -272,6 +250,7 @@ def load(path: Path) -> Settings:
         weak_since(k, v, f"{path}: evidence.weak_algorithms") for k, v in weak.data.items()
     )
 
+    peers_file = top.table("peers").path("file") if "file" in top.table("peers").data else None
     return Settings(
         source=path,
         domain=server.text("domain").lower(),
@@ -305,7 +284,8 @@ def load(path: Path) -> Settings:
         tsa_key=evidence.path("tsa_key") if tsa is None else None,
         qualified_ca=trust.path("qualified_ca"),
         policy=load_policy(top.table("policy").path("file", str(DEFAULT_POLICY))),
-        peers=load_peers(top.table("peers").path("file")) if "file" in top.table("peers").data else (),
+        peers_file=peers_file,
+        peers=peer_registry.load_peers(peers_file).peers if peers_file is not None else (),
         dovecot_read_spool=(
             dovecot.path("read_spool", must_exist=False) if "read_spool" in dovecot.data else None
         ),

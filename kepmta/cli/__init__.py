@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kepmta.cli import accounts, dovecot, evidence, serve
+from kepmta.cli import accounts, dovecot, evidence, peers, serve
 from kepmta.cli.common import Parser
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.register(sub)
     accounts.register(sub)
     dovecot.register(sub)
+    peers.register(sub)
     return parser
 
 

@@ -67,7 +67,7 @@ def _dev_info(data: Path) -> dict[str, object]:
             {"address": e.address, "legal_name": e.legal_name, "operators": list(e.operators)}
             for e in demo.entities
         ],
-        "peer_domains": [p.domain for p in settings.peers],
+        "peer_domains": [d for p in settings.peers for d in p.domains],
     }
 
 
