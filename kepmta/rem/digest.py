@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from kepmta.rem.mime import parse_headers, split_entity, split_multipart
+from kepmta.rem.mime import Buffer, parse_headers, split_entity, split_multipart
 from kepmta.smime.errors import MimeStructureError
 
-__all__ = ["original_digest"]
+__all__ = ["original_digest", "original_range"]
 
 # Real dispatches nest three deep; the limit only stops a hostile message from recursing forever.
 _MAX_DEPTH = 16
@@ -23,15 +23,23 @@ _MAX_DEPTH = 16
 def original_digest(dispatch: bytes) -> str | None:
     """Base64 SHA-256 over the attached original: its part body, up to the line break before the
     next delimiter (RFC 2046 §5.1.1 makes that line break part of the delimiter)."""
+    found = original_range(dispatch)
+    if found is None:
+        return None
+    return base64.b64encode(hashlib.sha256(dispatch[found[0] : found[1]]).digest()).decode("ascii")
+
+
+def original_range(dispatch: Buffer) -> tuple[int, int] | None:
+    """The [start, end) offsets of the bytes `original_digest` covers, or None."""
     found: list[tuple[bool, int, int]] = []
     _collect(dispatch, 0, len(dispatch), 0, found)
     if not found:
         return None
     _, start, end = next((c for c in found if c[0]), found[0])
-    return base64.b64encode(hashlib.sha256(dispatch[start:end]).digest()).decode("ascii")
+    return start, end
 
 
-def _collect(buf: bytes, start: int, end: int, depth: int, found: list[tuple[bool, int, int]]) -> None:
+def _collect(buf: Buffer, start: int, end: int, depth: int, found: list[tuple[bool, int, int]]) -> None:
     """Append (marked as the REM original, body start, body end) for each message/rfc822 part."""
     raw, body = split_entity(buf, start, end)
     headers = parse_headers(raw)
