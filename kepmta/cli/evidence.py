@@ -55,8 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "verify",
         help="check an evidence file (<Event>.p7m, DER or PEM) or a bundle (.zip) offline",
         description="Checks the CMS signature, the signer's chain to the provider CA, the RFC 3161 "
-        "time-stamp and its imprint, and the evidence XML; prints who, what and when. "
-        "Exit 0 only if every check holds.",
+        "time-stamp and its imprint, and the evidence XML; prints who, what and when. In a bundle, "
+        "a peer provider's evidence is checked against that peer's CA carried in it "
+        "(peers/DOMAIN/ca.pem), not against --ca. Exit 0 only if every check holds.",
     )
     verify.add_argument("file", type=Path)
     verify.add_argument(

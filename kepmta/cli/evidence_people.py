@@ -37,6 +37,17 @@ def _trust(settings: config.Settings) -> tuple[list[x509.Certificate], list[x509
     return anchors, anchors
 
 
+def _peer_anchors(settings: config.Settings) -> dict[str, list[x509.Certificate]]:
+    """By each KEP domain of each registered peer provider, the CAs its evidence is signed and
+    time-stamped under (its `evidence_ca`): a peer's received evidence is checked against these."""
+    anchors: dict[str, list[x509.Certificate]] = {}
+    for peer in settings.peers:
+        if peer.evidence_ca is not None:
+            certs = pki.load_certs(peer.evidence_ca)
+            anchors.update(dict.fromkeys(peer.domains, certs))
+    return anchors
+
+
 def _signer(settings: config.Settings) -> pki.KeyPair:
     """The transaction certificate's key, from its PEM file or the PKCS#11 token."""
     if settings.evidence_key is not None:
@@ -62,7 +73,9 @@ def _write(path: Path, data: bytes) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     try:
         settings, message = _load(args)
-        checked = timeline.check(message, *_trust(settings), settings.weak_algorithms)
+        checked = timeline.check(
+            message, *_trust(settings), settings.weak_algorithms, peers=_peer_anchors(settings)
+        )
     except (config.ConfigError, timeline.NotFound, OSError, ValueError) as e:
         return die(str(e))
     if args.json:
@@ -93,6 +106,8 @@ def _as_json(message: timeline.MessageEvidence, checked: Sequence[timeline.Check
                 "details": e.evidence.details,
                 "event_time": e.evidence.event_time.isoformat(),
                 "recipient": e.evidence.recipient.address if e.evidence.recipient else None,
+                "issuer": {"name": e.evidence.issuer_name, "domain": e.evidence.issuer_domain},
+                "received": e.received,
                 "verified": results[e.seq].ok,
                 "renewal": results[e.seq].renewal,
             }
@@ -113,6 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             tsa_ca=tsa_anchors,
             signer=_signer(settings),
             chain=certs[1:],
+            peer_anchors=_peer_anchors(settings),
         )
         _write(args.output, data)
     except (config.ConfigError, timeline.NotFound, EvidenceError, OSError, ValueError) as e:
@@ -127,7 +143,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         settings, message = _load(args)
-        checked = timeline.check(message, *_trust(settings), settings.weak_algorithms)
+        checked = timeline.check(
+            message, *_trust(settings), settings.weak_algorithms, peers=_peer_anchors(settings)
+        )
         data = report.render(
             message, checked, provider_name=settings.provider_name, provider_domain=settings.domain
         )
@@ -180,7 +198,9 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "show",
         help="print a message's evidence as a timeline",
         description="Prints the message, then each evidence in ledger order (time, KEP code, event, "
-        "reason, recipient) and whether it verifies offline. Exit 1 if any evidence does not verify.",
+        "reason, recipient) and whether it verifies offline; evidence received from a peer provider "
+        "is marked with its issuer and checked against that peer's evidence CA from the peer "
+        "registry. Exit 1 if any evidence does not verify.",
     )
     show.add_argument("message_id", metavar=ident, help=ident_help)
     show.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -192,7 +212,9 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="write a message's evidence bundle (ZIP) for outside verifiers",
         description="Writes every evidence of the message with its time-stamp tokens, the "
         "certificates, the ledger records and chain, revocation data, a signed manifest and a README "
-        "of the openssl commands that check it. `kepmta evidence verify FILE.zip` checks it offline.",
+        "of the openssl commands that check it; a peer provider's evidence travels with that peer's "
+        "evidence CA from the peer registry (peers/DOMAIN/ca.pem). `kepmta evidence verify FILE.zip` "
+        "checks it offline.",
     )
     export.add_argument("message_id", metavar=ident, help=ident_help)
     export.add_argument("-o", "--output", type=Path, required=True, help="the .zip file to write")

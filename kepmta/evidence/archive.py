@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from kepmta.evidence import revocation
 from kepmta.evidence.errors import EvidenceError, TimeStampError
-from kepmta.evidence.ledger import EVIDENCE_VERSIONS, Kind, Ledger, LedgerRecord, NewRecord, Writes
+from kepmta.evidence.ledger import OWN_EVIDENCE, Kind, Ledger, LedgerRecord, NewRecord, Writes
 from kepmta.evidence.revocation import crl_der
 from kepmta.evidence.tsa import TimeStamper, check_token
 from kepmta.smime import cms
@@ -48,9 +48,10 @@ DIGESTS = {
 }
 LABELS = {"sha256": "SHA-256", "sha384": "SHA-384", "sha512": "SHA-512"}
 _BY_OID = {oid: name for name, oid in DIGESTS.items()}
-# The records whose `der` is a CAdES-B-T signature an evidence record can keep speaking: the
-# evidence versions and the checkpoints.
-ARCHIVABLE = (*EVIDENCE_VERSIONS, Kind.CHECKPOINT)
+# The records whose `der` is a CAdES-B-T signature an evidence record can keep speaking: our own
+# evidence versions and the checkpoints. A peer's received evidence is not among them: its data
+# group would need the peer's CRLs, which our ledger does not capture, and the peer renews its own.
+ARCHIVABLE = (*OWN_EVIDENCE, Kind.CHECKPOINT)
 
 
 class ArchiveError(EvidenceError):

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from kepmta.addresses import is_domain
 from kepmta.evidence.checkpoint import read_statement
 from kepmta.evidence.ledger import (
     EVIDENCE_VERSIONS,
@@ -116,15 +117,20 @@ def build(
     chain: Sequence[x509.Certificate],
     extras: Mapping[str, bytes] | None = None,
     created_at: dt.datetime | None = None,
+    peer_anchors: Mapping[str, Sequence[x509.Certificate]] | None = None,
 ) -> bytes:
     """The bundle of `message` as ZIP bytes, its manifest signed by `signer`.
 
     `extras` are further members (revocation data, ledger proofs) by their path in the bundle.
+    `peer_anchors` are, by a peer provider's domain, the CAs its evidence and time-stamps chain to:
+    each peer whose evidence the message holds gets them as `peers/<domain>/ca.pem`, and the
+    certificates its evidence carries beside them (ValueError if a peer's anchors are not given).
     """
     created = (created_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(microsecond=0)
     members: dict[str, bytes] = {}
     signer_certs: list[x509.Certificate] = []
     tsa_certs: list[x509.Certificate] = []
+    peer_certs: dict[str, tuple[list[x509.Certificate], list[x509.Certificate]]] = {}
     files: dict[int, tuple[str, str | None, dict[str, Any]]] = {}
     archives = _newest_archives(message)
     for entry in message.entries:
@@ -132,12 +138,24 @@ def build(
         members[p7m] = entry.der
         members[xml] = entry.xml
         ci = cms.load(entry.der)
-        signer_certs += cms.certificates(ci)
         extra: dict[str, Any] = {
             "ptt_code": entry.evidence.event.ptt_code,
             "timestamp": None,
             "evidence_record": None,
         }
+        signers, stampers = signer_certs, tsa_certs
+        if entry.received:
+            peer = peer_domain(entry.evidence.issuer_domain)
+            anchors = (peer_anchors or {}).get(peer)
+            if not anchors:
+                raise ValueError(
+                    f"evidence {entry.evidence.evidence_id} was issued by the peer provider {peer}, "
+                    "whose trust anchors (its evidence CA) are not known: the bundle could not be verified"
+                )
+            members[peer_ca_path(peer)] = _pem(anchors)
+            extra["peer"] = peer
+            signers, stampers = peer_certs.setdefault(peer, ([], []))
+        signers += cms.certificates(ci)
         archived = archives.get(entry.record.evidence_id)
         if archived is not None:
             # Beside its evidence under the same name, so whoever takes the .p7m out of the bundle
@@ -151,7 +169,7 @@ def build(
             members[extra["timestamp"]] = token
             # What the token imprints, so `openssl ts -verify -data` can check it (RFC 3161 §2.4.2).
             members[f"timestamps/{entry.name}.sig"] = cms.signature_value(ci)
-            tsa_certs += cms.certificates(cms.load(token))
+            stampers += cms.certificates(cms.load(token))
         files[entry.seq] = (p7m, xml, extra)
     records = []
     carried = {r.seq: r for r in (*message.records, *(e.record for e in message.entries))}
@@ -206,6 +224,10 @@ def build(
     members["certs/evidence-signer.pem"] = _pem(_unique(signer_certs))
     if tsa_certs:
         members["certs/tsa.pem"] = _pem(_unique(tsa_certs))
+    for peer, (signers, stampers) in peer_certs.items():
+        members[f"peers/{peer}/evidence-signer.pem"] = _pem(_unique(signers))
+        if stampers:
+            members[f"peers/{peer}/tsa.pem"] = _pem(_unique(stampers))
     if SCHEMA_DIR.is_dir():
         for xsd in sorted(SCHEMA_DIR.glob("*.xsd")):
             members[f"schema/{xsd.name}"] = xsd.read_bytes()
@@ -243,6 +265,19 @@ def build(
     return out.getvalue()
 
 
+def peer_domain(domain: str) -> str:
+    """A peer's domain as it names its folder in the bundle: a DNS name, nothing that could climb
+    out of `peers/`."""
+    folded = domain.lower()
+    if not is_domain(folded):
+        raise BundleError(f"the peer provider's domain {domain!r} is not a domain name")
+    return folded
+
+
+def peer_ca_path(domain: str) -> str:
+    return f"peers/{domain}/ca.pem"
+
+
 def _newest_archives(message: MessageEvidence) -> dict[str, LedgerRecord]:
     """Each evidence's newest evidence record (the records come in ledger order): every renewal
     holds the whole record before it, so the newest one is all a verifier needs."""
@@ -278,6 +313,8 @@ def readme(
         "  timestamps/*.tst    the RFC 3161 signature time-stamp token of each evidence",
         "  timestamps/*.sig    the signature value each token time-stamps",
         "  certs/              trust anchors, the signer's and the TSA's certificates",
+        "  peers/DOMAIN/       a peer provider's evidence: its CAs (ca.pem), the certificates its",
+        "                      evidence and tokens carry; its evidence is checked against ca.pem",
         "  revocation/*.crl    CRLs in force when the evidence was made (openssl crl -inform DER -text)",
         "  schema/             the XML Schema of the evidence XML (when shipped)",
         "",
@@ -292,12 +329,21 @@ def readme(
         "",
         "2. Each evidence: signature, chain, and the signed XML equals the readable copy:",
     ]
+    # A peer's evidence chains to that peer's CAs, not to ours.
+    peers = {
+        e.name: peer_ca_path(peer_domain(e.evidence.issuer_domain)) for e in message.entries if e.received
+    }
     for path in sorted(p for p in members if p.startswith("evidence/") and p.endswith(".p7m")):
         stem = path[len("evidence/") : -len(".p7m")]
-        lines.append(
-            f"  openssl cms -verify -inform DER -in {path} -CAfile certs/provider-ca.pem -out {stem}.out"
-        )
+        ca = peers.get(stem, PROVIDER_CA)
+        lines.append(f"  openssl cms -verify -inform DER -in {path} -CAfile {ca} -out {stem}.out")
         lines.append(f"  cmp {stem}.out evidence/{stem}.xml")
+    if peers:
+        lines += [
+            "  An evidence checked against peers/DOMAIN/ca.pem was issued by that peer provider and is",
+            "  kept exactly as it signed it; compare the fingerprint of its ca.pem with the one the peer",
+            "  publishes, as for certs/provider-ca.pem.",
+        ]
     lines += [
         "",
         "3. Each time-stamp token covers its evidence's signature value (EN 319 122-1 §5.3); the",
@@ -306,7 +352,8 @@ def readme(
     ]
     for path in sorted(p for p in members if p.startswith("timestamps/") and p.endswith(".tst")):
         stem = path[: -len(".tst")]
-        lines.append(f"  openssl ts -verify -in {path} -token_in -data {stem}.sig -CAfile {tsa_ca}")
+        ca = peers.get(stem[len("timestamps/") :], tsa_ca)
+        lines.append(f"  openssl ts -verify -in {path} -token_in -data {stem}.sig -CAfile {ca}")
     lines += [
         "",
         "4. The original message: its SHA-256 is in message.json and in every evidence XML",
@@ -352,6 +399,7 @@ class BundleReport:
     message_id: str | None
     checks: tuple[Check, ...]
     evidence: tuple[tuple[str, Report], ...]
+    received: tuple[str, ...] = ()  # the evidence paths issued by a peer provider
 
     @property
     def ok(self) -> bool:
@@ -513,18 +561,32 @@ def verify(
     _run(checks, "ledger", ledger_check)
 
     reports: list[tuple[str, Report]] = []
+    received: list[str] = []
     for r in ledger_records:
         path = r["der"]
         if not (path.startswith("evidence/") and path.endswith(".p7m")):
             continue
         der = members.get(path, b"")
+        trust, stamps = provider_trust, tsa_trust
+        if r["kind"] == Kind.RECEIVED.value:
+            # A peer's evidence answers to that peer's CAs, carried in the bundle and covered by
+            # the manifest our provider signed; our own anchors never vouch for it.
+            received.append(path)
+            anchors: list[x509.Certificate] = []
+
+            def issuer(r: dict[str, Any] = r, anchors: list[x509.Certificate] = anchors) -> str:
+                anchors += _peer_anchors(r, members)
+                return f"issued by the peer provider {r['peer']}, checked against {peer_ca_path(r['peer'])}"
+
+            _run(checks, f"{path}: issuer", issuer)
+            trust = stamps = anchors
         # A renewed evidence is verified through its evidence record, as `kepmta evidence verify
         # FILE.p7m --ers FILE.ers` does: its certificates may have expired since.
         ers = r.get("evidence_record")
         report = verify_evidence(
             der,
-            provider_trust,
-            tsa_trust,
+            trust,
+            stamps,
             evidence_record=None if ers is None else members.get(ers, b""),
             weak=weak,
         )
@@ -534,8 +596,10 @@ def verify(
             return _consistent(r, der, report, members, facts, ledger_records)
 
         _run(checks, f"{path}: consistency", consistency)
-    if reports:
-        _run(checks, "revocation", lambda: _revocation_check(members, reports, provider_trust))
+    own = [(path, report) for path, report in reports if path not in received]
+    if own:
+        # Our CRLs only: the ledger captures the revocation data of our own CA chain.
+        _run(checks, "revocation", lambda: _revocation_check(members, own, provider_trust))
     for r in ledger_records:
         if r["kind"] == Kind.CHECKPOINT.value:
 
@@ -543,7 +607,20 @@ def verify(
                 return _checkpoint_check(r, ledger_records, members, provider_trust, tsa_trust, weak)
 
             _run(checks, f"checkpoint {r['seq']}", sealed)
-    return BundleReport(facts.get("message_id") or manifest.get("message_id"), tuple(checks), tuple(reports))
+    return BundleReport(
+        facts.get("message_id") or manifest.get("message_id"), tuple(checks), tuple(reports), tuple(received)
+    )
+
+
+def _peer_anchors(record: Mapping[str, Any], members: Mapping[str, bytes]) -> list[x509.Certificate]:
+    """The CAs of the peer a received evidence names in ledger.json, from the bundle."""
+    peer = record.get("peer")
+    if not isinstance(peer, str) or peer_domain(peer) != peer:
+        raise BundleError(f"ledger record {record['seq']} names no peer provider domain")
+    pem = members.get(peer_ca_path(peer))
+    if pem is None:
+        raise BundleError(f"{peer_ca_path(peer)} is missing: the peer's evidence cannot be checked")
+    return x509.load_pem_x509_certificates(pem)
 
 
 def _checkpoint_check(
@@ -723,6 +800,8 @@ def _consistent(
         raise BundleError("the evidence's digest of the original differs from message.json")
     if ev.sender.address != facts.get("sender"):
         raise BundleError("the evidence names another sender than message.json")
+    if record["kind"] == Kind.RECEIVED.value and ev.issuer_domain.lower() != record.get("peer"):
+        raise BundleError(f"the evidence was issued by {ev.issuer_domain}, not by the peer ledger.json names")
     renewed = ", evidence record" if ers is not None else ""
     return f"{ev.event.value} {ev.evidence_id} agrees with its XML, token{renewed}, ledger record and message"
 
@@ -739,6 +818,8 @@ def describe(report: BundleReport) -> str:
             if ev
             else "unreadable"
         )
+        if ev is not None and path in report.received:
+            what += f", issued by the peer provider {ev.issuer_name} ({ev.issuer_domain})"
         lines.append(f"  {'✓' if r.ok else '✗'} {path}: {what}")
         lines += [f"      ✗ {c.name}: {c.detail}" for c in r.checks if not c.ok]
     lines.append("Result: VALID" if report.ok else "Result: NOT VALID")

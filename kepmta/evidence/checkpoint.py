@@ -8,7 +8,8 @@ needs the provider's key and a back-dated time-stamp.
 
 `audit` checks every record's hash and link (`ChainAudit`), and what each record says: evidence
 signatures and time-stamps, that its columns match its signed XML, checkpoints against the hashes
-they seal, evidence records against their evidence, CRLs against their ids.
+they seal, evidence records against their evidence, CRLs against their ids; a peer's received
+evidence by what it proves without the peer's anchors.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from cryptography import x509
 
 from kepmta.evidence import archive
 from kepmta.evidence.errors import TimeStampError
-from kepmta.evidence.ledger import ChainAudit, Kind, Ledger, LedgerRecord, NewRecord, Problem
+from kepmta.evidence.ledger import OWN_EVIDENCE, ChainAudit, Kind, Ledger, LedgerRecord, NewRecord, Problem
 from kepmta.evidence.revocation import load_crl, record_id
 from kepmta.evidence.signer import EvidenceSigner
-from kepmta.evidence.verify import CONTENT, TIMESTAMP, verify_evidence
+from kepmta.evidence.verify import CONTENT, SELF_CONTAINED, STRUCTURE, TIMESTAMP, verify_evidence
 from kepmta.evidence.xml import from_xml
 from kepmta.smime import cms
 
@@ -151,6 +152,7 @@ async def audit(
     result = AuditResult()
     chain = ChainAudit()
     unstamped: dict[str, bytes] = {}  # evidence id → signature value, while its time-stamp is pending
+    received = 0
     async for rec in ledger.walk():
         result.problems += chain.feed(rec)
         result.problems += [
@@ -158,9 +160,16 @@ async def audit(
             for what in await _content(rec, ledger, provider_trust, tsa_trust, unstamped, weak)
         ]
         result.checkpoints += rec.kind is Kind.CHECKPOINT
+        received += rec.kind is Kind.RECEIVED
     result.records = chain.count
     result.head_seq, result.head_hash = chain.last_seq, chain.last_hash
     result.notes += [f"evidence {eid} still waits for its time-stamp" for eid in unstamped]
+    if received:
+        result.notes.append(
+            f"{received} received evidence of peer providers checked with the signer certificate "
+            "each carries; their chain to the peer's CA and their time-stamp are checked against the "
+            "peer's anchors by `kepmta evidence show` and in exported bundles"
+        )
     return result
 
 
@@ -173,8 +182,10 @@ async def _content(
     weak: Mapping[str, dt.datetime] | None,
 ) -> list[str]:
     try:
-        if rec.kind in (Kind.EVIDENCE, Kind.TIMESTAMP):
+        if rec.kind in OWN_EVIDENCE:
             return _evidence(rec, provider_trust, tsa_trust, unstamped)
+        if rec.kind is Kind.RECEIVED:
+            return _received(rec)
         if rec.kind is Kind.CHECKPOINT:
             return await _checkpoint(rec, ledger, provider_trust, tsa_trust)
         if rec.kind is Kind.ARCHIVE:
@@ -204,8 +215,16 @@ def _evidence(
         # The time-stamped version must be the same signature as the evidence committed before.
         if earlier is None or not hmac.compare_digest(earlier, signature):
             problems.append(f"time-stamp record for {rec.evidence_id} follows no matching unstamped evidence")
-    if any(c.name == CONTENT for c in failed) or rec.xml is None:
-        return problems or [f"{rec.kind.value} record without its XML"]
+    if any(c.name == CONTENT for c in failed):
+        return problems
+    return problems + _columns(rec)
+
+
+def _columns(rec: LedgerRecord) -> list[str]:
+    """The stored XML is the signed content, and the columns say what it says."""
+    if rec.xml is None:
+        return [f"{rec.kind.value} record without its XML"]
+    problems = []
     if cms.encapsulated_content(cms.load(rec.der)) != rec.xml:
         problems.append("the stored XML is not the signed content")
     ev = from_xml(rec.xml)
@@ -214,6 +233,19 @@ def _evidence(
     if columns != signed:
         problems.append(f"the record's columns {columns} do not match its signed evidence {signed}")
     return problems
+
+
+def _received(rec: LedgerRecord) -> list[str]:
+    """A peer's evidence, kept as it arrived: the audit has only our own anchors, so it checks
+    what the evidence proves by itself (its structure, its signature by the certificate it
+    carries with signingCertificateV2 naming it, its XML) and that the record is that evidence.
+    The peer's chain and time-stamp need the peer's anchors (timeline.check, bundle.verify)."""
+    report = verify_evidence(rec.der, (), ())
+    failed = [c for c in report.checks if not c.ok and c.name in SELF_CONTAINED]
+    problems = [f"received {rec.evidence_id}: {c.name} check fails: {c.detail}" for c in failed]
+    if any(c.name in (STRUCTURE, CONTENT) for c in failed):
+        return problems
+    return problems + _columns(rec)
 
 
 async def _checkpoint(

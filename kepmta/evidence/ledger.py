@@ -8,6 +8,8 @@ the `prev_hash` link of the row after. `ChainAudit` finds exactly that, with the
 An evidence may have several records, all under its evidence id: the signed evidence itself, then
 (if the TSA was away when it was signed) the `timestamp` record holding the CAdES-B-T version, then
 any number of `archive` records holding its RFC 4998 evidence record as renewed over the years.
+A peer provider's evidence about one of our messages is one `received` record: its bytes as the
+peer signed them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kepmta.db import utc
 from kepmta.db.runner import runner
 from kepmta.db.schema import ledger, metadata
+from kepmta.evidence.model import Evidence
 from kepmta.evidence.signer import SignedEvidence
+from kepmta.evidence.xml import from_xml
 from kepmta.smime import cms
 
 GENESIS = bytes(32)
@@ -40,10 +44,15 @@ class Kind(StrEnum):
     CHECKPOINT = "checkpoint"  # a signed, time-stamped statement of the chain head
     ARCHIVE = "archive"  # an RFC 4998 evidence record over an evidence and its validation data
     REVOCATION = "revocation"  # a CRL of the provider CA chain, in force when evidence was made
+    # A peer provider's evidence about one of our messages, kept exactly as it arrived: signed by
+    # the peer's transaction certificate, never by ours (KEP between providers, issue #10).
+    RECEIVED = "received"
 
 
-# The kinds whose `der` is the evidence itself (ContentInfo, the XML attached).
-EVIDENCE_VERSIONS = (Kind.EVIDENCE, Kind.TIMESTAMP)
+# The kinds whose `der` is our own signed evidence (ContentInfo, the XML attached).
+OWN_EVIDENCE = (Kind.EVIDENCE, Kind.TIMESTAMP)
+# The kinds whose `der` is an evidence itself, ours or a peer's.
+EVIDENCE_VERSIONS = (*OWN_EVIDENCE, Kind.RECEIVED)
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,30 @@ def evidence_record(signed: SignedEvidence) -> NewRecord:
         created_at=ev.event_time,
         xml=signed.xml,
         der=signed.der,
+    )
+
+
+def received_record(der: bytes, evidence: Evidence) -> NewRecord:
+    """A peer's evidence (CMS SignedData, the XML attached) as it arrived, under the evidence id,
+    our message id, event and reason it states; `evidence` is what its XML says, already parsed
+    by the caller, who has verified the peer's signature."""
+    content = cms.encapsulated_content(cms.load(der))
+    if content is None:
+        raise ValueError("received evidence must carry its XML attached")
+    # The columns are what the peer signed: an audit compares them with the XML (checkpoint.audit).
+    if from_xml(content) != evidence:
+        raise ValueError(f"evidence {evidence.evidence_id} is not what the received evidence's XML says")
+    return NewRecord(
+        kind=Kind.RECEIVED,
+        evidence_id=evidence.evidence_id,
+        message_id=evidence.message_id,
+        event=evidence.event.value,
+        reason=evidence.reason.value,
+        recipient=evidence.refers_to_recipient,
+        # When it reached us: the peer's event time is in its XML, vouched for by its time-stamp.
+        created_at=dt.datetime.now(dt.UTC),
+        xml=content,
+        der=der,
     )
 
 

@@ -238,6 +238,18 @@ class Party:
 
 
 @dataclass(frozen=True)
+class Provider:
+    """Another ERDS (a KEP provider): the one a relay event names (EN 319 522-2 component M05)."""
+
+    name: str  # legal name
+    domain: str
+
+    def __post_init__(self) -> None:
+        _check_text("provider name", self.name)
+        _check_token("provider domain", self.domain)
+
+
+@dataclass(frozen=True)
 class Evidence:
     """One evidence record (EN 319 522-2 §9): the facts an ERDS attests about one event."""
 
@@ -261,6 +273,7 @@ class Evidence:
     subject: str
     message_type: str = "standart"
     operator: Party | None = None
+    external_provider: Provider | None = None
 
     def __post_init__(self) -> None:
         # Sequences given as lists would make the record unhashable and mutable underneath.
@@ -318,6 +331,8 @@ class Evidence:
             )
         if self.operator is not None and not isinstance(self.operator, Party):
             raise ValueError("operator must be a Party or None")
+        if self.external_provider is not None and not isinstance(self.external_provider, Provider):
+            raise ValueError("external_provider must be a Provider or None")
 
     @property
     def recipient(self) -> Party | None:

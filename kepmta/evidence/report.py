@@ -318,6 +318,10 @@ def _checks(pdf: _Pdf, checked: Sequence[Checked]) -> None:
         report = c.report
         rows = [
             ("Kanıt kimliği / Evidence id", ev.evidence_id),
+            (
+                "Düzenleyen / Issued by",
+                c.entry.issuer + (" · karşı hizmet sağlayıcısı / peer provider" if c.entry.received else ""),
+            ),
             ("İmzalayan / Signed by", report.signer_subject or "-"),
             (
                 "Zaman damgası / Time-stamp",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -30,7 +30,7 @@ from kepmta.evidence.ledger import (
 )
 from kepmta.evidence.model import Event, Evidence
 from kepmta.evidence.revocation import in_force, load_crl
-from kepmta.evidence.verify import ARCHIVE, Report, verify_evidence
+from kepmta.evidence.verify import ARCHIVE, SELF_CONTAINED, Check, Report, verify_evidence
 from kepmta.evidence.xml import from_xml
 from kepmta.smime import cms
 
@@ -79,6 +79,16 @@ class Entry:
     @property
     def xml(self) -> bytes:
         return self.record.xml or b""
+
+    @property
+    def received(self) -> bool:
+        """A peer provider's evidence, kept as it signed it (not ours)."""
+        return self.record.kind is Kind.RECEIVED
+
+    @property
+    def issuer(self) -> str:
+        """Who issued the evidence, as its XML names the issuer: `Name (domain)`."""
+        return f"{self.evidence.issuer_name} ({self.evidence.issuer_domain})"
 
     @property
     def name(self) -> str:
@@ -306,10 +316,15 @@ def check(
     provider_trust: Sequence[x509.Certificate],
     tsa_trust: Sequence[x509.Certificate],
     weak: Mapping[str, dt.datetime] | None = None,
+    *,
+    peers: Mapping[str, Sequence[x509.Certificate]] | None = None,
 ) -> tuple[Checked, ...]:
     """Every entry verified offline, as `kepmta evidence verify` would verify its file: through its
     newest evidence record when it was renewed (`verify X.p7m --ers X.ers`), since an old
-    evidence's own time-stamp no longer speaks once its TSA certificate has expired."""
+    evidence's own time-stamp no longer speaks once its TSA certificate has expired.
+
+    A peer's received evidence is verified against that peer's anchors in `peers` (by the issuer
+    domain its XML states: the CAs of its transaction certificate and of its TSA), never ours."""
     newest = {
         r.evidence_id: r.der
         for r in message.records
@@ -318,7 +333,9 @@ def check(
     return tuple(
         Checked(
             e,
-            verify_evidence(
+            _received(e, (peers or {}).get(e.evidence.issuer_domain), weak)
+            if e.received
+            else verify_evidence(
                 e.der,
                 provider_trust,
                 tsa_trust,
@@ -327,6 +344,22 @@ def check(
             ),
         )
         for e in message.entries
+    )
+
+
+def _received(
+    entry: Entry, anchors: Sequence[x509.Certificate] | None, weak: Mapping[str, dt.datetime] | None
+) -> Report:
+    if anchors:
+        return verify_evidence(entry.der, anchors, anchors, weak=weak)
+    # Without the peer's anchors only what the evidence proves by itself can be checked; the
+    # rest is reported as not checked, so the evidence never passes for verified.
+    alone = verify_evidence(entry.der, (), ())
+    missing = f"not checked: no trust anchors of the peer provider {entry.evidence.issuer_domain}"
+    return replace(
+        alone,
+        checks=tuple(c if c.name in SELF_CONTAINED else Check(c.name, False, missing) for c in alone.checks),
+        timestamp_time=None,
     )
 
 
@@ -359,7 +392,10 @@ def render(message: MessageEvidence, checked: Sequence[Checked] | None = None) -
         lines.append("No evidence has been recorded for this message yet.")
         return "\n".join(lines)
     results = {c.entry.seq: c for c in checked or ()}
+    received = [e for e in message.entries if e.received]
     header = ["Time (UTC)", "Code", "Event", "Reason", "Recipient", "Ledger", "Evidence id"]
+    if received:
+        header.append("Issuer")
     if checked is not None:
         header.append("Verified")
     rows = []
@@ -374,11 +410,17 @@ def render(message: MessageEvidence, checked: Sequence[Checked] | None = None) -
             f"#{e.seq}",
             ev.evidence_id,
         ]
+        if received:
+            row.append(f"peer {ev.issuer_domain}" if e.received else ev.issuer_domain)
         if checked is not None:
             result = results.get(e.seq)
             row.append(_verdict(result))
         rows.append(row)
     lines += _table(header, rows)
+    if received:
+        lines.append("")
+        lines.append("Received from peer providers, kept exactly as they signed it:")
+        lines += [f"  #{e.seq} {e.evidence.event.value}: issued by {e.issuer}" for e in received]
     if checked is not None:
         failed = [c for c in checked if not c.ok]
         lines.append("")

@@ -29,6 +29,8 @@ CHAIN = "chain"
 TIMESTAMP = "time-stamp"
 CONTENT = "content"
 CHECK_NAMES = (STRUCTURE, SIGNATURE, SIGNING_CERTIFICATE, CHAIN, TIMESTAMP, CONTENT)
+# What an evidence proves by itself, without trust anchors: the rest needs the issuer's CAs.
+SELF_CONTAINED = (STRUCTURE, SIGNATURE, SIGNING_CERTIFICATE, CONTENT)
 # Only for renewed evidence, checked against its RFC 4998 evidence record.
 ARCHIVE = "archive-time-stamp"
 REVOCATION = "revocation"

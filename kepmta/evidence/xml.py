@@ -13,7 +13,7 @@ import binascii
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
-from kepmta.evidence.model import Event, Evidence, Party, Reason
+from kepmta.evidence.model import Event, Evidence, Party, Provider, Reason
 
 VERSION = "EN319522v1.1.1"
 NS = {
@@ -152,6 +152,10 @@ def to_xml(ev: Evidence) -> bytes:
                         w.leaf("ContentType", "message/rfc822")
                         w.leaf("ds:DigestMethod", None, _SHA256)
                         w.leaf("ds:DigestValue", base64.b64encode(ev.digest_sha256).decode("ascii"))
+        if ev.external_provider is not None:
+            with w.open("tns:ExternalERDSDetails"):  # M05, written as R02 writes the issuer
+                _identity(w, _LEGAL_NAME_ATTRS, ev.external_provider.name)
+                w.leaf("Identifier", ev.external_provider.domain, _DNS)
         with w.open("tns:Extensions"):
             with w.open("tns:Extension", _NON_CRITICAL):
                 with w.open("ext:GeneralEvidenceInfo"):
@@ -212,6 +216,13 @@ def _read_party(node: ET.Element, what: str) -> Party:
     name_node = _find_opt(node, "tns:Identity/saml:Attribute/saml:AttributeValue")
     name = None if name_node is None else (name_node.text or "")
     return Party(ident.text or "", name)
+
+
+def _read_provider(node: ET.Element) -> Provider:
+    ident = _find(node, "Identifier")
+    if ident.get("IdentifierSchemeName") != "dns":
+        raise ValueError("ExternalERDSDetails Identifier is not a dns name")
+    return Provider(_text(node, "tns:Identity/saml:Attribute/saml:AttributeValue"), ident.text or "")
 
 
 def _parse_root(data: bytes) -> ET.Element:
@@ -276,6 +287,7 @@ def from_xml(data: bytes) -> Evidence:
                 digest = base64.b64decode(_text(part, "ds:DigestValue"), validate=True)
             except binascii.Error as exc:
                 raise ValueError("DigestValue is not base64") from exc
+    external = _find_opt(root, "tns:ExternalERDSDetails")
     kep = _find(root, "tns:Extensions/tns:Extension/kep:KEPEvidenceInfo")
     operator_node = _find_opt(kep, "kep:Operator")
     ev = Evidence(
@@ -301,6 +313,7 @@ def from_xml(data: bytes) -> Evidence:
         subject=_text(root, "tns:Extensions/tns:Extension/ext:GeneralEvidenceInfo/ext:Subject"),
         message_type=_text(kep, "kep:MessageType"),
         operator=None if operator_node is None else _read_party(operator_node, "operator"),
+        external_provider=None if external is None else _read_provider(external),
     )
     if _text(kep, "kep:PTTCode") != str(event.ptt_code):
         raise ValueError(f"PTT code does not match event {event.value}")

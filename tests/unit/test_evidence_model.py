@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from evidence_fixtures import sample_evidence
 
-from kepmta.evidence.model import Event, Party, Reason
+from kepmta.evidence.model import Event, Party, Provider, Reason
 
 
 def test_event_uris_and_ptt_codes() -> None:
@@ -112,6 +112,7 @@ def test_times_are_truncated_to_whole_seconds_and_lists_become_tuples() -> None:
         ({"message_id": "has space@x"}, "whitespace"),
         ({"ua_message_id": ""}, "ua_message_id must not be empty"),
         ({"sender": "a@b"}, "sender must be a Party"),
+        ({"external_provider": "peer.kep.tr"}, "external_provider must be a Provider"),
     ],
 )
 def test_invalid_evidence_is_refused(changes: dict[str, object], message: str) -> None:
@@ -132,3 +133,17 @@ def test_invalid_evidence_is_refused(changes: dict[str, object], message: str) -
 def test_invalid_party_is_refused(address: str, name: str | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Party(address, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "domain", "message"),
+    [
+        ("", "peer.kep.tr", "provider name must not be empty"),
+        ("Peer\nA.Ş.", "peer.kep.tr", "U\\+000A"),
+        ("Peer A.Ş.", "", "provider domain must not be empty"),
+        ("Peer A.Ş.", "peer kep.tr", "whitespace"),
+    ],
+)
+def test_invalid_provider_is_refused(name: str, domain: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Provider(name, domain)

@@ -10,7 +10,7 @@ import pytest
 import xmlschema
 from evidence_fixtures import sample_evidence
 
-from kepmta.evidence.model import Event, Evidence, Party, Reason
+from kepmta.evidence.model import Event, Evidence, Party, Provider, Reason
 from kepmta.evidence.xml import to_xml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,7 @@ def test_every_event_type_is_covered() -> None:
         {"subject": ""},
         {"message_type": "eTebligat"},
         {"policy_ids": ("urn:oid:1.2.3", "urn:oid:1.2.4")},
+        {"external_provider": Provider("Örnek KEP Hizmetleri A.Ş.", "peer.kep.tr")},
     ],
     ids=str,
 )
@@ -100,6 +101,24 @@ GOOD = to_xml(_for(Reason.RD01)).decode()
 def test_what_we_never_emit_is_refused(schema: xmlschema.XMLSchema10, old: str, new: str) -> None:
     assert old in GOOD
     assert not schema.is_valid(GOOD.replace(old, new, 1))
+
+
+def test_the_other_provider_is_checked_like_the_issuer(schema: xmlschema.XMLSchema10) -> None:
+    peer = Provider("Örnek KEP Hizmetleri A.Ş.", "peer.kep.tr")
+    good = to_xml(_for(Reason.RB01, external_provider=peer)).decode()
+    schema.validate(good)
+    block = re.search(r"\s*<tns:ExternalERDSDetails>.*?</tns:ExternalERDSDetails>", good, re.S)
+    assert block
+    # Before tns:UserContentInfo is out of the order EN 319 522-3 gives.
+    moved = good.replace(block.group(0), "", 1).replace(
+        "<tns:UserContentInfo>", block.group(0).strip() + "<tns:UserContentInfo>", 1
+    )
+    assert not schema.is_valid(moved)
+    tail = good.split("<tns:ExternalERDSDetails>", 1)[1]
+    assert not schema.is_valid(good.replace(tail, tail.replace('"dns"', '"mailto"', 1)))
+    # The legal name is required, as in tns:EvidenceIssuerDetails.
+    nameless = re.sub(r"<tns:Identity>.*?</tns:Identity>", "", tail, count=1, flags=re.S)
+    assert not schema.is_valid(good.replace(tail, nameless))
 
 
 def test_elements_out_of_order_are_refused(schema: xmlschema.XMLSchema10) -> None:

@@ -178,6 +178,10 @@ def reference_to_xml(ev: Evidence) -> bytes:
             _sub(part, "ContentType", "message/rfc822")
             _sub(part, "ds:DigestMethod", Algorithm=SHA256_URI)
             _sub(part, "ds:DigestValue", base64.b64encode(ev.digest_sha256).decode("ascii"))
+    if ev.external_provider is not None:
+        external = _sub(root, "tns:ExternalERDSDetails")
+        _identity(external, "LegalName", LEGAL_NAME, ev.external_provider.name)
+        _sub(external, "Identifier", ev.external_provider.domain, IdentifierSchemeName="dns")
     extensions = _sub(root, "tns:Extensions")
     general = _sub(extensions, "tns:Extension", isCritical="false")
     _sub(_sub(general, "ext:GeneralEvidenceInfo"), "ext:Subject", ev.subject)

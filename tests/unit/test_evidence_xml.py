@@ -11,12 +11,13 @@ from evidence_fixtures import sample_evidence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kepmta.evidence.model import Event, Evidence, Party, Reason
+from kepmta.evidence.model import Event, Evidence, Party, Provider, Reason
 from kepmta.evidence.xml import from_xml, to_xml
 
 TNS = "{http://uri.etsi.org/19522/v1#}"
 EXT = "{http://uri.etsi.org/19532/v1#}"
 DS = "{http://www.w3.org/2000/09/xmldsig#}"
+SAML = "{urn:oasis:names:tc:SAML:2.0:assertion}"
 TURKISH = "çğıİöşüÇĞÖŞÜâî"
 
 _text_chars = st.characters(
@@ -59,6 +60,7 @@ def evidences(draw: st.DrawFn) -> Evidence:
         subject=draw(st.text(_text_chars, max_size=60)),
         message_type=draw(st.sampled_from(["standart", "eYazisma", "eTebligat"])),
         operator=draw(st.none() | party),
+        external_provider=draw(st.none() | st.builds(Provider, text, token)),
     )
 
 
@@ -88,6 +90,49 @@ def test_root_children_follow_en_319_522_3_order() -> None:
         f"{TNS}UserContentInfo",
         f"{TNS}Extensions",
     ]
+
+
+PEER = Provider("Örnek KEP Hizmetleri A.Ş. <peer> & co", "peer.kep.tr")
+
+
+def test_relay_evidence_names_the_other_provider_after_the_content_before_the_extensions() -> None:
+    ev = sample_evidence(event=Event.RELAY_ACCEPTANCE, reason=Reason.RB01, external_provider=PEER)
+    root = ET.fromstring(to_xml(ev))
+    tags = [c.tag for c in root]
+    # EN 319 522-3: M05 follows tns:UserContentInfo and precedes tns:Extensions.
+    at = tags.index(f"{TNS}ExternalERDSDetails")
+    assert tags[at - 1 : at + 2] == [f"{TNS}UserContentInfo", f"{TNS}ExternalERDSDetails", f"{TNS}Extensions"]
+    external = root.find(f"{TNS}ExternalERDSDetails")
+    assert external is not None
+    attribute = external.find(f"{TNS}Identity/{SAML}Attribute")
+    assert attribute is not None
+    assert attribute.get("FriendlyName") == "LegalName"
+    assert attribute.get("Name") == "http://eidas.europa.eu/attributes/legalperson/LegalName"
+    assert attribute.findtext(f"{SAML}AttributeValue") == PEER.name
+    ident = external.find("Identifier")
+    assert ident is not None and (ident.get("IdentifierSchemeName"), ident.text) == ("dns", "peer.kep.tr")
+    # Written exactly as the issuer is: the same attribute, the same identifier scheme.
+    issuer = root.find(f"{TNS}EvidenceIssuerDetails")
+    assert issuer is not None
+    assert [(c.tag, c.attrib) for c in issuer.iter()][1:] == [(c.tag, c.attrib) for c in external.iter()][1:]
+    assert from_xml(to_xml(ev)) == ev
+
+
+def test_without_an_external_provider_the_xml_is_unchanged() -> None:
+    ev = sample_evidence(event=Event.RELAY_ACCEPTANCE, reason=Reason.RB01)
+    data = to_xml(ev)
+    assert b"ExternalERDSDetails" not in data
+    assert from_xml(data).external_provider is None
+    assert to_xml(from_xml(data)) == data
+
+
+def test_an_external_provider_without_a_dns_identifier_is_refused() -> None:
+    ev = sample_evidence(event=Event.RELAY_ACCEPTANCE, reason=Reason.RB01, external_provider=PEER)
+    data = to_xml(ev)
+    tail = data.split(b"<tns:ExternalERDSDetails>", 1)[1]
+    broken = data.replace(tail, tail.replace(b'IdentifierSchemeName="dns"', b'IdentifierSchemeName="uri"', 1))
+    with pytest.raises(ValueError, match="ExternalERDSDetails Identifier is not a dns name"):
+        from_xml(broken)
 
 
 def test_values_as_published_samples_write_them() -> None:
