@@ -68,10 +68,6 @@ class DkimKey:
     algorithm: str  # "ed25519" (RFC 8463) or "rsa"
     public_key: str  # the base64 p= value
 
-    @property
-    def txt_record(self) -> str:
-        return dkim_txt(self.algorithm, self.public_key)
-
 
 @dataclass(frozen=True)
 class Peer:
@@ -128,28 +124,6 @@ class Peers:
             return found
         wanted = name_or_domain.casefold()
         return next((p for p in self.peers if p.name.casefold() == wanted), None)
-
-
-def dkim_txt(algorithm: str, public_value: str) -> str:
-    """The TXT record of a DKIM key (RFC 6376 §3.6.1; k=ed25519 is RFC 8463 §4.2)."""
-    return f"v=DKIM1; k={algorithm}; p={public_value}"
-
-
-def dkim_public_value(private_key: PrivateKeyTypes) -> str:
-    """The p= value publishing the public half of one of our DKIM signing keys."""
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        # RFC 8463 §4.2: the raw 32-byte public key, not a SubjectPublicKeyInfo.
-        raw = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-    elif isinstance(private_key, rsa.RSAPrivateKey):
-        # RFC 6376 §3.6.1: an RSA key is published as DER SubjectPublicKeyInfo.
-        raw = private_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    else:
-        raise ValueError("a DKIM key must be Ed25519 or RSA")
-    return base64.b64encode(raw).decode("ascii")
 
 
 def dkim_algorithm(private_key: PrivateKeyTypes) -> str | None:

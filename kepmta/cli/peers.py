@@ -11,7 +11,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from kepmta import config, devinit
+from kepmta import config, devinit, dkim
 from kepmta.cli.accounts import _table
 from kepmta.cli.common import add_config_options, die, settings_from
 from kepmta.peers import (
@@ -21,7 +21,6 @@ from kepmta.peers import (
     Peer,
     Peers,
     dkim_algorithm,
-    dkim_public_value,
     save_peers,
 )
 
@@ -165,18 +164,13 @@ def _dkim_keys(settings: config.Settings) -> list[DkimKey]:
         key = _private_key(signing.key)
         if dkim_algorithm(key) != signing.algorithm:
             raise _Refused(f"{signing.key}: not an {signing.algorithm} key (selector {signing.selector})")
-        keys.append(DkimKey(signing.selector, signing.algorithm, dkim_public_value(key)))
+        keys.append(DkimKey(signing.selector, signing.algorithm, dkim.key_public_value(key)))
     return keys
 
 
 def _dkim_record(args: argparse.Namespace, settings: config.Settings) -> int:
     for key in _dkim_keys(settings):
-        # RFC 1035 §3.3.14: one TXT string holds at most 255 octets, so an RSA key is split over
-        # several, which verifiers join (RFC 6376 §3.6.2.2).
-        text = key.txt_record
-        strings = " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
-        # RFC 6376 §3.6.2.1: the record lives at <selector>._domainkey.<domain>.
-        print(f"{key.selector}._domainkey.{settings.domain}. IN TXT {strings}")
+        print(dkim.txt_record(key.selector, settings.domain, key.algorithm, key.public_key))
     return 0
 
 

@@ -20,7 +20,7 @@ from kepmta.peers import (
     Peer,
     PeerRegistry,
     Peers,
-    dkim_public_value,
+    dkim_algorithm,
     dump_peers,
     load_peers,
     save_peers,
@@ -99,7 +99,6 @@ def test_a_complete_registry_loads(folder: Path) -> None:
     assert first.tls_ca == first.evidence_ca == (folder / "peer-ca.pem").resolve()
     assert first.tls_pins == (PIN,)
     assert first.dkim == (DkimKey("kep-ed25519", "ed25519", ED), DkimKey("kep-rsa", "rsa", RSA))
-    assert first.dkim[0].txt_record == f"v=DKIM1; k=ed25519; p={ED}"
     # the old single `domain` key still reads; no host: known, not reachable
     assert second == Peer(name="PTT KEP Hizmet Sağlayıcısı", domains=("hs01.kep.tr",))
     assert second.host is None and second.port == 25 and second.tls_name is None
@@ -207,18 +206,11 @@ def test_the_server_configuration_reads_the_registry_it_names(folder: Path, tmp_
         config.load(conf)
 
 
-def test_dkim_public_values_are_what_dns_publishes() -> None:
-    ed = ed25519.Ed25519PrivateKey.generate()
-    raw = base64.b64decode(dkim_public_value(ed))
-    # RFC 8463 §4.2: the bare 32-byte key, which verifies the key's own signature
-    assert len(raw) == 32
-    ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(ed.sign(b"x"), b"x")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = serialization.load_der_public_key(base64.b64decode(dkim_public_value(key)))
-    assert isinstance(public, rsa.RSAPublicKey)
-    assert public.public_numbers() == key.public_key().public_numbers()
-    with pytest.raises(ValueError, match="Ed25519 or RSA"):
-        dkim_public_value(ec.generate_private_key(ec.SECP256R1()))
+def test_dkim_algorithm_names_only_keys_dkim_signs_with() -> None:
+    assert dkim_algorithm(ed25519.Ed25519PrivateKey.generate()) == "ed25519"
+    assert dkim_algorithm(rsa.generate_private_key(public_exponent=65537, key_size=2048)) == "rsa"
+    # RFC 6376 and RFC 8463 define no ECDSA signing algorithm
+    assert dkim_algorithm(ec.generate_private_key(ec.SECP256R1())) is None
 
 
 def test_add_and_remove_round_trip_keeping_the_header(folder: Path, tmp_path: Path) -> None:
