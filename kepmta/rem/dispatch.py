@@ -48,6 +48,11 @@ _HEADER_LIMIT = 1 << 20
 _MAX_LINE = 998
 # Every boundary we make contains this, so an original without it cannot collide with any.
 _BOUNDARY_MARK = b"=_kep_"
+# The REM working group's sample dispatches name the original "AttachedMimeMessage", as name= on
+# its Content-Type and filename= on an attachment Content-Disposition (their notes on the original
+# part, EN 319 532-3 baseline). We add .eml so that a saved copy opens as a mail message; without
+# a name, user agents make one up (Thunderbird: "ForwardedMessage.eml").
+_ORIGINAL_NAME = "AttachedMimeMessage.eml"
 
 
 @dataclass(frozen=True)
@@ -275,8 +280,11 @@ def _has_long_line(lines: bytes) -> bool:
 def _original_part(source: _Original, scan: _Scan) -> Iterable[bytes]:
     yield leaf_part(
         [
-            plain_header("Content-Type", "message/rfc822"),
+            plain_header("Content-Type", f'message/rfc822; name="{_ORIGINAL_NAME}"'),
             plain_header("Content-Transfer-Encoding", scan.encoding),
+            # RFC 2183 §2.3: the name a saved copy gets; its headers are not part of the REM digest,
+            # which covers the part's body only (EVIDENCE.md "Digest of the original").
+            plain_header("Content-Disposition", f'attachment; filename="{_ORIGINAL_NAME}"'),
             plain_header("REM-Section-Type", "rem_message/original"),
         ],
         b"",

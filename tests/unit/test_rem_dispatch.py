@@ -134,6 +134,26 @@ def test_original_is_attached_unchanged_but_for_its_message_id(
     assert verify_sender(tmp_path / "attached.eml", SENDER, [pki().root.cert], utcnow()).ok
 
 
+def test_original_carries_a_file_name_outside_the_digest(tmp_path: Path, signed_original: bytes) -> None:
+    raw, digest = dispatch(tmp_path, signed_original)
+    section = raw.index(b"REM-Section-Type: rem_message/original\r\n")
+    head = raw[raw.rindex(b"\r\n--", 0, section) : section]
+    # the REM sample dispatch's name, with .eml so that a saved copy opens as a message
+    assert b'\r\nContent-Type: message/rfc822; name="AttachedMimeMessage.eml"\r\n' in head
+    assert b'\r\nContent-Disposition: attachment; filename="AttachedMimeMessage.eml"\r\n' in head
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    _, original, _, _ = next(message.iter_parts()).iter_parts()
+    assert original.get_content_type() == "message/rfc822"
+    assert original.get_content_disposition() == "attachment"
+    assert original.get_filename() == "AttachedMimeMessage.eml"
+    # The name is in the part's header, not its body: the digest is that of the original alone,
+    # computed here from what was submitted, not read back from the dispatch.
+    submitted = base64.b64encode(hashlib.sha256(expected_attached(signed_original)).digest()).decode()
+    assert digest == submitted == original_digest(raw)
+    assert f"\r\nREM-DigestValue: {submitted}\r\n".encode() in raw
+
+
 def test_email_package_sees_the_rem_tree(tmp_path: Path, signed_original: bytes) -> None:
     raw, digest = dispatch(tmp_path, signed_original)
     message = email.message_from_bytes(raw, policy=email.policy.default)
@@ -275,7 +295,9 @@ def test_original_without_message_id_gets_the_provider_id(tmp_path: Path) -> Non
 def test_transfer_encoding_fits_the_original(tmp_path: Path, body: bytes, encoding: str) -> None:
     original = f"From: {SENDER}\r\nMessage-ID: {UA_ID}\r\n\r\n".encode() + body
     raw, _ = dispatch(tmp_path, original)
-    assert f"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: {encoding}\r\n".encode() in raw
+    assert (
+        f'rfc822; name="AttachedMimeMessage.eml"\r\nContent-Transfer-Encoding: {encoding}\r\n'.encode() in raw
+    )
     assert attached_original(raw) == expected_attached(original)
     assert b"Content-Transfer-Encoding: base64\r\nREM-Section-Type: rem_message/original" not in raw
 
