@@ -29,9 +29,13 @@ from kepmta.evidence.tsa_client import HttpTsa, TsaSettings
 from kepmta.hooks.dovecot import DovecotReadSpool
 from kepmta.hooks.read import ReadHook
 from kepmta.imap.server import ImapServer
+from kepmta.inbound import InboundService
 from kepmta.maildir import Maildir
+from kepmta.peers import PeerRegistry, Peers
+from kepmta.queue.relay import RelayWorker
 from kepmta.quota import QuotaWarner
 from kepmta.ratelimit import FailureLimiter, Limits
+from kepmta.smtp.relay import relay_tls, start_relay
 from kepmta.smtp.submission import start_submission
 from kepmta.submission import SubmissionService, originals_dir
 from kepmta.workers import WorkerPool
@@ -112,6 +116,16 @@ class App:
         self.pools: list[WorkerPool] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
+        self.registry: PeerRegistry | None = None
+        self._tls_for: tuple[Peers, ssl.SSLContext] | None = None
+
+    def _relay_tls(self) -> ssl.SSLContext:
+        """The relay listener's TLS, made again only when the peer registry changed."""
+        assert self.registry is not None
+        peers = self.registry.current
+        if self._tls_for is None or self._tls_for[0] is not peers:
+            self._tls_for = (peers, relay_tls(self.settings.tls_cert, self.settings.tls_key, peers))
+        return self._tls_for[1]
 
     async def start(self, demo: devinit.Demo | None = None) -> None:
         s = self.settings
@@ -154,6 +168,14 @@ class App:
         worker = DeliveryWorker(
             engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing
         )
+        self.registry = registry = PeerRegistry(s.peers_file, Peers(s.peers))
+        relaying = RelayWorker(worker, registry, s.relay, p.relay, s.hostname, filing)
+        worker.wake_relay = relaying.wake
+
+        def wake() -> None:
+            worker.wake()
+            relaying.wake()
+
         pki.load_trust(s.qualified_ca)  # a bad trust store stops the start, not a worker later
         service = SubmissionService(
             accounts,
@@ -161,20 +183,22 @@ class App:
             domain=s.domain,
             spool_dir=s.spool_dir,
             policy=p,
-            peer_domains=frozenset(peer.domain for peer in s.peers),
+            peers=registry,
             workers=checking,
-            wake_delivery=worker.wake,
+            wake_delivery=wake,
         )
         await service.recover()
         tls = server_tls(s)
         self.tasks.append(asyncio.create_task(worker.run(), name="delivery"))
-        stamper = StampWorker(recorder, worker.wake)
+        self.tasks.append(asyncio.create_task(relaying.run(), name="relay"))
+        self.tasks.append(asyncio.create_task(registry.watch(), name="peer-registry"))
+        stamper = StampWorker(recorder, wake)
         self.tasks.append(asyncio.create_task(stamper.run(), name="evidence-timestamps"))
         self.tasks.append(asyncio.create_task(checkpointer.run(), name="ledger-checkpoints"))
         self.servers = await start_submission(
             service, tls, s.listen, s.hostname, s.ports.submission, s.ports.submissions
         )
-        read_hook = ReadHook(recorder, worker.wake)
+        read_hook = ReadHook(recorder, wake)
         backend = ImapBackendAdapter(accounts, read_hook, s.policy.evidence_folder)
         if s.dovecot_read_spool is not None:
             spool = DovecotReadSpool(s.dovecot_read_spool, accounts.maildir, read_hook)
@@ -183,6 +207,22 @@ class App:
         await self.imap.start(s.listen, s.ports.imap, s.ports.imaps)
         submission, submissions = (srv.sockets[0].getsockname()[1] for srv in self.servers)
         self.ports = {"submission": submission, "submissions": submissions, **self.imap.ports}
+        if s.ports.relay is not None:
+            inbound = InboundService(
+                accounts,
+                recorder,
+                registry,
+                domain=s.domain,
+                spool_dir=s.spool_dir,
+                max_size=p.peer_max_size,
+                check=checking.check_relayed,
+                wake_delivery=worker.wake,
+                wake_relay=relaying.wake,
+            )
+            inbound.recover()
+            relay_server = await start_relay(inbound, self._relay_tls, s.listen, s.hostname, s.ports.relay)
+            self.servers.append(relay_server)
+            self.ports["relay"] = relay_server.sockets[0].getsockname()[1]
         log.info("kepmta serving %s on %s: %s", s.domain, s.listen, self.ports)
 
     async def stop(self) -> None:
@@ -209,6 +249,9 @@ async def serve(settings: Settings, demo: devinit.Demo | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start(demo)
+    assert app.registry is not None
+    # SIGHUP: re-read the peer registry now rather than at the next look at its file.
+    loop.add_signal_handler(signal.SIGHUP, app.registry.reload)
     try:
         await stop.wait()
     finally:

@@ -27,14 +27,19 @@ class Ports:
     submissions: int  # RFC 8314 implicit TLS (465)
     imap: int  # STARTTLS (143)
     imaps: int  # implicit TLS (993)
+    # Inbound relay from peer providers (25 in production); None: no relay listener.
+    relay: int | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        ports = {
             "submission": self.submission,
             "submissions": self.submissions,
             "imap": self.imap,
             "imaps": self.imaps,
         }
+        if self.relay is not None:
+            ports["relay"] = self.relay
+        return ports
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,41 @@ class Policy:
     malware_command: tuple[str, ...]
     evidence_folder: str
     message_type: str
+    relay: RelayPolicy
+
+
+@dataclass(frozen=True)
+class RelayPolicy:
+    """Timers of relaying to peer providers ([relay] of the policy file), in seconds."""
+
+    # Waits between delivery attempts to an unreachable or temporarily refusing peer; the last
+    # one repeats.
+    retry_schedule: tuple[int, ...]
+    # No relay evidence from the peer this long after acceptance: the sender is warned (KEP.md).
+    warn_after: int
+    # ... and this long after: RelayFailure (RB09), the message is given up.
+    fail_after: int
+    # After a permanent SMTP refusal, how long the peer's own RelayRejection evidence is awaited
+    # before we record RelayFailure naming its reply.
+    refusal_wait: int
+
+
+@dataclass(frozen=True)
+class DkimSigning:
+    """One of our DKIM keys for relayed messages (RFC 6376; RFC 8463 for Ed25519)."""
+
+    selector: str
+    algorithm: str  # "ed25519" or "rsa"
+    key: Path  # PEM private key
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Our identity towards peer providers ([relay] of kepmta.toml)."""
+
+    client_cert: Path  # TLS client certificate for our domain, followed by its chain
+    client_key: Path
+    dkim: tuple[DkimSigning, ...]
 
 
 @dataclass(frozen=True)
@@ -98,6 +138,7 @@ class Settings:
     # A ledger checkpoint after this many records, or this many minutes after the last one.
     checkpoint_records: int = 1000
     checkpoint_minutes: int = 60
+    relay: RelaySettings | None = None
     # Hash algorithm (sha256, sha384, sha512) → the moment it counts as weak: an evidence record
     # chain in it must have been re-hashed (`kepmta evidence renew --rehash`) before then.
     weak_algorithms: dict[str, dt.datetime] = field(default_factory=dict)
@@ -142,10 +183,12 @@ class _Table:
             raise ConfigError(f"{self._where(key)} must be an integer from {low} to {high}")
         return value
 
-    def numbers(self, key: str, *, low: int, high: int) -> tuple[int, ...]:
+    def numbers(self, key: str, *, low: int, high: int, nonempty: bool = False) -> tuple[int, ...]:
         value = self.data.get(key)
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+        if (
+            not isinstance(value, list)
+            or (nonempty and not value)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value)
         ):
             raise ConfigError(f"{self._where(key)} must be a list of integers from {low} to {high}")
         return tuple(value)
@@ -189,6 +232,7 @@ def load_policy(path: Path) -> Policy:
     top = _read(path)
     policy, size, evidence = top.table("policy"), top.table("size"), top.table("evidence")
     quota, auth, malware = top.table("quota"), top.table("auth"), top.table("malware")
+    relay = top.table("relay")
     local_max = size.number("local_max", low=1024, high=2**40)
     peer_max = size.number("peer_max", low=1024, high=local_max)
     return Policy(
@@ -204,6 +248,12 @@ def load_policy(path: Path) -> Policy:
         malware_command=malware.strings("command"),
         evidence_folder=evidence.text("folder"),
         message_type=evidence.text("message_type"),
+        relay=RelayPolicy(
+            retry_schedule=relay.numbers("retry_schedule", low=1, high=86_400, nonempty=True),
+            warn_after=relay.number("warn_after", low=1, high=30 * 86_400),
+            fail_after=relay.number("fail_after", low=1, high=30 * 86_400),
+            refusal_wait=relay.number("refusal_wait", low=1, high=86_400),
+        ),
     )
 
 
@@ -221,6 +271,25 @@ def _tsa(table: _Table) -> TsaConfig:
         timeout=table.number("timeout", low=1, high=600) if "timeout" in table.data else 10,
         retries=table.number("retries", low=0, high=20) if "retries" in table.data else 2,
     )
+
+
+_DKIM_ALGORITHMS = ("ed25519", "rsa")
+
+
+def _relay(table: _Table) -> RelaySettings:
+    entries = table.data.get("dkim", [])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{table.file}: relay.dkim must be an array of tables ([[relay.dkim]])")
+    keys = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{table.file}: relay.dkim[{i}] must be a table")
+        key = _Table(entry, table.file, f"relay.dkim[{i}].")
+        algorithm = key.text("algorithm")
+        if algorithm not in _DKIM_ALGORITHMS:
+            raise ConfigError(f"{table.file}: relay.dkim[{i}].algorithm must be ed25519 or rsa")
+        keys.append(DkimSigning(key.text("selector"), algorithm, key.path("key")))
+    return RelaySettings(table.path("client_cert"), table.path("client_key"), tuple(keys))
 
 
 def load(path: Path) -> Settings:
@@ -257,7 +326,13 @@ def load(path: Path) -> Settings:
         provider_name=server.text("provider_name"),
         hostname=server.text("hostname", "localhost"),
         listen=server.text("listen", "127.0.0.1"),
-        ports=Ports(port("submission"), port("submissions"), port("imap"), port("imaps")),
+        ports=Ports(
+            port("submission"),
+            port("submissions"),
+            port("imap"),
+            port("imaps"),
+            port("relay") if "relay" in ports.data else None,
+        ),
         data_dir=data_dir,
         database_url=url,
         tls_cert=tls.path("cert"),
@@ -278,6 +353,7 @@ def load(path: Path) -> Settings:
             else 60
         ),
         weak_algorithms=weak_algorithms,
+        relay=_relay(top.table("relay")) if "relay" in top.data else None,
         tsa=tsa,
         provider_ca=evidence.path("provider_ca"),
         tsa_cert=evidence.path("tsa_cert") if tsa is None else None,

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import contextlib
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,7 +27,7 @@ from kepmta.events import EventRecorder, MessageFacts, load_facts
 from kepmta.evidence.ledger import Ledger, Writes
 from kepmta.evidence.model import Event, Evidence, Reason
 from kepmta.evidence.xml import from_xml
-from kepmta.maildir import INBOX, Maildir
+from kepmta.maildir import INBOX, Maildir, write_synced
 from kepmta.queue import jobs
 from kepmta.quota import QuotaWarner
 from kepmta.rem.dispatch import DispatchInfo
@@ -59,6 +61,14 @@ class ProviderIdentity:
     evidence_folder: str
 
 
+def _copy_synced(source: Path, target: Path) -> None:
+    def write(out: BinaryIO) -> None:
+        with source.open("rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    write_synced(target, write)
+
+
 def _token(message_id: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in message_id.split("@")[0])
 
@@ -86,6 +96,8 @@ class DeliveryWorker:
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
         self.workers = workers
         self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
+        # Evidence about a peer's sender leaves through the relay worker: woken after each batch.
+        self.wake_relay: Callable[[], None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -99,8 +111,10 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Do every job that is due, several at a time; returns how many were attempted."""
-        batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT))
+        batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT, jobs.FILE_RECEIVED))
         filed = await asyncio.gather(*(self._attempt(job) for job in batch))
+        if batch and self.wake_relay is not None:
+            self.wake_relay()
         # Once per mailbox that grew, not once per message filed into it.
         for address in sorted({a for a in filed if a is not None}):
             try:
@@ -115,6 +129,8 @@ class DeliveryWorker:
             try:
                 if job.kind == jobs.DELIVER:
                     return await self._deliver(job)
+                if job.kind == jobs.FILE_RECEIVED:
+                    return await self._file_received(job)
                 return await self._receipt(job)
             except AwaitingTimestamp as e:
                 log.info("job %d: %s", job.id, e)
@@ -124,7 +140,8 @@ class DeliveryWorker:
                 await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
             return None
 
-    async def _facts(self, message_id: str) -> tuple[MessageFacts, Path | None]:
+    async def facts(self, message_id: str) -> tuple[MessageFacts, Path | None]:
+        """The message's facts and its stored original (a peer's dispatch, for relayed mail)."""
         known = self.recorder.known.get(message_id)
         if known is None:
             async with self.engine.connect() as conn:
@@ -139,7 +156,7 @@ class DeliveryWorker:
         facts, spool = known
         return facts, self.originals / spool if spool else None
 
-    async def _acceptance(self, message_id: str) -> tuple[str, bytes, bytes]:
+    async def acceptance(self, message_id: str) -> tuple[str, bytes, bytes]:
         """Evidence id, XML and DER of the time-stamped SubmissionAcceptance: a dispatch carries
         nothing less."""
         known = self.recorder.committed.acceptance(message_id)
@@ -162,18 +179,9 @@ class DeliveryWorker:
         await write(box.tmp_path(folder, base))
         await asyncio.get_running_loop().run_in_executor(self._moving, box.publish, folder, base)
 
-    async def _deliver(self, job: jobs.Job) -> str:
-        position = int(job.payload["recipient"])
-        address = str(job.payload["address"])
-        facts, original = await self._facts(job.message_id)
-        if original is None:
-            raise DeliveryError(f"message {job.message_id} has no stored original")
-        acceptance_id, acceptance_xml, acceptance_der = await self._acceptance(job.message_id)
+    def dispatch_info(self, facts: MessageFacts, acceptance_id: str) -> DispatchInfo:
         ident = self.identity
-        box = self.accounts.maildir(address)
-        base = Maildir.unique_name(f"{_token(job.message_id)}-d{job.id}")
-
-        info = DispatchInfo(
+        return DispatchInfo(
             provider_message_id=facts.message_id,
             sender=facts.sender,
             to=(),  # the worker process reads To and Cc from the original
@@ -188,10 +196,30 @@ class DeliveryWorker:
             message_type=ident.message_type,
             submission_time=facts.submitted_at,
         )
-        event = Event.SUBMISSION_ACCEPTANCE.value
 
-        async def write(tmp: Path) -> None:
-            await self.workers.dispatch(tmp, original, info, acceptance_xml, acceptance_der, event)
+    async def _deliver(self, job: jobs.Job) -> str:
+        position = int(job.payload["recipient"])
+        address = str(job.payload["address"])
+        facts, original = await self.facts(job.message_id)
+        if original is None:
+            raise DeliveryError(f"message {job.message_id} has no stored original")
+        box = self.accounts.maildir(address)
+        base = Maildir.unique_name(f"{_token(job.message_id)}-d{job.id}")
+        if job.payload.get("relayed"):
+            source = original
+
+            async def write(tmp: Path) -> None:
+                # The peer's dispatch, byte for byte: its provider signature and evidence stay
+                # verifiable in the recipient's mailbox.
+                await asyncio.get_running_loop().run_in_executor(self._moving, _copy_synced, source, tmp)
+
+        else:
+            acceptance_id, acceptance_xml, acceptance_der = await self.acceptance(job.message_id)
+            info = self.dispatch_info(facts, acceptance_id)
+            event = Event.SUBMISSION_ACCEPTANCE.value
+
+            async def write(tmp: Path) -> None:
+                await self.workers.dispatch(tmp, original, info, acceptance_xml, acceptance_der, event)
 
         await self._file(box, INBOX, base, job.attempts > 0, write)
         # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
@@ -205,7 +233,7 @@ class DeliveryWorker:
         log.info("delivered %s to %s", job.message_id, address)
         return address
 
-    async def _evidence(self, seq: int) -> tuple[Evidence, bytes, bytes]:
+    async def evidence(self, seq: int) -> tuple[Evidence, bytes, bytes]:
         """The evidence at ledger `seq`, as its XML states it, with that XML and its DER."""
         known = self.recorder.committed.get(seq)
         if known is not None:
@@ -217,13 +245,10 @@ class DeliveryWorker:
             raise DeliveryError(f"ledger record {record.seq} is not an evidence")
         return from_xml(record.xml), record.xml, record.der
 
-    async def _receipt(self, job: jobs.Job) -> str:
-        seq = int(job.payload["seq"])
-        evidence, xml, der = await self._evidence(seq)
-        facts, _ = await self._facts(job.message_id)
+    def receipt_info(self, evidence: Evidence, facts: MessageFacts) -> ReceiptInfo:
         ident = self.identity
         recipient = evidence.recipient
-        info = ReceiptInfo(
+        return ReceiptInfo(
             event_name=evidence.event.value,
             evidence_id=evidence.evidence_id,
             event_uri=evidence.event.uri,
@@ -241,16 +266,38 @@ class DeliveryWorker:
             digest_b64=base64.b64encode(evidence.digest_sha256).decode() if evidence.digest_sha256 else None,
             message_type=ident.message_type,
         )
+
+    async def _receipt(self, job: jobs.Job) -> str:
+        seq = int(job.payload["seq"])
+        evidence, xml, der = await self.evidence(seq)
+        facts, _ = await self.facts(job.message_id)
+        info = self.receipt_info(evidence, facts)
         box = self.accounts.maildir(facts.sender)
         base = Maildir.unique_name(f"{_token(job.message_id)}-e{seq}")
 
         async def write(tmp: Path) -> None:
             await self.workers.receipt(tmp, info, xml, der)
 
-        await self._file(box, ident.evidence_folder, base, job.attempts > 0, write)
+        await self._file(box, self.identity.evidence_folder, base, job.attempts > 0, write)
+        await self._complete(job)
+        return facts.sender
 
+    async def _complete(self, job: jobs.Job) -> None:
         def unit(w: Writes) -> None:
             jobs.complete(w, job.id)
 
         await self.ledger.transact(unit)
-        return facts.sender
+
+    async def _file_received(self, job: jobs.Job) -> str:
+        """A peer's receipt for one of our senders, as the peer sent it, into the evidence folder."""
+        address = str(job.payload["address"])
+        source = self.originals / str(job.payload["file"])
+        box = self.accounts.maildir(address)
+        base = Maildir.unique_name(f"{_token(job.message_id)}-r{job.id}")
+
+        async def write(tmp: Path) -> None:
+            await asyncio.get_running_loop().run_in_executor(self._moving, _copy_synced, source, tmp)
+
+        await self._file(box, self.identity.evidence_folder, base, job.attempts > 0, write)
+        await self._complete(job)
+        return address

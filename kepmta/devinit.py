@@ -13,12 +13,15 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
 from kepmta import addresses, pki
 from kepmta.accounts import AccountState, AccountStore
 from kepmta.config import Ports
 
 DOMAIN = "kep.test"
-DEFAULT_PORTS = Ports(submission=10587, submissions=10465, imap=10143, imaps=10993)
+DEFAULT_PORTS = Ports(submission=10587, submissions=10465, imap=10143, imaps=10993, relay=10025)
 DEMO_ACCOUNTS = (
     ("Ali", "Yılmaz"),
     ("Ayşe", "Kaya"),
@@ -28,6 +31,7 @@ DEMO_ACCOUNTS = (
 DEMO_ENTITY = "Örnek Ticaret A.Ş."
 PEER_DOMAIN = "peer.test"
 CONFIG_NAME = "kepmta.toml"
+DKIM_SELECTORS = {"ed25519": "kep-ed25519", "rsa": "kep-rsa"}
 ACCOUNTS_NAME = "dev-accounts.json"
 
 
@@ -80,21 +84,21 @@ def _free_port() -> int:
 
 
 def choose_ports(base: int | None) -> Ports:
-    """The well-known dev ports, or `base`+0..3, or free ones when the defaults are taken."""
+    """The well-known dev ports, or `base`+0..4, or free ones when the defaults are taken."""
     if base is not None:
-        return Ports(base, base + 1, base + 2, base + 3)
+        return Ports(base, base + 1, base + 2, base + 3, base + 4)
     wanted = DEFAULT_PORTS.as_dict()
     if all(_port_free(p) for p in wanted.values()):
         return DEFAULT_PORTS
-    return Ports(_free_port(), _free_port(), _free_port(), _free_port())
+    return Ports(_free_port(), _free_port(), _free_port(), _free_port(), _free_port())
 
 
-def _config_text(ports: Ports) -> str:
+def _config_text(ports: Ports, domain: str) -> str:
     return f"""# Development provider made by `kepmta serve --dev`. Paths are relative to this file.
 
 [server]
-domain = "{DOMAIN}"
-provider_name = "kepmta development KEP provider"
+domain = "{domain}"
+provider_name = "kepmta development KEP provider {domain}"
 hostname = "localhost"
 listen = "127.0.0.1"
 data_dir = "."
@@ -104,6 +108,7 @@ submission = {ports.submission}
 submissions = {ports.submissions}
 imap = {ports.imap}
 imaps = {ports.imaps}
+{"" if ports.relay is None else f"relay = {ports.relay}"}
 
 [tls]
 cert = "pki/tls.pem"
@@ -126,6 +131,22 @@ url = "sqlite+aiosqlite:///kepmta.db"
 
 [peers]
 file = "peers.toml"
+
+# Our identity towards peer providers: the TLS client certificate presented when relaying, and the
+# DKIM keys relayed messages are signed with (`kepmta peers dkim-record` prints their DNS records).
+[relay]
+client_cert = "pki/relay.pem"
+client_key = "pki/relay.key"
+
+[[relay.dkim]]
+selector = "{DKIM_SELECTORS["ed25519"]}"
+algorithm = "ed25519"
+key = "pki/dkim-ed25519.key"
+
+[[relay.dkim]]
+selector = "{DKIM_SELECTORS["rsa"]}"
+algorithm = "rsa"
+key = "pki/dkim-rsa.key"
 """
 
 
@@ -137,13 +158,25 @@ name = "Development peer provider"
 """
 
 
-def create_identity(data: Path, ports: Ports) -> Demo:
+def _dkim_keys(d: Path) -> None:
+    # RFC 8463 §3: Ed25519 beside RSA, so verifiers that know only RSA still verify.
+    ed = ed25519.Ed25519PrivateKey.generate()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for name, key in (("dkim-ed25519.key", ed), ("dkim-rsa.key", rsa_key)):
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        pki.write_private(d / name, pem)
+
+
+def create_identity(data: Path, ports: Ports, domain: str = DOMAIN) -> Demo:
     """Write the PKI, the configuration and the demo account list; the database comes at start."""
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)
+    data = data.resolve()  # dev-info prints these paths for scripts run from any folder
     d = data / "pki"
-    org = "kepmta development provider"
-    ca = pki.issue("kepmta Development Provider CA", pki.Role.CA, organization=org)
+    org = f"kepmta development provider {domain}"
+    ca = pki.issue(f"kepmta Development Provider CA {domain}", pki.Role.CA, organization=org)
     pki.save(ca, d / "provider-ca.pem", d / "provider-ca.key")
     pki.save_crl(pki.issue_crl(ca), d / "provider-ca.crl")
     transaction = pki.issue(
@@ -151,11 +184,14 @@ def create_identity(data: Path, ports: Ports) -> Demo:
         pki.Role.EVIDENCE,
         ca,
         organization=org,
-        email=f"rem-service@{DOMAIN}",
+        email=f"rem-service@{domain}",
     )
     pki.save(transaction, d / "transaction.pem", d / "transaction.key", chain=(ca.cert,))
     tls = pki.issue("localhost", pki.Role.TLS_SERVER, ca, organization=org, dns_names=("localhost",))
     pki.save(tls, d / "tls.pem", d / "tls.key", chain=(ca.cert,))
+    relay = pki.issue(domain, pki.Role.TLS_CLIENT, ca, organization=org, dns_names=(domain,))
+    pki.save(relay, d / "relay.pem", d / "relay.key", chain=(ca.cert,))
+    _dkim_keys(d)
     tsa = pki.issue("kepmta Development Time-Stamp Authority", pki.Role.TSA, ca, organization=org)
     pki.save(tsa, d / "tsa.pem", d / "tsa.key")
     qualified = pki.issue("kepmta Development Qualified CA", pki.Role.CA, organization="Dev e-imza")
@@ -164,17 +200,17 @@ def create_identity(data: Path, ports: Ports) -> Demo:
     demo = []
     for first, last in DEMO_ACCOUNTS:
         local = next(addresses.person_locals(first, last))
-        address = f"{local}@{DOMAIN}"
+        address = f"{local}@{domain}"
         name = f"{first} {last}"
         person = pki.issue(name, pki.Role.SMIME, qualified, organization="Dev e-imza", email=address)
         cert, key = data / "users" / f"{address}.pem", data / "users" / f"{address}.key"
         pki.save(person, cert, key)
         demo.append(DemoAccount(address, first, last, secrets.token_urlsafe(12), cert, key))
     entity = DemoEntity(
-        f"{addresses.entity_local(legal_name=DEMO_ENTITY)}@{DOMAIN}", DEMO_ENTITY, (demo[-1].address,)
+        f"{addresses.entity_local(legal_name=DEMO_ENTITY)}@{domain}", DEMO_ENTITY, (demo[-1].address,)
     )
     (data / "peers.toml").write_text(_PEERS)
-    (data / CONFIG_NAME).write_text(_config_text(ports))
+    (data / CONFIG_NAME).write_text(_config_text(ports, domain))
     # Written last: its presence says the folder is complete (see is_initialised).
     pki.write_private(
         data / ACCOUNTS_NAME,
@@ -208,10 +244,18 @@ def create_identity(data: Path, ports: Ports) -> Demo:
 
 def load_demo(data: Path) -> Demo:
     saved = json.loads((data / ACCOUNTS_NAME).read_text())
+    # Folders made before paths were written absolute hold them relative to wherever serve ran;
+    # the files are always in the folder's users/.
+    users = data.resolve() / "users"
     return Demo(
         tuple(
             DemoAccount(
-                a["address"], a["first_name"], a["last_name"], a["password"], Path(a["cert"]), Path(a["key"])
+                a["address"],
+                a["first_name"],
+                a["last_name"],
+                a["password"],
+                users / Path(a["cert"]).name,
+                users / Path(a["key"]).name,
             )
             for a in saved["accounts"]
         ),

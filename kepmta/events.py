@@ -30,9 +30,10 @@ from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
 from kepmta.evidence.errors import TimeStampError
 from kepmta.evidence.ledger import Kind, Ledger, Writes, evidence_record
-from kepmta.evidence.model import Event, Evidence, Party, Reason
+from kepmta.evidence.model import Event, Evidence, Party, Provider, Reason
 from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
+from kepmta.evidence.xml import from_xml
 from kepmta.queue import jobs
 from kepmta.smime import cms
 
@@ -199,7 +200,12 @@ class EventRecorder:
         self.committed = CommittedEvidence()
 
     async def sign(
-        self, facts: MessageFacts, reason: Reason, details: str, recipient: int | None = None
+        self,
+        facts: MessageFacts,
+        reason: Reason,
+        details: str,
+        recipient: int | None = None,
+        external: Provider | None = None,
     ) -> SignedEvidence:
         """The signed evidence, time-stamped unless the TSA cannot give a usable token now; made
         before the ledger transaction so a slow time-stamp authority never holds the ledger."""
@@ -225,6 +231,8 @@ class EventRecorder:
             subject=facts.subject,
             message_type=self.issuer.message_type,
             operator=Party(facts.operator) if facts.operator else None,
+            # EN 319 522-3 M05: relay events name the other provider.
+            external_provider=external,
         )
         basic = await self.signer.sign_basic(evidence)
         try:
@@ -242,9 +250,14 @@ class EventRecorder:
         seq = w.append(evidence_record(signed)).seq
         w.after_commit(lambda: self.committed.put(seq, signed))
         stamped = cms.is_time_stamped(signed.der)
-        kind = jobs.RECEIPT if stamped else TIMESTAMP_JOB
+        kind = self.receipt_kind(signed.evidence.sender.address) if stamped else TIMESTAMP_JOB
         jobs.enqueue(w, kind, signed.evidence.message_id, {"seq": seq})
         return seq
+
+    def receipt_kind(self, sender: str) -> str:
+        """A local sender's receipt is filed here; a peer's sender gets it over the relay path."""
+        local = sender.rpartition("@")[2].lower() == self.issuer.domain
+        return jobs.RECEIPT if local else jobs.PEER_RECEIPT
 
     async def record(
         self, facts: MessageFacts, reason: Reason, details: str, *, new_message: bool = False
@@ -305,9 +318,12 @@ class StampWorker:
         # The same evidence, now CAdES-B-T: only the kind, the time of the record and the DER differ.
         record = replace(basic.content(), kind=Kind.TIMESTAMP, created_at=utcnow(), der=der)
 
+        assert basic.xml is not None  # timestamp jobs are made for evidence records only
+        sender = from_xml(basic.xml).sender.address
+
         def unit(w: Writes) -> None:
             stamped = w.append(record)
-            jobs.enqueue(w, jobs.RECEIPT, job.message_id, {"seq": stamped.seq})
+            jobs.enqueue(w, self.recorder.receipt_kind(sender), job.message_id, {"seq": stamped.seq})
             jobs.complete(w, job.id)
             # Dispatches of this message waited for a time-stamped acceptance: due now, not at
             # their next back-off.

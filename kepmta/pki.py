@@ -26,6 +26,7 @@ class Role(Enum):
 
     CA = "ca"
     TLS_SERVER = "tls-server"
+    TLS_CLIENT = "tls-client"  # our identity when relaying to a peer provider (mutual TLS)
     EVIDENCE = "evidence"  # the provider's transaction certificate (işlem sertifikası)
     TSA = "tsa"  # RFC 3161 §2.3: the one critical EKU id-kp-timeStamping
     SMIME = "smime"  # a person's signing certificate
@@ -111,6 +112,7 @@ def issue(
     )
     eku = {
         Role.TLS_SERVER: [ExtendedKeyUsageOID.SERVER_AUTH],
+        Role.TLS_CLIENT: [ExtendedKeyUsageOID.CLIENT_AUTH],
         Role.EVIDENCE: [ExtendedKeyUsageOID.EMAIL_PROTECTION],
         Role.SMIME: [ExtendedKeyUsageOID.EMAIL_PROTECTION],
         Role.TSA: [ExtendedKeyUsageOID.TIME_STAMPING],

@@ -4,14 +4,13 @@ mailbox passes each warning level of the policy (KEP.md "mailbox quota")."""
 from __future__ import annotations
 
 import asyncio
-import email.header
-import email.utils
 import secrets
 from collections.abc import Sequence
 from typing import BinaryIO
 
 from kepmta.accounts import AccountStore, Usage
 from kepmta.maildir import INBOX, Maildir
+from kepmta.notices import notice_message
 
 
 def _mib(n: int) -> str:
@@ -29,21 +28,14 @@ def warning_message(address: str, service: str, usage: Usage, level: int) -> byt
         tr = f"KEP posta kutunuzun %{level}'i doldu. Kota dolduğunda ileti gönderemezsiniz."
         en = f"Your KEP mailbox is {level}% full. When it is full you will not be able to send."
     figures = f"{_mib(usage.used)} / {_mib(usage.limit)}"
-    body = (
-        f"{tr}\r\nKullanım: {figures}\r\nYer açmak için ileti silebilir ya da ek kota alabilirsiniz.\r\n\r\n"
-        f"{en}\r\nUsage: {figures}\r\nDelete messages or buy more quota to make room.\r\n"
+    return notice_message(
+        address,
+        service,
+        f"KEP kota uyarısı / quota warning: %{level}",
+        f"{tr}\r\nKullanım: {figures}\r\nYer açmak için ileti silebilir ya da ek kota alabilirsiniz.\r\n",
+        f"{en}\r\nUsage: {figures}\r\nDelete messages or buy more quota to make room.\r\n",
+        "quota",
     )
-    subject = f"KEP kota uyarısı / quota warning: %{level}"
-    domain = service.split("@")[-1]
-    head = (
-        f"From: {service}\r\nTo: {address}\r\n"
-        f"Subject: {email.header.Header(subject, 'utf-8').encode()}\r\n"
-        f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
-        f"Message-ID: <quota.{secrets.token_hex(8)}@{domain}>\r\n"
-        "Auto-Submitted: auto-generated\r\n"  # RFC 3834 §5: no auto-replies to this
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
-    )
-    return (head + "\r\n" + body).encode()
 
 
 class QuotaWarner:

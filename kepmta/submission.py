@@ -26,6 +26,7 @@ from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
 from kepmta.headers import Headers
 from kepmta.inspection import Signer
+from kepmta.peers import PeerRegistry
 from kepmta.policy.malware import scan
 from kepmta.policy.quota import check_sender_quota
 from kepmta.policy.recipient import Recipient, check_recipient
@@ -71,7 +72,7 @@ class SubmissionService:
         domain: str,
         spool_dir: Path,
         policy: Policy,
-        peer_domains: frozenset[str],
+        peers: PeerRegistry,
         workers: WorkerPool,
         wake_delivery: Callable[[], None],
     ) -> None:
@@ -79,7 +80,7 @@ class SubmissionService:
         self.recorder = recorder
         self.domain = domain
         self.policy = policy
-        self.peer_domains = peer_domains
+        self.peers = peers
         self.workers = workers
         self.wake_delivery = wake_delivery
         self.incoming_dir = spool_dir / "incoming"
@@ -151,7 +152,9 @@ class SubmissionService:
 
     async def rcpt_to(self, tx: Transaction, address: str) -> None:
         try:
-            rcpt = await check_recipient(self.accounts, address, frozenset({self.domain}), self.peer_domains)
+            rcpt = await check_recipient(
+                self.accounts, address, frozenset({self.domain}), self.peers.current.domains
+            )
             if not rcpt.local:
                 # RFC 1870 §6.3: a declared size too big for this recipient's size class
                 check_declared_size(tx.declared_size, self.policy.peer_max_size, peer=True)
@@ -234,10 +237,16 @@ class SubmissionService:
         def unit(w: Writes) -> None:
             save_facts(w, facts, size=size, spool_path=original.name)
             self.recorder.commit(w, signed)
+            by_domain: dict[str, list[tuple[int, str]]] = {}
             for position, rcpt in enumerate(tx.recipients, start=1):
-                # Relaying to peers is not built yet: their jobs wait, durable, in the queue.
-                kind = jobs.DELIVER if rcpt.local else jobs.RELAY
-                jobs.enqueue(w, kind, tx.message_id, {"recipient": position, "address": rcpt.address})
+                if rcpt.local:
+                    jobs.enqueue(
+                        w, jobs.DELIVER, tx.message_id, {"recipient": position, "address": rcpt.address}
+                    )
+                else:
+                    by_domain.setdefault(rcpt.address.rpartition("@")[2], []).append((position, rcpt.address))
+            for domain, rcpts in by_domain.items():
+                jobs.enqueue_relay(w, tx.message_id, domain, rcpts, facts.submitted_at, self.policy.relay)
 
         try:
             await self.recorder.ledger.transact(unit)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import pickle
 import sys
 from collections.abc import Callable, Sequence
@@ -24,10 +25,11 @@ from typing import Any, BinaryIO
 
 from cryptography import x509
 
-from kepmta import pki
+from kepmta import dkim, pki
 from kepmta.config import Settings
 from kepmta.evidence.keys import evidence_pair
 from kepmta.headers import read_headers
+from kepmta.inbound import Checked, check_relayed
 from kepmta.inspection import Inspection, Signer, inspect
 from kepmta.maildir import write_synced
 from kepmta.policy.refusal import Refusal
@@ -45,6 +47,8 @@ class _State:
     chain: tuple[x509.Certificate, ...]
     trust: tuple[x509.Certificate, ...]
     crls: tuple[x509.CertificateRevocationList, ...]
+    domain: str
+    dkim: tuple[dkim.SigningKey, ...]
 
 
 _state: _State | None = None
@@ -54,7 +58,11 @@ def _start(settings: Settings) -> None:
     global _state
     trust, crls = pki.load_trust(settings.qualified_ca)
     chain = tuple(pki.load_certs(settings.evidence_cert)[1:])
-    _state = _State(evidence_pair(settings), chain, tuple(trust), tuple(crls))
+    keys = tuple(
+        dkim.SigningKey(k.selector, k.algorithm, k.key.read_bytes())
+        for k in (settings.relay.dkim if settings.relay else ())
+    )
+    _state = _State(evidence_pair(settings), chain, tuple(trust), tuple(crls), settings.domain, keys)
 
 
 def _here() -> _State:
@@ -72,12 +80,16 @@ def _addresses(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(addr for _, addr in email.utils.getaddresses([str(v) for v in values]) if addr)
 
 
+def _with_addresses(original: Path, info: DispatchInfo) -> DispatchInfo:
+    head = read_headers(original).addresses
+    # The dispatch carries To and Cc as in the original (EVIDENCE.md, REM dispatch).
+    return replace(info, to=_addresses(head.to), cc=_addresses(head.cc))
+
+
 def _write_dispatch(
     tmp: Path, original: Path, info: DispatchInfo, xml: bytes, der: bytes, event: str
 ) -> None:
-    head = read_headers(original).addresses
-    # The dispatch carries To and Cc as in the original (EVIDENCE.md, REM dispatch).
-    info = replace(info, to=_addresses(head.to), cc=_addresses(head.cc))
+    info = _with_addresses(original, info)
     state = _here()
 
     def write(out: BinaryIO) -> None:
@@ -96,10 +108,33 @@ def _write_receipt(tmp: Path, info: ReceiptInfo, xml: bytes, der: bytes) -> None
     write_synced(tmp, write)
 
 
+def _signed_for_relay(raw: bytes) -> bytes:
+    """`raw` with our DKIM signatures in front (RFC 6376 §5; RFC 8463 Ed25519 beside RSA)."""
+    state = _here()
+    if not state.dkim:
+        raise ValueError("no [relay] DKIM keys are configured: nothing can be relayed")
+    return dkim.sign(raw, state.domain, state.dkim) + raw
+
+
+def _relay_dispatch(original: Path, info: DispatchInfo, xml: bytes, der: bytes, event: str) -> bytes:
+    buf = io.BytesIO()
+    state = _here()
+    write_dispatch(buf, original, _with_addresses(original, info), xml, der, event, state.signer, state.chain)
+    return _signed_for_relay(buf.getvalue())
+
+
+def _relay_receipt(info: ReceiptInfo, xml: bytes, der: bytes) -> bytes:
+    state = _here()
+    return _signed_for_relay(build_receipt(info, xml, der, state.signer, state.chain))
+
+
 _TASKS: dict[str, Callable[..., Any]] = {
     "inspect": _inspect,
     "dispatch": _write_dispatch,
     "receipt": _write_receipt,
+    "relay_dispatch": _relay_dispatch,
+    "relay_receipt": _relay_receipt,
+    "check_relayed": check_relayed,
 }
 
 
@@ -180,6 +215,26 @@ class WorkerPool:
     async def receipt(self, tmp: Path, info: ReceiptInfo, xml: bytes, der: bytes) -> None:
         """The receipt for an evidence synced at `tmp`."""
         await self._run("receipt", tmp, info, xml, der)
+
+    async def relay_dispatch(
+        self, original: Path, info: DispatchInfo, xml: bytes, der: bytes, event: str
+    ) -> bytes:
+        """The DKIM-signed REM dispatch of `original` for a peer provider (at most the policy's
+        peer size, 25 MB: it travels as one SMTP DATA)."""
+        raw: bytes = await self._run("relay_dispatch", original, info, xml, der, event)
+        return raw
+
+    async def relay_receipt(self, info: ReceiptInfo, xml: bytes, der: bytes) -> bytes:
+        """The DKIM-signed receipt for an evidence, for the peer provider of its sender."""
+        raw: bytes = await self._run("relay_receipt", info, xml, der)
+        return raw
+
+    async def check_relayed(
+        self, path: Path, domains: tuple[str, ...], keys: tuple[dkim.PublicKey, ...], trust: bytes
+    ) -> Checked:
+        """kepmta.inbound.check_relayed: DKIM and the REM checks of a message from a peer."""
+        checked: Checked = await self._run("check_relayed", path, domains, keys, trust)
+        return checked
 
     async def _run(self, name: str, *args: Any) -> Any:
         if self._idle is None:

@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 
 def free_port_base() -> int:
-    """Four consecutive free ports."""
+    """Five consecutive free ports (submission, submissions, imap, imaps, relay)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -44,7 +44,7 @@ def free_port_base() -> int:
         if base > 65000:
             continue
         ok = True
-        for p in range(base, base + 4):
+        for p in range(base, base + 5):
             with socket.socket() as t:
                 try:
                     t.bind(("127.0.0.1", p))
@@ -65,14 +65,16 @@ class DevServer:
     data: Path
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] | None = None
+    domain: str | None = None  # a development provider for another domain than kep.test
 
     @property
     def log(self) -> Path:
         return self.data.parent / (self.data.name + ".log")
 
     def start(self, timeout: float = 90) -> DevServer:
+        domain = ["--domain", self.domain] if self.domain else []
         self.proc = subprocess.Popen(
-            [*KEPMTA, "serve", "--dev", "--data", str(self.data), "--port-base", str(free_port_base())],
+            [*KEPMTA, "serve", "--dev", "--data", str(self.data), "--port-base", str(free_port_base()), *domain],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -9,14 +9,14 @@ import logging
 import sys
 from pathlib import Path
 
-from kepmta import config, devinit
+from kepmta import addresses, config, devinit
 from kepmta.cli.common import DEFAULT_DATA, die
 
 
-def _dev_settings(data: Path, port_base: int | None) -> tuple[config.Settings, devinit.Demo]:
+def _dev_settings(data: Path, port_base: int | None, domain: str) -> tuple[config.Settings, devinit.Demo]:
     if devinit.needs_init(data):
-        print(f"kepmta: creating a development provider in {data}", file=sys.stderr)
-        devinit.create_identity(data, devinit.choose_ports(port_base))
+        print(f"kepmta: creating a development provider for {domain} in {data}", file=sys.stderr)
+        devinit.create_identity(data, devinit.choose_ports(port_base), domain)
     elif not devinit.is_initialised(data):
         raise config.ConfigError(
             f"{data} is neither empty nor a kepmta development folder; give --data another folder"
@@ -35,7 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         if args.dev:
-            settings, demo = _dev_settings(args.data, args.port_base)
+            if not addresses.is_domain(args.domain):
+                return die(f"--domain {args.domain!r} is not a domain name")
+            settings, demo = _dev_settings(args.data, args.port_base, args.domain.lower())
         else:
             if args.config is None:
                 return die("serve needs --config FILE, or --dev for a development provider")
@@ -55,6 +57,7 @@ def _dev_info(data: Path) -> dict[str, object]:
     return {
         "domain": settings.domain,
         "data": str(data.resolve()),
+        "config": str(settings.source),
         "ports": settings.ports.as_dict(),
         "provider_ca": str(settings.provider_ca),
         "qualified_ca": str(settings.qualified_ca),
@@ -88,6 +91,8 @@ def cmd_dev_info(args: argparse.Namespace) -> int:
     print(f"Development KEP provider for {info['domain']} in {info['data']}")
     print(f"  SMTP submission  127.0.0.1:{ports['submission']} (STARTTLS), :{ports['submissions']} (TLS)")
     print(f"  IMAP             127.0.0.1:{ports['imap']} (STARTTLS), :{ports['imaps']} (TLS)")
+    if "relay" in ports:
+        print(f"  relay (peers)    127.0.0.1:{ports['relay']} (STARTTLS, client certificate)")
     print(f"  provider CA      {info['provider_ca']}  (trust it for TLS and evidence)")
     print(f"  qualified CA     {info['qualified_ca']}")
     print(f"  time-stamp cert  {info['tsa_cert']}")
@@ -121,7 +126,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         metavar="N",
         help="when creating a development folder, listen on N (submission), N+1 (submissions), "
-        "N+2 (imap), N+3 (imaps); default 10587/10465/10143/10993, or free ports if those are taken",
+        "N+2 (imap), N+3 (imaps), N+4 (relay from peers); default 10587/10465/10143/10993/10025, "
+        "or free ports if those are taken",
+    )
+    serve.add_argument(
+        "--domain",
+        default=devinit.DOMAIN,
+        help="when creating a development folder, the KEP domain of its provider, accounts and "
+        "certificates (default: %(default)s); two folders with two domains make two providers",
     )
     serve.add_argument("--config", type=Path, help="kepmta.toml to serve from (without --dev)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")

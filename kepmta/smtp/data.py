@@ -6,11 +6,18 @@ them straight to a spool file, so a 100 MB message costs a few buffers, not its 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+log = logging.getLogger(__name__)
 
 # A line longer than this without CRLF is written out in pieces rather than held in memory.
 _MAX_CARRY = 64 * 1024
+READ_CHUNK = 256 * 1024
 
 
 class Sink(Protocol):
@@ -81,3 +88,46 @@ class DataReader:
             self._too_big = True
         if not self._too_big:
             self._out.write(block)
+
+
+class SpoolingSMTP(SMTP):
+    """aiosmtpd's SMTP with DATA streamed to a spool file (RFC 5321 §4.1.1.4)."""
+
+    # The stream limit also bounds how much aiosmtpd buffers; DATA is read in chunks of this
+    # order. Command lines stay limited by aiosmtpd's command_size_limit (RFC 5321 §4.5.3.1.4).
+    line_length_limit = READ_CHUNK
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that gives up the handshake (say, it does not trust our certificate) is
+            # one log line, not aiosmtpd's traceback; aiosmtpd closes the connection itself.
+            log.info(
+                "%r: TLS handshake failed: %r", self.session.peer if self.session else None, error.__cause__
+            )
+            return ""
+        return await super().handle_exception(error)
+
+    async def spool_data(self, path: Path, limit: int) -> DataOutcome | None:
+        """Send 354 and write the data to `path`, at most `limit` bytes of it; None (and no file)
+        when the client went away before the end."""
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            with path.open("wb") as spool:
+                reader = DataReader(spool, limit)
+                while True:
+                    chunk = await self._reader.read(READ_CHUNK)
+                    if not chunk:  # the client went away mid-message: nothing was accepted
+                        path.unlink(missing_ok=True)
+                        return None
+                    self._reset_timeout()
+                    rest = reader.feed(chunk)
+                    if rest is not None:
+                        break
+                # No fsync: this is a working copy; what is kept is moved and synced by its owner.
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if rest:
+            # Pipelined commands after the final dot (RFC 2920 §3.1) go back to the command reader.
+            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        return reader.outcome

@@ -13,19 +13,17 @@ import logging
 import ssl
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from kepmta.accounts import Account, LoginRefusal
 from kepmta.logtext import excerpt
 from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
-from kepmta.smtp.data import DataReader
+from kepmta.smtp.data import SpoolingSMTP
 from kepmta.submission import SubmissionService, Transaction
 from kepmta.workers import WorkerError
 
 log = logging.getLogger(__name__)
-
-_READ_CHUNK = 256 * 1024
 
 
 class KepSession(Session):
@@ -46,11 +44,7 @@ class KepEnvelope(Envelope):
     transaction: Transaction | None = None
 
 
-class SubmissionSMTP(SMTP):
-    # The stream limit also bounds how much aiosmtpd buffers; DATA is read in chunks of this order.
-    # Command lines stay limited by aiosmtpd's own command_size_limit (RFC 5321 §4.5.3.1.4).
-    line_length_limit = _READ_CHUNK
-
+class SubmissionSMTP(SpoolingSMTP):
     def __init__(self, handler: SubmissionHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.kep_handler = handler
@@ -75,29 +69,11 @@ class SubmissionSMTP(SMTP):
             return
         service = self.kep_handler.service
         path = service.new_spool_file()
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        outcome = await self.spool_data(path, service.size_limit(tx))
+        if outcome is None:
+            return
         try:
-            with path.open("wb") as spool:
-                reader = DataReader(spool, service.size_limit(tx))
-                while True:
-                    chunk = await self._reader.read(_READ_CHUNK)
-                    if not chunk:  # the client went away mid-message: nothing was accepted
-                        path.unlink(missing_ok=True)
-                        return
-                    self._reset_timeout()
-                    rest = reader.feed(chunk)
-                    if rest is not None:
-                        break
-                # No fsync: this is a working copy; the accepted original is written and synced
-                # before the 250 (kepmta.inspection.write_original).
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        if rest:
-            # Pipelined commands after the final dot (RFC 2920 §3.1) go back to the command reader.
-            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        try:
-            message_id = await service.data(tx, path, reader.outcome)
+            message_id = await service.data(tx, path, outcome)
             status = f"250 2.0.0 Ok: accepted as <{message_id}>"
         except PolicyError as e:
             status = e.refusal.smtp_reply()

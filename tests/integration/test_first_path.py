@@ -56,7 +56,11 @@ def attached_original(dispatch: bytes) -> bytes:
 def test_dev_info_names_everything(srv: DevServer) -> None:
     info = srv.info
     assert info and info["domain"] == "kep.test"
-    assert set(info["ports"]) == {"submission", "submissions", "imap", "imaps"}
+    assert set(info["ports"]) == {"submission", "submissions", "imap", "imaps", "relay"}
+    # Absolute, so a script in any folder can open them.
+    files = [info["provider_ca"], info["qualified_ca"], info["tsa_cert"], info["config"]]
+    files += [a[k] for a in info["accounts"] for k in ("cert", "key")]
+    assert all(Path(f).is_absolute() and Path(f).is_file() for f in files), files
     addresses = [a["address"] for a in info["accounts"]]
     assert {"ali.yilmaz@kep.test", "ayse.kaya@kep.test"} <= set(addresses)
     for a in info["accounts"]:
