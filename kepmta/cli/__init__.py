@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kepmta.cli import accounts, dovecot, evidence, peers, serve
+from kepmta.cli import accounts, dovecot, evidence, peers, queue, serve
 from kepmta.cli.common import Parser
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.register(sub)
     dovecot.register(sub)
     peers.register(sub)
+    queue.register(sub)
     return parser
 
 

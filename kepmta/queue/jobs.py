@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kepmta.db import utc
 from kepmta.db.runner import runner
-from kepmta.db.schema import jobs
+from kepmta.db.schema import jobs, messages
 from kepmta.evidence.ledger import Writes
 
 DELIVER = "deliver"
 RECEIPT = "receipt"
-RELAY = "relay"  # to a peer provider; kept for the relay worker of the peering work
+# Relaying (kepmta.queue.relay): a dispatch to a peer provider, its timers, and our evidence for a
+# peer's sender going back to that peer as a receipt.
+RELAY = "relay"
+RELAY_WAIT = "relay-wait"
+PEER_RECEIPT = "peer-receipt"
+# A peer's receipt for one of our senders, verified and kept, filed into the sender's folder.
+FILE_RECEIVED = "file-received"
 # Retry after 5 s, 30 s, 2 min, 10 min, then every 30 min: a local failure (disk full, permissions)
 # is fixed by an operator, and the job must still be there when it is.
 _BACKOFF = (5, 30, 120, 600, 1800)
@@ -84,3 +92,184 @@ async def retry_later(engine: AsyncEngine, job: Job, error: str) -> None:
         .values(attempts=job.attempts + 1, next_at=_now() + dt.timedelta(seconds=delay), last_error=error)
     )
     await runner(engine).write(lambda conn: conn.execute(statement))
+
+
+# --- the operator's view and hand (`kepmta queue`) ------------------------------------------------
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+DROPPED = "dropped by the operator"
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A job as the operator sees it, with the message it serves."""
+
+    id: int
+    kind: str
+    state: str
+    message_id: str
+    payload: dict[str, Any]
+    attempts: int
+    next_at: dt.datetime
+    last_error: str | None
+    sender: str
+    subject: str
+    submitted_at: dt.datetime
+
+    def unfired_timer(self, now: dt.datetime) -> bool:
+        """A relay timer whose moment has not come: it never ran, so there is nothing to retry,
+        and running it early would warn the sender or record RelayFailure before its time."""
+        return (
+            self.kind == RELAY_WAIT
+            and self.state == PENDING
+            and self.attempts == 0
+            and self.next_at > now
+            and self.payload.get("stage") != "dropped"
+        )
+
+
+class QueueRefused(Exception):
+    """An operator's request the queue does not take, said in one sentence."""
+
+
+@dataclass(frozen=True)
+class Retried:
+    reopened: int  # failed jobs made pending again
+    advanced: int  # pending jobs brought forward
+    timers: int  # relay timers left at their moment
+
+
+_QUEUED = select(jobs, messages.c.sender, messages.c.subject, messages.c.submitted_at).join(
+    messages, messages.c.id == jobs.c.message_id
+)
+
+
+def _queued(row: Row[Any]) -> QueuedJob:
+    return QueuedJob(
+        row.id,
+        row.kind,
+        row.state,
+        row.message_id,
+        row.payload,
+        row.attempts,
+        utc(row.next_at),
+        row.last_error,
+        row.sender,
+        row.subject,
+        utc(row.submitted_at),
+    )
+
+
+async def queued(engine: AsyncEngine, states: Sequence[str], kind: str | None = None) -> list[QueuedJob]:
+    """Jobs in `states` (and of `kind`, if given), oldest first."""
+    statement = _QUEUED.where(jobs.c.state.in_(states)).order_by(jobs.c.id)
+    if kind is not None:
+        statement = statement.where(jobs.c.kind == kind)
+    rows = await runner(engine).read(lambda conn: conn.execute(statement).all())
+    return [_queued(r) for r in rows]
+
+
+def _find(conn: Connection, job_id: int) -> QueuedJob:
+    row = conn.execute(_QUEUED.where(jobs.c.id == job_id)).first()
+    if row is None:
+        raise QueueRefused(f"there is no job {job_id} in the queue")
+    return _queued(row)
+
+
+async def queued_job(engine: AsyncEngine, job_id: int) -> QueuedJob:
+    return await runner(engine).read(lambda conn: _find(conn, job_id))
+
+
+def _changed(conn: Connection, job: QueuedJob, **values: Any) -> None:
+    # Only if its state is still the one decided on: a running server may end the job meanwhile.
+    statement = update(jobs).where(jobs.c.id == job.id, jobs.c.state == job.state).values(**values)
+    if conn.execute(statement).rowcount != 1:
+        raise QueueRefused(f"job {job.id} changed while this ran (the server is working on it); look again")
+
+
+async def retry(engine: AsyncEngine, job_id: int) -> QueuedJob:
+    """Job `job_id` due now, a failed one pending again; its attempts stay as they are.
+    Returns the job as it was."""
+    now = _now()
+
+    def change(conn: Connection) -> QueuedJob:
+        job = _find(conn, job_id)
+        if job.state == DONE:
+            raise QueueRefused(f"job {job_id} is done: there is nothing left to retry")
+        if job.unfired_timer(now):
+            raise QueueRefused(
+                f"job {job_id} is a relay timer ({job.payload.get('stage')}) set for "
+                f"{job.next_at:%Y-%m-%d %H:%M:%S} UTC: it is not a retry, and running it now would "
+                "act before its time"
+            )
+        _changed(conn, job, state=PENDING, next_at=now)
+        return job
+
+    return await runner(engine).write(change)
+
+
+async def retry_all(engine: AsyncEngine) -> Retried:
+    """Every failed job pending again and every pending job due now, except relay timers whose
+    moment has not come (see `QueuedJob.unfired_timer`)."""
+    now = _now()
+    reopen = update(jobs).where(jobs.c.state == FAILED).values(state=PENDING, next_at=now)
+    timer = and_(jobs.c.kind == RELAY_WAIT, jobs.c.attempts == 0)
+    advance = (
+        update(jobs).where(jobs.c.state == PENDING, jobs.c.next_at > now, not_(timer)).values(next_at=now)
+    )
+    waiting = (
+        select(func.count()).select_from(jobs).where(jobs.c.state == PENDING, jobs.c.next_at > now, timer)
+    )
+
+    def change(conn: Connection) -> Retried:
+        reopened = conn.execute(reopen).rowcount
+        advanced = conn.execute(advance).rowcount
+        return Retried(reopened, advanced, conn.execute(waiting).scalar_one())
+
+    return await runner(engine).write(change)
+
+
+_NOT_DROPPABLE = {
+    DELIVER: "a delivery into one of our own mailboxes has no end but the delivery",
+    RECEIPT: "it files a receipt the sender is owed for evidence already in the ledger",
+    PEER_RECEIPT: "it carries our evidence, already in the ledger, back to the peer provider that is owed it",
+    FILE_RECEIVED: "it files a peer's evidence, already in the ledger, for our sender",
+    RELAY_WAIT: "a relay timer ends by itself, with the peer's evidence or our RelayFailure",
+}
+
+
+async def drop_relay(engine: AsyncEngine, job_id: int, note: str) -> tuple[QueuedJob, int]:
+    """End pending relay job `job_id` without sending: in one transaction it is done and a
+    `relay-wait` job of stage "dropped" is due now, whose RelayFailure evidence tells the sender
+    (nothing is dropped silently). Returns the relay job and the id of the new job."""
+    now = _now()
+
+    def change(conn: Connection) -> tuple[QueuedJob, int]:
+        job = _find(conn, job_id)
+        if job.kind != RELAY:
+            why = _NOT_DROPPABLE.get(job.kind, "it ends by itself once its work is done")
+            raise QueueRefused(f"job {job_id} is a {job.kind} job, and only a relay can be dropped: {why}")
+        if job.state != PENDING:
+            raise QueueRefused(f"job {job_id} is {job.state}: only a pending relay can be dropped")
+        _changed(conn, job, state=DONE, last_error=DROPPED)
+        payload = {
+            "domain": job.payload["domain"],
+            "recipients": job.payload["recipients"],
+            "stage": "dropped",
+            "note": note,
+        }
+        values = {
+            "kind": RELAY_WAIT,
+            "message_id": job.message_id,
+            "payload": payload,
+            "state": PENDING,
+            "attempts": 0,
+            "next_at": now,
+        }
+        made = conn.execute(insert(jobs).values(**values)).inserted_primary_key
+        assert made is not None
+        return job, int(made[0])
+
+    return await runner(engine).write(change)
