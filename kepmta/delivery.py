@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,6 @@ from kepmta.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-_IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
 _CONCURRENT_JOBS = 8
 # Moving filed messages into place (rename, directory fsync) runs on threads of its own, so a
 # queue of deliveries never delays the worker threads that submissions wait on.
@@ -73,7 +71,7 @@ def _token(message_id: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in message_id.split("@")[0])
 
 
-class DeliveryWorker:
+class DeliveryWorker(jobs.JobLoop):
     def __init__(
         self,
         engine: AsyncEngine,
@@ -84,6 +82,7 @@ class DeliveryWorker:
         quota: QuotaWarner,
         workers: WorkerPool,
     ) -> None:
+        super().__init__()
         self.quota = quota
         self.engine = engine
         self.originals = originals
@@ -91,23 +90,12 @@ class DeliveryWorker:
         self.recorder = recorder
         self.ledger: Ledger = recorder.ledger
         self.identity = identity
-        self._wake = asyncio.Event()
         # Jobs wait mostly on fsync; a few at once keep the disk busy without crowding the loop.
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
         self.workers = workers
         self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
         # Evidence about a peer's sender leaves through the relay worker: woken after each batch.
         self.wake_relay: Callable[[], None] | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            if not await self.run_once():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
     async def run_once(self) -> int:
         """Do every job that is due, several at a time; returns how many were attempted."""

@@ -331,9 +331,7 @@ class InboundService:
             # A resend after a lost answer (RFC 5321 §6.1): taken once, answered again.
             return f"250 2.0.0 <{mid}> was already received"
         facts = self._facts(headers, rcpts, _submission_time(checked.evidence_xml))
-        stored = self.originals_dir / f"relayed-{secrets.token_hex(12)}.eml"
-        os.replace(incoming, stored)
-        _sync_dir(stored.parent)
+        stored = self._keep(incoming, "relayed")
         external = Provider(peer.name, peer.domains[0])
         decisions: list[tuple[int, str, Reason, str]] = []
         for position, address in enumerate(rcpts, start=1):
@@ -358,13 +356,7 @@ class InboundService:
                     payload = {"recipient": position, "address": address, "relayed": True}
                     jobs.enqueue(w, jobs.DELIVER, mid, payload)
 
-        try:
-            await self.ledger.transact(unit)
-        except Exception:
-            stored.unlink(missing_ok=True)
-            raise
-        self.wake_delivery()
-        self.wake_relay()
+        await self._commit(unit, stored)
         taken = sum(1 for d in decisions if d[2] is Reason.RB01)
         log.info("took %s from %s for %d of %d recipient(s)", mid, peer.name, taken, len(rcpts))
         return f"250 2.0.0 <{mid}> taken for {taken} of {len(rcpts)} recipient(s); evidence follows"
@@ -384,9 +376,7 @@ class InboundService:
             )
             if seen.first() is not None:
                 return f"250 2.0.0 evidence {evidence.evidence_id} was already received"
-        stored = self.originals_dir / f"received-{secrets.token_hex(12)}.eml"
-        os.replace(incoming, stored)
-        _sync_dir(stored.parent)
+        stored = self._keep(incoming, "received")
         record = received_record(checked.evidence_der, evidence)
         sender = evidence.sender.address
 
@@ -394,6 +384,19 @@ class InboundService:
             w.append(record)
             jobs.enqueue(w, jobs.FILE_RECEIVED, evidence.message_id, {"file": stored.name, "address": sender})
 
+        await self._commit(unit, stored)
+        log.info("kept %s evidence %s from %s", evidence.event.value, evidence.evidence_id, peer.name)
+        return f"250 2.0.0 evidence {evidence.evidence_id} kept"
+
+    def _keep(self, incoming: Path, kind: str) -> Path:
+        """Move a message we take into the originals folder, durably (its directory synced)."""
+        stored = self.originals_dir / f"{kind}-{secrets.token_hex(12)}.eml"
+        os.replace(incoming, stored)
+        _sync_dir(stored.parent)
+        return stored
+
+    async def _commit(self, unit: Callable[[Writes], None], stored: Path) -> None:
+        """Commit what a kept message caused; without that commit, the file is not kept either."""
         try:
             await self.ledger.transact(unit)
         except Exception:
@@ -401,8 +404,6 @@ class InboundService:
             raise
         self.wake_delivery()
         self.wake_relay()
-        log.info("kept %s evidence %s from %s", evidence.event.value, evidence.evidence_id, peer.name)
-        return f"250 2.0.0 evidence {evidence.evidence_id} kept"
 
     @staticmethod
     def _evidence_of(checked: Checked) -> Evidence | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, func, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kepmta.config import RelayPolicy
 from kepmta.db import utc
 from kepmta.db.runner import runner
 from kepmta.db.schema import jobs, messages
@@ -29,6 +32,29 @@ FILE_RECEIVED = "file-received"
 _BACKOFF = (5, 30, 120, 600, 1800)
 
 
+class JobLoop:
+    """A worker that does its due jobs when woken, or at least every few seconds."""
+
+    _IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
+
+    def __init__(self) -> None:
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            if not await self.run_once():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._IDLE_POLL)
+
+    async def run_once(self) -> int:
+        """Attempt every due job once; returns how many there were."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -46,9 +72,14 @@ def _now() -> dt.datetime:
 # than running it.
 _ENQUEUE = insert(jobs)
 _COMPLETE = update(jobs).where(jobs.c.id == bindparam("job_id")).values(state="done", last_error=None)
+_FAIL = (
+    update(jobs).where(jobs.c.id == bindparam("job_id")).values(state="failed", last_error=bindparam("error"))
+)
 
 
-def enqueue(w: Writes, kind: str, message_id: str, payload: dict[str, Any]) -> None:
+def enqueue(
+    w: Writes, kind: str, message_id: str, payload: dict[str, Any], at: dt.datetime | None = None
+) -> None:
     w.add(
         _ENQUEUE,
         {
@@ -57,9 +88,26 @@ def enqueue(w: Writes, kind: str, message_id: str, payload: dict[str, Any]) -> N
             "payload": payload,
             "state": "pending",
             "attempts": 0,
-            "next_at": _now(),
+            "next_at": at or _now(),
         },
     )
+
+
+def enqueue_relay(
+    w: Writes,
+    message_id: str,
+    domain: str,
+    recipients: Sequence[tuple[int, str]],
+    accepted_at: dt.datetime,
+    timers: RelayPolicy,
+) -> None:
+    """The relay of a message to one peer domain, and the two timers that watch it (KEP.md: a
+    warning after 12 h, RelayFailure after 24 h without the peer's relay evidence)."""
+    payload = {"domain": domain, "recipients": [list(r) for r in recipients]}
+    enqueue(w, RELAY, message_id, payload)
+    for stage, after in (("warn", timers.warn_after), ("fail", timers.fail_after)):
+        at = accepted_at + dt.timedelta(seconds=after)
+        enqueue(w, RELAY_WAIT, message_id, {**payload, "stage": stage}, at)
 
 
 _DUE = (
@@ -84,8 +132,13 @@ def complete(w: Writes, job_id: int) -> None:
     w.add(_COMPLETE, {"job_id": job_id})
 
 
-async def retry_later(engine: AsyncEngine, job: Job, error: str) -> None:
-    delay = _BACKOFF[min(job.attempts, len(_BACKOFF) - 1)]
+def fail(w: Writes, job_id: int, error: str) -> None:
+    """Given up, kept with its reason for `kepmta queue` and the operator."""
+    w.add(_FAIL, {"job_id": job_id, "error": error})
+
+
+async def retry_later(engine: AsyncEngine, job: Job, error: str, schedule: Sequence[int] = _BACKOFF) -> None:
+    delay = schedule[min(job.attempts, len(schedule) - 1)]
     statement = (
         update(jobs)
         .where(jobs.c.id == job.id)

@@ -15,7 +15,6 @@ Nothing is dropped silently: every end of a job is evidence, or a failed job wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -37,8 +36,8 @@ from kepmta.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-_IDLE_POLL = 5.0
-_CONCURRENT_JOBS = 4
+# Relay jobs wait on the network (TLS, the peer's checks) far more than on this process.
+_CONCURRENT_JOBS = 16
 # The peer's answers that settle a recipient's relay, and ours.
 _PEER_RELAY_EVENTS = (Event.RELAY_ACCEPTANCE.value, Event.RELAY_REJECTION.value)
 
@@ -57,7 +56,7 @@ def _failure_reason(reply: str) -> Reason:
     return Reason.RB10 if reply[4:9] == "5.1.1" else Reason.RB07
 
 
-class RelayWorker:
+class RelayWorker(jobs.JobLoop):
     def __init__(
         self,
         delivery: DeliveryWorker,
@@ -67,6 +66,7 @@ class RelayWorker:
         hostname: str,
         workers: WorkerPool,
     ) -> None:
+        super().__init__()
         self.delivery = delivery
         self.recorder = delivery.recorder
         self.ledger = delivery.ledger
@@ -76,18 +76,7 @@ class RelayWorker:
         self.policy = policy
         self.hostname = hostname
         self.workers = workers
-        self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            if not await self.run_once():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
     async def run_once(self) -> int:
         batch = await jobs.due(self.engine, (jobs.RELAY, jobs.RELAY_WAIT, jobs.PEER_RECEIPT))
@@ -215,6 +204,10 @@ class RelayWorker:
                 (p, _failure_reason(replies[a]), f"{name} refused the message without evidence: {replies[a]}")
                 for p, a in missing
             ]
+        elif stage == "dropped":
+            # `kepmta queue drop`: the operator ended the relay (EN 319 522-2 RB07).
+            note = str(job.payload.get("note") or jobs.DROPPED)
+            failures = [(p, Reason.RB07, f"relay to {name} ended: {note}") for p, _ in missing]
         else:
             hours = self.policy.fail_after / 3600
             failures = [

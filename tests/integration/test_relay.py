@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import dkim as dkimpy
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from kepclient import (
     DevServer,
     accounts_cli,
@@ -166,17 +168,26 @@ def test_refused_recipients_get_relay_rejection(pair: tuple[DevServer, DevServer
     blocked = b.account(2)["address"]
     code, _, err = accounts_cli(b.data, "block", blocked)
     assert code == 0, err
-    unknown = f"nobody.here@{B_DOMAIN}"
-    subj = subject()
-    send(a, 0, [unknown, blocked], signed_by(a, 0, [unknown, blocked], subj))
-    rejections = wait_for(
-        lambda: (r := evidence_of(a, a.account(0), subj, "RelayRejection")) and len(r) == 2 and r, 60
+    code, closed, err = accounts_cli(
+        b.data,
+        *("add", "person", "--first-name", "Kapalı", "--last-name", "Hesap", "--active", "--password-stdin"),
+        stdin="kapali-hesap-parolasi\n",
     )
-    assert rejections and len(rejections) == 2
+    assert code == 0, err
+    code, _, err = accounts_cli(b.data, "close", closed)
+    assert code == 0, err
+    unknown = f"nobody.here@{B_DOMAIN}"
+    refused = [unknown, blocked, closed]
+    subj = subject()
+    send(a, 0, refused, signed_by(a, 0, refused, subj))
+    rejections = wait_for(
+        lambda: (r := evidence_of(a, a.account(0), subj, "RelayRejection")) and len(r) == 3 and r, 60
+    )
+    assert rejections and len(rejections) == 3
     texts = [verified(der, b, tmp_path) for der in rejections]
     assert all("RB06" in t for t in texts)
-    assert any(unknown in t and "unknown" in t for t in texts)
-    assert any(blocked in t and "blocked" in t for t in texts)
+    for address, state in ((unknown, "unknown"), (blocked, "blocked"), (closed, "closed")):
+        assert any(address in t and f"is {state}" in t for t in texts), state
     assert not evidence_of(a, a.account(0), subj, "RelayAcceptance")
     code, _, err = accounts_cli(b.data, "activate", blocked)
     assert code == 0, err
@@ -456,6 +467,49 @@ def test_peer_refusals_come_back_as_relay_rejection(
         assert not evidence_of(a, a.account(0), subj, "RelayAcceptance")
 
 
+def test_refusal_without_evidence_ends_in_relay_failure(
+    pair: tuple[DevServer, DevServer], tmp_path: Path
+) -> None:
+    """B's registry entry for A names a DKIM key A does not sign with: B refuses A's dispatch
+    (550 5.7.20) and, the dispatch not being A's as far as B can tell, makes no evidence. A waits
+    `refusal_wait` for B's RelayRejection, then records RelayFailure naming B's reply."""
+    a, b = pair
+    peers = b.data / "peers.toml"
+    saved = peers.read_text()
+    before = reloads(b)
+    text = saved
+    for algorithm in ("ed25519", "rsa"):
+        pattern = rf'(?m)^(algorithm = "{algorithm}"\npublic_key = )".*"$'
+        text = re.sub(pattern, rf'\1"{stranger_dkim_key(algorithm)}"', text)
+    assert text != saved
+    peers.write_text(text)
+    reload_peers(b, before)
+    try:
+        to = b.account(1)["address"]
+        subj = subject()
+        mid = send(a, 0, [to], signed_by(a, 0, [to], subj))
+        failure = wait_for(lambda: evidence_of(a, a.account(0), subj, "RelayFailure"), 60)
+        assert len(failure) == 1
+        xml = verified(failure[0], a, tmp_path)
+        assert "RB07" in xml and "5.7.20" in xml and mid in xml
+        assert not inbox(b, b.account(1), subj)
+    finally:
+        before = reloads(b)
+        peers.write_text(saved)
+        reload_peers(b, before)
+
+
+def stranger_dkim_key(algorithm: str) -> str:
+    """A fresh public key as a DKIM p= value (RFC 8463 §4.2 for Ed25519; RSA as its
+    SubjectPublicKeyInfo, RFC 6376 §3.6.1), made here."""
+    if algorithm == "ed25519":
+        raw = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+        raw = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(raw).decode()
+
+
 # --- B down, A killed ----------------------------------------------------------------------------
 
 
@@ -473,41 +527,56 @@ def test_peer_down_then_up_is_retried_and_delivered_once(pair: tuple[DevServer, 
     assert len(inbox(b, b.account(1), subj)) == 1
 
 
-def test_peer_gone_for_good_warns_then_fails(pair: tuple[DevServer, DevServer], tmp_path: Path) -> None:
-    a, _ = pair
-    # A registered provider whose relay endpoint never answers.
-    closed = pki.issue("Gone CA", pki.Role.CA)
-    pki.save(closed, tmp_path / "gone-ca.pem", tmp_path / "gone-ca.key")
+def unreachable_peer(a: DevServer, name: str, domain: str, tmp: Path) -> None:
+    """Register at A a provider whose relay endpoint never answers."""
+    gone = pki.issue(f"{name} CA", pki.Role.CA)
+    pki.save(gone, tmp / "gone-ca.pem", tmp / "gone-ca.key")
     before = reloads(a)
+    ca_file = str(tmp / "gone-ca.pem")
     r = kepmta(
-        "peers",
-        "add",
-        "--data",
-        str(a.data),
-        "--name",
-        "Gone KEP",
-        "--domain",
-        "gone.test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "9",
-        "--tls-ca",
-        str(tmp_path / "gone-ca.pem"),
-        "--evidence-ca",
-        str(tmp_path / "gone-ca.pem"),
+        *("peers", "add", "--data", str(a.data), "--name", name, "--domain", domain),
+        *("--host", "127.0.0.1", "--port", "9", "--tls-ca", ca_file, "--evidence-ca", ca_file),
     )
     assert r.returncode == 0, r.stderr
     reload_peers(a, before)
+
+
+def test_peer_gone_for_good_warns_then_fails(pair: tuple[DevServer, DevServer], tmp_path: Path) -> None:
+    a, _ = pair
+    unreachable_peer(a, "Gone KEP", "gone.test", tmp_path)
     subj = subject()
     send(a, 0, ["someone@gone.test"], signed_by(a, 0, ["someone@gone.test"], subj))
     warning = wait_for(lambda: inbox(a, a.account(0), "warning"), 60)
-    assert any(subj.encode() in w or b"gone" in w.lower() for w in warning)
+    assert any(subj.encode() in w for w in warning)
     failure = wait_for(lambda: evidence_of(a, a.account(0), subj, "RelayFailure"), 90)
     assert len(failure) == 1
     xml = verified(failure[0], a, tmp_path)
     assert "RB09" in xml and "Gone KEP" in xml
     assert "ExternalERDSDetails" in xml
+
+
+def test_queue_drop_ends_a_relay_with_relay_failure(
+    pair: tuple[DevServer, DevServer], tmp_path: Path
+) -> None:
+    a, _ = pair
+    unreachable_peer(a, "Slow KEP", "slow.test", tmp_path)
+    subj = subject()
+    mid = send(a, 0, ["someone@slow.test"], signed_by(a, 0, ["someone@slow.test"], subj))
+
+    def relay_job() -> int | None:
+        r = kepmta("queue", "list", "--data", str(a.data), "--kind", "relay", "--json")
+        assert r.returncode == 0, r.stderr
+        return next((j["id"] for j in json.loads(r.stdout) if j["message_id"] == mid), None)
+
+    job = wait_for(relay_job, 30)
+    assert job is not None
+    r = kepmta("queue", "drop", str(job), "--data", str(a.data), "--note", "peer closed its service")
+    assert r.returncode == 0, r.stderr
+    failure = wait_for(lambda: evidence_of(a, a.account(0), subj, "RelayFailure"), 60)
+    assert len(failure) == 1
+    xml = verified(failure[0], a, tmp_path)
+    assert "RB07" in xml and "peer closed its service" in xml
+    assert relay_job() is None
 
 
 def test_kill_minus_9_while_relaying_delivers_each_once(pair: tuple[DevServer, DevServer]) -> None:
