@@ -252,3 +252,26 @@ def test_damaged_message_ends_in_a_verdict(data: st.DataObject, how: str) -> Non
         assert exc.text
     else:
         assert result.startswith(f"d={DOMAIN} s=")
+
+
+def test_rsa_signature_is_the_one_dkimpys_own_code_makes() -> None:
+    """kepmta.dkim signs RSA through OpenSSL; RSASSA-PKCS1-v1_5 is deterministic (RFC 8017 §8.2),
+    so for the same hash and key it must give dkimpy's pure-Python signature, byte for byte."""
+    import hashlib
+
+    import dkim
+    import dkim.crypto
+
+    key = serialization.load_pem_private_key(rsa_key().private_pem, None)
+    pkcs1 = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    parsed = dkim.crypto.parse_pem_private_key(pkcs1)
+    for data in (b"", b"relaxed header block\r\n", MESSAGE):
+        ours = dkim.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(data), parsed)
+        theirs = dkim.crypto.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(data), parsed)
+        assert ours is not theirs and bytes(ours) == bytes(theirs)
+    assert dkim.RSASSA_PKCS1_v1_5_sign is not dkim.crypto.RSASSA_PKCS1_v1_5_sign
+    assert verify(sign(MESSAGE, DOMAIN, [rsa_key()]) + MESSAGE, DOMAIN, [public(rsa_key())])
