@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -28,6 +28,7 @@ from kepmta.db.runner import runner
 from kepmta.db.schema import accounts, operators
 from kepmta.maildir import INBOX, Maildir, SizeCache
 from kepmta.passwords import check_password_async, hash_password
+from kepmta.policy.identity import IdentityNumberError, check_mersis, check_national_id
 from kepmta.ratelimit import FailureLimiter
 
 
@@ -149,6 +150,16 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _identity_number(check: Callable[[str], str], value: str | None) -> str | None:
+    """`value` checked by `check` (T.C. kimlik no or MERSİS number), as an AccountError if wrong."""
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except IdentityNumberError as e:
+        raise AccountError(str(e)) from None
+
+
 def _check_cert(cert_pem: str | None) -> None:
     if cert_pem is None:
         return
@@ -210,8 +221,7 @@ class AccountStore:
         """A natural person's account at `ad.soyad`, or the first free `ad.soyad.N`.
 
         `address` asks for a given address instead (it must be free and on our domain)."""
-        if national_id is not None and not (national_id.isdigit() and len(national_id) == 11):
-            raise AccountError(f"T.C. kimlik no must be 11 digits, got {national_id!r}")
+        _identity_number(check_national_id, national_id)
         _check_cert(cert_pem)
         values: dict[str, object] = {
             "kind": AccountKind.PERSON.value,
@@ -254,6 +264,7 @@ class AccountStore:
         """A legal entity's account named by its legal name (or MERSİS number), `.free` optional.
 
         An entity has no password: its operators log in as themselves and send as it."""
+        _identity_number(check_mersis, mersis)
         try:
             local = addresses.entity_local(
                 mersis=mersis if use_mersis_address else None,
@@ -262,8 +273,6 @@ class AccountStore:
             )
         except addresses.AddressError as e:
             raise AccountError(str(e)) from None
-        if mersis is not None and not (mersis.isdigit() and len(mersis) == 16):
-            raise AccountError(f"MERSİS number must be 16 digits, got {mersis!r}")
         values: dict[str, object] = {
             "kind": AccountKind.ENTITY.value,
             "mailbox_type": mailbox_type.value,
@@ -384,9 +393,14 @@ class AccountStore:
         account = await self.require(address)
         if account.state is not AccountState.CLOSED:
             raise AccountError(f"{account.address} is {account.state.value}, not closed")
-        held = account.national_id if account.kind is AccountKind.PERSON else account.mersis
-        given = national_id if account.kind is AccountKind.PERSON else mersis
-        what = "T.C. kimlik no" if account.kind is AccountKind.PERSON else "MERSİS number"
+        person = account.kind is AccountKind.PERSON
+        held = account.national_id if person else account.mersis
+        given = (
+            _identity_number(check_national_id, national_id)
+            if person
+            else _identity_number(check_mersis, mersis)
+        )
+        what = "T.C. kimlik no" if person else "MERSİS number"
         if held is None:
             raise AccountError(f"{account.address} has no {what} on record, so its holder cannot be proven")
         if given != held:
@@ -430,12 +444,13 @@ class AccountStore:
     # -- logging in -----------------------------------------------------------------------------
 
     async def login(self, username: str, password: str, peer_ip: str) -> Login:
-        """Check a login; failures are counted per account and per client address."""
+        """Check a login, after the wait that earlier failures ask for (kepmta.ratelimit): per
+        account and client address, never a lock-out of the holder's other addresses."""
         try:
             addr = str(addresses.parse(username))
         except addresses.AddressError:
-            addr = username.strip().lower()
-        if not self.limiter.allowed(addr, peer_ip):
+            addr = ""  # no account has such a name: one key for all of them, whatever their size
+        if not await self.limiter.wait(addr, peer_ip):
             return Login(None, LoginRefusal.THROTTLED)
         row = await self.db.read(lambda conn: conn.execute(_BY_ADDRESS, {"address": addr}).first())
         stored = row.password_hash if row is not None else None
@@ -444,7 +459,7 @@ class AccountStore:
         if row is None or stored is None or not ok:
             self.limiter.failed(addr, peer_ip)
             return Login(None, LoginRefusal.BAD_CREDENTIALS)
-        self.limiter.succeeded(addr)
+        self.limiter.succeeded(addr, peer_ip)
         account = _account(row)
         if not account.active:
             return Login(None, LoginRefusal.NOT_ACTIVE)

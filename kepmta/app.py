@@ -13,7 +13,7 @@ from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta import devinit, pki
-from kepmta.accounts import AccountStore
+from kepmta.accounts import AccountStore, LoginRefusal
 from kepmta.config import Settings
 from kepmta.db.engine import open_engine
 from kepmta.db.runner import close
@@ -28,6 +28,7 @@ from kepmta.evidence.tsa import BuiltinTsa, TimeStamper
 from kepmta.evidence.tsa_client import HttpTsa, TsaSettings
 from kepmta.hooks.dovecot import DovecotReadSpool
 from kepmta.hooks.read import ReadHook
+from kepmta.imap.protocol import CommandFailed
 from kepmta.imap.server import ImapServer
 from kepmta.inbound import InboundService
 from kepmta.maildir import Maildir
@@ -64,8 +65,11 @@ class ImapBackendAdapter:
         self.evidence_folder = evidence_folder
 
     async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
-        account = await self.accounts.authenticate(username, password, peer_ip)
-        return account.address if account else None
+        login = await self.accounts.login(username, password, peer_ip)
+        if login.refusal is LoginRefusal.THROTTLED:
+            # RFC 5530 §3: UNAVAILABLE, a temporary failure; the password was not even checked.
+            raise CommandFailed("too many failed logins; try again later", "UNAVAILABLE")
+        return login.account.address if login.account else None
 
     async def quota(self, user: str) -> tuple[int, int]:
         usage = await self.accounts.usage(user)
@@ -131,9 +135,7 @@ class App:
         s = self.settings
         self.engine = engine = await open_engine(s.database_url)
         p = s.policy
-        limiter = FailureLimiter(
-            Limits(p.auth_failures_per_account, p.auth_failures_per_address, p.auth_window_seconds)
-        )
+        limiter = FailureLimiter(Limits.from_policy(p))
         accounts = AccountStore(
             engine, s.mail_root, domain=s.domain, default_quota=p.default_quota, limiter=limiter
         )

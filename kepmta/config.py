@@ -57,6 +57,18 @@ class Policy:
     evidence_folder: str
     message_type: str
     relay: RelayPolicy
+    # [auth], kepmta.ratelimit: failures of one account from one address before its tries wait,
+    # the first such wait (doubling after), the fixed wait of a clean address logging in to an
+    # account under attack, the longest wait slept, and tries asleep at once per address.
+    auth_failures_per_pair: int = 5
+    auth_first_delay: int = 1
+    auth_account_delay: int = 1
+    auth_max_delay: int = 30
+    auth_waiting_per_address: int = 10
+    # [submission]: refused RCPTs in one transaction, and refused MAILs and RCPTs in one session,
+    # before the session is ended with 421 (kepmta.submission).
+    max_refused_recipients: int = 10
+    max_refused_per_session: int = 20
 
 
 @dataclass(frozen=True)
@@ -232,6 +244,8 @@ def load_policy(path: Path) -> Policy:
     top = _read(path)
     policy, size, evidence = top.table("policy"), top.table("size"), top.table("evidence")
     quota, auth, malware = top.table("quota"), top.table("auth"), top.table("malware")
+    submission = top.table("submission")
+    max_delay = auth.number("max_delay_seconds", low=1, high=3600)
     relay = top.table("relay")
     local_max = size.number("local_max", low=1024, high=2**40)
     peer_max = size.number("peer_max", low=1024, high=local_max)
@@ -254,6 +268,13 @@ def load_policy(path: Path) -> Policy:
             fail_after=relay.number("fail_after", low=1, high=30 * 86_400),
             refusal_wait=relay.number("refusal_wait", low=1, high=86_400),
         ),
+        auth_failures_per_pair=auth.number("failures_per_pair", low=1, high=10_000),
+        auth_first_delay=auth.number("first_delay_seconds", low=1, high=3600),
+        auth_account_delay=auth.number("account_delay_seconds", low=0, high=max_delay),
+        auth_max_delay=max_delay,
+        auth_waiting_per_address=auth.number("waiting_per_address", low=1, high=10_000),
+        max_refused_recipients=submission.number("max_refused_recipients", low=1, high=10_000),
+        max_refused_per_session=submission.number("max_refused_per_session", low=1, high=100_000),
     )
 
 

@@ -1,9 +1,10 @@
 """Submission policy and acceptance, independent of the protocol that carries it.
 
 The SMTP edge calls these steps in order; each either returns or raises PolicyError carrying the
-refusal. A refusal to an authenticated sender is recorded as SubmissionRejection evidence before
-the edge answers; an acceptance returns only once the original, its SubmissionAcceptance evidence
-and its delivery jobs are on disk.
+refusal. Every refusal to an authenticated sender is recorded as SubmissionRejection evidence: a
+refused MAIL FROM or message before the edge answers; the refused recipients of a transaction
+together, once, when the transaction ends (see `end`). An acceptance returns only once the
+original, its SubmissionAcceptance evidence and its delivery jobs are on disk.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
+from kepmta import addresses
 from kepmta.accounts import Account, AccountStore, Login
 from kepmta.config import Policy
 from kepmta.db.schema import messages
@@ -42,9 +44,34 @@ log = logging.getLogger(__name__)
 _COPY_CHUNK = 1024 * 1024
 
 
+def _well_formed(address: str) -> str | None:
+    try:
+        return str(addresses.parse(address))
+    except addresses.AddressError:
+        return None
+
+
 def originals_dir(spool_dir: Path) -> Path:
     """Where accepted originals live, as attached to their dispatches, named by message."""
     return spool_dir / "originals"
+
+
+class TooManyRefusals(PolicyError):
+    """Past the policy's refusals per transaction or per session: the edge answers and closes."""
+
+
+@dataclass
+class SessionRefusals:
+    """Refused MAIL FROMs and RCPT TOs of one SMTP session so far."""
+
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class RefusedRecipient:
+    given: str  # as the client wrote it
+    address: str | None  # normalised, when it is a well-formed address an evidence can name
+    refusal: Refusal
 
 
 @dataclass
@@ -56,7 +83,9 @@ class Transaction:
     authenticated_at: dt.datetime
     message_id: str
     declared_size: int | None
+    session: SessionRefusals = field(default_factory=SessionRefusals)
     recipients: list[Recipient] = field(default_factory=list)
+    refused: list[RefusedRecipient] = field(default_factory=list)  # not yet recorded
 
     @property
     def to_peer(self) -> bool:
@@ -122,6 +151,21 @@ class SubmissionService:
         headers: Headers | None = None,
     ) -> PolicyError:
         """Record SubmissionRejection evidence for a refusal; returns the error to raise."""
+        await self._record(
+            error.refusal.reason, error.refusal.details, tx, login, authenticated_at, recipients, headers
+        )
+        return error
+
+    async def _record(
+        self,
+        reason: Reason,
+        details: str,
+        tx: Transaction | None,
+        login: Account,
+        authenticated_at: dt.datetime,
+        recipients: tuple[str, ...],
+        headers: Headers | None,
+    ) -> None:
         sender = tx.sender if tx else None
         facts = MessageFacts(
             message_id=new_id(self.domain),
@@ -134,23 +178,52 @@ class SubmissionService:
             authenticated_at=authenticated_at,
             digest=None,  # a refused message has no original, so nothing the REM digest covers
         )
-        await self.recorder.record(facts, error.refusal.reason, error.refusal.details, new_message=True)
+        await self.recorder.record(facts, reason, details, new_message=True)
         self.wake_delivery()
-        return error
+
+    def _too_many(self, session: SessionRefusals, tx: Transaction | None) -> TooManyRefusals | None:
+        """The refusal that ends the session, once a transaction or the session has had too many."""
+        policy = self.policy
+        in_tx = len(tx.refused) if tx else 0
+        if in_tx <= policy.max_refused_recipients and session.count <= policy.max_refused_per_session:
+            return None
+        # RFC 5321 §3.8: 421, then close. A client that keeps sending refused addresses is
+        # harvesting them or broken, and every refusal costs a signature and a time-stamp.
+        return TooManyRefusals(
+            refuse(
+                421,
+                "4.7.0",
+                Reason.RA05,
+                "too many refused addresses in this session; closing it",
+                "bu oturumda reddedilen adres sayısı çok fazla; oturum kapatılıyor",
+            ).refusal
+        )
 
     async def mail_from(
-        self, login: Account, authenticated_at: dt.datetime, address: str, declared_size: int | None
+        self,
+        login: Account,
+        authenticated_at: dt.datetime,
+        address: str,
+        declared_size: int | None,
+        session: SessionRefusals,
     ) -> Transaction:
+        """Start a transaction, or raise PolicyError (TooManyRefusals past the session's limit)."""
         try:
             sender = await resolve_sender(self.accounts, login, address)
             # The account as read at login or by resolve_sender: its quota needs no second read.
             check_sender_quota(sender.account.address, await self.accounts.usage_of(sender.account))
             check_declared_size(declared_size, self.policy.local_max_size, peer=False)  # RFC 1870 §6.3
         except PolicyError as e:
-            raise await self._rejected(e, None, login, authenticated_at) from None
-        return Transaction(login, sender, authenticated_at, new_id(self.domain), declared_size)
+            await self._rejected(e, None, login, authenticated_at)
+            session.count += 1
+            raise (self._too_many(session, None) or e) from None
+        return Transaction(login, sender, authenticated_at, new_id(self.domain), declared_size, session)
 
     async def rcpt_to(self, tx: Transaction, address: str) -> None:
+        """Add a recipient, or raise PolicyError: the refusal is kept in `tx` for `end` to record.
+
+        Past the policy's limits, the refusals so far are recorded at once and TooManyRefusals
+        raised: the edge answers it and closes the session."""
         try:
             rcpt = await check_recipient(
                 self.accounts, address, frozenset({self.domain}), self.peers.current.domains
@@ -159,9 +232,35 @@ class SubmissionService:
                 # RFC 1870 §6.3: a declared size too big for this recipient's size class
                 check_declared_size(tx.declared_size, self.policy.peer_max_size, peer=True)
         except PolicyError as e:
-            raise await self._rejected(e, tx, tx.login, tx.authenticated_at, recipients=(address,)) from None
+            tx.refused.append(RefusedRecipient(address, _well_formed(address), e.refusal))
+            tx.session.count += 1
+            flood = self._too_many(tx.session, tx)
+            if flood is not None:
+                await self.end(tx, ended_by=flood.refusal)
+                raise flood from None
+            raise
         if all(r.address != rcpt.address for r in tx.recipients):
             tx.recipients.append(rcpt)
+
+    async def end(self, tx: Transaction, *, ended_by: Refusal | None = None) -> None:
+        """The transaction is over (DATA answered, RSET, HELO/EHLO, QUIT, the client gone, or the
+        session closed for too many refusals): record its refused recipients as ONE
+        SubmissionRejection naming them all, if it has any. Idempotent.
+
+        One evidence per transaction, not per RCPT: EN 319 532 ties a SubmissionRejection to a
+        submission attempt, and a transaction is one; and a client sending a thousand bad
+        recipients must not cost a thousand signatures, time-stamps and receipts (the reply to
+        each RCPT no longer waits for them either). A server crash before the transaction ends
+        loses that record; the client still holds its 5xx replies, and nothing was accepted."""
+        refused, tx.refused = tx.refused, []
+        if not refused:
+            return
+        details = "; ".join(r.refusal.details for r in refused)
+        if ended_by is not None:
+            details += f"; {ended_by.details}"
+        named = tuple(dict.fromkeys(r.address for r in refused if r.address is not None))
+        reason = refused[0].refusal.reason
+        await self._record(reason, details, tx, tx.login, tx.authenticated_at, named, None)
 
     def new_spool_file(self) -> Path:
         return self.incoming_dir / f"{secrets.token_hex(12)}.eml"

@@ -220,7 +220,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     person = kinds.add_parser("person", help="a natural person: address ad.soyad, or ad.soyad.N when taken")
     person.add_argument("--first-name", required=True)
     person.add_argument("--last-name", required=True)
-    person.add_argument("--national-id", help="T.C. kimlik no (11 digits); proves the holder at reopen")
+    person.add_argument(
+        "--national-id",
+        help="T.C. kimlik no (11 digits, its check digits right); proves the holder at reopen",
+    )
     person.add_argument("--cert", type=Path, help="the person's signing certificate (PEM) to register")
     person.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     common(person)

@@ -19,9 +19,21 @@ class Recipient:
 async def check_recipient(
     store: AccountStore, rcpt: str, local_domains: frozenset[str], peer_domains: frozenset[str]
 ) -> Recipient:
+    if rcpt.strip().strip("<>").lower() == "postmaster":
+        # RFC 5321 §4.5.1 asks a relay to take the bare "postmaster"; a KEP submission server
+        # sends registered mail only to KEP addresses, and this one is none.
+        raise refuse(
+            550,
+            "5.1.1",
+            Reason.RA05,
+            "postmaster is not a KEP address: registered mail goes only to KEP addresses",
+            "postmaster bir KEP adresi değil: KEP iletisi yalnızca KEP adreslerine gönderilebilir",
+        )
     try:
         addr = addresses.parse(rcpt)
     except addresses.AddressError:
+        # RFC 3463 X.1.3: bad destination mailbox address syntax. The address is shown escaped
+        # (repr), so control characters reach neither the reply nor the evidence.
         raise refuse(
             501,
             "5.1.3",

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kepmta.policy.identity import is_national_id
 from kepmta.rem.mime import Buffer, FileBuffer, hash_range, parse_headers, split_entity, split_multipart
 from kepmta.smime import cms
 from kepmta.smime.errors import MimeStructureError, NotSignedError, SmimeError
@@ -556,7 +557,10 @@ def _check_identity(signer: x509.Certificate, identity: SignerIdentity) -> Signa
     sender = identity.address
     if identity.registered_cert is not None and signer == identity.registered_cert:
         return SignatureCheck("identity", True, f"certificate is the one registered for {sender}")
-    if identity.national_id and _serial_digits(signer) == identity.national_id:
+    # Only a real T.C. kimlik no identifies anyone: a serialNumber of zeros or one whose check
+    # digits are wrong matches no account, whatever was stored for it.
+    serial = _serial_digits(signer)
+    if identity.national_id and is_national_id(serial) and serial == identity.national_id:
         return SignatureCheck("identity", True, f"certificate's serialNumber is the national id of {sender}")
     addresses = _addresses(signer)
     wanted = sender.strip().lower()

@@ -105,7 +105,12 @@ class SpoolingSMTP(SMTP):
                 "%r: TLS handshake failed: %r", self.session.peer if self.session else None, error.__cause__
             )
             return ""
-        return await super().handle_exception(error)
+        # Anything else is a fault of ours or of something we depend on: one log entry with its
+        # traceback, and to the client only "try again later" (RFC 3463 X.3.0), never aiosmtpd's
+        # default "500 Error: (ValueError) ...", which shows our internals and tells a client
+        # with a good message to give it up.
+        log.exception("%r: SMTP command failed", self.session.peer if self.session else None, exc_info=error)
+        return "451 4.3.0 Internal error; try again later"
 
     async def spool_data(self, path: Path, limit: int) -> DataOutcome | None:
         """Send 354 and write the data to `path`, at most `limit` bytes of it; None (and no file)

@@ -13,14 +13,14 @@ import logging
 import ssl
 from typing import Any
 
-from aiosmtpd.smtp import AuthResult, Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session, syntax
 
 from kepmta.accounts import Account, LoginRefusal
 from kepmta.logtext import excerpt
 from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
 from kepmta.smtp.data import SpoolingSMTP
-from kepmta.submission import SubmissionService, Transaction
+from kepmta.submission import SessionRefusals, SubmissionService, TooManyRefusals, Transaction
 from kepmta.workers import WorkerError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 class KepSession(Session):
     authenticated_at: dt.datetime | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.refusals = SessionRefusals()
 
     # aiosmtpd sets this deprecated attribute itself on every AUTH and logs a warning each time;
     # a plain attribute keeps its log for things that matter.
@@ -48,6 +52,7 @@ class SubmissionSMTP(SpoolingSMTP):
     def __init__(self, handler: SubmissionHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.kep_handler = handler
+        self.closing = False  # the reply being sent is the last: 421, too many refusals
 
     def _create_session(self) -> KepSession:
         return KepSession(self.loop)
@@ -55,6 +60,62 @@ class SubmissionSMTP(SpoolingSMTP):
     def _create_envelope(self) -> KepEnvelope:
         return KepEnvelope()
 
+    async def _end_transaction(self) -> None:
+        """Record what the transaction being left was refused (SubmissionService.end)."""
+        envelope = self.envelope
+        if isinstance(envelope, KepEnvelope) and envelope.transaction is not None:
+            await self.kep_handler.service.end(envelope.transaction)
+
+    async def _handle_client(self) -> None:
+        try:
+            await super()._handle_client()
+        finally:
+            # A client that leaves without RSET or QUIT, or times out, still has its refusals
+            # recorded. Runs after the connection is gone: nobody is left to tell of a failure.
+            try:
+                await self._end_transaction()
+            except Exception:
+                log.exception("%r: refused recipients not recorded", self.session and self.session.peer)
+
+    def _close_if_closing(self) -> None:
+        if self.closing and self.transport is not None:
+            # As aiosmtpd's QUIT: the reply is out; the connection ends here.
+            self.transport.close()
+
+    # The overrides keep aiosmtpd's syntax lines, which HELP shows.
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)
+        self._close_if_closing()
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(arg)
+        self._close_if_closing()
+
+    # The commands that end a transaction (RFC 5321 §4.1.1.1, §4.1.1.5, §4.1.1.10) record its
+    # refusals first; aiosmtpd replaces the envelope inside them.
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._end_transaction()
+        await super().smtp_RSET(arg)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self._end_transaction()
+        await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._end_transaction()
+        await super().smtp_EHLO(hostname)
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        await self._end_transaction()
+        await super().smtp_QUIT(arg)
+
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """DATA streamed to a spool file (RFC 5321 §4.1.1.4) instead of aiosmtpd's in-memory lines."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -85,6 +146,7 @@ class SubmissionSMTP(SpoolingSMTP):
             log.error("message not checked: %s", e)
             # As above: nothing was decided, so the client must keep the message, not drop it.
             status = "451 4.3.0 the message could not be checked now; try again later"
+        await self._end_transaction()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
@@ -184,8 +246,11 @@ class SubmissionHandler:
                     return "501 5.5.4 SIZE needs a number of bytes"
                 declared = int(value)
         try:
-            tx = await self.service.mail_from(account, session.authenticated_at, address, declared)
+            tx = await self.service.mail_from(
+                account, session.authenticated_at, address, declared, session.refusals
+            )
         except PolicyError as e:
+            server.closing = isinstance(e, TooManyRefusals)
             return e.refusal.smtp_reply()
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -202,6 +267,7 @@ class SubmissionHandler:
         try:
             await self.service.rcpt_to(tx, address)
         except PolicyError as e:
+            server.closing = isinstance(e, TooManyRefusals)
             return e.refusal.smtp_reply()
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"

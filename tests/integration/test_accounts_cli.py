@@ -44,7 +44,7 @@ def show(data: Path, address: str) -> dict[str, object]:
 
 
 def test_person_addresses_are_assigned_and_closed_ones_never_reused(data: Path) -> None:
-    first = add_person(data, "Ayşe", "Kaya", "--national-id", "12345678901")
+    first = add_person(data, "Ayşe", "Kaya", "--national-id", "12345678950")
     assert first == "ayse.kaya@kep.test"
     assert show(data, first)["state"] == "pending"
     assert accounts_cli(data, "close", first)[0] == 0
@@ -55,15 +55,15 @@ def test_person_addresses_are_assigned_and_closed_ones_never_reused(data: Path) 
 
 
 def test_reopen_only_by_the_holder(data: Path) -> None:
-    address = add_person(data, "Çağrı", "Işık", "--national-id", "12345678901", "--active")
+    address = add_person(data, "Çağrı", "Işık", "--national-id", "12345678950", "--active")
     assert address == "cagri.isik@kep.test"
     assert accounts_cli(data, "close", address)[0] == 0
     code, _, err = accounts_cli(data, "activate", address)
     assert code == 1 and "closed" in err and "reopen" in err
-    code, _, err = accounts_cli(data, "reopen", address, "--national-id", "10987654321")
+    code, _, err = accounts_cli(data, "reopen", address, "--national-id", "10987654370")
     assert code == 1 and "not that of" in err
     assert show(data, address)["state"] == "closed"
-    code, _out, _ = accounts_cli(data, "reopen", address, "--national-id", "12345678901")
+    code, _out, _ = accounts_cli(data, "reopen", address, "--national-id", "12345678950")
     assert code == 0 and show(data, address)["state"] == "active"
 
 
@@ -91,11 +91,11 @@ def test_entities_and_operators(data: Path) -> None:
         "--legal-name",
         "Örnek",
         "--mersis",
-        "0123456789012345",
+        "0123456789502345",
         "--address-from",
         "mersis",
     )
-    assert code == 0 and by_mersis == "0123456789012345@kep.test"
+    assert code == 0 and by_mersis == "0123456789502345@kep.test"
     person = add_person(data, "Mehmet", "Demir", "--active")
     assert accounts_cli(data, "add-operator", entity, person)[0] == 0
     code, _, err = accounts_cli(data, "add-operator", entity, person)
@@ -150,6 +150,37 @@ def test_quota_and_listing(data: Path) -> None:
             ),
             "parola-1234\n",
             "11 digits",
+        ),
+        (
+            (
+                "add",
+                "person",
+                "--first-name",
+                "A",
+                "--last-name",
+                "B",
+                "--national-id",
+                "00000000000",
+                "--password-stdin",
+            ),
+            "parola-1234\n",
+            "never starts with 0",
+        ),
+        (
+            # 11 digits, but the check digits are wrong (the README's old example)
+            (
+                "add",
+                "person",
+                "--first-name",
+                "A",
+                "--last-name",
+                "B",
+                "--national-id",
+                "12345678901",
+                "--password-stdin",
+            ),
+            "parola-1234\n",
+            "check digits",
         ),
         (
             ("add", "entity", "--legal-name", "X", "--mersis", "12", "--address-from", "mersis"),
