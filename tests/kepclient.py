@@ -73,8 +73,9 @@ class DevServer:
 
     def start(self, timeout: float = 90) -> DevServer:
         domain = ["--domain", self.domain] if self.domain else []
+        ports = ["--port-base", str(free_port_base())]
         self.proc = subprocess.Popen(
-            [*KEPMTA, "serve", "--dev", "--data", str(self.data), "--port-base", str(free_port_base()), *domain],
+            [*KEPMTA, "serve", "--dev", "--data", str(self.data), *ports, *domain],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

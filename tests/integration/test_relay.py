@@ -17,6 +17,7 @@ import sqlite3
 import ssl
 import subprocess
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,6 +152,18 @@ def exchange(src: DevServer, dst: DevServer, tmp: Path) -> None:
     assert "ContentHandover" in verified(handover[0], dst, tmp)
     for event in expected:
         assert len(evidence_of(src, sender, subj, event)) == 1, f"{event} filed twice"
+    # The sender's provider shows and exports the peer's evidence beside its own, and the bundle
+    # verifies offline with the peer's CA carried inside it.
+    shown = kepmta("evidence", "show", mid, "--data", str(src.data))
+    assert shown.returncode == 0, shown.stderr
+    assert "ContentHandover" in shown.stdout and f"peer {dst.domain}" in shown.stdout, shown.stdout
+    bundle = tmp / "bundle.zip"
+    r = kepmta("evidence", "export", mid, "-o", str(bundle), "--data", str(src.data))
+    assert r.returncode == 0, r.stderr
+    r = kepmta("evidence", "verify", str(bundle))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with zipfile.ZipFile(bundle) as z:
+        assert any(n.startswith(f"peers/{dst.domain}/") for n in z.namelist())
 
 
 def test_a_to_b_with_every_evidence(pair: tuple[DevServer, DevServer], tmp_path: Path) -> None:

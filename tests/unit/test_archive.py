@@ -73,6 +73,13 @@ class World:
         return archive.der_certs([self.signer.cert, self.provider_ca.cert, self.tsa_ca.cert])
 
 
+@pytest.fixture(autouse=True)
+def issued_at_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Certificates made in a test start five minutes before NOW, the time its evidence claims,
+    however long after this module was imported the test runs (a long suite took > 5 min)."""
+    monkeypatch.setattr(pki, "utcnow", lambda: NOW)
+
+
 def shift_clock(monkeypatch: pytest.MonkeyPatch, when: dt.datetime) -> None:
     """Set the clock the signer and the TSA read (the clock-shifted world of the test PKI)."""
 

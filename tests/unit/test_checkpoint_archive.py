@@ -13,6 +13,7 @@ import pytest
 from evidence_fixtures import sample_evidence
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_archive import NOW, SIGNED_AT, World, shift_clock, utc
+from test_archive import issued_at_now as issued_at_now  # autouse: certificates start at NOW
 from test_bundle import DIGEST, RECIPIENTS, SENDER, SUBJECT, _members
 
 from kepmta import pki

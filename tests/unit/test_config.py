@@ -49,7 +49,7 @@ def test_policy_and_peer_mistakes(conf: Path, tmp_path: Path) -> None:
         config.DEFAULT_POLICY.read_text().replace("peer_max = 26214400", "peer_max = 999999999999")
     )
     conf.write_text(conf.read_text() + f'\n[policy]\nfile = "{policy}"\n')
-    with pytest.raises(ConfigError, match="size.peer_max must be an integer"):
+    with pytest.raises(ConfigError, match=r"size\.peer_max must be an integer"):
         config.load(conf)
     policy.write_text(config.DEFAULT_POLICY.read_text())
     (conf.parent / "peers.toml").write_text('[[peer]]\ndomain = "not a domain"\nname = "x"\n')

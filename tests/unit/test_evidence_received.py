@@ -40,6 +40,15 @@ RECIPIENTS = ("mehmet.ozturk@hs01.kep.tr", "info@peer.kep.tr")
 SUBJECT = "Sözleşme & ödeme <ek>"
 SUBMITTED = dt.datetime(2024, 5, 2, 10, 15, 0, tzinfo=dt.UTC)
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+
+
+@pytest.fixture(autouse=True)
+def issued_at_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Certificates made in a test start before NOW, the time its evidence claims, however long
+    after this module was imported the test runs."""
+    monkeypatch.setattr(pki, "utcnow", lambda: NOW)
+
+
 US = Provider("Test KEP Hizmet Sağlayıcı A.Ş.", "hs01.kep.tr")
 PEER = Provider("Örnek Peer KEP Hizmetleri A.Ş.", "peer.kep.tr")
 

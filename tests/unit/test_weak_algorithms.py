@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from test_archive import NOW, REHASHED_AT, World, _old_evidence, _rehashed, _renewed, shift_clock, utc
+from test_archive import (
+    NOW,
+    REHASHED_AT,
+    World,
+    _old_evidence,
+    _rehashed,
+    _renewed,
+    shift_clock,
+    utc,
+)
+from test_archive import issued_at_now as issued_at_now  # autouse: certificates start at NOW
 
 from kepmta import config, devinit
 from kepmta.cli import main
