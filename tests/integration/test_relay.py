@@ -160,7 +160,7 @@ def exchange(src: DevServer, dst: DevServer, tmp: Path) -> None:
     bundle = tmp / "bundle.zip"
     r = kepmta("evidence", "export", mid, "-o", str(bundle), "--data", str(src.data))
     assert r.returncode == 0, r.stderr
-    r = kepmta("evidence", "verify", str(bundle))
+    r = kepmta("evidence", "verify", str(bundle), "--ca", ca(src))
     assert r.returncode == 0, r.stdout + r.stderr
     with zipfile.ZipFile(bundle) as z:
         assert any(n.startswith(f"peers/{dst.domain}/") for n in z.namelist())
