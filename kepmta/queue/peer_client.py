@@ -6,6 +6,7 @@ Protocol only: it says what the peer answered, per recipient; what that means fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ssl
 from collections.abc import Sequence
@@ -37,6 +38,14 @@ class Handover:
 def client_context(relay: RelaySettings, peer: Peer) -> ssl.SSLContext:
     """TLS towards `peer`: its registered CA only, and our client certificate (mutual TLS)."""
     assert peer.tls_ca is not None  # the registry refuses an endpoint without its TLS trust
+    files = (peer.tls_ca, relay.client_cert, relay.client_key)
+    return _context(relay, peer, tuple(f.stat().st_mtime_ns for f in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _context(relay: RelaySettings, peer: Peer, versions: tuple[int, ...]) -> ssl.SSLContext:
+    # Remembered per registry entry and file versions: reading the files and building a context
+    # cost as much as the rest of a relay attempt (py-spy of bench/relay.py).
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(peer.tls_ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996
     ctx.load_cert_chain(str(relay.client_cert), str(relay.client_key))
