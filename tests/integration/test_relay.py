@@ -23,6 +23,8 @@ from pathlib import Path
 
 import dkim as dkimpy
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -30,6 +32,7 @@ from kepclient import (
     DevServer,
     accounts_cli,
     folder_messages,
+    free_port_base,
     imap,
     kepmta,
     openssl_verify,
@@ -566,6 +569,46 @@ def test_peer_gone_for_good_warns_then_fails(pair: tuple[DevServer, DevServer], 
     xml = verified(failure[0], a, tmp_path)
     assert "RB09" in xml and "Gone KEP" in xml
     assert "ExternalERDSDetails" in xml
+
+
+def test_a_peer_without_starttls_is_never_sent_to(pair: tuple[DevServer, DevServer], tmp_path: Path) -> None:
+    """A registered endpoint that answers SMTP but offers no STARTTLS (here a bare aiosmtpd) gets
+    nothing: not the message, not even MAIL FROM (RFC 3207 §4)."""
+    a, _ = pair
+    received: list[bytes] = []
+
+    class Keep:
+        async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+            received.append(envelope.original_content or b"")
+            return "250 OK"
+
+    port = free_port_base()
+    plain = Controller(Keep(), hostname="127.0.0.1", port=port)
+    plain.start()
+    try:
+        ca_file = str(b_ca_file(pair))
+        before = reloads(a)
+        r = kepmta(
+            *("peers", "add", "--data", str(a.data), "--name", "Plain KEP", "--domain", "plain.test"),
+            *("--host", "127.0.0.1", "--port", str(port), "--tls-ca", ca_file, "--evidence-ca", ca_file),
+        )
+        assert r.returncode == 0, r.stderr
+        reload_peers(a, before)
+        subj = subject()
+        mid = send(a, 0, ["someone@plain.test"], signed_by(a, 0, ["someone@plain.test"], subj))
+        assert wait_for(
+            lambda: (
+                f"(relay of {mid}):" in a.log.read_text() and "does not offer STARTTLS" in a.log.read_text()
+            ),
+            30,
+        )
+        assert received == []
+    finally:
+        plain.stop()
+
+
+def b_ca_file(pair: tuple[DevServer, DevServer]) -> Path:
+    return pair[1].data / "pki" / "provider-ca.pem"
 
 
 def test_queue_drop_ends_a_relay_with_relay_failure(
