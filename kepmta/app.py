@@ -205,7 +205,12 @@ class App:
         if s.dovecot_read_spool is not None:
             spool = DovecotReadSpool(s.dovecot_read_spool, accounts.maildir, read_hook)
             self.tasks.append(asyncio.create_task(spool.run(), name="dovecot-read-events"))
-        self.imap = ImapServer(backend, tls, special_folders={s.policy.evidence_folder: "\\Archive"})
+        self.imap = ImapServer(
+            backend,
+            tls,
+            special_folders={s.policy.evidence_folder: "\\Archive"},
+            folder_limits=s.policy.imap,
+        )
         await self.imap.start(s.listen, s.ports.imap, s.ports.imaps)
         submission, submissions = (srv.sockets[0].getsockname()[1] for srv in self.servers)
         self.ports = {"submission": submission, "submissions": submissions, **self.imap.ports}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kepmta import peers as peer_registry
+from kepmta.imap.folders import NAME_MAX, FolderLimits
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "kep-tr.toml"
 
@@ -57,6 +58,8 @@ class Policy:
     evidence_folder: str
     message_type: str
     relay: RelayPolicy
+    # [imap]: what an account's folders may cost.
+    imap: FolderLimits = field(default_factory=FolderLimits)
     # [auth], kepmta.ratelimit: failures of one account from one address before its tries wait,
     # the first such wait (doubling after), the fixed wait of a clean address logging in to an
     # account under attack, the longest wait slept, and tries asleep at once per address.
@@ -247,6 +250,7 @@ def load_policy(path: Path) -> Policy:
     submission = top.table("submission")
     max_delay = auth.number("max_delay_seconds", low=1, high=3600)
     relay = top.table("relay")
+    imap = top.table("imap")
     local_max = size.number("local_max", low=1024, high=2**40)
     peer_max = size.number("peer_max", low=1024, high=local_max)
     return Policy(
@@ -267,6 +271,12 @@ def load_policy(path: Path) -> Policy:
             warn_after=relay.number("warn_after", low=1, high=30 * 86_400),
             fail_after=relay.number("fail_after", low=1, high=30 * 86_400),
             refusal_wait=relay.number("refusal_wait", low=1, high=86_400),
+        ),
+        imap=FolderLimits(
+            # The special-use folders made at login count; the name is one directory's (NAME_MAX).
+            max_folders=imap.number("max_folders", low=8, high=1_000_000),
+            max_folder_depth=imap.number("max_folder_depth", low=1, high=NAME_MAX // 2),
+            max_folder_name=imap.number("max_folder_name", low=16, high=NAME_MAX),
         ),
         auth_failures_per_pair=auth.number("failures_per_pair", low=1, high=10_000),
         auth_first_delay=auth.number("first_delay_seconds", low=1, high=3600),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,23 @@ from kepmta.imap.protocol import BadCommand, CommandFailed, string
 from kepmta.maildir import INBOX, SEPARATOR, MailboxNameError, Maildir, decode_mutf7, encode_mutf7
 
 DELIMITER = SEPARATOR
+# The longest file name Linux file systems take (NAME_MAX). A Maildir++ folder is one directory
+# named after its whole hierarchy, so this bounds every folder name, however deep.
+NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class FolderLimits:
+    """What an account's folders may cost ([imap] of the policy file): each is a directory with
+    cur/, new/ and tmp/ (four inodes and their blocks, outside the quota) that LIST, STATUS and
+    every quota count walk."""
+
+    # Every folder but INBOX counts, those kepmta makes at login too.
+    max_folders: int = 1000
+    # Levels of the hierarchy: "A.B.C" has three.
+    max_folder_depth: int = 16
+    # Octets of the folder's directory name: "." and the modified UTF-7 name (RFC 3501 §5.1.3).
+    max_folder_name: int = NAME_MAX
 
 
 def name_from_wire(raw: bytes) -> str:
@@ -47,19 +66,89 @@ def valid_new_name(name: str) -> str:
     return name
 
 
-def folder_dir(maildir: Maildir, name: str) -> Path:
+def _path(maildir: Maildir, name: str) -> Path | None:
     try:
         return maildir.folder_dir(name)
-    except MailboxNameError as e:
-        raise CommandFailed(str(e), "CANNOT") from None
+    except MailboxNameError:
+        return None
+
+
+def _octets(path: Path) -> int:
+    return len(os.fsencode(path.name))
+
+
+def _directory(maildir: Maildir, name: str) -> Path | None:
+    """The folder's directory, or None when no folder can have the name."""
+    path = _path(maildir, name)
+    # A longer name is refused by the file system (ENAMETOOLONG), which Path.is_dir does not
+    # take for "no such folder".
+    return path if path is not None and _octets(path) <= NAME_MAX else None
+
+
+def folder_dir(maildir: Maildir, name: str) -> Path:
+    path = _directory(maildir, name)
+    if path is None:
+        raise CommandFailed(f"no folder can be named {name!r}", "CANNOT")
+    return path
 
 
 def exists(maildir: Maildir, name: str) -> bool:
+    path = _directory(maildir, name)
+    return path is not None and (path / "cur").is_dir()
+
+
+def count(maildir: Maildir) -> int:
+    """The account's folders but INBOX: its dot-directories, whatever state each is in, since each
+    costs its inodes all the same. Directory entries only, no stat of each."""
     try:
-        path = maildir.folder_dir(name)
-    except MailboxNameError:
-        return False
-    return (path / "cur").is_dir()
+        with os.scandir(maildir.root) as entries:
+            return sum(1 for e in entries if e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return 0
+
+
+def _check_name(maildir: Maildir, name: str, limits: FolderLimits) -> None:
+    """NO [LIMIT] (RFC 9051 §7.1) for a new name deeper or longer than the policy allows."""
+    levels = name.count(DELIMITER) + 1
+    if levels > limits.max_folder_depth:
+        raise CommandFailed(
+            f"folders may be nested at most {limits.max_folder_depth} levels deep; {name!r} has {levels}",
+            "LIMIT",
+        )
+    path = _path(maildir, name)
+    if path is None:
+        raise CommandFailed(f"invalid mailbox name {name!r}", "CANNOT")
+    octets = _octets(path)
+    if octets > limits.max_folder_name:
+        # The directory name is "." and the name in modified UTF-7: one octet more than the name.
+        raise CommandFailed(
+            f"mailbox name too long: at most {limits.max_folder_name - 1} octets in modified UTF-7, "
+            f"this one has {octets - 1}",
+            "LIMIT",
+        )
+
+
+def _check_room(maildir: Maildir, new: int, limits: FolderLimits) -> None:
+    if new and count(maildir) + new > limits.max_folders:
+        raise CommandFailed(
+            f"an account may have at most {limits.max_folders} folders; delete some before creating more",
+            "LIMIT",
+        )
+
+
+def _lookalike(name: str) -> str:
+    """What a name looks like, for telling whether one passes for another: compatibility forms,
+    case, accents and invisible characters aside, and the dotless ı as i ("KANIT", "kanit" and
+    "Kanıt " all look like "Kanıt")."""
+    decomposed = unicodedata.normalize("NFKD", name).casefold().replace("ı", "i")
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Cf"))
+    return DELIMITER.join(level.strip() for level in kept.split(DELIMITER))
+
+
+def within(name: str, folder: str) -> bool:
+    """Whether `name` is, or looks like, `folder` or one of its inferiors."""
+    mine, theirs = _lookalike(name), _lookalike(folder)
+    return mine == theirs or mine.startswith(theirs + DELIMITER)
 
 
 @dataclass(frozen=True)
@@ -178,29 +267,51 @@ def _children(maildir: Maildir, name: str) -> list[str]:
     return [n for n in maildir.folders() if n.startswith(name + DELIMITER)]
 
 
-def create(maildir: Maildir, name: str) -> None:
+def _levels(name: str) -> list[str]:
+    """The name and its superiors, outermost first: "A.B" gives "A", "A.B"."""
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _missing(maildir: Maildir, names: list[str]) -> int:
+    """How many of `names` have no directory yet: the folders making them would add."""
+    return sum(1 for n in names if not maildir.folder_dir(n).exists())
+
+
+def create(maildir: Maildir, name: str, limits: FolderLimits) -> None:
     name = valid_new_name(name)
     if name == INBOX or exists(maildir, name):
         raise CommandFailed("mailbox already exists", "ALREADYEXISTS")
-    folder_dir(maildir, name)
-    parts = name.split(DELIMITER)
+    _check_name(maildir, name, limits)
     # RFC 3501 §6.3.3: superior names needed for the new one are created too.
-    for i in range(1, len(parts) + 1):
-        maildir.create(DELIMITER.join(parts[:i]))
+    levels = _levels(name)
+    _check_room(maildir, _missing(maildir, levels), limits)
+    for level in levels:
+        maildir.create(level)
 
 
-def delete(maildir: Maildir, name: str) -> list[Path]:
-    """Remove a folder's directory; its inferiors stay (RFC 3501 §6.3.4). Returns removed directories."""
+def delete(maildir: Maildir, name: str) -> tuple[Path, Path]:
+    """Take a folder out of the account; its inferiors stay (RFC 3501 §6.3.4). One rename moves its
+    directory into the account's tmp/, where no reader looks, so it is gone at once and whole;
+    the caller removes it from there (`remove`), a folder full of messages taking a while.
+    Returns the folder's directory and where it went."""
     if name == INBOX:
         raise CommandFailed("INBOX cannot be deleted", "CANNOT")
     if not exists(maildir, name):
         raise CommandFailed("no such mailbox", "NONEXISTENT")
     path = maildir.folder_dir(name)
-    shutil.rmtree(path)
-    return [path]
+    tmp = maildir.root / "tmp"
+    tmp.mkdir(exist_ok=True)
+    doomed = Path(tempfile.mkdtemp(prefix="deleted-", dir=tmp))
+    os.rename(path, doomed / "folder")
+    return path, doomed
 
 
-def rename(maildir: Maildir, old: str, new: str) -> list[tuple[Path, Path]]:
+def remove(doomed: Path) -> None:
+    shutil.rmtree(doomed)
+
+
+def rename(maildir: Maildir, old: str, new: str, limits: FolderLimits) -> list[tuple[Path, Path]]:
     """Rename a folder and its inferiors (RFC 3501 §6.3.5). Returns the (old, new) directories moved."""
     new = valid_new_name(new)
     if not exists(maildir, old):
@@ -209,18 +320,23 @@ def rename(maildir: Maildir, old: str, new: str) -> list[tuple[Path, Path]]:
         raise CommandFailed("target mailbox already exists", "ALREADYEXISTS")
     if new.startswith(old + DELIMITER):
         raise CommandFailed("a mailbox cannot be moved below itself", "CANNOT")
+    parents = _levels(new)[:-1]
     if old == INBOX:
-        return _rename_inbox(maildir, new)
+        _check_name(maildir, new, limits)
+        # The messages move into a new folder.
+        _check_room(maildir, _missing(maildir, [*parents, new]), limits)
+        return _rename_inbox(maildir, parents, new)
     moves: list[tuple[Path, Path]] = []
     for name in [old, *_children(maildir, old)]:
         target_name = new + name[len(old) :]
-        src, dst = maildir.folder_dir(name), folder_dir(maildir, target_name)
+        _check_name(maildir, target_name, limits)
+        src, dst = maildir.folder_dir(name), maildir.folder_dir(target_name)
         if dst.exists():
             raise CommandFailed(f"mailbox {target_name!r} already exists", "ALREADYEXISTS")
         moves.append((src, dst))
-    parts = new.split(DELIMITER)
-    for i in range(1, len(parts)):
-        parent = DELIMITER.join(parts[:i])
+    # The moved folders take their places; only superiors of the new name are added.
+    _check_room(maildir, _missing(maildir, parents), limits)
+    for parent in parents:
         if not exists(maildir, parent):
             maildir.create(parent)
     for src, dst in moves:
@@ -228,8 +344,11 @@ def rename(maildir: Maildir, old: str, new: str) -> list[tuple[Path, Path]]:
     return moves
 
 
-def _rename_inbox(maildir: Maildir, new: str) -> list[tuple[Path, Path]]:
+def _rename_inbox(maildir: Maildir, parents: list[str], new: str) -> list[tuple[Path, Path]]:
     # RFC 3501 §6.3.5: renaming INBOX moves its messages into the new folder and leaves INBOX empty.
+    for parent in parents:
+        if not exists(maildir, parent):
+            maildir.create(parent)
     target = maildir.create(new)
     source = maildir.folder_dir(INBOX)
     for sub in ("cur", "new"):

@@ -31,6 +31,10 @@ _LITERAL_MARK = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n\Z")
 _LITERAL_TOKEN = re.compile(rb"\{(\d{1,12})\+?\}\r?\n")
 _PARTIAL = re.compile(rb"<(\d{1,10})\.(\d{1,10})>")
 _SECTION_ATOMS = frozenset({"BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"})
+# Levels of parentheses and section brackets one command may open. The grammar sets no bound, but
+# the lexer and everything that walks its tokens recurse once per level; no client needs more than a
+# few (a SEARCH of nested ORs in parentheses), and 500 ran out of Python's stack before any login.
+MAX_NESTING = 64
 
 
 class BadCommand(Exception):
@@ -113,6 +117,16 @@ class _Lexer:
         self.data = data
         self.pos = pos
         self.files = files
+        self.depth = 0
+
+    def nested(self, closer: int) -> list[Token]:
+        """The tokens up to `closer`, one level deeper than the caller."""
+        if self.depth == MAX_NESTING:
+            raise BadCommand(f"nesting too deep: at most {MAX_NESTING} levels of parentheses")
+        self.depth += 1
+        items = self.sequence(closer)
+        self.depth -= 1
+        return items
 
     def sequence(self, closer: int | None) -> list[Token]:
         data = self.data
@@ -144,7 +158,7 @@ class _Lexer:
     def token(self, ch: int, closer: int | None) -> Token:
         if ch == ord("("):
             self.pos += 1
-            return ParenList(tuple(self.sequence(ord(")"))))
+            return ParenList(tuple(self.nested(ord(")"))))
         if ch == ord(")"):
             raise BadCommand("unexpected ')'")
         if ch == ord('"'):
@@ -213,7 +227,7 @@ class _Lexer:
 
     def section_atom(self, name: str) -> Atom:
         self.pos += 1
-        section = tuple(self.sequence(ord("]")))
+        section = tuple(self.nested(ord("]")))
         partial = None
         if self.pos < len(self.data) and self.data[self.pos] == ord("<"):
             m = _PARTIAL.match(self.data, self.pos)
@@ -367,8 +381,13 @@ class SequenceSet:
         return merged
 
     def max_explicit(self) -> int:
-        """The largest number given outright; ranges ending in `*` always fit the mailbox."""
-        return max((n for r in self.ranges if None not in r for n in r if n is not None), default=0)
+        """The largest number given outright, the other end of an `n:*` range included: `*` stands
+        for the largest number in use, the range for all between, so `n` must be in use as well."""
+        return max((n for r in self.ranges for n in r if n is not None), default=0)
+
+    def only_star_ranges(self) -> bool:
+        """Whether every range has `*` at one end or both."""
+        return all(None in r for r in self.ranges)
 
 
 class IntervalSet:

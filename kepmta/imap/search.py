@@ -22,6 +22,7 @@ from kepmta.imap.condstore import mod_sequence
 from kepmta.imap.headers import decode_words, text_of
 from kepmta.imap.mailbox import DELETED, SEEN, MessageFile, system_flag
 from kepmta.imap.protocol import (
+    MAX_NESTING,
     Args,
     Atom,
     BadCommand,
@@ -149,7 +150,7 @@ def parse_program(args: Args) -> Key:
             raise CommandFailed(f"unsupported charset {charset}", "BADCHARSET (UTF-8 US-ASCII)")
     keys: list[Key] = []
     while args.more():
-        keys.append(_key(args))
+        keys.append(_key(args, 0))
     if not keys:
         raise BadCommand("missing search criteria")
     return keys[0] if len(keys) == 1 else AndKey(tuple(keys))
@@ -163,13 +164,15 @@ def _text_arg(args: Args, what: str) -> str:
         raise CommandFailed(f"{what} is not UTF-8", "BADCHARSET (UTF-8 US-ASCII)") from None
 
 
-def _key(args: Args) -> Key:
+def _key(args: Args, depth: int) -> Key:
+    """One search key; `depth` counts the OR, NOT and parentheses it is inside of. Parsing, compiling
+    and testing all recurse once per level: 999 nested ORs ran out of Python's stack."""
     tok = args.next("search key")
     if isinstance(tok, ParenList):
         inner = Args(tok.items)
         keys = []
         while inner.more():
-            keys.append(_key(inner))
+            keys.append(_key(inner, _deeper(depth)))
         if not keys:
             raise BadCommand("empty parenthesised search key")
         return keys[0] if len(keys) == 1 else AndKey(tuple(keys))
@@ -215,12 +218,20 @@ def _key(args: Args) -> Key:
                 raise BadCommand("MODSEQ entry type must be all, shared or priv")
         return ModSeqKey(mod_sequence(args.atom("mod-sequence"), zero=True))
     if name == "NOT":
-        return NotKey(_key(args))
+        return NotKey(_key(args, _deeper(depth)))
     if name == "OR":
-        return OrKey(_key(args), _key(args))
+        return OrKey(_key(args, _deeper(depth)), _key(args, _deeper(depth)))
     if name[:1].isdigit() or name[:1] == "*":
         return SetKey(SequenceSet.parse(name), uid=False)
     raise BadCommand(f"unknown search key {tok.value!r}")
+
+
+def _deeper(depth: int) -> int:
+    if depth == MAX_NESTING:
+        raise BadCommand(
+            f"search criteria nested too deep: at most {MAX_NESTING} levels of OR, NOT and parentheses"
+        )
+    return depth + 1
 
 
 def _date_arg(args: Args) -> str:

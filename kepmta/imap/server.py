@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kepmta.imap.cache import SummaryCache
+from kepmta.imap.folders import FolderLimits
 from kepmta.imap.mailbox import StoreRegistry
 from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
@@ -57,11 +58,19 @@ class ImapServer:
     shutdown_grace_seconds: float = 5
 
     def __init__(
-        self, backend: ImapBackend, tls: ssl.SSLContext, *, special_folders: dict[str, str] | None = None
+        self,
+        backend: ImapBackend,
+        tls: ssl.SSLContext,
+        *,
+        special_folders: dict[str, str] | None = None,
+        folder_limits: FolderLimits | None = None,
     ) -> None:
         self.backend = backend
         self.tls = tls
         self.special_folders = {**DEFAULT_SPECIAL_USE, **(special_folders or {})}
+        self.folder_limits = folder_limits or FolderLimits()
+        # CREATE, DELETE and RENAME of every account, one at a time (see Session.c_create).
+        self.folder_changes = asyncio.Lock()
         self.ports: dict[str, int] = {}
         self.stores = StoreRegistry()
         self.summaries = SummaryCache()

@@ -346,11 +346,26 @@ class Session:
         self.server.stores.release(store)
 
     def _is_read_only_folder(self, name: str) -> bool:
-        return name in self.read_only_folders
+        """A read-only folder, one under it, or one named like either ("KANIT.x" for "Kanıt"):
+        nothing is put into them or taken out, so nothing there can pass for evidence."""
+        return any(folders.within(name, folder) for folder in self.read_only_folders)
 
     def _refuse_read_only_folder(self, name: str, what: str) -> None:
-        if self._is_read_only_folder(name):
-            raise CommandFailed(f"{what} is not permitted in {name}: the folder is read-only", "CANNOT")
+        for folder in self.read_only_folders:
+            if folders.within(name, folder):
+                raise CommandFailed(
+                    f"{what} is not permitted in {name}: {folder}, every folder under it and every "
+                    "name like them are read-only",
+                    "CANNOT",
+                )
+
+    def _refuse_holding_read_only_folder(self, name: str, what: str) -> None:
+        """DELETE and RENAME of a read-only folder itself or of a superior (RENAME would take it
+        along). A folder under it or named like it may go, so one made before that was refused can
+        be removed."""
+        for folder in self.read_only_folders:
+            if folder == name or folder.startswith(name + folders.DELIMITER):
+                raise CommandFailed(f"{what} is not permitted: {folder} is read-only", "CANNOT")
 
     def _targets(self, text: str, *, uid: bool) -> list[tuple[int, int]]:
         """(sequence number, UID) pairs a sequence set or UID set names, in mailbox order."""
@@ -365,11 +380,14 @@ class Session:
                 first, last = bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)
                 found.extend((i + 1, uids[i]) for i in range(first, last))
             return found
-        if numbers.max_explicit() > view.exists:
-            # RFC 9051 §6.4.5 / RFC 3501 §9: a sequence number beyond EXISTS is a client error.
-            raise BadCommand(f"message sequence number out of range (mailbox has {view.exists})")
-        if not view.exists:
+        if not view.exists and numbers.only_star_ranges():
+            # RFC 9051 §9 (seq-number) would have a BAD for "*" in an empty mailbox too, but clients
+            # send "1:*" to a folder they found empty, and it names nothing to do.
             return []
+        if numbers.max_explicit() > view.exists:
+            # RFC 9051 §9 seq-number, RFC 3501 §9: a sequence number beyond EXISTS is a client
+            # error, also as the other end of "n:*" ("4294967295:*" named 4 billion numbers).
+            raise BadCommand(f"message sequence number out of range (mailbox has {view.exists})")
         ranges = numbers.intervals(view.exists)
         out: list[tuple[int, int]] = []
         for lo, hi in ranges:
@@ -641,28 +659,41 @@ class Session:
         # RFC 9208 §4.1.3: limits are the provider's to set (the account's contract), not the user's.
         raise CommandFailed("quota limits are set by the provider", "NOPERM")
 
+    # CREATE, DELETE and RENAME hold the server's `folder_changes`, so that two sessions of an account
+    # cannot both take its last free folder place.
+
     async def c_create(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
         args.end()
-        folders.create(self._md(), name)
+        self._refuse_read_only_folder(name, "CREATE")
+        async with self.server.folder_changes:
+            # Counting the account's folders takes longer the more it has: off the event loop.
+            await asyncio.to_thread(folders.create, self._md(), name, self.server.folder_limits)
         return "CREATE completed"
 
     async def c_delete(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
         args.end()
-        self._refuse_read_only_folder(name, "DELETE")
-        for directory in folders.delete(self._md(), name):
+        self._refuse_holding_read_only_folder(name, "DELETE")
+        async with self.server.folder_changes:
+            directory, doomed = folders.delete(self._md(), name)
+            # At once, before inotify reports the removals below: the store must not write its
+            # index into the directory while it is being removed.
             self.server.stores.forget(directory)
+        await asyncio.to_thread(folders.remove, doomed)
         return "DELETE completed"
 
     async def c_rename(self, cmd: Command, args: Args) -> str:
         old = self._mailbox(args)
         new = self._mailbox(args)
         args.end()
-        self._refuse_read_only_folder(old, "RENAME")
+        self._refuse_holding_read_only_folder(old, "RENAME")
         self._refuse_read_only_folder(new, "RENAME")
-        for src, _ in folders.rename(self._md(), old, new):
-            self.server.stores.forget(src)
+        async with self.server.folder_changes:
+            # On the event loop, with the stores forgotten in the same turn: none writes its index
+            # into a directory that has moved.
+            for src, _ in folders.rename(self._md(), old, new, self.server.folder_limits):
+                self.server.stores.forget(src)
         return "RENAME completed"
 
     async def c_subscribe(self, cmd: Command, args: Args) -> str:

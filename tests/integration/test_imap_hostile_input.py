@@ -193,3 +193,127 @@ async def test_a_long_user_name_is_logged_cut_and_escaped(
     assert len(long_name) < 200 and "'" + "n" * 64 + "'... (20000 characters)" in long_name
     assert "\r" not in evil and "\n" not in evil and "\x1b" not in evil
     assert "'evil\\r\\n* OK forged line\\x1b[31m" in evil and f"({len(forged)} characters)" in evil
+
+
+def _nested(depth: int, inner: bytes = b"FLAGS") -> bytes:
+    return b"(" * depth + inner + b")" * depth
+
+
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_deep_nesting_is_bad_even_before_login(imap: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """500 nested parentheses ended the session with a RecursionError and 165 KB of traceback."""
+    c = await imap.raw(login=False)
+    for data in (
+        b"ID " + _nested(500, b'"name" "x"'),
+        b"LOGIN " + b"(" * 5000,
+        b"NOOP " + _nested(65),
+        b"(" * 30000,
+    ):
+        r = await c.command(data)
+        assert tagged(r) == b"BAD nesting too deep: at most 64 levels of parentheses", r
+    assert tagged(await c.command(b"NOOP " + _nested(64))) == b"BAD NOOP: unexpected extra arguments"
+    await c.command(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+    await c.ok("SELECT INBOX")
+    r = await c.command(b"FETCH 1:* " + _nested(300))
+    assert tagged(r) == b"BAD nesting too deep: at most 64 levels of parentheses"
+    await c.ok("NOOP")
+    await c.close()
+    _no_errors_logged(caplog)
+
+
+async def test_deeply_nested_search_is_bad(imap: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """999 nested ORs answered SERVERBUG; 64, the bound, are answered in full."""
+    for i in range(1, 4):
+        imap.deliver(b"Subject: m%d\r\n\r\nbody\r\n" % i)
+    c = await imap.raw()
+    await c.ok("SELECT INBOX")
+    for program in (
+        "OR " * 999 + "1 " * 999 + "1 1",
+        "OR 1 " * 999 + "ALL",
+        "NOT " * 999 + "ALL",
+        "OR 1 " * 65 + "ALL",
+        "(" * 40 + "NOT " * 30 + "ALL" + ")" * 40,
+    ):
+        for verb in ("SEARCH", "UID SEARCH", "SORT (DATE) UTF-8"):
+            r = await c.command(f"{verb} {program}")
+            assert tagged(r).startswith(
+                f"BAD {verb.split(' (')[0]}: search criteria nested too deep: at most 64 levels".encode()
+            ), r
+    # "any of 3, 2 or the 63 messages numbered 1", 64 ORs deep, and its negation.
+    any_of = "OR " * 64 + "3 2" + " 1" * 63
+    assert untagged(await c.ok(f"SEARCH {any_of}")) == [b"* SEARCH 1 2 3"]
+    # NOT and the parentheses are two levels more.
+    assert tagged(await c.command(f"SEARCH NOT ({any_of})")).startswith(b"BAD SEARCH: search criteria")
+    assert untagged(await c.ok(f"SEARCH NOT ({'OR ' * 62}3 2{' 1' * 61})")) == [b"* SEARCH"]
+    assert untagged(await c.ok(f"SEARCH {'OR 4 ' * 63}NOT 2")) == [b"* SEARCH 1 3"]
+    await c.close()
+    _no_errors_logged(caplog)
+
+
+async def test_another_client_is_answered_while_one_sends_deep_nesting(
+    imap: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One client pipelines commands nested far too deep, before and after login; another's NOOP is
+    answered meanwhile (within STALL_BOUND, see the LIST test), and every one of them gets its BAD."""
+    hostile, stranger, other = await imap.raw(), await imap.raw(login=False), await imap.raw()
+    await hostile.ok("SELECT INBOX")
+    burst = b"".join(
+        b"h%d SEARCH " % i + b"OR 1 " * 999 + b"ALL\r\n"
+        if i % 2
+        else b"h%d FETCH 1:* " % i + _nested(5000) + b"\r\n"
+        for i in range(100)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await hostile.send(burst)
+    await stranger.send(b"".join(b"s%d NOOP " % i + _nested(500) + b"\r\n" for i in range(100)))
+    noop = await other.command("NOOP")
+    waited = loop.time() - started
+    assert tagged(noop) == b"OK NOOP completed"
+    assert waited < STALL_BOUND
+    for i in range(100):
+        assert tagged(await hostile.until_tagged(f"h{i}")).startswith(b"BAD ")
+        r = await stranger.until_tagged(f"s{i}")
+        assert tagged(r) == b"BAD nesting too deep: at most 64 levels of parentheses"
+    await hostile.ok("NOOP")
+    await stranger.ok("NOOP")
+    for c in (hostile, stranger, other):
+        await c.close()
+    _no_errors_logged(caplog)
+
+
+async def test_sequence_numbers_beyond_the_mailbox_are_bad(
+    imap: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`FETCH 4294967295:*` after EXAMINE answered SERVERBUG (an IndexError). RFC 9051 §9: a sequence
+    number beyond EXISTS is a BAD, also as one end of a range whose other end is `*`; UIDs are
+    not: "n:*" holds the last message's UID however large n is."""
+    for i in range(1, 4):
+        imap.deliver(b"Subject: m%d\r\n\r\nbody\r\n" % i)
+    c = await imap.raw()
+    await c.ok("CREATE Empty")
+    await c.ok("EXAMINE INBOX")
+    for command in (
+        "FETCH 4294967295:* FLAGS",
+        "FETCH *:4294967295 FLAGS",
+        "FETCH 4:* FLAGS",
+        "FETCH 1,3,4:* UID",
+        "STORE 4294967295:* +FLAGS (\\Seen)",
+        "COPY 4294967295:* Empty",
+        "MOVE 4:* Empty",
+    ):
+        r = await c.command(command)
+        assert b"out of range (mailbox has 3)" in tagged(r) and tagged(r).startswith(b"BAD "), r
+    assert untagged(await c.ok("FETCH 3:* UID")) == [b"* 3 FETCH (UID 3)"]
+    assert untagged(await c.ok("UID FETCH 4294967295:* UID")) == [b"* 3 FETCH (UID 3)"]
+    assert untagged(await c.ok("UID FETCH 2:4294967295 UID")) == [b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)"]
+    assert untagged(await c.ok("SEARCH 4294967295:*")) == [b"* SEARCH 3"]
+    await c.ok("EXAMINE Empty")
+    # Nothing to name in an empty mailbox: "n:*" names nothing, a number outright is out of range.
+    assert untagged(await c.ok("FETCH 4294967295:* FLAGS")) == []
+    assert tagged(await c.command("FETCH 1 FLAGS")).startswith(b"BAD FETCH: message sequence number out")
+    await c.close()
+    _no_errors_logged(caplog)

@@ -10,6 +10,7 @@ import pytest
 
 from kepmta.imap.protocol import (
     MAX_LINE,
+    MAX_NESTING,
     Args,
     Atom,
     BadCommand,
@@ -127,6 +128,46 @@ def test_sequence_sets() -> None:
     for bad in ("0", "1:0", "a", "1,,2", "", "1:2:3", "4294967296"):
         with pytest.raises(BadCommand):
             SequenceSet.parse(bad)
+
+
+def test_a_range_ending_in_star_names_its_other_end() -> None:
+    # RFC 9051 §9 seq-number: "4294967295:*" names 4294967295, far beyond any mailbox's EXISTS.
+    assert SequenceSet.parse("4294967295:*").max_explicit() == 4294967295
+    assert SequenceSet.parse("*:3,2").max_explicit() == 3
+    assert SequenceSet.parse("*").max_explicit() == 0
+    assert SequenceSet.parse("1:*,*").only_star_ranges()
+    assert not SequenceSet.parse("1:*,2").only_star_ranges()
+
+
+def _nested(depth: int) -> bytes:
+    return b"a1 FETCH 1 " + b"(" * depth + b"FLAGS" + b")" * depth + b"\r\n"
+
+
+def test_nesting_is_bounded() -> None:
+    deepest = parse_command(_nested(MAX_NESTING)).args[1]
+    for _ in range(MAX_NESTING):
+        assert isinstance(deepest, ParenList)
+        (deepest,) = deepest.items
+    assert deepest == Atom("FLAGS")
+    # 500 levels ran out of Python's stack (RecursionError) before the fix; now any depth past
+    # the bound is a BAD, also unclosed, also before a command name.
+    for data in (
+        _nested(MAX_NESTING + 1),
+        _nested(500),
+        _nested(100_000),
+        b"a1 " + b"(" * 5000 + b"\r\n",
+        b"a1 FETCH 1 BODY[" + b"(" * MAX_NESTING + b"x" + b")" * MAX_NESTING + b"]\r\n",
+    ):
+        with pytest.raises(BadCommand, match=f"nesting too deep: at most {MAX_NESTING} levels"):
+            parse_command(data)
+    # Section brackets count as a level: BODY[...] holds one fewer parentheses.
+    cmd = parse_command(
+        b"a1 FETCH 1 BODY[" + b"(" * (MAX_NESTING - 1) + b"x" + b")" * (MAX_NESTING - 1) + b"]\r\n"
+    )
+    inner: Atom | ParenList = Atom("x")
+    for _ in range(MAX_NESTING - 1):
+        inner = ParenList((inner,))
+    assert cmd.args[1] == Atom("BODY", section=(inner,))
 
 
 def test_uid_set_formatting() -> None:
