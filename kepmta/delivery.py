@@ -17,10 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.accounts import AccountStore
+from kepmta.db.runner import runner
+from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, load_facts
 from kepmta.evidence.ledger import Ledger, Writes
@@ -96,9 +98,15 @@ class DeliveryWorker(jobs.JobLoop):
         self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
         # Evidence about a peer's sender leaves through the relay worker: woken after each batch.
         self.wake_relay: Callable[[], None] | None = None
+        # The highest job id when this process first looked: a job up to it may have been begun
+        # by a process that died before it could record anything, even an attempt.
+        self._inherited: int | None = None
 
     async def run_once(self) -> int:
         """Do every job that is due, several at a time; returns how many were attempted."""
+        if self._inherited is None:
+            newest = select(func.max(jobs_table.c.id))
+            self._inherited = await runner(self.engine).read(lambda conn: conn.execute(newest).scalar()) or 0
         batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT, jobs.FILE_RECEIVED))
         filed = await asyncio.gather(*(self._attempt(job) for job in batch))
         if batch and self.wake_relay is not None:
@@ -158,11 +166,17 @@ class DeliveryWorker(jobs.JobLoop):
                 return record.evidence_id, record.xml, record.der
         raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
 
+    def _may_be_filed(self, job: jobs.Job) -> bool:
+        """Whether an earlier attempt at `job` may have filed its message: one that failed here, or
+        one begun by a process killed before it could record so (its `attempts` still 0)."""
+        assert self._inherited is not None
+        return job.attempts > 0 or job.id <= self._inherited
+
     async def _file(
-        self, box: Maildir, folder: str, base: str, retry: bool, write: Callable[[Path], Awaitable[None]]
+        self, box: Maildir, folder: str, base: str, job: jobs.Job, write: Callable[[Path], Awaitable[None]]
     ) -> None:
         """Have a worker process write the message at its tmp/ path, then move it into `folder`."""
-        if retry and await asyncio.to_thread(box.find, folder, base) is not None:
+        if self._may_be_filed(job) and await asyncio.to_thread(box.find, folder, base) is not None:
             return  # an earlier attempt got the file in before it could record so
         await write(box.tmp_path(folder, base))
         await asyncio.get_running_loop().run_in_executor(self._moving, box.publish, folder, base)
@@ -209,7 +223,7 @@ class DeliveryWorker(jobs.JobLoop):
             async def write(tmp: Path) -> None:
                 await self.workers.dispatch(tmp, original, info, acceptance_xml, acceptance_der, event)
 
-        await self._file(box, INBOX, base, job.attempts > 0, write)
+        await self._file(box, INBOX, base, job, write)
         # EN 319 522-2: ContentConsignment, once the dispatch is in the recipient's mailbox
         signed = await self.recorder.sign(facts, Reason.RD01, Reason.RD01.label, recipient=position)
 
@@ -266,7 +280,7 @@ class DeliveryWorker(jobs.JobLoop):
         async def write(tmp: Path) -> None:
             await self.workers.receipt(tmp, info, xml, der)
 
-        await self._file(box, self.identity.evidence_folder, base, job.attempts > 0, write)
+        await self._file(box, self.identity.evidence_folder, base, job, write)
         await self._complete(job)
         return facts.sender
 
@@ -286,6 +300,6 @@ class DeliveryWorker(jobs.JobLoop):
         async def write(tmp: Path) -> None:
             await asyncio.get_running_loop().run_in_executor(self._moving, _copy_synced, source, tmp)
 
-        await self._file(box, self.identity.evidence_folder, base, job.attempts > 0, write)
+        await self._file(box, self.identity.evidence_folder, base, job, write)
         await self._complete(job)
         return address
