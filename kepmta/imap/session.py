@@ -415,23 +415,28 @@ class Session:
         return frozenset(flags)
 
     async def _mark_seen(self, view: MailboxView, uid: int, flags: frozenset[str]) -> MessageFile | None:
-        """Set flags that add \\Seen and run the read hook; the flag is taken back if the hook fails.
+        """Run the read hook, then set flags that add \\Seen.
 
-        The read is evidence: a message is not delivered as read unless the hook recorded it.
+        The read is evidence: a message is not delivered as read unless the hook recorded it. The
+        hook comes first because a crash between the two must leave the message unseen (the next
+        read then makes nothing new: one handover per recipient), never seen without evidence,
+        which no later read would mend (tests/crash found that window).
         """
         store = view.store
-        msg = store.set_flags(uid, flags, view)
-        if msg is None:
+        before = store.messages.get(uid)
+        if before is None:
             return None
         try:
-            await self.backend.on_seen(self.user, store.name, msg.path)
+            await self.backend.on_seen(self.user, store.name, before.path)
         except Exception:
             log.exception("read hook failed for %s %s uid %d", self.user, store.name, uid)
-            current = store.messages.get(uid)
-            if current is not None:
-                store.set_flags(uid, current.flags - {SEEN}, None)
             raise CommandFailed("could not record the read receipt; try again", "SERVERBUG") from None
-        return store.messages.get(uid) or msg
+        current = store.messages.get(uid)
+        if current is None:
+            return None
+        # Only this command's change, onto whatever another session set meanwhile.
+        added, removed = flags - before.flags, before.flags - flags
+        return store.set_flags(uid, (current.flags | added) - removed, view)
 
     # --- any state ------------------------------------------------------------------------------------
 
