@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import datetime as dt
@@ -32,7 +33,7 @@ FILE_RECEIVED = "file-received"
 _BACKOFF = (5, 30, 120, 600, 1800)
 
 
-class JobLoop:
+class JobLoop(abc.ABC):
     """A worker that does its due jobs when woken, or at least every few seconds."""
 
     _IDLE_POLL = 5.0  # seconds between looks at the job table when nobody wakes the worker
@@ -50,9 +51,9 @@ class JobLoop:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._IDLE_POLL)
 
+    @abc.abstractmethod
     async def run_once(self) -> int:
         """Attempt every due job once; returns how many there were."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
