@@ -17,11 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from sqlalchemy import select
 
-from kepmta import dkim, pki
+from kepmta import dkim
 from kepmta.accounts import AccountState, AccountStore
 from kepmta.addresses import AddressError, parse
 from kepmta.db.schema import ledger as ledger_table
@@ -132,7 +133,7 @@ def _names(cert: x509.Certificate) -> set[str]:
         return set()
 
 
-def _issued_by_any(cert: x509.Certificate, anchors: list[x509.Certificate]) -> bool:
+def _issued_by_any(cert: x509.Certificate, anchors: Sequence[x509.Certificate]) -> bool:
     for anchor in anchors:
         try:
             cert.verify_directly_issued_by(anchor)
@@ -140,6 +141,18 @@ def _issued_by_any(cert: x509.Certificate, anchors: list[x509.Certificate]) -> b
         except (ValueError, TypeError, InvalidSignature):
             continue
     return False
+
+
+def anchors(path: Path) -> tuple[bytes, tuple[x509.Certificate, ...]]:
+    """A registered CA file as PEM and as certificates, read again only when it changes: every
+    MAIL and every message from a peer needs them."""
+    return _anchors(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _anchors(path: Path, version: int) -> tuple[bytes, tuple[x509.Certificate, ...]]:
+    pem = path.read_bytes()
+    return pem, tuple(x509.load_pem_x509_certificates(pem))
 
 
 # The worker-pool call that runs check_relayed in another process.
@@ -198,7 +211,7 @@ class InboundService:
                 continue
             if peer.tls_pins and fingerprint not in peer.tls_pins:
                 continue
-            if _issued_by_any(cert, pki.load_certs(peer.tls_ca)):
+            if _issued_by_any(cert, anchors(peer.tls_ca)[1]):
                 return PeerClient(peer, fingerprint)
         raise Refused(550, "5.7.1", "your TLS client certificate belongs to no registered KEP provider")
 
@@ -240,7 +253,7 @@ class InboundService:
                 await self._reject(peer, headers, rcpts, Reason.RB06, details)
                 return f"552 5.3.4 {details}; RelayRejection evidence follows"
             return f"552 5.3.4 {details}"
-        trust = b"".join(path.read_bytes() for path in ([peer.evidence_ca] if peer.evidence_ca else []))
+        trust = anchors(peer.evidence_ca)[0] if peer.evidence_ca else b""
         if not trust:
             raise Refused(451, "4.7.0", f"the registry has no evidence certificates for {peer.name}")
         keys = tuple(dkim.PublicKey(k.selector, k.algorithm, k.public_key) for k in peer.dkim)
