@@ -177,6 +177,19 @@ def smtp(srv: DevServer, acct: dict[str, str] | None = None) -> smtplib.SMTP:
     return s
 
 
+def submit(srv: DevServer, sender: int, to: list[str], msg: bytes) -> str:
+    """Submit over STARTTLS as account `sender`, every step asserted 250; the final reply."""
+    with smtp(srv, srv.account(sender)) as s:
+        code, text = s.mail(srv.account(sender)["address"])
+        assert code == 250, text
+        for rcpt in to:
+            code, text = s.rcpt(rcpt)
+            assert code == 250, text
+        code, text = s.data(msg)
+        assert code == 250, text
+        return text.decode()
+
+
 def imap(srv: DevServer, acct: dict[str, str]) -> imaplib.IMAP4_SSL:
     m = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=srv.tls(), timeout=60)
     m.login(acct["address"], acct["password"])

@@ -18,7 +18,7 @@ from kepclient import (
     p7m,
     receipts,
     signed_by,
-    smtp,
+    submit,
     wait_for,
 )
 from kepclient import (
@@ -28,18 +28,6 @@ from kepclient import (
 
 def subject() -> str:
     return "ihtar-" + uuid.uuid4().hex[:10]
-
-
-def send(srv: DevServer, sender: int, to: list[str], msg: bytes) -> str:
-    with smtp(srv, srv.account(sender)) as s:
-        code, text = s.mail(srv.account(sender)["address"])
-        assert code == 250, text
-        for rcpt in to:
-            code, text = s.rcpt(rcpt)
-            assert code == 250, text
-        code, text = s.data(msg)
-        assert code == 250, text
-        return text.decode()
 
 
 def attached_original(dispatch: bytes) -> bytes:
@@ -76,7 +64,7 @@ def test_signed_message_is_delivered_with_verifiable_evidence(srv: DevServer, tm
     ali, ayse = srv.account(0), srv.account(1)
     subj = subject()
     msg = signed_by(srv, 0, [ayse["address"]], subj, "Sözleşmenin feshi bildirilir.")
-    reply = send(srv, 0, [ayse["address"]], msg)
+    reply = submit(srv, 0, [ayse["address"]], msg)
     provider_id = re.search(r"<([^>]+)>", reply)
     assert provider_id, reply
 
@@ -142,7 +130,7 @@ def ledger_events(srv: DevServer, message_id: str, event: str) -> int:
 def test_read_evidence_once_and_never_for_peek(srv: DevServer, tmp_path: Path) -> None:
     ali, ayse = srv.account(0), srv.account(1)
     subj = subject()
-    reply = send(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subj))
+    reply = submit(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subj))
     found_id = re.search(r"<([^>]+)>", reply)
     assert found_id
     message_id = found_id.group(1)
@@ -173,7 +161,7 @@ def test_read_evidence_once_and_never_for_peek(srv: DevServer, tmp_path: Path) -
     assert ledger_events(srv, message_id, "ContentHandover") == 1
     # STORE \Seen is a read too
     subj2 = subject()
-    reply2 = send(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subj2))
+    reply2 = submit(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subj2))
     second = re.search(r"<([^>]+)>", reply2)
     assert second and wait_for(lambda: messages(b, "INBOX", subj2))
     b.select("INBOX")
@@ -189,7 +177,7 @@ def test_read_evidence_once_and_never_for_peek(srv: DevServer, tmp_path: Path) -
 def test_evidence_verify_refuses_a_tampered_file(srv: DevServer, tmp_path: Path) -> None:
     ali, ayse = srv.account(0), srv.account(1)
     subj = subject()
-    send(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subj))
+    submit(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subj))
     a = imap(srv, ali)
     found = wait_for(lambda: receipts(a, subj, "SubmissionAcceptance"))
     der = bytearray(p7m(found[0], "SubmissionAcceptance"))

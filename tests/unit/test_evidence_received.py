@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from evidence_fixtures import Pki, make_pki, openssl, sample_evidence
 from sqlalchemy.ext.asyncio import AsyncEngine
+from test_bundle import _members, _zip
 
 from kepmta import pki
 from kepmta.cli.evidence_people import verify_bundle
@@ -267,19 +268,6 @@ async def _export(w: World, anchors: dict[str, list[x509.Certificate]]) -> bytes
         chain=[w.us.provider_ca.cert],
         peer_anchors=anchors,
     )
-
-
-def _members(data: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return {i.filename: zf.read(i) for i in zf.infolist()}
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return out.getvalue()
 
 
 def _verify(w: World, data: bytes) -> bundle.BundleReport:

@@ -9,6 +9,7 @@ import hashlib
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -115,6 +116,20 @@ def hand_dispatch() -> bytes:
     )
 
 
+def hand_receipt(**changes: Any) -> bytes:
+    """A hand-made ContentHandover receipt signed by the peer, with `changes` to its arguments."""
+    args: dict[str, Any] = {
+        "event": "ContentHandover",
+        "reason": "ContentHandover",
+        "sender": SENDER,
+        "subject": "Kira",
+        "provider_message_id": PROVIDER_ID,
+        "signer_cert": pki().provider.cert,
+        "signer_key": pki().provider.key,
+    }
+    return handmade_receipt(**{**args, **changes})
+
+
 def write(tmp_path: Path, raw: bytes, name: str = "rem.eml") -> Path:
     path = tmp_path / name
     path.write_bytes(raw)
@@ -203,14 +218,10 @@ def test_handmade_dispatch_with_signer_certificate_only(tmp_path: Path) -> None:
 def test_handmade_receipt(tmp_path: Path) -> None:
     xml = b'<tns:Evidence xmlns:tns="http://uri.etsi.org/19522/v1#"/>'
     der = handmade_evidence(xml, pki().provider.cert, pki().provider.key)
-    raw = handmade_receipt(
+    raw = hand_receipt(
         event="ContentConsignment",
         reason="MessageConsignedToRecipient",
-        sender=SENDER,
         subject="Kira sözleşmesi",
-        provider_message_id=PROVIDER_ID,
-        signer_cert=pki().provider.cert,
-        signer_key=pki().provider.key,
         evidence=xml,
         evidence_der=der,
     )
@@ -225,32 +236,14 @@ def test_handmade_receipt(tmp_path: Path) -> None:
 
 
 def test_handmade_receipt_without_xml(tmp_path: Path) -> None:
-    raw = handmade_receipt(
-        event="ContentHandover",
-        reason="ContentHandover",
-        sender=SENDER,
-        subject="Kira",
-        provider_message_id=PROVIDER_ID,
-        signer_cert=pki().provider.cert,
-        signer_key=pki().provider.key,
-        with_xml=False,
-    )
+    raw = hand_receipt(with_xml=False)
     rem = read_rem(write(tmp_path, raw), trust())
     assert rem.evidence_xml is None
     assert rem.evidence_der is not None
 
 
 def test_receipt_without_p7m(tmp_path: Path) -> None:
-    raw = handmade_receipt(
-        event="ContentHandover",
-        reason="ContentHandover",
-        sender=SENDER,
-        subject="Kira",
-        provider_message_id=PROVIDER_ID,
-        signer_cert=pki().provider.cert,
-        signer_key=pki().provider.key,
-        with_p7m=False,
-    )
+    raw = hand_receipt(with_p7m=False)
     error = refused(tmp_path, raw, "format")
     assert "no .p7m evidence" in error.text
 
@@ -285,15 +278,7 @@ def test_expired_provider_certificate(tmp_path: Path) -> None:
 
 def test_provider_certificate_not_for_email(tmp_path: Path) -> None:
     tls = issue("peer.test", Role.TLS_SERVER, pki().root, dns_names=("peer.test",))
-    raw = handmade_receipt(
-        event="ContentHandover",
-        reason="ContentHandover",
-        sender=SENDER,
-        subject="Kira",
-        provider_message_id=PROVIDER_ID,
-        signer_cert=tls.cert,
-        signer_key=tls.key,
-    )
+    raw = hand_receipt(signer_cert=tls.cert, signer_key=tls.key)
     error = refused(tmp_path, raw, "certificate")
     assert "emailProtection" in error.text
 
