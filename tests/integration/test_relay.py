@@ -270,6 +270,18 @@ def test_handmade_dispatch_is_accepted_and_delivered_as_sent(pair: tuple[DevServ
     got = wait_for(lambda: inbox(b, b.account(1), subj), 60)
     assert got == [signed], "the peer's dispatch is delivered byte for byte"
     assert mid.encode() in got[0]
+    # A never sent that message, so it refuses B's receipts about it; B ends those jobs as
+    # failed with A's reply, kept for the operator, instead of retrying for ever or dropping them.
+    assert wait_for(lambda: peer_receipts(b, mid, "failed") >= 2, 60)
+    assert peer_receipts(b, mid, "pending") == 0
+
+
+def peer_receipts(srv: DevServer, mid: str, state: str) -> int:
+    with sqlite3.connect(srv.data / "kepmta.db") as db:
+        query = "select count(*) from jobs where kind = 'peer-receipt' and message_id = ? and state = ?"
+        failed = [] if state != "failed" else ["and last_error like '%refused%'"]
+        count: int = db.execute(" ".join([query, *failed]), (mid, state)).fetchone()[0]
+    return count
 
 
 def test_tampered_dispatch_and_bad_dkim_leave_no_trace(pair: tuple[DevServer, DevServer]) -> None:
@@ -602,6 +614,24 @@ def test_a_peer_without_starttls_is_never_sent_to(pair: tuple[DevServer, DevServ
 
 def b_ca_file(pair: tuple[DevServer, DevServer]) -> Path:
     return pair[1].data / "pki" / "provider-ca.pem"
+
+
+def test_a_domain_gone_from_the_registry_ends_in_relay_failure_rb08(
+    pair: tuple[DevServer, DevServer], tmp_path: Path
+) -> None:
+    a, _ = pair
+    unreachable_peer(a, "Vanishing KEP", "vanish.test", tmp_path)
+    subj = subject()
+    mid = send(a, 0, ["someone@vanish.test"], signed_by(a, 0, ["someone@vanish.test"], subj))
+    assert wait_for(lambda: f"(relay of {mid}):" in a.log.read_text(), 30)
+    before = reloads(a)
+    r = kepmta("peers", "remove", "vanish.test", "--data", str(a.data))
+    assert r.returncode == 0, r.stderr
+    reload_peers(a, before)
+    failure = wait_for(lambda: evidence_of(a, a.account(0), subj, "RelayFailure"), 60)
+    assert len(failure) == 1
+    xml = verified(failure[0], a, tmp_path)
+    assert "RB08" in xml and "vanish.test" in xml
 
 
 def test_queue_drop_ends_a_relay_with_relay_failure(

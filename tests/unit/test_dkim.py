@@ -272,6 +272,6 @@ def test_rsa_signature_is_the_one_dkimpys_own_code_makes() -> None:
     for data in (b"", b"relaxed header block\r\n", MESSAGE):
         ours = dkim.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(data), parsed)
         theirs = dkim.crypto.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(data), parsed)
-        assert ours is not theirs and bytes(ours) == bytes(theirs)
+        assert bytes(ours) == bytes(theirs)
     assert dkim.RSASSA_PKCS1_v1_5_sign is not dkim.crypto.RSASSA_PKCS1_v1_5_sign
     assert verify(sign(MESSAGE, DOMAIN, [rsa_key()]) + MESSAGE, DOMAIN, [public(rsa_key())])
