@@ -33,6 +33,7 @@ PEER_DOMAIN = "peer.test"
 CONFIG_NAME = "kepmta.toml"
 DKIM_SELECTORS = {"ed25519": "kep-ed25519", "rsa": "kep-rsa"}
 ACCOUNTS_NAME = "dev-accounts.json"
+DATABASE_URL = "sqlite+aiosqlite:///kepmta.db"  # relative: in the development folder
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def choose_ports(base: int | None) -> Ports:
     return Ports(_free_port(), _free_port(), _free_port(), _free_port(), _free_port())
 
 
-def _config_text(ports: Ports, domain: str) -> str:
+def _config_text(ports: Ports, domain: str, database_url: str) -> str:
     return f"""# Development provider made by `kepmta serve --dev`. Paths are relative to this file.
 
 [server]
@@ -127,7 +128,7 @@ crls = ["pki/provider-ca.crl"]
 qualified_ca = "pki/qualified-ca.pem"
 
 [database]
-url = "sqlite+aiosqlite:///kepmta.db"
+url = "{database_url}"
 
 [peers]
 file = "peers.toml"
@@ -169,7 +170,7 @@ def _dkim_keys(d: Path) -> None:
         pki.write_private(d / name, pem)
 
 
-def create_identity(data: Path, ports: Ports, domain: str = DOMAIN) -> Demo:
+def create_identity(data: Path, ports: Ports, domain: str = DOMAIN, database_url: str = DATABASE_URL) -> Demo:
     """Write the PKI, the configuration and the demo account list; the database comes at start."""
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)
@@ -210,7 +211,7 @@ def create_identity(data: Path, ports: Ports, domain: str = DOMAIN) -> Demo:
         f"{addresses.entity_local(legal_name=DEMO_ENTITY)}@{domain}", DEMO_ENTITY, (demo[-1].address,)
     )
     (data / "peers.toml").write_text(_PEERS)
-    (data / CONFIG_NAME).write_text(_config_text(ports, domain))
+    (data / CONFIG_NAME).write_text(_config_text(ports, domain, database_url))
     # Written last: its presence says the folder is complete (see is_initialised).
     pki.write_private(
         data / ACCOUNTS_NAME,

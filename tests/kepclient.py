@@ -66,6 +66,7 @@ class DevServer:
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] | None = None
     domain: str | None = None  # a development provider for another domain than kep.test
+    database: str | None = None  # the [database] url of a new folder, if not its SQLite file
 
     @property
     def log(self) -> Path:
@@ -74,8 +75,9 @@ class DevServer:
     def start(self, timeout: float = 90) -> DevServer:
         domain = ["--domain", self.domain] if self.domain else []
         ports = ["--port-base", str(free_port_base())]
+        database = ["--database", self.database] if self.database else []
         self.proc = subprocess.Popen(
-            [*KEPMTA, "serve", "--dev", "--data", str(self.data), *ports, *domain],
+            [*KEPMTA, "serve", "--dev", "--data", str(self.data), *ports, *domain, *database],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kepmta.cli import accounts, dovecot, evidence, peers, queue, serve
+from kepmta.cli import accounts, db, dovecot, evidence, peers, queue, serve
 from kepmta.cli.common import Parser
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     dovecot.register(sub)
     peers.register(sub)
     queue.register(sub)
+    db.register(sub)
     return parser
 
 

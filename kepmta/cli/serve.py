@@ -13,10 +13,12 @@ from kepmta import addresses, config, devinit
 from kepmta.cli.common import DEFAULT_DATA, die
 
 
-def _dev_settings(data: Path, port_base: int | None, domain: str) -> tuple[config.Settings, devinit.Demo]:
+def _dev_settings(
+    data: Path, port_base: int | None, domain: str, database_url: str
+) -> tuple[config.Settings, devinit.Demo]:
     if devinit.needs_init(data):
         print(f"kepmta: creating a development provider for {domain} in {data}", file=sys.stderr)
-        devinit.create_identity(data, devinit.choose_ports(port_base), domain)
+        devinit.create_identity(data, devinit.choose_ports(port_base), domain, database_url)
     elif not devinit.is_initialised(data):
         raise config.ConfigError(
             f"{data} is neither empty nor a kepmta development folder; give --data another folder"
@@ -26,6 +28,7 @@ def _dev_settings(data: Path, port_base: int | None, domain: str) -> tuple[confi
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from kepmta.app import serve
+    from kepmta.db.migrate import DatabaseNotCurrent
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -37,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.dev:
             if not addresses.is_domain(args.domain):
                 return die(f"--domain {args.domain!r} is not a domain name")
-            settings, demo = _dev_settings(args.data, args.port_base, args.domain.lower())
+            settings, demo = _dev_settings(args.data, args.port_base, args.domain.lower(), args.database)
         else:
             if args.config is None:
                 return die("serve needs --config FILE, or --dev for a development provider")
@@ -46,6 +49,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return die(str(e))
     try:
         asyncio.run(serve(settings, demo))
+    except DatabaseNotCurrent as e:
+        if not e.status.needs_upgrade:
+            return die(str(e), 1)
+        return die(f"{e.status.describe()}: run `kepmta db upgrade --config {settings.source}`", 1)
     except OSError as e:
         return die(f"cannot serve: {e}", 1)
     return 0
@@ -134,6 +141,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=devinit.DOMAIN,
         help="when creating a development folder, the KEP domain of its provider, accounts and "
         "certificates (default: %(default)s); two folders with two domains make two providers",
+    )
+    serve.add_argument(
+        "--database",
+        metavar="URL",
+        default=devinit.DATABASE_URL,
+        help="when creating a development folder, the [database] url of its kepmta.toml, e.g. "
+        "postgresql+asyncpg://kepmta@127.0.0.1/kepmta for an empty PostgreSQL database "
+        "(default: SQLite in the folder)",
     )
     serve.add_argument("--config", type=Path, help="kepmta.toml to serve from (without --dev)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")

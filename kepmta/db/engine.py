@@ -1,4 +1,5 @@
-"""Opening the database: one async engine, SQLite tuned for durability, schema created on first use."""
+"""Opening the database: one async engine, SQLite tuned for durability, the schema made by the
+migrations on first use and checked to be this kepmta's on every later one."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from contextlib import asynccontextmanager
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from kepmta.db import sqlite_pragmas
+from kepmta.db import migrate, sqlite_pragmas
 from kepmta.db.runner import close
-from kepmta.db.schema import metadata
 
 
 @asynccontextmanager
@@ -23,10 +23,21 @@ async def opened(url: str) -> AsyncIterator[AsyncEngine]:
         await close(engine)
 
 
-async def open_engine(url: str) -> AsyncEngine:
+def create(url: str) -> AsyncEngine:
+    """An engine on `url`, whatever its database holds (for `kepmta db`)."""
     engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+    return engine
+
+
+async def open_engine(url: str) -> AsyncEngine:
+    """An engine on a database at this kepmta's revision, made now if it was empty; raises
+    migrate.DatabaseNotCurrent for one that is behind (or ahead)."""
+    engine = create(url)
+    try:
+        await migrate.prepare(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     return engine

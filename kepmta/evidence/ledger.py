@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Insert, Update, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kepmta.db import utc
+from kepmta.db import Turn, take_turn, utc
 from kepmta.db.runner import runner
 from kepmta.db.schema import ledger, metadata
 from kepmta.evidence.model import Evidence
@@ -252,6 +252,22 @@ class Writes:
 
 
 Unit = Callable[[Writes], T]
+_Sent = tuple[Writes, list[tuple[asyncio.Future[Any], Any]]]
+
+
+def _run_units(batch: list[tuple[Unit[Any], asyncio.Future[Any]]], head: tuple[int, bytes]) -> _Sent:
+    """Every unit of `batch` on one Writes from `head`; a unit that raises is resolved with its
+    error and leaves nothing behind."""
+    w = Writes(head)
+    results: list[tuple[asyncio.Future[Any], Any]] = []
+    for unit, done in batch:
+        mark = w._mark()
+        try:
+            results.append((done, unit(w)))
+        except Exception as exc:
+            w._undo(mark)
+            done.set_exception(exc)
+    return w, results
 
 
 class Ledger:
@@ -262,6 +278,7 @@ class Ledger:
         self.on_append: Callable[[], None] | None = None
         # (seq, hash) of the last record this process committed, or None: read the head instead.
         self._head: tuple[int, bytes] | None = None
+        self._in_turn = engine.dialect.name != "sqlite"
         self._queue: list[tuple[Unit[Any], asyncio.Future[Any]]] = []
         # The one task that commits: one transaction at a time keeps the chain linear, and the
         # units queued meanwhile share the next.
@@ -300,27 +317,15 @@ class Ledger:
     async def _commit(self, batch: list[tuple[Unit[Any], asyncio.Future[Any]]], *, final: bool) -> bool:
         """One transaction for `batch`. If the database refuses it: False, with only the units that
         raised by themselves resolved, or when `final`, every unit failed with the refusal."""
-        if self._head is None:
-            self._head = await self._db.read(_read_head)
-        w = Writes(self._head)
-        results: list[tuple[asyncio.Future[Any], Any]] = []
-        for unit, done in batch:
-            mark = w._mark()
-            try:
-                results.append((done, unit(w)))
-            except Exception as exc:
-                w._undo(mark)
-                done.set_exception(exc)
         try:
-            steps = w.steps()
-            if steps:
-                await self._db.write(functools.partial(_execute, steps))
+            w, results = await (self._send_in_turn if self._in_turn else self._send_after_head)(batch)
         except Exception as exc:
             self._head = None
             if not final:
                 return False
-            for done, _ in results:
-                done.set_exception(exc)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
             return True
         self._head = w.head
         for callback in w._committed:
@@ -331,6 +336,29 @@ class Ledger:
         for done, result in results:
             done.set_result(result)
         return True
+
+    async def _send_after_head(self, batch: list[tuple[Unit[Any], asyncio.Future[Any]]]) -> _Sent:
+        """SQLite: the units run from the head this process last committed (or read), and a seq
+        taken meanwhile by another process makes the primary key refuse the transaction."""
+        if self._head is None:
+            self._head = await self._db.read(_read_head)
+        w, results = _run_units(batch, self._head)
+        steps = w.steps()
+        if steps:
+            await self._db.write(functools.partial(_execute, steps))
+        return w, results
+
+    async def _send_in_turn(self, batch: list[tuple[Unit[Any], asyncio.Future[Any]]]) -> _Sent:
+        """PostgreSQL: several processes, on several machines, append to one chain. Each transaction
+        takes the ledger's turn (an advisory lock) before it reads the head, so the next seq and its
+        prev_hash are the database's, whichever process appended last."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(take_turn, Turn.LEDGER)
+            w, results = _run_units(batch, await conn.run_sync(_read_head))
+            steps = w.steps()
+            if steps:
+                await conn.run_sync(functools.partial(_execute, steps))
+        return w, results
 
     async def get(self, seq: int) -> LedgerRecord:
         async with self.engine.connect() as conn:

@@ -19,7 +19,8 @@ from sqlalchemy.engine import make_url
 from kepmta import config, devinit
 from kepmta.config import Ports
 from kepmta.db import utc
-from kepmta.db.schema import jobs, messages, metadata
+from kepmta.db.migrate import upgrade_on
+from kepmta.db.schema import jobs, messages
 
 MESSAGE = "20250301T090000Z.00112233aabbccdd@kep.test"
 SENDER = "ayse.kaya@kep.test"
@@ -41,7 +42,8 @@ def data(tmp_path: Path) -> Path:
 def db(data: Path) -> Iterator[Engine]:
     url = config.load(data / devinit.CONFIG_NAME).database_url
     engine = create_engine(make_url(url).set(drivername="sqlite"))
-    metadata.create_all(engine)
+    with engine.begin() as conn:
+        upgrade_on(conn)  # as the server makes its database: the migrations
     with engine.begin() as conn:
         conn.execute(
             insert(messages).values(id=MESSAGE, sender=SENDER, subject=SUBJECT, submitted_at=SUBMITTED)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from evidence_fixtures import sample_evidence
@@ -36,8 +35,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[dt.datetime], None]:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'kep.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = await open_engine(database_url)
     yield eng
     await eng.dispose()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, func, insert, select
@@ -18,8 +17,8 @@ from kepmta.db.schema import messages
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'kep.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = await open_engine(database_url)
     yield eng
     await close(eng)
 

@@ -73,8 +73,8 @@ def test_mersis_form() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AccountStore]:
-    engine: AsyncEngine = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'kep.db'}")
+async def store(tmp_path: Path, database_url: str) -> AsyncIterator[AccountStore]:
+    engine: AsyncEngine = await open_engine(database_url)
     yield AccountStore(engine, tmp_path / "mail", domain="kep.test", default_quota=10**6)
     await close(engine)
 

@@ -1,5 +1,5 @@
 """The hash-chained ledger and its audit: any altered, removed, inserted or reordered record is
-found, with its position; checkpoints seal the head. Real SQLite, real signatures."""
+found, with its position; checkpoints seal the head. Real SQLite and PostgreSQL, real signatures."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ import pytest
 from evidence_fixtures import Pki, make_pki, sample_evidence
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, event, insert, select, update
+from pgserver import PgServer
+from sqlalchemy import delete, event, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kepmta.db import Turn, take_turn
 from kepmta.db.engine import open_engine
+from kepmta.db.runner import close
 from kepmta.db.schema import ledger as ledger_table
 from kepmta.db.schema import messages
 from kepmta.events import MessageFacts, save_facts
@@ -46,8 +49,8 @@ def p(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'kep.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = await open_engine(database_url)
     async with eng.begin() as conn:
         # The second message lets a test point a record at another message (a foreign key).
         for mid in (MESSAGE, MESSAGE + "x"):
@@ -293,8 +296,10 @@ async def _chain_problems(ledger: Ledger) -> list[str]:
 def _commits(ledger: Ledger) -> list[int]:
     """Every COMMIT the ledger's writer sends from now on, so a test can see units share one."""
     commits: list[int] = []
-    sync, _ = ledger._db._sqlite["write"]
-    event.listen(sync, "commit", lambda _conn: commits.append(1))
+    # SQLite: the runner's writer engine; PostgreSQL: the async engine's own.
+    sqlite = ledger._db._sqlite.get("write")
+    engine = sqlite[0] if sqlite is not None else ledger.engine.sync_engine
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
     return commits
 
 
@@ -373,3 +378,68 @@ async def test_a_cancelled_caller_does_not_withdraw_its_unit(engine: AsyncEngine
         await caller
     await ledger.transact(lambda w: None)  # queued behind it: done once that one has committed
     assert [r.evidence_id async for r in ledger.walk()] == ["kept"]
+
+
+async def test_on_postgresql_an_append_waits_for_the_ledgers_turn_and_chains_after_the_holder(
+    postgres: PgServer,
+) -> None:
+    """Another node holds the ledger's advisory lock and appends seq 1: an append that began
+    meanwhile waits in the database, then reads the head the other node committed. It is not
+    refused and retried: one transaction, at seq 2, chained after the other node's record."""
+    url = postgres.new_database()
+    engine, other = await open_engine(url), await open_engine(url)
+    try:
+        ledger = Ledger(engine)
+        begun: list[int] = []
+        event.listen(engine.sync_engine, "begin", lambda _conn: begun.append(1))
+        theirs = _record("other-node")
+        async with other.begin() as conn:
+            await conn.run_sync(take_turn, Turn.LEDGER)
+            mine = asyncio.create_task(ledger.transact(lambda w: w.append(_record("mine")).seq))
+            while not (await _waiting_for_advisory_locks(other)) and not mine.done():
+                await asyncio.sleep(0.01)
+            assert not mine.done()
+            await conn.execute(
+                insert(ledger_table).values(
+                    seq=1,
+                    kind=theirs.kind.value,
+                    evidence_id=theirs.evidence_id,
+                    created_at=theirs.created_at,
+                    der=theirs.der,
+                    prev_hash=bytes(32),
+                    hash=chain_hash(bytes(32), theirs),
+                )
+            )
+        assert await mine == 2
+        assert len(begun) == 1
+        assert [r.evidence_id async for r in ledger.walk()] == ["other-node", "mine"]
+        assert await _chain_problems(ledger) == []
+    finally:
+        await close(engine)
+        await close(other)
+
+
+async def _waiting_for_advisory_locks(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        )
+        return int(found.scalar_one())
+
+
+async def test_on_postgresql_nodes_appending_at_once_keep_one_gapless_chain(postgres: PgServer) -> None:
+    """Three engines stand for three nodes, each with its own connections and its own Ledger."""
+    url = postgres.new_database()
+    engines = [await open_engine(url) for _ in range(3)]
+    try:
+        ledgers = [Ledger(e) for e in engines]
+
+        def unit(i: int) -> Callable[[Writes], int]:
+            return lambda w: w.append(_record(f"node{i % 3}-{i}")).seq
+
+        seqs = await asyncio.gather(*(ledgers[i % 3].transact(unit(i)) for i in range(60)))
+        assert sorted(seqs) == list(range(1, 61))
+        assert await _chain_problems(ledgers[0]) == []
+    finally:
+        for e in engines:
+            await close(e)

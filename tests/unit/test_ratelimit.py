@@ -160,8 +160,8 @@ def test_the_policy_file_gives_the_limits(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'kep.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = await open_engine(database_url)
     yield eng
     await close(eng)
 

@@ -227,8 +227,8 @@ MESSAGE = "20240502101530.abc123@hs01.kep.tr"
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'kep.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = await open_engine(database_url)
     async with eng.begin() as conn:
         await conn.execute(
             insert(messages).values(
