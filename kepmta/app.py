@@ -198,7 +198,14 @@ class App:
         self.tasks.append(asyncio.create_task(stamper.run(), name="evidence-timestamps"))
         self.tasks.append(asyncio.create_task(checkpointer.run(), name="ledger-checkpoints"))
         self.servers = await start_submission(
-            service, tls, s.listen, s.hostname, s.ports.submission, s.ports.submissions
+            service,
+            tls,
+            s.listen,
+            s.hostname,
+            s.ports.submission,
+            s.ports.submissions,
+            connections_per_address=p.submission_connections_per_address,
+            sessions_per_account=p.submission_sessions_per_account,
         )
         read_hook = ReadHook(recorder, wake)
         backend = ImapBackendAdapter(accounts, read_hook, s.policy.evidence_folder)
@@ -210,6 +217,7 @@ class App:
             tls,
             special_folders={s.policy.evidence_folder: "\\Archive"},
             folder_limits=s.policy.imap,
+            limits=s.policy.imap_limits,
         )
         await self.imap.start(s.listen, s.ports.imap, s.ports.imaps)
         submission, submissions = (srv.sockets[0].getsockname()[1] for srv in self.servers)
@@ -227,7 +235,14 @@ class App:
                 wake_relay=relaying.wake,
             )
             inbound.recover()
-            relay_server = await start_relay(inbound, self._relay_tls, s.listen, s.hostname, s.ports.relay)
+            relay_server = await start_relay(
+                inbound,
+                self._relay_tls,
+                s.listen,
+                s.hostname,
+                s.ports.relay,
+                connections_per_address=p.relay_connections_per_address,
+            )
             self.servers.append(relay_server)
             self.ports["relay"] = relay_server.sockets[0].getsockname()[1]
         log.info("kepmta serving %s on %s: %s", s.domain, s.listen, self.ports)

@@ -14,6 +14,7 @@ from typing import Any
 
 from kepmta import peers as peer_registry
 from kepmta.imap.folders import NAME_MAX, FolderLimits
+from kepmta.limits import ImapLimits
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "kep-tr.toml"
 
@@ -72,6 +73,14 @@ class Policy:
     # before the session is ended with 421 (kepmta.submission).
     max_refused_recipients: int = 10
     max_refused_per_session: int = 20
+    # [imap]: connections, sessions and the sizes of commands (kepmta.limits).
+    imap_limits: ImapLimits = field(default_factory=ImapLimits)
+    # [submission]: connections at once from one client address (IPv6 by its /64), the
+    # submission and submissions ports together, and authenticated sessions of one account.
+    submission_connections_per_address: int = 20
+    submission_sessions_per_account: int = 10
+    # [relay]: connections at once to the relay listener from one peer address.
+    relay_connections_per_address: int = 20
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,8 @@ def load_policy(path: Path) -> Policy:
     imap = top.table("imap")
     local_max = size.number("local_max", low=1024, high=2**40)
     peer_max = size.number("peer_max", low=1024, high=local_max)
+    preauth_literal = imap.number("max_literal_before_login", low=256, high=1024 * 1024)
+    literal = imap.number("max_literal", low=1024, high=2**30)
     return Policy(
         id=policy.text("id"),
         name=policy.text("name"),
@@ -285,6 +296,23 @@ def load_policy(path: Path) -> Policy:
         auth_waiting_per_address=auth.number("waiting_per_address", low=1, high=10_000),
         max_refused_recipients=submission.number("max_refused_recipients", low=1, high=10_000),
         max_refused_per_session=submission.number("max_refused_per_session", low=1, high=100_000),
+        imap_limits=ImapLimits(
+            connections_per_address=imap.number("connections_per_address", low=1, high=1_000_000),
+            sessions_per_account=imap.number("sessions_per_account", low=1, high=100_000),
+            # RFC 7162 §4: a client should be able to send lines of 8192 octets.
+            line=imap.number("max_line", low=8192, high=2**24),
+            preauth_literal=preauth_literal,
+            preauth_command=imap.number("max_command_before_login", low=preauth_literal, high=2**24),
+            literal=literal,
+            command=imap.number("max_command", low=literal, high=2**30),
+            # A mailbox never needs a message larger than the largest one a user can be sent.
+            message=local_max,
+        ),
+        submission_connections_per_address=submission.number(
+            "connections_per_address", low=1, high=1_000_000
+        ),
+        submission_sessions_per_account=submission.number("sessions_per_account", low=1, high=100_000),
+        relay_connections_per_address=relay.number("connections_per_address", low=1, high=1_000_000),
     )
 
 

@@ -20,9 +20,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_LINE = 64 * 1024
-# The largest literal taken at all, and only ever into a file: one big message.
-MAX_LITERAL = 100 * 1024 * 1024
 # Octets of a streamed literal written at once: what one read from the connection brings.
 _CHUNK = 64 * 1024
 
@@ -461,11 +458,14 @@ def paren(items: Iterable[bytes]) -> bytes:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one command may hold in memory: each literal, and the literals and the lines after them
-    together (the first line has MAX_LINE)."""
+    """What one command may hold: each line, each literal kept in memory, those literals and the
+    lines after the first together, and the largest literal taken at all (only ever into a file:
+    one message). The numbers are the caller's (kepmta.limits, from the policy file)."""
 
+    line: int
     literal: int
     command: int
+    message: int
 
 
 @dataclass(frozen=True)
@@ -510,7 +510,7 @@ class CommandReader:
             raise ConnectionClosed()
         self._buf += chunk
 
-    async def line(self, limit: int = MAX_LINE) -> bytes:
+    async def line(self, limit: int) -> bytes:
         """One line including its LF; raises LineTooLong (after skipping the rest of it) past `limit`."""
         scanned = 0
         while True:
@@ -580,7 +580,7 @@ class CommandReader:
         command there and then.
         """
         try:
-            first = await self.line()
+            first = await self.line(limits.line)
         except LineTooLong as e:
             raise Refused(split_tag(e.head), "command line too long") from None
         tag = split_tag(first)
@@ -599,9 +599,9 @@ class CommandReader:
                         raise Refused(tag, f"[TOOBIG] command longer than {limits.command} octets")
                     return RawCommand(b"".join(parts), files)
                 size, non_sync = int(m.group(1)), bool(m.group(2))
-                if size > MAX_LITERAL:
+                if size > limits.message:
                     _too_big(non_sync)
-                    raise Refused(tag, f"[TOOBIG] literals are limited to {MAX_LITERAL} octets")
+                    raise Refused(tag, f"[TOOBIG] literals are limited to {limits.message} octets")
                 try:
                     path = await admit(b"".join(parts), len(parts) // 2, size) if admit else None
                 except (BadCommand, CommandFailed) as e:
@@ -609,7 +609,7 @@ class CommandReader:
                         # RFC 7888: a non-synchronising literal is sent without waiting, so its
                         # octets must be read past before the next command begins.
                         await self._skip(size)
-                        await self._skip_command()
+                        await self._skip_command(limits)
                     if isinstance(e, CommandFailed):
                         raise Refused(tag, (f"[{e.code}] " if e.code else "") + e.text, "NO") from None
                     raise Refused(tag, str(e)) from None
@@ -634,7 +634,7 @@ class CommandReader:
                     parts.append(b"")
                     offset += len(parts[-2])
                 try:
-                    line = await self.line()
+                    line = await self.line(limits.line)
                 except LineTooLong:
                     raise Refused(tag, "command line too long") from None
                 parts.append(line)
@@ -644,19 +644,19 @@ class CommandReader:
                 file.path.unlink(missing_ok=True)
             raise
 
-    async def _skip_command(self) -> None:
+    async def _skip_command(self, limits: Limits) -> None:
         """Read past the rest of a refused command: its lines and its non-synchronising literals
         (a synchronising one ends it: its client waits for a continuation it will not get)."""
         while True:
             try:
-                line = await self.line()
+                line = await self.line(limits.line)
             except LineTooLong:
                 return
             m = _LITERAL_MARK.search(line)
             if not m or not m.group(2):
                 return
             size = int(m.group(1))
-            if size > MAX_LITERAL:
+            if size > limits.message:
                 raise ConnectionClosed("literal too large")
             await self._skip(size)
 

@@ -14,7 +14,9 @@ from kepmta.imap.folders import FolderLimits
 from kepmta.imap.mailbox import StoreRegistry
 from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
+from kepmta.limits import ImapLimits, QuotaReservations, Slots
 from kepmta.maildir import MailboxNameError, Maildir
+from kepmta.ratelimit import client_key
 
 log = logging.getLogger("kepmta.imap")
 
@@ -64,11 +66,16 @@ class ImapServer:
         *,
         special_folders: dict[str, str] | None = None,
         folder_limits: FolderLimits | None = None,
+        limits: ImapLimits | None = None,
     ) -> None:
         self.backend = backend
         self.tls = tls
         self.special_folders = {**DEFAULT_SPECIAL_USE, **(special_folders or {})}
         self.folder_limits = folder_limits or FolderLimits()
+        self.limits = limits or ImapLimits()
+        self.connections = Slots(self.limits.connections_per_address)  # by client_key()
+        self.account_sessions = Slots(self.limits.sessions_per_account)  # logged-in, by account
+        self.reservations = QuotaReservations()
         # CREATE, DELETE and RENAME of every account, one at a time (see Session.c_create).
         self.folder_changes = asyncio.Lock()
         self.ports: dict[str, int] = {}
@@ -119,9 +126,15 @@ class ImapServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
-        session = Session(self, reader, writer, tls=tls)
-        self._sessions[task] = session
+        peer = writer.get_extra_info("peername")
+        address = client_key(str(peer[0])) if isinstance(peer, tuple) and peer else ""
+        slot = self.connections.take(address)
+        if slot is None:
+            await _refuse(writer, address)
+            return
         try:
+            session = Session(self, reader, writer, tls=tls)
+            self._sessions[task] = session
             await session.run()
         except asyncio.CancelledError:
             # Only close() cancels sessions, and it waits for them; nothing is left to propagate to.
@@ -129,6 +142,7 @@ class ImapServer:
                 raise
         finally:
             self._sessions.pop(task, None)
+            slot.release()
 
     async def close(self) -> None:
         self._closing = True
@@ -153,3 +167,15 @@ class ImapServer:
         self.summaries.clear()
         if self.inotify is not None:
             self.inotify.close()
+
+
+async def _refuse(writer: asyncio.StreamWriter, address: str) -> None:
+    """Turn a connection away before any session exists: RFC 3501 §7.1.5 allows BYE as the greeting,
+    and RFC 5530 §3 UNAVAILABLE says it is temporary."""
+    log.info("IMAP connection from %s refused: too many connections from its address", address)
+    with contextlib.suppress(Exception):
+        writer.write(b"* BYE [UNAVAILABLE] Too many connections from your address\r\n")
+        await asyncio.wait_for(writer.drain(), 1)
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 1)

@@ -40,7 +40,6 @@ from kepmta.imap.protocol import (
     ConnectionClosed,
     FileSlice,
     IntervalSet,
-    Limits,
     LineTooLong,
     LiteralFile,
     ParenList,
@@ -58,6 +57,7 @@ from kepmta.imap.protocol import (
     string,
 )
 from kepmta.imap.summary import Summary
+from kepmta.limits import Reservation, Slot
 from kepmta.logtext import excerpt
 from kepmta.maildir import INBOX, Maildir
 
@@ -73,11 +73,6 @@ _COMMON_CAPS = (
 # RFC 5161 §3.1: what ENABLE can turn on.
 _ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
 _STREAM_CHUNK = 1 << 20
-# Before login a stranger needs literals only for a user name and a password: a command may hold
-# little. After it, every literal but APPEND's message (written to a file) is a name, a search string
-# or the like, and stays in memory.
-_PREAUTH_LIMITS = Limits(literal=4 * 1024, command=16 * 1024)
-_AUTH_LIMITS = Limits(literal=64 * 1024, command=1024 * 1024)
 # Messages a FETCH gathers summaries for at once: bounds the memory a long range holds.
 _FETCH_BATCH = 256
 _unique = itertools.count(1)
@@ -123,6 +118,10 @@ class Session:
         self.enabled: set[str] = set()
         self.auth_failures = 0
         self._logout = False
+        # This session's place among its account's sessions (ImapLimits.sessions_per_account).
+        self._account_slot: Slot | None = None
+        # Quota held for the APPEND message being read, until its command ends.
+        self._reservation: Reservation | None = None
         # FETCH data waiting to go out with the next response line: one write (one TLS record and
         # one system call, mostly) per command instead of one per message and literal.
         self._pending: list[bytes] = []
@@ -197,12 +196,14 @@ class Session:
                     if self.state is State.NOT_AUTHENTICATED
                     else self.server.autologout_seconds
                 )
-                limits = _PREAUTH_LIMITS if self.state is State.NOT_AUTHENTICATED else _AUTH_LIMITS
+                limits = self.server.limits
+                sizes = limits.before_login if self.state is State.NOT_AUTHENTICATED else limits.after_login
                 try:
                     raw = await asyncio.wait_for(
-                        self.reader.command(self._continue, limits, self._admit), timeout
+                        self.reader.command(self._continue, sizes, self._admit), timeout
                     )
                 except Refused as e:
+                    self._release_reservation()
                     await self.send(_tagged(e.tag or "*", e.status, str(e)))
                     continue
                 except TimeoutError:
@@ -212,6 +213,7 @@ class Session:
                     await self.execute(raw)
                 finally:
                     raw.discard()
+                    self._release_reservation()
         except ConnectionClosed as e:
             if e.farewell:
                 await self.say_goodbye(e.farewell)
@@ -222,6 +224,9 @@ class Session:
             await self.say_goodbye("internal server error")
         finally:
             self._unselect()
+            self._release_reservation()
+            if self._account_slot is not None:
+                self._account_slot.release()
             with contextlib.suppress(Exception):
                 self.writer.close()
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
@@ -235,6 +240,8 @@ class Session:
 
         The checks come before the continuation, so a message that cannot be stored is refused
         before a single octet of it is read (RFC 9208 §4.3 OVERQUOTA, RFC 9051 §6.3.12 TRYCREATE).
+        Its size is then reserved against the quota until the command ends, so APPENDs started
+        together are checked against each other's messages too.
         """
         # The message is the first or, after a mailbox name sent as a literal, the second literal.
         if self.state is State.NOT_AUTHENTICATED or index > 1:
@@ -246,8 +253,13 @@ class Session:
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
-        used, limit = await self.backend.quota(self.user)
+        if self._reservation is not None:
+            raise BadCommand("APPEND takes one message")
+        reservations = self.server.reservations
+        used, limit = await reservations.usage(self.user, self._quota)
+        # No await from the check to the reservation: no other session's check comes between.
         quota.check_room(used, limit, size)
+        self._reservation = reservations.reserve(self.user, size)
         # Same file system as every folder, so the finished file is renamed into place.
         tmp = self._md().root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -323,6 +335,14 @@ class Session:
     def _md(self) -> Maildir:
         assert self.maildir is not None
         return self.maildir
+
+    async def _quota(self) -> tuple[int, int]:
+        return await self.backend.quota(self.user)
+
+    def _release_reservation(self) -> None:
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
 
     def _selected(self) -> MailboxView:
         assert self.view is not None
@@ -504,7 +524,7 @@ class Session:
         if initial is None:
             await self.send(b"+ ")
             try:
-                line = await self.reader.line(16 * 1024)
+                line = await self.reader.line(self.server.limits.preauth_command)
             except LineTooLong:
                 raise BadCommand("SASL response too long") from None
             initial = line.rstrip(b"\r\n").decode("ascii", "replace")
@@ -536,6 +556,13 @@ class Session:
             self.auth_failures += 1
             log.info("IMAP authentication failed for %s from %s", excerpt(username), self.peer_ip)
             raise CommandFailed("invalid credentials", "AUTHENTICATIONFAILED")
+        slot = self.server.account_sessions.take(account)
+        if slot is None:
+            log.info("IMAP login %s from %s refused: too many sessions", account, self.peer_ip)
+            # RFC 5530 §3: LIMIT, a limit on the number of sessions; the session stays logged out.
+            limit = self.server.limits.sessions_per_account
+            raise CommandFailed(f"this account has {limit} sessions already; log out of one first", "LIMIT")
+        self._account_slot = slot
         self.user = account
         self.maildir = self.backend.maildir(account)
         # Clients look for the special-use folders (RFC 6154) at once; they exist from the start.
@@ -792,8 +819,8 @@ class Session:
             # RFC 3501 §6.3.11: TRYCREATE tells the client that CREATE would make this work.
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
-        used, limit = await self.backend.quota(self.user)
         # Checked again: other mail may have arrived while the message streamed in.
+        used, limit = await self.server.reservations.usage(self.user, self._quota, exclude=self._reservation)
         quota.check_room(used, limit, tok.file.size if tok.file is not None else len(tok.value))
         store = self._open_store(name)
         try:
@@ -803,12 +830,14 @@ class Session:
                 msg = await _save(store, tok.value, flags, when)
         finally:
             self._release(store)
+        # Stored, so counted as such from now on.
+        self._release_reservation()
         return f"[APPENDUID {store.uidvalidity} {msg.uid}] APPEND completed"
 
     async def c_idle(self, cmd: Command, args: Args) -> str:
         args.end()
         await self.send(b"+ idling")
-        read = asyncio.ensure_future(self.reader.line())
+        read = asyncio.ensure_future(self.reader.line(self.server.limits.line))
         deadline = time.monotonic() + self.server.autologout_seconds
         try:
             while True:
@@ -1163,7 +1192,7 @@ class Session:
             raise CommandFailed("some of the messages no longer exist", "EXPUNGEISSUED")
         if not move:
             # RFC 9208 §4.3: a copy takes new room in the account; a move does not.
-            used, limit = await self.backend.quota(self.user)
+            used, limit = await self.server.reservations.usage(self.user, self._quota)
             quota.check_room(used, limit, sum(m.size for m in messages))
         dest = self._open_store(name)
         try:

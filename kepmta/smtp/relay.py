@@ -16,8 +16,10 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from kepmta.inbound import InboundService, PeerClient, Refused
+from kepmta.limits import Slots
 from kepmta.peers import Peers
 from kepmta.smtp.data import SpoolingSMTP
+from kepmta.smtp.submission import take_connection
 from kepmta.workers import WorkerError
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,19 @@ def relay_tls(cert: Path, key: Path, peers: Peers) -> ssl.SSLContext:
 
 
 class RelaySMTP(SpoolingSMTP):
-    def __init__(self, service: InboundService, **kwargs: Any) -> None:
+    def __init__(self, service: InboundService, connections: Slots, **kwargs: Any) -> None:
         super().__init__(RelayHandler(service), **kwargs)
         self.service = service
+        self.connections = connections  # by client_key() of the peer's address
+
+    async def _handle_client(self) -> None:
+        connection = await take_connection(self, self.connections)
+        if connection is None:
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            connection.release()
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
@@ -153,15 +165,23 @@ class RelayHandler:
 
 
 async def start_relay(
-    service: InboundService, tls: Callable[[], ssl.SSLContext], host: str, hostname: str, port: int
+    service: InboundService,
+    tls: Callable[[], ssl.SSLContext],
+    host: str,
+    hostname: str,
+    port: int,
+    *,
+    connections_per_address: int,
 ) -> asyncio.Server:
     """Listen for peers; `tls` gives the context for each new connection, so a reloaded peer
     registry is trusted from the next connection on."""
     loop = asyncio.get_running_loop()
+    connections = Slots(connections_per_address)
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
             service,
+            connections,
             hostname=hostname,
             ident="kepmta KEP relay",
             data_size_limit=None,  # SIZE is ours: announced in handle_EHLO

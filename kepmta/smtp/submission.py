@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -16,9 +17,11 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, Envelope, Session, syntax
 
 from kepmta.accounts import Account, LoginRefusal
+from kepmta.limits import Slot, Slots
 from kepmta.logtext import excerpt
 from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
+from kepmta.ratelimit import client_key
 from kepmta.smtp.data import SpoolingSMTP
 from kepmta.submission import SessionRefusals, SubmissionService, TooManyRefusals, Transaction
 from kepmta.workers import WorkerError
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 class KepSession(Session):
     authenticated_at: dt.datetime | None = None
+    # The session's place among its account's authenticated sessions, held until it ends.
+    account_slot: Slot | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
@@ -49,9 +54,10 @@ class KepEnvelope(Envelope):
 
 
 class SubmissionSMTP(SpoolingSMTP):
-    def __init__(self, handler: SubmissionHandler, **kwargs: Any) -> None:
+    def __init__(self, handler: SubmissionHandler, connections: Slots, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.kep_handler = handler
+        self.connections = connections  # shared by both submission ports, by client_key()
         self.closing = False  # the reply being sent is the last: 421, too many refusals
 
     def _create_session(self) -> KepSession:
@@ -67,9 +73,16 @@ class SubmissionSMTP(SpoolingSMTP):
             await self.kep_handler.service.end(envelope.transaction)
 
     async def _handle_client(self) -> None:
+        connection = await take_connection(self, self.connections)
+        if connection is None:
+            return
         try:
             await super()._handle_client()
         finally:
+            connection.release()
+            session = self.session
+            if isinstance(session, KepSession) and session.account_slot is not None:
+                session.account_slot.release()
             # A client that leaves without RSET or QUIT, or times out, still has its refusals
             # recorded. Runs after the connection is gone: nobody is left to tell of a failure.
             try:
@@ -155,8 +168,9 @@ class SubmissionHandler:
     """aiosmtpd hooks; `auth_*` methods replace aiosmtpd's built-in mechanisms so that password
     checks run off the event loop."""
 
-    def __init__(self, service: SubmissionService) -> None:
+    def __init__(self, service: SubmissionService, sessions: Slots) -> None:
         self.service = service
+        self.sessions = sessions  # authenticated sessions, by account address
 
     async def handle_EHLO(
         self,
@@ -176,6 +190,15 @@ class SubmissionHandler:
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
         login = await self.service.login(username, password, peer)
         if login.account is not None:
+            slot = self.sessions.take(login.account.address)
+            if slot is None:
+                log.info("%r: %s has too many sessions", session.peer, login.account.address)
+                # RFC 4954 §6: 454 4.7.0, a temporary authentication failure; the session stays
+                # open and unauthenticated, and the client may try again when another has ended.
+                limit = self.sessions.limit
+                await server.push(f"454 4.7.0 This account has {limit} sessions already; try again later")
+                return None
+            session.account_slot = slot
             session.authenticated_at = dt.datetime.now(dt.UTC)
             return AuthResult(success=True, auth_data=login.account)
         log.info("%r failed authentication as %s: %s", session.peer, excerpt(username), login.refusal)
@@ -280,14 +303,20 @@ async def start_submission(
     hostname: str,
     starttls_port: int,
     tls_port: int,
+    *,
+    connections_per_address: int,
+    sessions_per_account: int,
 ) -> list[asyncio.Server]:
-    """Listen on the STARTTLS and implicit-TLS submission ports."""
+    """Listen on the STARTTLS and implicit-TLS submission ports; connections from one client
+    address and authenticated sessions of one account are counted across both."""
     loop = asyncio.get_running_loop()
-    handler = SubmissionHandler(service)
+    handler = SubmissionHandler(service, Slots(sessions_per_account))
+    connections = Slots(connections_per_address)
 
     def factory(implicit: bool) -> SubmissionSMTP:
         return SubmissionSMTP(
             handler,
+            connections,
             hostname=hostname,
             ident="kepmta KEP submission",
             data_size_limit=None,  # SIZE is ours: announced in handle_EHLO, checked by the policy
@@ -307,3 +336,19 @@ async def start_submission(
 def bound_port(server: asyncio.Server) -> int:
     port: int = server.sockets[0].getsockname()[1]
     return port
+
+
+async def take_connection(smtp: SpoolingSMTP, connections: Slots) -> Slot | None:
+    """A place for the new connection among those of its client address (IPv6 by its /64), or
+    None after refusing it: 421 4.7.0 before the greeting, and closed (RFC 5321 §3.8: a server
+    may refuse a session with 421 instead of 220; RFC 3463 X.7.0: a policy status)."""
+    peer = smtp.session.peer if smtp.session is not None else None
+    address = client_key(str(peer[0])) if isinstance(peer, tuple) and peer else ""
+    slot = connections.take(address)
+    if slot is None:
+        log.info("connection from %s refused: too many connections from its address", address)
+        with contextlib.suppress(ConnectionError):
+            await smtp.push("421 4.7.0 Too many connections from your address")
+        if smtp.transport is not None:
+            smtp.transport.close()
+    return slot

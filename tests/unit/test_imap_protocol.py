@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from kepmta.imap.protocol import (
-    MAX_LINE,
     MAX_NESTING,
     Args,
     Atom,
@@ -35,7 +34,7 @@ from kepmta.imap.protocol import (
     string,
 )
 
-LIMITS = Limits(literal=64, command=256)
+LIMITS = Limits(line=64 * 1024, literal=64, command=256, message=100 * 1024 * 1024)
 
 
 def test_atoms_quoted_strings_lists_and_literals() -> None:
@@ -224,7 +223,7 @@ async def test_reader_assembles_literals_and_asks_for_synchronising_ones() -> No
 
 
 async def test_reader_refuses_long_lines_and_keeps_going() -> None:
-    feed = _Feed(b"x1 NOOP " + b"a" * (MAX_LINE + 10) + b"\r\nx2 NOOP\r\n")
+    feed = _Feed(b"x1 NOOP " + b"a" * (LIMITS.line + 10) + b"\r\nx2 NOOP\r\n")
     r = CommandReader(feed.reader)
 
     async def cont() -> None:
