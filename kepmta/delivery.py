@@ -29,6 +29,7 @@ from kepmta.evidence.ledger import Ledger, Writes
 from kepmta.evidence.model import Event, Evidence, Reason
 from kepmta.evidence.xml import from_xml
 from kepmta.maildir import INBOX, Maildir, write_synced
+from kepmta.outage import outage
 from kepmta.queue import jobs
 from kepmta.quota import QuotaWarner
 from kepmta.rem.dispatch import DispatchInfo
@@ -37,6 +38,7 @@ from kepmta.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
+_KINDS = (jobs.DELIVER, jobs.RECEIPT, jobs.FILE_RECEIVED)
 _CONCURRENT_JOBS = 8
 # Moving filed messages into place (rename, directory fsync) runs on threads of its own, so a
 # queue of deliveries never delays the worker threads that submissions wait on.
@@ -98,6 +100,9 @@ class DeliveryWorker(jobs.JobLoop):
         self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
         # Evidence about a peer's sender leaves through the relay worker: woken after each batch.
         self.wake_relay: Callable[[], None] | None = None
+        # Outage failures (kepmta.outage) so far, and whether jobs wait since the last one.
+        self._outages = 0
+        self._after_outage = False
         # The highest job id when this process first looked: a job up to it may have been begun
         # by a process that died before it could record anything, even an attempt.
         self._inherited: int | None = None
@@ -107,16 +112,30 @@ class DeliveryWorker(jobs.JobLoop):
         if self._inherited is None:
             newest = select(func.max(jobs_table.c.id))
             self._inherited = await runner(self.engine).read(lambda conn: conn.execute(newest).scalar()) or 0
-        batch = await jobs.due(self.engine, (jobs.DELIVER, jobs.RECEIPT, jobs.FILE_RECEIVED))
-        filed = await asyncio.gather(*(self._attempt(job) for job in batch))
+        batch = await jobs.due(self.engine, _KINDS)
+        outages = self._outages
+        # Every attempt runs to its end before a failure to record one is raised: an attempt
+        # still running would be started again beside itself by the next look at the queue.
+        results = await asyncio.gather(*(self._attempt(job) for job in batch), return_exceptions=True)
         if batch and self.wake_relay is not None:
             self.wake_relay()
+        filed = {r for r in results if isinstance(r, str)}
         # Once per mailbox that grew, not once per message filed into it.
-        for address in sorted({a for a in filed if a is not None}):
+        for address in sorted(filed):
             try:
                 await self.quota.check(address)
             except Exception:  # a warning that cannot be sent must not stop delivery
                 log.exception("quota warning for %s failed", address)
+        if self._outages > outages:
+            self._after_outage = True
+        elif filed and self._after_outage:
+            # Space or the database is back: what failed meanwhile goes now, not at its back-off
+            # (up to 30 minutes away), without an operator's `kepmta queue retry`.
+            self._after_outage = False
+            await jobs.bring_forward(self.engine, _KINDS)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(batch)
 
     async def _attempt(self, job: jobs.Job) -> str | None:
@@ -132,7 +151,19 @@ class DeliveryWorker(jobs.JobLoop):
                 log.info("job %d: %s", job.id, e)
                 await jobs.retry_later(self.engine, job, str(e))
             except Exception as e:
-                log.exception("job %d (%s of %s) failed; will retry", job.id, job.kind, job.message_id)
+                found = outage(e)
+                if found is None:
+                    log.exception("job %d (%s of %s) failed; will retry", job.id, job.kind, job.message_id)
+                else:
+                    self._outages += 1
+                    log.error(
+                        "job %d (%s of %s): %s; will retry: %s",
+                        job.id,
+                        job.kind,
+                        job.message_id,
+                        found.what,
+                        e,
+                    )
                 await jobs.retry_later(self.engine, job, f"{type(e).__name__}: {e}")
             return None
 

@@ -15,6 +15,7 @@ receipt scheduled, and only then do dispatches carrying that evidence go out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -34,6 +35,7 @@ from kepmta.evidence.model import Event, Evidence, Party, Provider, Reason
 from kepmta.evidence.revocation import RevocationCapture
 from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
 from kepmta.evidence.xml import from_xml
+from kepmta.outage import outage
 from kepmta.queue import jobs
 from kepmta.smime import cms
 
@@ -198,6 +200,8 @@ class EventRecorder:
         self.revocation = revocation
         self.known = KnownMessages()
         self.committed = CommittedEvidence()
+        # Told when the TSA gave a token (StampWorker: evidence waiting for one need not wait on).
+        self.on_stamped: Callable[[], None] | None = None
 
     async def sign(
         self,
@@ -236,10 +240,13 @@ class EventRecorder:
         )
         basic = await self.signer.sign_basic(evidence)
         try:
-            return await self.signer.stamp(basic)
+            stamped = await self.signer.stamp(basic)
         except TimeStampError as exc:
             log.warning("evidence %s waits for its time-stamp: %s", evidence.evidence_id, exc)
             return basic
+        if self.on_stamped is not None:
+            self.on_stamped()
+        return stamped
 
     def commit(self, w: Writes, signed: SignedEvidence) -> int:
         """Append to the ledger and schedule the receipt (or first the time-stamp), in the caller's
@@ -292,24 +299,55 @@ class StampWorker:
         self.ledger = recorder.ledger
         self.engine = recorder.ledger.engine
         self.wake_delivery = wake_delivery
+        self._wake = asyncio.Event()
+        # Jobs have failed since the TSA last answered; and whether it has answered since.
+        self._behind = False
+        self._tsa_back = False
+        recorder.on_stamped = self._answered
+
+    def _answered(self) -> None:
+        self._tsa_back = True
+        if self._behind:
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
-            if not await self.run_once():
-                await asyncio.sleep(_IDLE_POLL)
+            self._wake.clear()
+            try:
+                done = await self.run_once()
+            except Exception as e:
+                # The database or the disk failed outside a job: look again later, never stop.
+                if (found := outage(e)) is not None:
+                    log.error("time-stamp jobs: %s; trying again: %s", found.what, e)
+                else:
+                    log.exception("time-stamp jobs could not be run; trying again")
+                done = 0
+            if not done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
     async def run_once(self) -> int:
         """Try every due time-stamp job once; returns how many completed."""
+        if self._behind and self._tsa_back:
+            # The TSA answers again: what waited for it is due now, not at its back-off (up to
+            # 30 minutes away), and so are the receipts and dispatches that wait behind it.
+            self._behind = False
+            await jobs.bring_forward(self.engine, (TIMESTAMP_JOB,))
+        self._tsa_back = False
         done = 0
-        for job in await jobs.due(self.engine, (TIMESTAMP_JOB,)):
-            try:
-                await self._stamp(job)
-                done += 1
-            except Exception as exc:  # any failure leaves the job for a later attempt
-                log.warning("time-stamp job %d (%s) failed; will retry: %s", job.id, job.message_id, exc)
-                await jobs.retry_later(self.engine, job, f"{type(exc).__name__}: {exc}")
-        if done:
-            self.wake_delivery()
+        try:
+            for job in await jobs.due(self.engine, (TIMESTAMP_JOB,)):
+                try:
+                    await self._stamp(job)
+                    done += 1
+                    self._tsa_back = True
+                except Exception as exc:  # any failure leaves the job for a later attempt
+                    log.warning("time-stamp job %d (%s) failed; will retry: %s", job.id, job.message_id, exc)
+                    self._behind = True
+                    await jobs.retry_later(self.engine, job, f"{type(exc).__name__}: {exc}")
+        finally:
+            if done:
+                self.wake_delivery()
         return done
 
     async def _stamp(self, job: jobs.Job) -> None:

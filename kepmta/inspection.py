@@ -91,37 +91,42 @@ def write_original(incoming: Path, target: Path, provider_id: str, header_end: i
     SHA-256 of exactly those bytes (the REM digest) and their size."""
     digest = hashlib.sha256()
     size = 0
-    with incoming.open("rb") as src, target.open("wb") as out:
+    try:
+        with incoming.open("rb") as src, target.open("wb") as out:
 
-        def put(data: bytes | memoryview) -> None:
-            nonlocal size
-            digest.update(data)
-            out.write(data)
-            size += len(data)
+            def put(data: bytes | memoryview) -> None:
+                nonlocal size
+                digest.update(data)
+                out.write(data)
+                size += len(data)
 
-        head = src.read(header_end)
-        lines = head[: header_end - 4].split(b"\r\n") if header_end > 2 else []
-        kept: list[bytes] = []
-        skipping = False
-        for line in lines:
-            if line[:1] in (b" ", b"\t") and skipping:
-                continue  # RFC 5322 §2.2.3: a folded continuation of the dropped field
-            skipping = line.lower().startswith(b"message-id:")
-            if not skipping:
-                kept.append(line)
-        put(f"Message-ID: <{provider_id}>\r\n".encode())
-        put(b"".join(line + b"\r\n" for line in kept) + b"\r\n")
-        last = b"\r\n"
-        # One reused buffer: fresh 1 MB chunks per read made glibc's heap grow by tens of MB.
-        buffer = bytearray(_COPY_CHUNK)
-        view = memoryview(buffer)
-        while n := src.readinto(buffer):
-            put(view[:n])
-            last = (last + bytes(view[max(0, n - 2) : n]))[-2:]
-        if last != b"\r\n":
-            put(b"\r\n")
-        out.flush()
-        os.fsync(out.fileno())
+            head = src.read(header_end)
+            lines = head[: header_end - 4].split(b"\r\n") if header_end > 2 else []
+            kept: list[bytes] = []
+            skipping = False
+            for line in lines:
+                if line[:1] in (b" ", b"\t") and skipping:
+                    continue  # RFC 5322 §2.2.3: a folded continuation of the dropped field
+                skipping = line.lower().startswith(b"message-id:")
+                if not skipping:
+                    kept.append(line)
+            put(f"Message-ID: <{provider_id}>\r\n".encode())
+            put(b"".join(line + b"\r\n" for line in kept) + b"\r\n")
+            last = b"\r\n"
+            # One reused buffer: fresh 1 MB chunks per read made glibc's heap grow by tens of MB.
+            buffer = bytearray(_COPY_CHUNK)
+            view = memoryview(buffer)
+            while n := src.readinto(buffer):
+                put(view[:n])
+                last = (last + bytes(view[max(0, n - 2) : n]))[-2:]
+            if last != b"\r\n":
+                put(b"\r\n")
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        # Nothing names a part written before the disk filled up: it would only hold the space.
+        target.unlink(missing_ok=True)
+        raise
     fsync_dir(target.parent)  # the message row will name this file: its entry must survive a crash
     incoming.unlink()  # here, not on the event loop: an unlink can wait on the journal
     return digest.digest(), size

@@ -237,8 +237,14 @@ class Maildir:
 
 
 def write_synced(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """A new file written by `write` and on disk when this returns."""
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    """A new file written by `write` and on disk when this returns; no file if this raises."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # A part written before the disk filled up would hold on to the space it took until the
+        # job's next attempt (or for good, if the job is done by then).
+        path.unlink(missing_ok=True)
+        raise

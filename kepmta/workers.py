@@ -40,6 +40,11 @@ from kepmta.rem.receipt import ReceiptInfo, build_receipt
 class WorkerError(Exception):
     """A worker process failed a request, or stopped before it answered."""
 
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        # The errno of an OSError the worker met (a full disk: kepmta.outage), else None.
+        self.errno = errno
+
 
 @dataclass(frozen=True)
 class _State:
@@ -159,7 +164,7 @@ def _serve() -> None:
         try:
             answer: tuple[bool, object] = (True, _TASKS[name](*args))
         except Exception as e:  # told to the server as text: not every exception pickles
-            answer = (False, f"{type(e).__name__}: {e}")
+            answer = (False, (f"{type(e).__name__}: {e}", e.errno if isinstance(e, OSError) else None))
         sink.write(_frame(answer))
         sink.flush()
 
@@ -176,7 +181,8 @@ class _Worker:
         size = int.from_bytes(await self.output.readexactly(4), "big")
         ok, value = pickle.loads(await self.output.readexactly(size))
         if not ok:
-            raise WorkerError(value)
+            message, errno = value
+            raise WorkerError(message, errno)
         return value
 
 

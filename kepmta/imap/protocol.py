@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kepmta.outage import outage
+
 # Octets of a streamed literal written at once: what one read from the connection brings.
 _CHUNK = 64 * 1024
 
@@ -552,9 +554,16 @@ class CommandReader:
             del self._buf[:taken]
             n -= taken
 
-    async def _stream(self, path: Path, n: int) -> None:
-        """Write the next `n` octets to a new file at `path`, a chunk at a time as they arrive."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    async def _stream(self, path: Path, n: int) -> OSError | None:
+        """Write the next `n` octets to a new file at `path`, a chunk at a time as they arrive.
+        Returns the error that stopped the writing (a full disk), once all `n` are read past: the
+        client sends them whatever happens here, and they are not the next command."""
+        error: OSError | None = None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            await self._skip(n)
+            return e
         try:
             while n:
                 if not self._buf:
@@ -563,10 +572,14 @@ class CommandReader:
                 del self._buf[: len(chunk)]
                 n -= len(chunk)
                 view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                try:
+                    while view and error is None:
+                        view = view[os.write(fd, view) :]
+                except OSError as e:
+                    error = e
         finally:
             os.close(fd)
+        return error
 
     async def command(
         self, send_continuation: Callable[[], Awaitable[None]], limits: Limits, admit: Admit | None = None
@@ -629,7 +642,12 @@ class CommandReader:
                 else:
                     # Registered before the first octet, so a failure part-way removes the file.
                     files[offset + m.start()] = LiteralFile(path, size)
-                    await self._stream(path, size)
+                    failed = await self._stream(path, size)
+                    if failed is not None:
+                        await self._skip_command(limits)
+                        found = outage(failed)
+                        why = found.imap if found else f"[UNAVAILABLE] the message was not stored: {failed}"
+                        raise Refused(tag, why, "NO")
                     parts[-1] = line[: m.start()] + b"{0}\r\n"
                     parts.append(b"")
                     offset += len(parts[-2])

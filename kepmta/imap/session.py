@@ -60,6 +60,7 @@ from kepmta.imap.summary import Summary
 from kepmta.limits import Reservation, Slot
 from kepmta.logtext import excerpt
 from kepmta.maildir import INBOX, Maildir
+from kepmta.outage import outage
 
 if TYPE_CHECKING:
     from kepmta.imap.server import ImapServer
@@ -298,9 +299,13 @@ class Session:
             status, text = "NO", (f"[{e.code}] " if e.code else "") + e.text
         except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             raise
-        except Exception:
-            log.exception("IMAP %s failed for %s", name, self.user or self.peer_ip)
-            status, text = "NO", f"[SERVERBUG] {name} failed on an internal error"
+        except Exception as e:
+            if (found := outage(e)) is not None:
+                log.error("IMAP %s failed for %s: %s: %s", name, self.user or self.peer_ip, found.what, e)
+                status, text = "NO", found.imap
+            else:
+                log.exception("IMAP %s failed for %s", name, self.user or self.peer_ip)
+                status, text = "NO", f"[SERVERBUG] {name} failed on an internal error"
         if self._logout:
             await self.send(_tagged(cmd.tag, status, text))
             return
@@ -448,7 +453,16 @@ class Session:
             return None
         try:
             await self.backend.on_seen(self.user, store.name, before.path)
-        except Exception:
+        except Exception as e:
+            if (found := outage(e)) is not None:
+                # The message stays unread, and the client may read it again once the evidence
+                # can be recorded (RFC 5530 §3 UNAVAILABLE).
+                log.error(
+                    "read hook failed for %s %s uid %d: %s: %s", self.user, store.name, uid, found.what, e
+                )
+                raise CommandFailed(
+                    "could not record the read receipt just now; try again later", "UNAVAILABLE"
+                ) from None
             log.exception("read hook failed for %s %s uid %d", self.user, store.name, uid)
             raise CommandFailed("could not record the read receipt; try again", "SERVERBUG") from None
         current = store.messages.get(uid)

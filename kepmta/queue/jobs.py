@@ -6,6 +6,7 @@ import abc
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from kepmta.db import utc
 from kepmta.db.runner import runner
 from kepmta.db.schema import jobs, messages
 from kepmta.evidence.ledger import Writes
+from kepmta.outage import outage
+
+log = logging.getLogger(__name__)
 
 DELIVER = "deliver"
 RECEIPT = "receipt"
@@ -47,7 +51,17 @@ class JobLoop(abc.ABC):
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            if not await self.run_once():
+            try:
+                busy = await self.run_once()
+            except Exception as e:
+                # The database or the disk failed outside a job (a job's own failure is kept with
+                # it for a retry): the worker looks again later, it never stops for good.
+                if (found := outage(e)) is not None:
+                    log.error("%s: %s; trying again: %s", type(self).__name__, found.what, e)
+                else:
+                    log.exception("%s: the due jobs could not be run; trying again", type(self).__name__)
+                busy = 0
+            if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._IDLE_POLL)
 
@@ -144,6 +158,18 @@ async def retry_later(engine: AsyncEngine, job: Job, error: str, schedule: Seque
         update(jobs)
         .where(jobs.c.id == job.id)
         .values(attempts=job.attempts + 1, next_at=_now() + dt.timedelta(seconds=delay), last_error=error)
+    )
+    await runner(engine).write(lambda conn: conn.execute(statement))
+
+
+async def bring_forward(engine: AsyncEngine, kinds: Sequence[str]) -> None:
+    """Pending jobs of `kinds` that failed before due now, not at their next back-off: what they
+    waited for (disk space, the database, the TSA) is back."""
+    now = _now()
+    statement = (
+        update(jobs)
+        .where(jobs.c.state == PENDING, jobs.c.kind.in_(kinds), jobs.c.attempts > 0, jobs.c.next_at > now)
+        .values(next_at=now)
     )
     await runner(engine).write(lambda conn: conn.execute(statement))
 

@@ -80,7 +80,11 @@ class RelayWorker(jobs.JobLoop):
 
     async def run_once(self) -> int:
         batch = await jobs.due(self.engine, (jobs.RELAY, jobs.RELAY_WAIT, jobs.PEER_RECEIPT))
-        await asyncio.gather(*(self._attempt(job) for job in batch))
+        # Every attempt runs to its end before a failure to record one is raised (DeliveryWorker).
+        results = await asyncio.gather(*(self._attempt(job) for job in batch), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(batch)
 
     async def _attempt(self, job: jobs.Job) -> None:

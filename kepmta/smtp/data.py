@@ -6,12 +6,15 @@ them straight to a spool file, so a 100 MB message costs a few buffers, not its 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
+
+from kepmta.outage import outage
 
 log = logging.getLogger(__name__)
 
@@ -105,34 +108,106 @@ class SpoolingSMTP(SMTP):
                 "%r: TLS handshake failed: %r", self.session.peer if self.session else None, error.__cause__
             )
             return ""
+        peer = self.session.peer if self.session else None
+        found = outage(error)
+        if found is not None:
+            log.error("%r: %s: %s", peer, found.what, error)
+            return found.smtp
         # Anything else is a fault of ours or of something we depend on: one log entry with its
         # traceback, and to the client only "try again later" (RFC 3463 X.3.0), never aiosmtpd's
         # default "500 Error: (ValueError) ...", which shows our internals and tells a client
         # with a good message to give it up.
-        log.exception("%r: SMTP command failed", self.session.peer if self.session else None, exc_info=error)
+        log.exception("%r: SMTP command failed", peer, exc_info=error)
         return "451 4.3.0 Internal error; try again later"
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address reader, with what the standard library's parser raises besides
+        HeaderParseError taken as the malformed address it is: an unterminated address literal
+        (`MAIL FROM:<a@[127.0.0.1`) raises AttributeError there, which would be a 451 "try again
+        later" and a traceback, where RFC 5321 §4.1.2 has no address at all (553 5.1.3)."""
+        try:
+            address: tuple[str | None, str | None] = super()._getaddr(arg)
+        except (AttributeError, IndexError):
+            return None, None
+        return address
+
+    async def _end_transaction(self) -> None:
+        """Record what the transaction being left needs recorded; nothing here (the submission
+        listener records its refused recipients)."""
 
     async def spool_data(self, path: Path, limit: int) -> DataOutcome | None:
         """Send 354 and write the data to `path`, at most `limit` bytes of it; None (and no file)
-        when the client went away before the end."""
+        when there is nothing left to do: the client went away before the end, or the spool could
+        not be written and the client has been answered."""
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool = _Spool(path)
         try:
-            with path.open("wb") as spool:
-                reader = DataReader(spool, limit)
-                while True:
-                    chunk = await self._reader.read(READ_CHUNK)
-                    if not chunk:  # the client went away mid-message: nothing was accepted
-                        path.unlink(missing_ok=True)
-                        return None
-                    self._reset_timeout()
-                    rest = reader.feed(chunk)
-                    if rest is not None:
-                        break
-                # No fsync: this is a working copy; what is kept is moved and synced by its owner.
+            reader = DataReader(spool, limit)
+            while True:
+                chunk = await self._reader.read(READ_CHUNK)
+                if not chunk:  # the client went away mid-message: nothing was accepted
+                    spool.discard()
+                    return None
+                self._reset_timeout()
+                rest = reader.feed(chunk)
+                if rest is not None:
+                    break
+            # No fsync: this is a working copy; what is kept is moved and synced by its owner.
+            spool.close()
         except BaseException:
-            path.unlink(missing_ok=True)
+            spool.discard()
             raise
         if rest:
             # Pipelined commands after the final dot (RFC 2920 §3.1) go back to the command reader.
             self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        if spool.error is not None:
+            # Answered only now, after the end of the data (RFC 5321 §4.1.1.4): answered at the
+            # failing write, the rest of the message would be read as commands.
+            spool.discard()
+            found = outage(spool.error)
+            log.error(
+                "DATA from %r not spooled: %s", self.session.peer if self.session else None, spool.error
+            )
+            await self._end_transaction()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(found.smtp if found is not None else "451 4.3.0 Local error; try again later")
+            return None
         return reader.outcome
+
+
+class _Spool:
+    """The spool file as DataReader's sink. A write that fails (a full disk) is kept, not raised, so
+    the rest of the message is still read to its end; nothing more is written after it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: OSError | None = None
+        self._file: BinaryIO | None = None
+        try:
+            self._file = path.open("wb")
+        except OSError as e:  # no inode left: the client is still told after its data
+            self.error = e
+
+    def write(self, data: bytes, /) -> None:
+        if self.error is not None or self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self.error = e
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.close()  # the last buffered write may fail here
+        except OSError as e:
+            self.error = self.error or e
+        self._file = None
+
+    def discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, Session, syntax
 from kepmta.accounts import Account, LoginRefusal
 from kepmta.limits import Slot, Slots
 from kepmta.logtext import excerpt
+from kepmta.outage import outage
 from kepmta.policy.malware import ScanUnavailable
 from kepmta.policy.refusal import PolicyError
 from kepmta.ratelimit import client_key
@@ -158,7 +159,19 @@ class SubmissionSMTP(SpoolingSMTP):
         except WorkerError as e:
             log.error("message not checked: %s", e)
             # As above: nothing was decided, so the client must keep the message, not drop it.
-            status = "451 4.3.0 the message could not be checked now; try again later"
+            found = outage(e)
+            later = "451 4.3.0 the message could not be checked now; try again later"
+            status = found.smtp if found else later
+        except Exception as e:
+            # A full disk, a locked database: nothing was stored. Answered here, not by
+            # handle_exception, so the transaction ends as after any reply to DATA (RFC 5321
+            # §4.1.1.4) and the client's next MAIL starts a new one.
+            found = outage(e)
+            if found is None:
+                log.exception("message from %s not accepted", tx.sender.account.address)
+            else:
+                log.error("message from %s not accepted: %s: %s", tx.sender.account.address, found.what, e)
+            status = found.smtp if found else "451 4.3.0 Internal error; try again later"
         await self._end_transaction()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
