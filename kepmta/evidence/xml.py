@@ -236,7 +236,7 @@ def _parse_root(data: bytes) -> ET.Element:
         raise ValueError("evidence XML must not contain a DTD or entity declarations")
     try:
         return ET.fromstring(data)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError) as exc:  # LookupError: an XML declaration's unknown encoding
         raise ValueError(f"evidence XML is not well-formed: {exc}") from exc
 
 

@@ -77,7 +77,8 @@ def _qresync(tok: Token) -> Qresync:
     if not 2 <= len(values) <= 4:
         raise BadCommand("QRESYNC needs (uidvalidity modseq [known-uids [seq-match-data]])")
     validity_text = _atom(values[0], "UIDVALIDITY")
-    if not validity_text.isdigit() or not 0 < int(validity_text) <= 0xFFFFFFFF:
+    # RFC 7162 §7, RFC 9051 §9: uidvalidity is nz-number, ten digits at most.
+    if not validity_text.isdigit() or len(validity_text) > 10 or not 0 < int(validity_text) <= 0xFFFFFFFF:
         raise BadCommand("invalid UIDVALIDITY in QRESYNC")
     modseq = mod_sequence(_atom(values[1], "mod-sequence"))
     known: SequenceSet | None = None

@@ -123,6 +123,13 @@ def _item(tok: Token) -> FetchItem:
     raise BadCommand(f"unknown FETCH attribute {tok.value!r}")
 
 
+def _part_number(text: str) -> int | None:
+    """RFC 9051 §9 section-part: nz-number, at most 4294967295 (ten digits, so int() stays cheap)."""
+    if not text.isdigit() or len(text) > 10 or not 0 < int(text) <= 0xFFFFFFFF:
+        return None
+    return int(text)
+
+
 def _binary_section(tokens: tuple[Token, ...]) -> Section:
     """RFC 3516 §6 section-binary: part numbers only, no HEADER/TEXT/MIME."""
     if not tokens:
@@ -131,7 +138,7 @@ def _binary_section(tokens: tuple[Token, ...]) -> Section:
     if len(tokens) != 1 or not isinstance(first, Atom) or first.section is not None:
         raise BadCommand("BINARY takes a part number such as [1.2]")
     pieces = first.value.split(".")
-    if not all(p.isdigit() and int(p) > 0 for p in pieces):
+    if not all(_part_number(p) for p in pieces):
         raise BadCommand("BINARY takes a part number such as [1.2]")
     return Section(tuple(int(p) for p in pieces), "")
 
@@ -145,9 +152,9 @@ def _section(tokens: tuple[Token, ...]) -> Section:
     pieces = first.value.upper().split(".")
     path: list[int] = []
     while pieces and pieces[0].isdigit():
-        n = int(pieces.pop(0))
-        if n == 0:
-            raise BadCommand("section part numbers start at 1")
+        n = _part_number(pieces.pop(0))
+        if n is None:
+            raise BadCommand("section part numbers run from 1 to 4294967295")
         path.append(n)
     spec = ".".join(pieces)
     if spec and spec not in _TEXT_SPECS:

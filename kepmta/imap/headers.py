@@ -6,6 +6,7 @@ they round-trip exactly): ENVELOPE and BODYSTRUCTURE report them undecoded (RFC 
 
 from __future__ import annotations
 
+import email.errors
 import email.header
 import re
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def decode_words(value: str) -> str:
         return value
     try:
         parts = email.header.decode_header(value)
-    except (ValueError, LookupError, AssertionError):
+    except (ValueError, LookupError, AssertionError, email.errors.HeaderParseError):
+        # HeaderParseError: an encoded-word whose base64 does not decode ("=?utf-8?b?x?=").
         return value
     out: list[str] = []
     for chunk, charset in parts:
@@ -93,7 +95,9 @@ def decode_words(value: str) -> str:
             continue
         try:
             out.append(chunk.decode(charset or "utf-8", "replace"))
-        except LookupError:
+        except (LookupError, ValueError):
+            # LookupError: no such charset. ValueError: a charset name with a NUL in it, or a
+            # codec (idna, punycode) that cannot decode with errors="replace" (UnicodeError).
             out.append(chunk.decode("utf-8", "replace"))
     return "".join(out)
 

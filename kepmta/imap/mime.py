@@ -195,6 +195,8 @@ def searchable_text(data: bytes, part: Part, *, include_header: bool) -> list[st
         body = decoded_body(data, part)
         try:
             out.append(body.decode(charset, "replace"))
-        except LookupError:
+        except (LookupError, ValueError):
+            # As in headers.decode_words: no such charset, a NUL in its name, or a codec (idna,
+            # punycode) that cannot decode with errors="replace".
             out.append(body.decode("utf-8", "replace"))
     return out

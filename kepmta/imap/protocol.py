@@ -341,7 +341,9 @@ class Args:
 
 # --- sequence sets (RFC 3501 §9 sequence-set) --------------------------------------------------------
 
-_SEQ_RANGE = re.compile(r"(\d+|\*)(?::(\d+|\*))?\Z")
+# RFC 9051 §9: nz-number is at most 4294967295, ten digits; a longer run of digits is no number to
+# read (int() of more than 4300 digits raises ValueError, and below that only costs time).
+_SEQ_RANGE = re.compile(r"(\d{1,10}|\*)(?::(\d{1,10}|\*))?\Z")
 
 
 @dataclass(frozen=True)

@@ -155,11 +155,12 @@ def _verdict(
 
 
 def _guarded(name: str, check: Callable[[], SignatureCheck]) -> SignatureCheck:
-    # The certificates come from the submitter; a malformed extension must fail the check, not
-    # the submission handler.
+    # The certificates come from the submitter; a malformed extension, or a key of a kind
+    # cryptography does not know (UnsupportedAlgorithm), must fail the check, not the submission
+    # handler.
     try:
         return check()
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         return SignatureCheck(name, False, f"a certificate could not be read: {exc}")
 
 
@@ -306,7 +307,10 @@ def _verify(
 def _check_signature_value(
     info: asn1crypto.cms.SignerInfo, signer: x509.Certificate, algorithm: str, digest: bytes
 ) -> None:
-    key = signer.public_key()
+    try:
+        key = signer.public_key()
+    except UnsupportedAlgorithm as exc:
+        raise SmimeError(f"the signer certificate's key is not supported: {exc}") from exc
     value = bytes(info["signature"].native)
     signed_with = info["signature_algorithm"]
     try:
@@ -381,7 +385,9 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether `issuer`'s key verifies the signature on `cert` (RFC 5280 §6.1.3 (a)(1))."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        # UnsupportedAlgorithm: the issuer's key is of a kind (say, a curve) cryptography does not
+        # know; it verifies nothing, as cms._issued_by has it.
         return False
     return True
 
