@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -74,6 +75,8 @@ _COMMON_CAPS = (
 # RFC 5161 §3.1: what ENABLE can turn on.
 _ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
 _STREAM_CHUNK = 1 << 20
+# Seconds our close_notify and FIN get to leave before the connection is dropped.
+_CLOSE_GRACE = 1.0
 # Messages a FETCH gathers summaries for at once: bounds the memory a long range holds.
 _FETCH_BATCH = 256
 _unique = itertools.count(1)
@@ -230,10 +233,21 @@ class Session:
                 self._account_slot.release()
             with contextlib.suppress(Exception):
                 self.writer.close()
-                await asyncio.wait_for(self.writer.wait_closed(), 5)
+                # RFC 8446 §6.1: whoever closes need not wait for the peer's close_notify. Waiting
+                # for it (asyncio's TLS shutdown timeout is 30 s) would hold the connection, and the
+                # client's place under the connection limit, after LOGOUT.
+                await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_GRACE)
+            self.writer.transport.abort()
 
     async def _continue(self) -> None:
         await self.send(b"+ Ready for literal data")
+        # Clients such as imaplib write the literal and its closing CRLF separately; with Nagle's
+        # algorithm on their side the CRLF waits for our ACK of the literal, which the kernel
+        # would delay by up to 40 ms after a continuation. Ask it to ACK the literal at once.
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     async def _admit(self, head: bytes, index: int, size: int) -> Path | None:
         """Where a literal goes (see `CommandReader.command`): APPEND's message to a file in the
