@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta import devinit, pki
 from kepmta.accounts import AccountStore, LoginRefusal
+from kepmta.api.server import ApiServer
 from kepmta.config import Settings
 from kepmta.db.engine import open_engine
 from kepmta.db.runner import close
@@ -121,6 +122,7 @@ class App:
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
         self.registry: PeerRegistry | None = None
+        self.api: ApiServer | None = None
         self._tls_for: tuple[Peers, ssl.SSLContext] | None = None
 
     def _relay_tls(self) -> ssl.SSLContext:
@@ -245,9 +247,14 @@ class App:
             )
             self.servers.append(relay_server)
             self.ports["relay"] = relay_server.sockets[0].getsockname()[1]
+        if s.ports.api is not None:
+            self.api = ApiServer()
+            self.ports["api"] = await self.api.start(s, tls, accounts, service, ledger, registry, signer_pair)
         log.info("kepmta serving %s on %s: %s", s.domain, s.listen, self.ports)
 
     async def stop(self) -> None:
+        if self.api:
+            await self.api.stop()
         for srv in self.servers:
             srv.close()
         if self.imap:

@@ -31,6 +31,8 @@ class Ports:
     imaps: int  # implicit TLS (993)
     # Inbound relay from peer providers (25 in production); None: no relay listener.
     relay: int | None = None
+    # The integration API and the verification page over HTTPS (kepmta.api); None: not served.
+    api: int | None = None
 
     def as_dict(self) -> dict[str, int]:
         ports = {
@@ -41,7 +43,24 @@ class Ports:
         }
         if self.relay is not None:
             ports["relay"] = self.relay
+        if self.api is not None:
+            ports["api"] = self.api
         return ports
+
+
+@dataclass(frozen=True)
+class ApiPolicy:
+    """[api] of the policy file: what one client of the integration API may ask (kepmta.api)."""
+
+    # Each token's token bucket: requests it may make at once, and how fast that allowance comes
+    # back. The verification page meters each client address the same way.
+    burst: int = 60
+    requests_per_minute: int = 600
+    # Addresses in one directory bulk check, and entries in one directory search answer.
+    bulk_check_max: int = 1000
+    search_results: int = 50
+    # The largest file the verification page (/dogrula) takes, in bytes.
+    verify_max_size: int = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,8 @@ class Policy:
     submission_sessions_per_account: int = 10
     # [relay]: connections at once to the relay listener from one peer address.
     relay_connections_per_address: int = 20
+    # [api]: the integration API's rate limits and sizes.
+    api: ApiPolicy = field(default_factory=ApiPolicy)
 
 
 @dataclass(frozen=True)
@@ -260,6 +281,7 @@ def load_policy(path: Path) -> Policy:
     max_delay = auth.number("max_delay_seconds", low=1, high=3600)
     relay = top.table("relay")
     imap = top.table("imap")
+    api = top.table("api")
     local_max = size.number("local_max", low=1024, high=2**40)
     peer_max = size.number("peer_max", low=1024, high=local_max)
     preauth_literal = imap.number("max_literal_before_login", low=256, high=1024 * 1024)
@@ -313,6 +335,13 @@ def load_policy(path: Path) -> Policy:
         ),
         submission_sessions_per_account=submission.number("sessions_per_account", low=1, high=100_000),
         relay_connections_per_address=relay.number("connections_per_address", low=1, high=1_000_000),
+        api=ApiPolicy(
+            burst=api.number("burst", low=1, high=1_000_000),
+            requests_per_minute=api.number("requests_per_minute", low=1, high=6_000_000),
+            bulk_check_max=api.number("bulk_check_max", low=1, high=100_000),
+            search_results=api.number("search_results", low=1, high=10_000),
+            verify_max_size=api.number("verify_max_size", low=1024, high=2**31),
+        ),
     )
 
 
@@ -391,6 +420,7 @@ def load(path: Path) -> Settings:
             port("imap"),
             port("imaps"),
             port("relay") if "relay" in ports.data else None,
+            port("api") if "api" in ports.data else None,
         ),
         data_dir=data_dir,
         database_url=url,

@@ -21,7 +21,9 @@ from kepmta.accounts import AccountState, AccountStore
 from kepmta.config import Ports
 
 DOMAIN = "kep.test"
-DEFAULT_PORTS = Ports(submission=10587, submissions=10465, imap=10143, imaps=10993, relay=10025)
+DEFAULT_PORTS = Ports(
+    submission=10587, submissions=10465, imap=10143, imaps=10993, relay=10025, api=10443
+)
 DEMO_ACCOUNTS = (
     ("Ali", "Yılmaz"),
     ("Ayşe", "Kaya"),
@@ -85,13 +87,13 @@ def _free_port() -> int:
 
 
 def choose_ports(base: int | None) -> Ports:
-    """The well-known dev ports, or `base`+0..4, or free ones when the defaults are taken."""
+    """The well-known dev ports, or `base`+0..5, or free ones when the defaults are taken."""
     if base is not None:
-        return Ports(base, base + 1, base + 2, base + 3, base + 4)
+        return Ports(base, base + 1, base + 2, base + 3, base + 4, base + 5)
     wanted = DEFAULT_PORTS.as_dict()
     if all(_port_free(p) for p in wanted.values()):
         return DEFAULT_PORTS
-    return Ports(_free_port(), _free_port(), _free_port(), _free_port(), _free_port())
+    return Ports(*(_free_port() for _ in range(6)))
 
 
 def _config_text(ports: Ports, domain: str, database_url: str) -> str:
@@ -110,6 +112,7 @@ submissions = {ports.submissions}
 imap = {ports.imap}
 imaps = {ports.imaps}
 {"" if ports.relay is None else f"relay = {ports.relay}"}
+{"" if ports.api is None else f"api = {ports.api}"}
 
 [tls]
 cert = "pki/tls.pem"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kepmta.cli import accounts, db, dovecot, evidence, peers, queue, serve
+from kepmta.cli import accounts, db, dovecot, evidence, peers, queue, serve, tokens
 from kepmta.cli.common import Parser
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     peers.register(sub)
     queue.register(sub)
     db.register(sub)
+    tokens.register(sub)
     return parser
 
 

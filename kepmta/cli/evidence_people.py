@@ -28,7 +28,7 @@ def _load(args: argparse.Namespace) -> tuple[config.Settings, timeline.MessageEv
     return settings, asyncio.run(timeline.load_message(settings.database_url, args.message_id))
 
 
-def _trust(settings: config.Settings) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+def provider_trust(settings: config.Settings) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """The provider CA, and the CAs a time-stamp must chain to: an external TSA's own, else (the
     built-in TSA) the provider CA, as `evidence verify` defaults."""
     anchors = pki.load_certs(settings.provider_ca)
@@ -37,7 +37,7 @@ def _trust(settings: config.Settings) -> tuple[list[x509.Certificate], list[x509
     return anchors, anchors
 
 
-def _peer_anchors(settings: config.Settings) -> dict[str, list[x509.Certificate]]:
+def peer_trust(settings: config.Settings) -> dict[str, list[x509.Certificate]]:
     """By each KEP domain of each registered peer provider, the CAs its evidence is signed and
     time-stamped under (its `evidence_ca`): a peer's received evidence is checked against these."""
     anchors: dict[str, list[x509.Certificate]] = {}
@@ -74,7 +74,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         settings, message = _load(args)
         checked = timeline.check(
-            message, *_trust(settings), settings.weak_algorithms, peers=_peer_anchors(settings)
+            message, *provider_trust(settings), settings.weak_algorithms, peers=peer_trust(settings)
         )
     except (config.ConfigError, timeline.NotFound, OSError, ValueError) as e:
         return die(str(e))
@@ -120,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         settings, message = _load(args)
         certs = pki.load_certs(settings.evidence_cert)
-        anchors, tsa_anchors = _trust(settings)
+        anchors, tsa_anchors = provider_trust(settings)
         data = bundle.build(
             message,
             provider_name=settings.provider_name,
@@ -128,7 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             tsa_ca=tsa_anchors,
             signer=_signer(settings),
             chain=certs[1:],
-            peer_anchors=_peer_anchors(settings),
+            peer_anchors=peer_trust(settings),
         )
         _write(args.output, data)
     except (config.ConfigError, timeline.NotFound, EvidenceError, OSError, ValueError) as e:
@@ -144,7 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         settings, message = _load(args)
         checked = timeline.check(
-            message, *_trust(settings), settings.weak_algorithms, peers=_peer_anchors(settings)
+            message, *provider_trust(settings), settings.weak_algorithms, peers=peer_trust(settings)
         )
         data = report.render(
             message, checked, provider_name=settings.provider_name, provider_domain=settings.domain
@@ -247,4 +247,4 @@ def register(ev_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pdf.set_defaults(func=cmd_report)
 
 
-__all__ = ["register", "verify_bundle"]
+__all__ = ["peer_trust", "provider_trust", "register", "verify_bundle"]

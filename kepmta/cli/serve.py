@@ -100,6 +100,8 @@ def cmd_dev_info(args: argparse.Namespace) -> int:
     print(f"  IMAP             127.0.0.1:{ports['imap']} (STARTTLS), :{ports['imaps']} (TLS)")
     if "relay" in ports:
         print(f"  relay (peers)    127.0.0.1:{ports['relay']} (STARTTLS, client certificate)")
+    if "api" in ports:
+        print(f"  integration API  https://localhost:{ports['api']}/docs, verification page /dogrula")
     print(f"  provider CA      {info['provider_ca']}  (trust it for TLS and evidence)")
     print(f"  qualified CA     {info['qualified_ca']}")
     print(f"  time-stamp cert  {info['tsa_cert']}")
@@ -133,8 +135,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         metavar="N",
         help="when creating a development folder, listen on N (submission), N+1 (submissions), "
-        "N+2 (imap), N+3 (imaps), N+4 (relay from peers); default 10587/10465/10143/10993/10025, "
-        "or free ports if those are taken",
+        "N+2 (imap), N+3 (imaps), N+4 (relay from peers), N+5 (integration API over HTTPS); default "
+        "10587/10465/10143/10993/10025/10443, or free ports if those are taken",
     )
     serve.add_argument(
         "--domain",

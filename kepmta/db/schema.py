@@ -122,3 +122,27 @@ handovers = Table(
     Column("read_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("message_id", "recipient"),
 )
+
+# Integration API tokens (kepmta.api.tokens). Only the SHA-256 of a token is kept: whoever reads the
+# database cannot act with it. `address` is the person the token logs in as; `entity`, when set, the
+# legal entity that person acts for as its authorised operator.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("address", String(254), ForeignKey("accounts.address"), nullable=False),
+    Column("entity", String(254), ForeignKey("accounts.address")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+# The persons who opted in to the KEP directory (rehber), and when (KEP.md "directory"): a row is
+# their consent. Legal entities are always listed and have none.
+directory_listing = Table(
+    "directory_listing",
+    metadata,
+    Column("address", String(254), ForeignKey("accounts.address"), primary_key=True),
+    Column("listed_at", DateTime(timezone=True), nullable=False),
+)
