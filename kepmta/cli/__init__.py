@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kepmta.cli import accounts, db, dovecot, evidence, peers, queue, serve, tokens
+from kepmta.cli import accounts, db, directory, dovecot, evidence, peers, queue, serve, tokens
 from kepmta.cli.common import Parser
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(sub)
     db.register(sub)
     tokens.register(sub)
+    directory.register(sub)
     return parser
 
 

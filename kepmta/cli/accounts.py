@@ -14,6 +14,7 @@ from typing import Any
 
 from kepmta import config
 from kepmta.accounts import Account, AccountError, AccountKind, AccountState, AccountStore, MailboxType
+from kepmta.api.directory import Directory
 from kepmta.cli.common import add_config_options, die, settings_from
 from kepmta.db.engine import opened
 
@@ -177,6 +178,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, AccountStore], Awaitable[int]
         lambda s, a: s.remove_operator(a.entity, a.operator), "{operator} may no longer send as {entity}"
     ),
     "passwd": _simple(lambda s, a: s.set_password(a.address, _password(a)), "password of {address} changed"),
+    "set-listed": _simple(
+        lambda s, a: Directory(s).set_listed(a.address, a.listed == "yes"),
+        "{address}: listed in the directory: {listed}",
+    ),
 }
 
 
@@ -264,6 +269,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser = command(name, help)
         parser.add_argument("entity")
         parser.add_argument("operator")
+    listed = command(
+        "set-listed",
+        "list a person in the KEP directory, or take them out of it (their consent; legal "
+        "entities are always listed)",
+    )
+    listed.add_argument("address")
+    listed.add_argument("listed", choices=("yes", "no"))
     passwd = command("passwd", "set a person's password")
     passwd.add_argument("address")
     passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
