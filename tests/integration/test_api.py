@@ -116,8 +116,8 @@ def test_requests_without_a_good_token_are_refused_each_with_its_code(srv: DevSe
     revoked_id, revoked = new_token(srv, person(srv, 1))
     with api_client(srv, revoked) as client:
         assert client.get("/v1/quota").json()["address"] == person(srv, 1)
-        r = kepmta("tokens", "revoke", revoked_id, "--data", str(srv.data))
-        assert r.returncode == 0 and "revoked" in r.stdout
+        done = kepmta("tokens", "revoke", revoked_id, "--data", str(srv.data))
+        assert done.returncode == 0 and "revoked" in done.stdout
         assert_error(client.get("/v1/quota"), 401, "token_revoked")
     listed = {
         t["id"]: t["state"]
