@@ -34,6 +34,7 @@ from kepmta.imap.server import ImapServer
 from kepmta.inbound import InboundService
 from kepmta.maildir import Maildir
 from kepmta.peers import PeerRegistry, Peers
+from kepmta.queue import jobs
 from kepmta.queue.relay import RelayWorker
 from kepmta.quota import QuotaWarner
 from kepmta.ratelimit import FailureLimiter, Limits
@@ -136,6 +137,8 @@ class App:
     async def start(self, demo: devinit.Demo | None = None) -> None:
         s = self.settings
         self.engine = engine = await open_engine(s.database_url)
+        node = jobs.Node(s.node, dt.timedelta(seconds=s.job_lease))
+        log.info("node %s (job leases of %d s)", node.name, s.job_lease)
         p = s.policy
         limiter = FailureLimiter(Limits.from_policy(p))
         accounts = AccountStore(
@@ -170,7 +173,7 @@ class App:
         checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES) for _ in range(2))
         self.pools = [checking, filing]
         worker = DeliveryWorker(
-            engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing
+            engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing, node
         )
         self.registry = registry = PeerRegistry(s.peers_file, Peers(s.peers))
         relaying = RelayWorker(worker, registry, s.relay, p.relay, s.hostname, filing)
@@ -190,13 +193,17 @@ class App:
             peers=registry,
             workers=checking,
             wake_delivery=wake,
+            node=node.name,
         )
         await service.recover()
+        if taken := await jobs.take_over(engine, node):
+            log.info("took up %d job(s) an earlier run of node %s had begun", taken, node.name)
+        self.tasks.append(asyncio.create_task(node.keep_leases(engine), name="job-leases"))
         tls = server_tls(s)
         self.tasks.append(asyncio.create_task(worker.run(), name="delivery"))
         self.tasks.append(asyncio.create_task(relaying.run(), name="relay"))
         self.tasks.append(asyncio.create_task(registry.watch(), name="peer-registry"))
-        stamper = StampWorker(recorder, wake)
+        stamper = StampWorker(recorder, wake, node)
         self.tasks.append(asyncio.create_task(stamper.run(), name="evidence-timestamps"))
         self.tasks.append(asyncio.create_task(checkpointer.run(), name="ledger-checkpoints"))
         self.servers = await start_submission(
@@ -235,6 +242,7 @@ class App:
                 check=checking.check_relayed,
                 wake_delivery=worker.wake,
                 wake_relay=relaying.wake,
+                node=node.name,
             )
             inbound.recover()
             relay_server = await start_relay(

@@ -7,6 +7,9 @@ resolved against the folder of the file that contains them.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,15 @@ DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "kep-tr.t
 
 class ConfigError(Exception):
     """A configuration mistake, said in one line."""
+
+
+# A node's name goes into job claims and spool file names (kepmta.queue.jobs, kepmta.spool).
+_NODE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+def default_node() -> str:
+    """This machine's name and this process's id: unique among the live nodes on one database."""
+    return f"{socket.gethostname().split('.')[0][:50]}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -187,6 +199,11 @@ class Settings:
     # Hash algorithm (sha256, sha384, sha512) → the moment it counts as weak: an evidence record
     # chain in it must have been re-hashed (`kepmta evidence renew --rehash`) before then.
     weak_algorithms: dict[str, dt.datetime] = field(default_factory=dict)
+    # This server among several on one database and data folder ([server] node): its name in the
+    # jobs it claims and the spool files it writes; and how many seconds its claim on a job holds
+    # without renewal ([server] job_lease), so how soon a dead node's jobs are taken up.
+    node: str = field(default_factory=default_node)
+    job_lease: int = 60
 
     @property
     def mail_root(self) -> Path:
@@ -408,6 +425,9 @@ def load(path: Path) -> Settings:
     )
 
     peers_file = top.table("peers").path("file") if "file" in top.table("peers").data else None
+    node = server.text("node") if "node" in server.data else default_node()
+    if not _NODE.match(node):
+        raise ConfigError(f"{path}: server.node must be 1 to 64 letters, digits, '.', '_' or '-'")
     return Settings(
         source=path,
         domain=server.text("domain").lower(),
@@ -442,6 +462,9 @@ def load(path: Path) -> Settings:
             else 60
         ),
         weak_algorithms=weak_algorithms,
+        node=node,
+        # Renewed every third of it: 15 s leave room for a renewal to wait on a busy database.
+        job_lease=server.number("job_lease", low=15, high=3600) if "job_lease" in server.data else 60,
         relay=_relay(top.table("relay")) if "relay" in top.data else None,
         tsa=tsa,
         provider_ca=evidence.path("provider_ca"),

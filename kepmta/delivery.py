@@ -17,12 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.accounts import AccountStore
-from kepmta.db.runner import runner
-from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, load_facts
 from kepmta.evidence.ledger import Ledger, Writes
@@ -85,8 +83,10 @@ class DeliveryWorker(jobs.JobLoop):
         originals: Path,
         quota: QuotaWarner,
         workers: WorkerPool,
+        node: jobs.Node,
     ) -> None:
         super().__init__()
+        self.node = node
         self.quota = quota
         self.engine = engine
         self.originals = originals
@@ -103,16 +103,10 @@ class DeliveryWorker(jobs.JobLoop):
         # Outage failures (kepmta.outage) so far, and whether jobs wait since the last one.
         self._outages = 0
         self._after_outage = False
-        # The highest job id when this process first looked: a job up to it may have been begun
-        # by a process that died before it could record anything, even an attempt.
-        self._inherited: int | None = None
 
     async def run_once(self) -> int:
         """Do every job that is due, several at a time; returns how many were attempted."""
-        if self._inherited is None:
-            newest = select(func.max(jobs_table.c.id))
-            self._inherited = await runner(self.engine).read(lambda conn: conn.execute(newest).scalar()) or 0
-        batch = await jobs.due(self.engine, _KINDS)
+        batch = await jobs.due(self.engine, _KINDS, self.node)
         outages = self._outages
         # Every attempt runs to its end before a failure to record one is raised: an attempt
         # still running would be started again beside itself by the next look at the queue.
@@ -197,11 +191,11 @@ class DeliveryWorker(jobs.JobLoop):
                 return record.evidence_id, record.xml, record.der
         raise DeliveryError(f"message {message_id} has no SubmissionAcceptance evidence")
 
-    def _may_be_filed(self, job: jobs.Job) -> bool:
-        """Whether an earlier attempt at `job` may have filed its message: one that failed here, or
-        one begun by a process killed before it could record so (its `attempts` still 0)."""
-        assert self._inherited is not None
-        return job.attempts > 0 or job.id <= self._inherited
+    @staticmethod
+    def _may_be_filed(job: jobs.Job) -> bool:
+        """Whether an earlier attempt at `job` may have filed its message: one that failed, or one
+        begun by a node (this one, or another) killed before it could record so."""
+        return job.attempts > 0 or job.begun
 
     async def _file(
         self, box: Maildir, folder: str, base: str, job: jobs.Job, write: Callable[[Path], Awaitable[None]]
@@ -260,7 +254,7 @@ class DeliveryWorker(jobs.JobLoop):
 
         def unit(w: Writes) -> None:
             self.recorder.commit(w, signed)
-            jobs.complete(w, job.id)
+            jobs.complete(w, job)
 
         await self.ledger.transact(unit)
         log.info("delivered %s to %s", job.message_id, address)
@@ -317,7 +311,7 @@ class DeliveryWorker(jobs.JobLoop):
 
     async def _complete(self, job: jobs.Job) -> None:
         def unit(w: Writes) -> None:
-            jobs.complete(w, job.id)
+            jobs.complete(w, job)
 
         await self.ledger.transact(unit)
 

@@ -294,8 +294,9 @@ _WAKE_DISPATCHES = (
 class StampWorker:
     """Completes evidence committed without its time-stamp, retrying until the TSA is back."""
 
-    def __init__(self, recorder: EventRecorder, wake_delivery: Callable[[], None]) -> None:
+    def __init__(self, recorder: EventRecorder, wake_delivery: Callable[[], None], node: jobs.Node) -> None:
         self.recorder = recorder
+        self.node = node
         self.ledger = recorder.ledger
         self.engine = recorder.ledger.engine
         self.wake_delivery = wake_delivery
@@ -336,7 +337,7 @@ class StampWorker:
         self._tsa_back = False
         done = 0
         try:
-            for job in await jobs.due(self.engine, (TIMESTAMP_JOB,)):
+            for job in await jobs.due(self.engine, (TIMESTAMP_JOB,), self.node):
                 try:
                     await self._stamp(job)
                     done += 1
@@ -362,7 +363,7 @@ class StampWorker:
         def unit(w: Writes) -> None:
             stamped = w.append(record)
             jobs.enqueue(w, self.recorder.receipt_kind(sender), job.message_id, {"seq": stamped.seq})
-            jobs.complete(w, job.id)
+            jobs.complete(w, job)
             # Dispatches of this message waited for a time-stamped acceptance: due now, not at
             # their next back-off.
             w.add(_WAKE_DISPATCHES, {"waiting": job.message_id, "now": utcnow()})

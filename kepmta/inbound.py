@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from sqlalchemy import select
 
-from kepmta import dkim
+from kepmta import dkim, spool
 from kepmta.accounts import AccountState, AccountStore
 from kepmta.addresses import AddressError, parse
 from kepmta.db.schema import ledger as ledger_table
@@ -172,7 +172,9 @@ class InboundService:
         check: Checker,
         wake_delivery: Callable[[], None],
         wake_relay: Callable[[], None],
+        node: str,
     ) -> None:
+        self.node = node
         self.accounts = accounts
         self.recorder = recorder
         self.ledger = recorder.ledger
@@ -188,12 +190,15 @@ class InboundService:
         self.originals_dir.mkdir(parents=True, exist_ok=True)
 
     def recover(self) -> None:
-        """After a crash: an incoming file is a DATA phase that never got its answer."""
-        for stale in self.incoming_dir.iterdir():
-            stale.unlink()
+        """After a crash: an incoming file is a DATA phase that never got its answer (this node's
+        own, or long abandoned: kepmta.spool). A kept file whose commit never came is an original
+        no row names: SubmissionService.recover removes those."""
+        alone = self.ledger.engine.dialect.name == "sqlite"
+        for stale in spool.leftovers(self.incoming_dir, self.node, alone=alone):
+            stale.unlink(missing_ok=True)
 
     def new_spool_file(self) -> Path:
-        return self.incoming_dir / f"{secrets.token_hex(12)}.eml"
+        return self.incoming_dir / spool.file_name(self.node)
 
     # --- who is talking ---------------------------------------------------------------------------
 
@@ -403,7 +408,7 @@ class InboundService:
 
     def _keep(self, incoming: Path, kind: str) -> Path:
         """Move a message we take into the originals folder, durably (its directory synced)."""
-        stored = self.originals_dir / f"{kind}-{secrets.token_hex(12)}.eml"
+        stored = self.originals_dir / spool.file_name(self.node, f"{kind}-{secrets.token_hex(12)}")
         os.replace(incoming, stored)
         _sync_dir(stored.parent)
         return stored

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
-from kepmta import addresses
+from kepmta import addresses, spool
 from kepmta.accounts import Account, AccountStore, Login
 from kepmta.config import Policy
+from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, new_id, save_facts, utcnow
 from kepmta.evidence.ledger import Writes
@@ -104,7 +104,9 @@ class SubmissionService:
         peers: PeerRegistry,
         workers: WorkerPool,
         wake_delivery: Callable[[], None],
+        node: str,
     ) -> None:
+        self.node = node
         self.accounts = accounts
         self.recorder = recorder
         self.domain = domain
@@ -127,15 +129,21 @@ class SubmissionService:
 
     async def recover(self) -> None:
         """After a crash: drop what was never acknowledged. An incoming file is a DATA phase that
-        did not finish; an original that no message row names was never committed."""
-        for stale in self.incoming_dir.iterdir():
-            stale.unlink()
-        async with self.recorder.ledger.engine.connect() as conn:
+        did not finish; an original that no message row names (nor a job still to file a peer's
+        evidence) was never committed. Only this node's own, or long abandoned (kepmta.spool)."""
+        engine = self.recorder.ledger.engine
+        alone = engine.dialect.name == "sqlite"
+        for stale in spool.leftovers(self.incoming_dir, self.node, alone=alone):
+            stale.unlink(missing_ok=True)
+        pending = select(jobs_table.c.payload).where(
+            jobs_table.c.kind == jobs.FILE_RECEIVED, jobs_table.c.state == jobs.PENDING
+        )
+        async with engine.connect() as conn:
             kept = {row.spool_path for row in await conn.execute(select(messages.c.spool_path))}
-        for original in self.originals_dir.iterdir():
-            if original.name not in kept:
-                log.warning("removing %s: its acceptance was never committed", original)
-                original.unlink()
+            kept |= {row.payload["file"] for row in await conn.execute(pending)}
+        for original in spool.leftovers(self.originals_dir, self.node, alone=alone, named=kept):
+            log.warning("removing %s: its acceptance was never committed", original)
+            original.unlink(missing_ok=True)
 
     async def login(self, username: str, password: str, peer_ip: str) -> Login:
         return await self.accounts.login(username, password, peer_ip)
@@ -263,7 +271,7 @@ class SubmissionService:
         await self._record(reason, details, tx, tx.login, tx.authenticated_at, named, None)
 
     def new_spool_file(self) -> Path:
-        return self.incoming_dir / f"{secrets.token_hex(12)}.eml"
+        return self.incoming_dir / spool.file_name(self.node)
 
     async def data(self, tx: Transaction, incoming: Path, outcome: DataOutcome) -> str:
         """Accept the spooled message or raise PolicyError; returns the provider message id.
@@ -291,7 +299,7 @@ class SubmissionService:
         return None
 
     async def _accept(self, tx: Transaction, incoming: Path, outcome: DataOutcome) -> str:
-        original = self.originals_dir / f"{tx.message_id.split('@')[0]}.eml"
+        original = self.originals_dir / spool.file_name(self.node, tx.message_id.split("@")[0])
         signer = tx.sender.signer
         cert = signer.certificate.public_bytes(Encoding.DER) if signer.certificate else None
         inspection = await self.workers.inspect(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from enum import IntEnum
 from typing import Any
 
 from sqlalchemy import Connection, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def utc(value: dt.datetime) -> dt.datetime:
@@ -34,6 +37,7 @@ class Turn(IntEnum):
 
     MIGRATIONS = 0x6B6570_0001
     LEDGER = 0x6B6570_0002
+    CHECKPOINTS = 0x6B6570_0003
 
 
 def take_turn(conn: Connection, turn: Turn) -> None:
@@ -45,3 +49,27 @@ def take_turn(conn: Connection, turn: Turn) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(int(turn))))
+
+
+@contextlib.asynccontextmanager
+async def alone(engine: AsyncEngine, turn: Turn) -> AsyncIterator[bool]:
+    """Whether this process has `turn` to itself for the block, without waiting for it: a process
+    that does not get it leaves the work to the one that holds it.
+
+    On PostgreSQL a session-level advisory lock on a connection of its own, held across the
+    block's transactions and released at its end, or by the server when the connection dies with
+    its process. On SQLite always true: one server process owns the file.
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    async with engine.connect() as conn:
+        held = bool((await conn.execute(select(func.pg_try_advisory_lock(int(turn))))).scalar_one())
+        # The lock outlives this transaction; the connection does not sit idle in one meanwhile.
+        await conn.commit()
+        try:
+            yield held
+        finally:
+            if held:
+                await conn.execute(select(func.pg_advisory_unlock(int(turn))))
+                await conn.commit()

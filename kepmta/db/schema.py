@@ -111,6 +111,11 @@ jobs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text),
+    # The node that last claimed the job (kepmta.queue.jobs), kept after the claim ends: a job
+    # claimed before may have been begun. NULL: never claimed.
+    Column("claimed_by", String(64)),
+    # Until when the claim holds; NULL once it ended (done, failed, or put back for a retry).
+    Column("lease_until", DateTime(timezone=True)),
 )
 
 # One row the first time a recipient opens a dispatch: what keeps ContentHandover once-only.

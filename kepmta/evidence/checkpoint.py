@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from kepmta.db import Turn, alone
 from kepmta.evidence import archive
 from kepmta.evidence.errors import TimeStampError
 from kepmta.evidence.ledger import OWN_EVIDENCE, ChainAudit, Kind, Ledger, LedgerRecord, NewRecord, Problem
@@ -67,7 +68,11 @@ def read_statement(content: bytes) -> tuple[int, bytes]:
 
 
 class Checkpointer:
-    """Seals the chain head every `every_records` records or `every` time, whichever comes first."""
+    """Seals the chain head every `every_records` records or `every` time, whichever comes first.
+
+    Several nodes on one database each run one; a node looks and makes a checkpoint only while it
+    holds the checkpoint turn (`kepmta.db.alone`), so two never seal the same stretch of the chain.
+    """
 
     def __init__(
         self, ledger: Ledger, signer: EvidenceSigner, domain: str, *, every_records: int, every: dt.timedelta
@@ -93,6 +98,8 @@ class Checkpointer:
             return None
         last = await self.ledger.latest(Kind.CHECKPOINT)
         since = await self.ledger.count_after(last.seq if last else 0)
+        # Counted on from the whole ledger's figure: other nodes append too.
+        self._appended = since
         started = last.created_at if last else (await self.ledger.get(1)).created_at
         if since >= self.every_records or dt.datetime.now(dt.UTC) - started >= self.every:
             return head
@@ -117,11 +124,12 @@ class Checkpointer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
             self._wake.clear()
-            head = await self.due()
-            if head is None:
-                continue
             try:
-                await self.make(head)
+                async with alone(self.ledger.engine, Turn.CHECKPOINTS) as mine:
+                    # Another node holding the turn is making one: it is not due here.
+                    head = await self.due() if mine else None
+                    if head is not None:
+                        await self.make(head)
             except TimeStampError as exc:
                 # A checkpoint is not evidence of an event: it simply comes at the next attempt.
                 log.warning("ledger checkpoint postponed: %s", exc)

@@ -186,12 +186,24 @@ def received_record(der: bytes, evidence: Evidence) -> NewRecord:
     )
 
 
-Step = tuple[Statement, list[dict[str, Any]]]
+class StaleWrite(Exception):
+    """A write that had to change exactly one row changed none: what the transaction assumed of
+    that row (e.g. who holds a job's lease) no longer holds, so none of it is committed."""
+
+
+# A statement, its rows, and whether each row must change exactly one row (`Writes.require`).
+Step = tuple[Statement, list[dict[str, Any]], bool]
 
 
 def _execute(steps: list[Step], conn: Connection) -> None:
-    for statement, rows in steps:
-        conn.execute(statement, rows)
+    for statement, rows, exact in steps:
+        if not exact:
+            conn.execute(statement, rows)
+            continue
+        # One by one: a driver's executemany need not say how many rows each set changed.
+        for row in rows:
+            if conn.execute(statement, row).rowcount != 1:
+                raise StaleWrite(f"{statement.table} row {row} is not as this transaction assumed")
 
 
 def _read_head(conn: Connection) -> tuple[int, bytes]:
@@ -208,6 +220,7 @@ class Writes:
         self.head = head
         self.records: list[LedgerRecord] = []
         self._rows: dict[Statement, list[dict[str, Any]]] = {}
+        self._exact: set[Statement] = set()  # statements each of whose rows must change one row
         self._committed: list[Callable[[], None]] = []
 
     def append(self, new: NewRecord) -> LedgerRecord:
@@ -228,12 +241,18 @@ class Writes:
         """Run `statement` (built once, the same object each time) with `params` at commit."""
         self._rows.setdefault(statement, []).append(params)
 
+    def require(self, statement: Update, params: dict[str, Any]) -> None:
+        """As `add`, but the update must change exactly one row, or the whole transaction fails
+        with StaleWrite (and `Ledger.transact` raises it to this unit's caller alone)."""
+        self._exact.add(statement)
+        self.add(statement, params)
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` once this transaction has committed, never if it rolls back."""
         self._committed.append(callback)
 
     def steps(self) -> list[Step]:
-        return [(statement, self._rows[statement]) for statement in sorted(self._rows, key=_order)]
+        return [(s, self._rows[s], s in self._exact) for s in sorted(self._rows, key=_order)]
 
     def _mark(self) -> tuple[tuple[int, bytes], int, dict[Statement, int], int]:
         return self.head, len(self.records), {k: len(v) for k, v in self._rows.items()}, len(self._committed)

@@ -1,4 +1,14 @@
-"""Durable local jobs (deliver a dispatch, file a receipt), committed with the rows that cause them."""
+"""Durable local jobs (deliver a dispatch, file a receipt), committed with the rows that cause them.
+
+Several server processes, on several machines, may share one database (nodes, `Node`). A node
+claims each job it takes: in one transaction it picks due jobs no live claim holds (`FOR UPDATE
+SKIP LOCKED` on PostgreSQL, so two nodes looking at once take different jobs) and writes its name
+and a lease time into them. While it works, it renews the leases of the jobs in its hands; a node
+that dies stops renewing, and once its leases have run out another node claims the jobs. A job is
+finished (done, failed, or put back for a retry) only by the node whose name it holds: one that
+lost its claim (it stalled past its lease and another node took the job) fails with its whole
+transaction, so no job is done, and no evidence recorded, twice.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +16,13 @@ import abc
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, not_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kepmta.config import RelayPolicy
@@ -77,18 +88,60 @@ class Job:
     message_id: str
     payload: dict[str, Any]
     attempts: int
+    node: str  # the node whose claim holds the job: only it may finish the job
+    # Claimed before this claim: an earlier attempt, maybe by a node that died before it could
+    # record anything, may have done part of the work (a file already filed).
+    begun: bool
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class Node:
+    """This server process among those sharing the database: its name, how long its claims hold
+    without renewal, and the jobs it holds now (whose leases `keep_leases` renews)."""
+
+    def __init__(self, name: str, lease: dt.timedelta) -> None:
+        self.name = name
+        self.lease = lease
+        # The last batch each worker claimed, by the kinds it claims: a worker claims its next
+        # batch only once it is done with the one before (JobLoop), so that one is out of hand.
+        self._held: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def held(self) -> list[int]:
+        return sorted({i for batch in self._held.values() for i in batch})
+
+    async def keep_leases(self, engine: AsyncEngine) -> None:
+        """Renew the leases of the jobs in hand, three times per lease, for as long as this runs."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            held = self.held()
+            if not held:
+                continue
+            params = {"ids": held, "node": self.name, "until": _now() + self.lease}
+            try:
+                await runner(engine).write(functools.partial(_renew, params=params))
+            except Exception as e:
+                # A lease not renewed now is renewed at the next turn, unless it has run out.
+                log.warning("the leases of jobs %s were not renewed: %s", held, e)
+
+
 # Built once: these run several times for every message, and building a statement costs more CPU
 # than running it.
 _ENQUEUE = insert(jobs)
-_COMPLETE = update(jobs).where(jobs.c.id == bindparam("job_id")).values(state="done", last_error=None)
-_FAIL = (
-    update(jobs).where(jobs.c.id == bindparam("job_id")).values(state="failed", last_error=bindparam("error"))
+# Only by the holder of the job's claim (Writes.require: otherwise the transaction fails).
+_MINE = (jobs.c.id == bindparam("job_id"), jobs.c.claimed_by == bindparam("node"), jobs.c.state == "pending")
+_COMPLETE = update(jobs).where(*_MINE).values(state="done", last_error=None, lease_until=None)
+_FAIL = update(jobs).where(*_MINE).values(state="failed", last_error=bindparam("error"), lease_until=None)
+_RENEW = (
+    update(jobs)
+    .where(
+        jobs.c.id.in_(bindparam("ids", expanding=True)),
+        jobs.c.claimed_by == bindparam("node"),
+        jobs.c.state == "pending",
+    )
+    .values(lease_until=bindparam("until"))
 )
 
 
@@ -125,39 +178,84 @@ def enqueue_relay(
         enqueue(w, RELAY_WAIT, message_id, {**payload, "stage": stage}, at)
 
 
-_DUE = (
+# Due and held by no claim. On PostgreSQL the rows picked are locked until the claim commits, and
+# rows another node's claim has locked meanwhile are passed over rather than waited for; SQLite,
+# whose writing transactions run one at a time, has no FOR UPDATE and needs none.
+_CLAIMABLE = (
     select(jobs)
     .where(
         jobs.c.state == "pending",
         jobs.c.kind.in_(bindparam("kinds", expanding=True)),
         jobs.c.next_at <= bindparam("now"),
+        or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")),
     )
     .order_by(jobs.c.id)
     .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)))
+    .values(claimed_by=bindparam("node"), lease_until=bindparam("until"))
 )
 
 
-async def due(engine: AsyncEngine, kinds: tuple[str, ...], limit: int = 100) -> list[Job]:
-    params = {"kinds": list(kinds), "now": _now(), "limit": limit}
-    rows = await runner(engine).read(lambda conn: conn.execute(_DUE, params).all())
-    return [Job(r.id, r.kind, r.message_id, r.payload, r.attempts) for r in rows]
+def _renew(conn: Connection, params: dict[str, Any]) -> None:
+    conn.execute(_RENEW, params)
 
 
-def complete(w: Writes, job_id: int) -> None:
-    w.add(_COMPLETE, {"job_id": job_id})
+async def due(engine: AsyncEngine, kinds: tuple[str, ...], node: Node, limit: int = 100) -> list[Job]:
+    """Claim up to `limit` due jobs of `kinds` for `node`, oldest first. The caller does them all
+    before it claims again for the same kinds: that is when the leases of these stop being renewed."""
+    now = _now()
+    params = {"kinds": list(kinds), "now": now, "limit": limit}
+
+    def claim(conn: Connection) -> list[Row[Any]]:
+        rows = conn.execute(_CLAIMABLE, params).all()
+        if rows:
+            conn.execute(_CLAIM, {"ids": [r.id for r in rows], "node": node.name, "until": now + node.lease})
+        return list(rows)
+
+    rows = await runner(engine).write(claim)
+    node._held[kinds] = tuple(r.id for r in rows)
+    return [
+        Job(r.id, r.kind, r.message_id, r.payload, r.attempts, node.name, r.claimed_by is not None)
+        for r in rows
+    ]
 
 
-def fail(w: Writes, job_id: int, error: str) -> None:
+async def take_over(engine: AsyncEngine, node: Node) -> int:
+    """At start-up: end the claims an earlier life of this node left (it was killed or stopped
+    mid-job), so its jobs are taken up now rather than once their leases run out. On SQLite every
+    claim is one: a single server owns the file. Returns how many claims ended."""
+    ended = update(jobs).where(jobs.c.state == PENDING, jobs.c.lease_until.is_not(None))
+    if engine.dialect.name != "sqlite":
+        ended = ended.where(jobs.c.claimed_by == node.name)
+    statement = ended.values(lease_until=None)
+    return await runner(engine).write(lambda conn: conn.execute(statement).rowcount)
+
+
+def complete(w: Writes, job: Job) -> None:
+    w.require(_COMPLETE, {"job_id": job.id, "node": job.node})
+
+
+def fail(w: Writes, job: Job, error: str) -> None:
     """Given up, kept with its reason for `kepmta queue` and the operator."""
-    w.add(_FAIL, {"job_id": job_id, "error": error})
+    w.require(_FAIL, {"job_id": job.id, "node": job.node, "error": error})
 
 
 async def retry_later(engine: AsyncEngine, job: Job, error: str, schedule: Sequence[int] = _BACKOFF) -> None:
+    """Put `job` back for another attempt after its back-off, if this node still holds it."""
     delay = schedule[min(job.attempts, len(schedule) - 1)]
     statement = (
         update(jobs)
-        .where(jobs.c.id == job.id)
-        .values(attempts=job.attempts + 1, next_at=_now() + dt.timedelta(seconds=delay), last_error=error)
+        .where(jobs.c.id == job.id, jobs.c.claimed_by == job.node, jobs.c.state == PENDING)
+        .values(
+            attempts=job.attempts + 1,
+            next_at=_now() + dt.timedelta(seconds=delay),
+            last_error=error,
+            lease_until=None,
+        )
     )
     await runner(engine).write(lambda conn: conn.execute(statement))
 

@@ -71,6 +71,7 @@ class RelayWorker(jobs.JobLoop):
         self.recorder = delivery.recorder
         self.ledger = delivery.ledger
         self.engine = delivery.engine
+        self.node = delivery.node
         self.registry = registry
         self.relay = relay
         self.policy = policy
@@ -79,7 +80,7 @@ class RelayWorker(jobs.JobLoop):
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
 
     async def run_once(self) -> int:
-        batch = await jobs.due(self.engine, (jobs.RELAY, jobs.RELAY_WAIT, jobs.PEER_RECEIPT))
+        batch = await jobs.due(self.engine, (jobs.RELAY, jobs.RELAY_WAIT, jobs.PEER_RECEIPT), self.node)
         # Every attempt runs to its end before a failure to record one is raised (DeliveryWorker).
         results = await asyncio.gather(*(self._attempt(job) for job in batch), return_exceptions=True)
         for result in results:
@@ -155,7 +156,7 @@ class RelayWorker(jobs.JobLoop):
         now = utcnow()
 
         def unit(w: Writes) -> None:
-            jobs.complete(w, job.id)
+            jobs.complete(w, job)
             refused: list[list[int | str]] = [[p, a] for p, a in rcpts if a in handover.refused]
             if refused:
                 replies = {a: handover.refused[a] for p, a in rcpts if a in handover.refused}
@@ -260,7 +261,7 @@ class RelayWorker(jobs.JobLoop):
         def unit(w: Writes) -> None:
             for evidence in signed:
                 self.recorder.commit(w, evidence)
-            jobs.complete(w, job.id)
+            jobs.complete(w, job)
 
         await self.ledger.transact(unit)
         self.delivery.wake()
@@ -304,12 +305,12 @@ class RelayWorker(jobs.JobLoop):
 
     async def _complete(self, job: jobs.Job) -> None:
         def unit(w: Writes) -> None:
-            jobs.complete(w, job.id)
+            jobs.complete(w, job)
 
         await self.ledger.transact(unit)
 
     async def _end(self, job: jobs.Job, error: str) -> None:
         def unit(w: Writes) -> None:
-            jobs.fail(w, job.id, error)
+            jobs.fail(w, job, error)
 
         await self.ledger.transact(unit)

@@ -39,6 +39,9 @@ async def _create_all(url: str) -> None:
     first = [metadata.tables[name] for name in _FIRST_RELEASE]
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: metadata.create_all(sync, tables=first))
+        # Revision 0003 added these to a table of the first release.
+        for added in ("claimed_by", "lease_until"):
+            await conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {added}"))
         await conn.execute(
             insert(messages).values(id="old@kep.test", sender="a@kep.test", subject="s", submitted_at=_NOW)
         )
@@ -72,8 +75,16 @@ async def test_on_sqlite_the_first_revision_is_byte_for_byte_the_schema_of_creat
             rows = conn.execute(
                 text("SELECT type, name, sql FROM sqlite_master WHERE name != 'alembic_version'")
             )
+            # A table a revision made anew (Alembic's batch mode) is named by a RENAME, after which
+            # SQLite keeps its name quoted.
             return {
-                (r.type, r.name, r.sql) for r in rows if not r.name.startswith("sqlite_autoindex_alembic")
+                (
+                    r.type,
+                    r.name,
+                    r.sql and r.sql.replace(f'CREATE TABLE "{r.name}"', f"CREATE TABLE {r.name}"),
+                )
+                for r in rows
+                if not r.name.startswith("sqlite_autoindex_alembic")
             }
 
     assert schema(made) == schema(declared)

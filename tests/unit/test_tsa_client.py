@@ -258,7 +258,12 @@ async def _pending(engine: AsyncEngine, kind: str) -> list[jobs.Job]:
         rows = await conn.execute(
             select(jobs_table).where(jobs_table.c.kind == kind, jobs_table.c.state == "pending")
         )
-        return [jobs.Job(r.id, r.kind, r.message_id, r.payload, r.attempts) for r in rows]
+        return [
+            jobs.Job(
+                r.id, r.kind, r.message_id, r.payload, r.attempts, r.claimed_by, r.claimed_by is not None
+            )
+            for r in rows
+        ]
 
 
 async def _make_due(engine: AsyncEngine) -> None:
@@ -278,7 +283,7 @@ async def test_a_tsa_failure_delays_evidence_and_never_drops_it(
     signer = EvidenceSigner(p.evidence, [], client)
     recorder = EventRecorder(Issuer("Test KEP", "hs01.kep.tr", ("urn:x",), "standart"), signer, ledger)
     woken: list[bool] = []
-    stamper = StampWorker(recorder, lambda: woken.append(True))
+    stamper = StampWorker(recorder, lambda: woken.append(True), jobs.Node("test", dt.timedelta(minutes=1)))
 
     tsa_server.mode = failure
     seq = await recorder.record(_facts(), Reason.RA01, "accepted")
