@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def count(maildir: Maildir) -> int:
         return 0
 
 
-def _check_name(maildir: Maildir, name: str, limits: FolderLimits) -> None:
+def check_name(maildir: Maildir, name: str, limits: FolderLimits) -> None:
     """NO [LIMIT] (RFC 9051 §7.1) for a new name deeper or longer than the policy allows."""
     levels = name.count(DELIMITER) + 1
     if levels > limits.max_folder_depth:
@@ -155,6 +156,29 @@ def within(name: str, folder: str) -> bool:
 class ListEntry:
     name: str
     attributes: tuple[str, ...]
+    # RFC 5258 §3.5 CHILDINFO ("SUBSCRIBED"): returned for a subscribed descendant the pattern
+    # did not reach.
+    childinfo: bool = False
+
+    @property
+    def selectable(self) -> bool:
+        return not any(a in ("\\Noselect", "\\NonExistent") for a in self.attributes)
+
+
+@dataclass(frozen=True)
+class ListOptions:
+    """What a LIST or LSUB asks for beyond names matching its patterns (RFC 5258 §3, RFC 6154 §3).
+
+    `subscribed` selects subscribed names instead of existing folders, `recursive` (RECURSIVEMATCH)
+    adds the parents of subscribed names the patterns do not reach, `special_use` selects the
+    special-use folders; `return_subscribed` marks subscribed names; `lsub` answers LSUB.
+    """
+
+    subscribed: bool = False
+    recursive: bool = False
+    special_use: bool = False
+    return_subscribed: bool = False
+    lsub: bool = False
 
 
 # RFC 3501 §6.3.8 leaves the pattern's length open; one far longer than any folder name can only
@@ -229,37 +253,84 @@ class WildcardPattern:
         return bool(states & self.accept)
 
 
-def list_folders(
-    maildir: Maildir, reference: str, pattern: str, special_use: dict[str, str]
-) -> list[ListEntry]:
-    """LIST/LSUB results; parents that exist only as a prefix of deeper folders are \\Noselect."""
-    full = reference + pattern
-    if len(full) > MAX_PATTERN:
-        raise BadCommand(f"reference and pattern together may not exceed {MAX_PATTERN} characters")
-    names = list(maildir.folders())
-    existing = set(names)
-    everything = set(names)
+def _superiors(names: Iterable[str]) -> set[str]:
+    """Every proper superior of `names`: "A.B.C" gives "A" and "A.B"."""
+    out: set[str] = set()
     for name in names:
         parts = name.split(DELIMITER)
-        for i in range(1, len(parts)):
-            everything.add(DELIMITER.join(parts[:i]))
-    # `everything` holds every prefix of its names, so a name has children exactly when it is the
+        out.update(DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def list_folders(
+    maildir: Maildir,
+    reference: str,
+    patterns: str | Sequence[str],
+    special_use: dict[str, str],
+    options: ListOptions = ListOptions(),
+    subscribed: Sequence[str] = (),
+) -> list[ListEntry]:
+    """LIST/LSUB results, each name once, INBOX first.
+
+    Parents that exist only as a prefix of deeper folders are \\Noselect (RFC 3501 §6.3.8); a
+    subscribed name without a folder is \\NonExistent (RFC 5258 §3), or \\Noselect in LSUB; LSUB
+    with a pattern ending in "%" gives the superiors of deeper subscribed names, \\Noselect unless
+    subscribed themselves (RFC 3501 §6.3.9).
+    """
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    fulls = [reference + p for p in patterns]
+    if any(len(full) > MAX_PATTERN for full in fulls):
+        raise BadCommand(f"reference and pattern together may not exceed {MAX_PATTERN} characters")
+    matchers = [
+        (WildcardPattern.compile(full), WildcardPattern.compile(full, ignore_case=True)) for full in fulls
+    ]
+
+    def matches(name: str) -> bool:
+        return any((folded if name == INBOX else exact).matches(name) for exact, folded in matchers)
+
+    existing = set(maildir.folders())
+    # The hierarchy holds every prefix of its names, so a name has children exactly when it is the
     # parent of one of them: one pass, not a scan of all names for each.
-    parents = {n.rsplit(DELIMITER, 1)[0] for n in everything if DELIMITER in n}
-    matcher = WildcardPattern.compile(full)
-    inbox_matcher = WildcardPattern.compile(full, ignore_case=True)
+    hierarchy = existing | _superiors(existing)
+    parents = {n.rsplit(DELIMITER, 1)[0] for n in hierarchy if DELIMITER in n}
+    subs = set(subscribed)
+    # RFC 5258 §3 RECURSIVEMATCH: names with a subscribed descendant the patterns do not reach.
+    holding = _superiors(n for n in subs if not matches(n)) if options.recursive else set()
+    if options.lsub:
+        candidates = subs | _superiors(subs)
+    elif options.subscribed:
+        candidates = subs | holding
+    else:
+        candidates = hierarchy
+    levels = any(full.endswith("%") for full in fulls)
     entries: list[ListEntry] = []
-    for name in sorted(everything, key=lambda n: (n != INBOX, n)):
-        if not (inbox_matcher if name == INBOX else matcher).matches(name):
+    for name in sorted(candidates, key=lambda n: (n != INBOX, n)):
+        if not matches(name):
+            continue
+        exists = name in existing
+        if options.lsub:
+            if name in subs:
+                entries.append(ListEntry(name, () if exists else ("\\Noselect",)))
+            elif levels:
+                entries.append(ListEntry(name, ("\\Noselect",)))
+            continue
+        use = special_use.get(name) if exists else None
+        if options.special_use and use is None:
             continue
         attrs: list[str] = []
-        if name not in existing:
-            attrs.append("\\Noselect")
-        # RFC 3348 §4 child information.
-        attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
-        if name in special_use:
-            attrs.append(special_use[name])
-        entries.append(ListEntry(name, tuple(attrs)))
+        if not exists:
+            attrs.append("\\NonExistent" if options.subscribed else "\\Noselect")
+        if (options.subscribed or options.return_subscribed) and name in subs:
+            attrs.append("\\Subscribed")
+        # RFC 3348 §4 / RFC 5258 §4 child information.
+        if name in parents:
+            attrs.append("\\HasChildren")
+        elif exists:
+            attrs.append("\\HasNoChildren")
+        if use is not None:
+            attrs.append(use)
+        entries.append(ListEntry(name, tuple(attrs), childinfo=name in holding))
     return entries
 
 
@@ -282,7 +353,7 @@ def create(maildir: Maildir, name: str, limits: FolderLimits) -> None:
     name = valid_new_name(name)
     if name == INBOX or exists(maildir, name):
         raise CommandFailed("mailbox already exists", "ALREADYEXISTS")
-    _check_name(maildir, name, limits)
+    check_name(maildir, name, limits)
     # RFC 3501 §6.3.3: superior names needed for the new one are created too.
     levels = _levels(name)
     _check_room(maildir, _missing(maildir, levels), limits)
@@ -322,14 +393,14 @@ def rename(maildir: Maildir, old: str, new: str, limits: FolderLimits) -> list[t
         raise CommandFailed("a mailbox cannot be moved below itself", "CANNOT")
     parents = _levels(new)[:-1]
     if old == INBOX:
-        _check_name(maildir, new, limits)
+        check_name(maildir, new, limits)
         # The messages move into a new folder.
         _check_room(maildir, _missing(maildir, [*parents, new]), limits)
         return _rename_inbox(maildir, parents, new)
     moves: list[tuple[Path, Path]] = []
     for name in [old, *_children(maildir, old)]:
         target_name = new + name[len(old) :]
-        _check_name(maildir, target_name, limits)
+        check_name(maildir, target_name, limits)
         src, dst = maildir.folder_dir(name), maildir.folder_dir(target_name)
         if dst.exists():
             raise CommandFailed(f"mailbox {target_name!r} already exists", "ALREADYEXISTS")

@@ -7,6 +7,7 @@ import base64
 import binascii
 import bisect
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -20,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kepmta.imap import condstore, fetch, folders, quota, search, sort
+from kepmta.imap import condstore, fetch, folders, quota, search, sort, subscriptions
 from kepmta.imap.mailbox import (
     DELETED,
     SEEN,
@@ -70,7 +71,7 @@ log = logging.getLogger("kepmta.imap")
 
 _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
-    " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE"
+    " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
 )
 # RFC 5161 §3.1: what ENABLE can turn on.
 _ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
@@ -597,6 +598,10 @@ class Session:
         for name in (INBOX, *self.server.special_folders):
             if not folders.exists(self.maildir, name):
                 self.maildir.create(name)
+        # RFC 3501 §6.3.6: an account's first login subscribes its folders (the default ones, for a
+        # new account); from then on only SUBSCRIBE and UNSUBSCRIBE change the list.
+        limit = self.server.folder_limits.max_folders + 1
+        await asyncio.to_thread(subscriptions.ensure, self.maildir, limit)
         self.read_only_folders = frozenset(self.backend.read_only_folders(account))
         self.state = State.AUTHENTICATED
         log.info("IMAP login %s from %s", account, self.peer_ip)
@@ -757,38 +762,87 @@ class Session:
         return "RENAME completed"
 
     async def c_subscribe(self, cmd: Command, args: Args) -> str:
-        self._mailbox(args)
+        name = self._mailbox(args)
         args.end()
+        subscribe = cmd.name == "SUBSCRIBE"
+        if subscribe:
+            # RFC 3501 §6.3.6: a name that does not exist may be subscribed; one no folder could
+            # have may not.
+            name = folders.valid_new_name(name)
+            folders.check_name(self._md(), name, self.server.folder_limits)
+        limit = self.server.folder_limits.max_folders + 1
+        async with self.server.folder_changes:
+            await asyncio.to_thread(
+                subscriptions.change, self._md().root, name, subscribe=subscribe, max_names=limit
+            )
         return f"{cmd.name} completed"
 
-    async def c_list(self, cmd: Command, args: Args) -> str:
+    async def c_lsub(self, cmd: Command, args: Args) -> str:
         reference = folders.name_from_wire(args.astring("reference name"))
         pattern = folders.name_from_wire(args.astring("mailbox pattern"))
         args.end()
-        word = cmd.name.encode()
-        delim = string(folders.DELIMITER.encode())
         if not pattern:
-            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
-            await self.send(b"* " + word + b" (\\Noselect) " + delim + b' ""')
-            return f"{cmd.name} completed"
-        # A directory scan that grows with the account's folders: off the event loop.
+            await self.send(b'* LSUB (\\Noselect) "' + folders.DELIMITER.encode() + b'" ""')
+            return "LSUB completed"
         entries = await asyncio.to_thread(
-            folders.list_folders, self._md(), reference, pattern, self.server.special_folders
+            self._listing, reference, (pattern,), folders.ListOptions(lsub=True)
         )
-        await self.send(
-            *(
-                b"* "
-                + word
-                + b" ("
-                + " ".join(e.attributes).encode()
-                + b") "
-                + delim
-                + b" "
-                + folders.name_to_wire(e.name)
-                for e in entries
+        await self._send_list(b"LSUB", entries)
+        return "LSUB completed"
+
+    async def c_list(self, cmd: Command, args: Args) -> str:
+        options = folders.ListOptions()
+        first = args.peek()
+        if isinstance(first, ParenList):
+            # RFC 5258 §3 selection options.
+            options = _selection(args.paren_list("selection options"))
+        reference = folders.name_from_wire(args.astring("reference name"))
+        shape = args.peek()
+        if isinstance(shape, ParenList):
+            # RFC 5258 §3: several patterns at once.
+            raw = args.paren_list("mailbox patterns")
+            if not raw or len(raw) > _MAX_PATTERNS:
+                raise BadCommand(f"give 1 to {_MAX_PATTERNS} mailbox patterns")
+            patterns = tuple(folders.name_from_wire(Args([t]).astring("mailbox pattern")) for t in raw)
+        else:
+            patterns = (folders.name_from_wire(args.astring("mailbox pattern")),)
+        if args.more():
+            if args.atom("RETURN").upper() != "RETURN":
+                raise BadCommand("expected RETURN and the return options")
+            options = _return_options(args.paren_list("return options"), options)
+        args.end()
+        if patterns == ("",):
+            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
+            await self.send(b'* LIST (\\Noselect) "' + folders.DELIMITER.encode() + b'" ""')
+            return "LIST completed"
+        # A directory scan that grows with the account's folders: off the event loop.
+        entries = await asyncio.to_thread(self._listing, reference, patterns, options)
+        await self._send_list(b"LIST", entries)
+        return "LIST completed"
+
+    def _listing(
+        self, reference: str, patterns: Sequence[str], options: folders.ListOptions
+    ) -> list[folders.ListEntry]:
+        """Runs in a worker thread: the folders, and the subscriptions when they matter."""
+        md = self._md()
+        wanted = options.lsub or options.subscribed or options.return_subscribed
+        subscribed = (subscriptions.load(md.root) or []) if wanted else []
+        return folders.list_folders(md, reference, patterns, self.server.special_folders, options, subscribed)
+
+    async def _send_list(self, word: bytes, entries: list[folders.ListEntry]) -> None:
+        delim = string(folders.DELIMITER.encode())
+        lines = []
+        for e in entries:
+            line = b"* %s (%s) %s %s" % (
+                word,
+                " ".join(e.attributes).encode(),
+                delim,
+                folders.name_to_wire(e.name),
             )
-        )
-        return f"{cmd.name} completed"
+            if e.childinfo:
+                line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+            lines.append(line)
+        await self.send(*lines)
 
     async def c_status(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
@@ -1252,6 +1306,50 @@ def _tagged(tag: str, status: str, text: str) -> bytes:
     return f"{tag} {status} {text}".encode()
 
 
+# Patterns one LIST may give at once (RFC 5258 §3 sets no bound; each is matched against every name).
+_MAX_PATTERNS = 32
+
+
+def _selection(tokens: Sequence[Token]) -> folders.ListOptions:
+    """RFC 5258 §3 selection options (and RFC 6154 §3 SPECIAL-USE); SUBSCRIBED implies its return
+    option. Unknown options are a BAD, as is RECURSIVEMATCH with nothing to recurse for."""
+    names = set()
+    for tok in tokens:
+        if not isinstance(tok, Atom) or tok.section is not None:
+            raise BadCommand("selection options must be atoms")
+        names.add(tok.value.upper())
+    unknown = names - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+    if unknown:
+        raise BadCommand(f"unknown LIST selection option {sorted(unknown)[0]}")
+    if "RECURSIVEMATCH" in names and "SUBSCRIBED" not in names:
+        # RFC 5258 §3: RECURSIVEMATCH alone, or with REMOTE only, is a BAD; of our options it
+        # only means something with SUBSCRIBED.
+        raise BadCommand("RECURSIVEMATCH needs the SUBSCRIBED selection option")
+    # REMOTE (RFC 5258 §3): there are no remote mailboxes to add.
+    subscribed = "SUBSCRIBED" in names
+    return folders.ListOptions(
+        subscribed=subscribed,
+        recursive="RECURSIVEMATCH" in names,
+        special_use="SPECIAL-USE" in names,
+        return_subscribed=subscribed,
+    )
+
+
+def _return_options(tokens: Sequence[Token], options: folders.ListOptions) -> folders.ListOptions:
+    """RFC 5258 §3 return options. CHILDREN and SPECIAL-USE (RFC 6154 §3) ask for what every
+    LIST response carries already."""
+    return_subscribed = options.return_subscribed
+    for tok in tokens:
+        if not isinstance(tok, Atom) or tok.section is not None:
+            raise BadCommand("return options must be atoms")
+        value = tok.value.upper()
+        if value == "SUBSCRIBED":
+            return_subscribed = True
+        elif value not in ("CHILDREN", "SPECIAL-USE"):
+            raise BadCommand(f"unknown LIST return option {tok.value}")
+    return dataclasses.replace(options, return_subscribed=return_subscribed)
+
+
 def _utf8(raw: bytes, what: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -1366,7 +1464,7 @@ _COMMANDS: dict[str, _Spec] = {
     "SUBSCRIBE": _Spec(Session.c_subscribe, _AUTH),
     "UNSUBSCRIBE": _Spec(Session.c_subscribe, _AUTH),
     "LIST": _Spec(Session.c_list, _AUTH),
-    "LSUB": _Spec(Session.c_list, _AUTH),
+    "LSUB": _Spec(Session.c_lsub, _AUTH),
     "STATUS": _Spec(Session.c_status, _AUTH),
     "APPEND": _Spec(Session.c_append, _AUTH),
     "IDLE": _Spec(Session.c_idle, _AUTH),

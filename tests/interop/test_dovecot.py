@@ -177,3 +177,29 @@ def test_store_seen_through_dovecot_makes_content_handover(setup: Setup) -> None
     assert len(wait_for(lambda: receipts(a, subj, "ContentHandover"), TIMEOUT)) == 1
     m.logout()
     a.logout()
+
+
+def _subscribed(m: imaplib.IMAP4, pattern: str) -> set[bytes]:
+    typ, data = m.lsub('""', pattern)
+    assert typ == "OK", data
+    return {line.rsplit(b" ", 1)[1].strip(b'"') for line in data if isinstance(line, bytes)}
+
+
+def test_subscriptions_are_shared_with_dovecot(setup: Setup) -> None:
+    """Both servers keep an account's subscriptions in its Maildir's `subscriptions` file (RFC 3501
+    §6.3.6): what a client subscribes through one, the other lists in LSUB."""
+    ali = setup.srv.account(0)
+    kep = imap(setup.srv, ali)
+    assert kep.create('"Paylasim.Ar&AV8-iv"')[0] == "OK"
+    assert kep.subscribe('"Paylasim.Ar&AV8-iv"')[0] == "OK"
+    dove = imap_at(setup.dovecot.port, setup.srv, ali)
+    # The folders kepmta's first login subscribed, and the new one, in kepmta's spelling.
+    assert {b"INBOX", b"Sent", b"Paylasim.Ar&AV8-iv"} <= _subscribed(dove, "*")
+    assert dove.subscribe('"Paylasim"')[0] == "OK"
+    assert dove.unsubscribe('"Sent"')[0] == "OK"
+    found = _subscribed(kep, "*")
+    assert b"Paylasim" in found and b"Sent" not in found
+    assert kep.unsubscribe('"Paylasim.Ar&AV8-iv"')[0] == "OK"
+    assert b"Paylasim.Ar&AV8-iv" not in _subscribed(dove, "*")
+    dove.logout()
+    kep.logout()
