@@ -219,34 +219,57 @@ class Settings:
 
 
 class _Table:
-    """A TOML table that knows where it came from, for one-line errors."""
+    """A TOML table that knows where it came from, for one-line errors, and which of its keys were
+    read: a key never read is a misspelling or a setting with no effect, refused (see unused)."""
 
     def __init__(self, data: dict[str, Any], file: Path, prefix: str) -> None:
         self.data, self.file, self.prefix = data, file, prefix
+        self.used: set[str] = set()
+        self._parts: dict[str, _Table] = {}
 
     def _where(self, key: str) -> str:
         return f"{self.file}: {self.prefix}{key}"
 
+    def _get(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        return self.data.get(key, default)
+
     def table(self, key: str) -> _Table:
-        value = self.data.get(key, {})
+        if key in self._parts:
+            return self._parts[key]
+        value = self._get(key, {})
         if not isinstance(value, dict):
             raise ConfigError(f"{self._where(key)} must be a table")
-        return _Table(value, self.file, f"{self.prefix}{key}.")
+        part = self._parts[key] = _Table(value, self.file, f"{self.prefix}{key}.")
+        return part
+
+    def entries(self, key: str) -> list[_Table]:
+        """An array of tables ([[key]]), each entry checked like a table of its own."""
+        value = self._get(key, [])
+        if not isinstance(value, list):
+            raise ConfigError(f"{self._where(key)} must be an array of tables ([[{self.prefix}{key}]])")
+        parts = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{self._where(f'{key}[{i}]')} must be a table")
+            part = _Table(entry, self.file, f"{self.prefix}{key}[{i}].")
+            parts.append(self._parts.setdefault(f"{key}[{i}]", part))
+        return parts
 
     def text(self, key: str, default: str | None = None) -> str:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self._where(key)} must be a non-empty string")
         return value
 
     def number(self, key: str, *, low: int, high: int) -> int:
-        value = self.data.get(key)
+        value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"{self._where(key)} must be an integer from {low} to {high}")
         return value
 
     def numbers(self, key: str, *, low: int, high: int, nonempty: bool = False) -> tuple[int, ...]:
-        value = self.data.get(key)
+        value = self._get(key)
         if (
             not isinstance(value, list)
             or (nonempty and not value)
@@ -256,7 +279,7 @@ class _Table:
         return tuple(value)
 
     def strings(self, key: str) -> tuple[str, ...]:
-        value = self.data.get(key, [])
+        value = self._get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{self._where(key)} must be a list of non-empty strings")
         return tuple(value)
@@ -278,6 +301,15 @@ def weak_since(name: str, value: object, where: str) -> tuple[str, dt.datetime]:
     except ValueError as exc:
         raise ConfigError(f"{where}.{name} must be a date, YYYY-MM-DD") from exc
     return name, dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+    def unused(self) -> None:
+        """Refuse the first key no setting read, here or in a table below: a misspelt key must not
+        silently leave a setting at its default."""
+        for key in self.data:
+            if key not in self.used:
+                raise ConfigError(f"{self._where(key)} is not a known key, or has no effect here")
+        for part in self._parts.values():
+            part.unused()
 
 
 def _read(path: Path) -> _Table:
@@ -303,7 +335,7 @@ def load_policy(path: Path) -> Policy:
     peer_max = size.number("peer_max", low=1024, high=local_max)
     preauth_literal = imap.number("max_literal_before_login", low=256, high=1024 * 1024)
     literal = imap.number("max_literal", low=1024, high=2**30)
-    return Policy(
+    policy = Policy(
         id=policy.text("id"),
         name=policy.text("name"),
         local_max_size=local_max,
@@ -376,20 +408,19 @@ def _tsa(table: _Table) -> TsaConfig:
         timeout=table.number("timeout", low=1, high=600) if "timeout" in table.data else 10,
         retries=table.number("retries", low=0, high=20) if "retries" in table.data else 2,
     )
+    top.unused()
+    return policy
 
 
 _DKIM_ALGORITHMS = ("ed25519", "rsa")
 
 
 def _relay(table: _Table) -> RelaySettings:
-    entries = table.data.get("dkim", [])
-    if not isinstance(entries, list) or not entries:
+    entries = table.entries("dkim")
+    if not entries:
         raise ConfigError(f"{table.file}: relay.dkim must be an array of tables ([[relay.dkim]])")
     keys = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{table.file}: relay.dkim[{i}] must be a table")
-        key = _Table(entry, table.file, f"relay.dkim[{i}].")
+    for i, key in enumerate(entries):
         algorithm = key.text("algorithm")
         if algorithm not in _DKIM_ALGORITHMS:
             raise ConfigError(f"{table.file}: relay.dkim[{i}].algorithm must be ed25519 or rsa")
@@ -420,6 +451,7 @@ def load(path: Path) -> Settings:
         raise ConfigError(f"{path}: evidence.key_uri must be an RFC 7512 pkcs11: URI")
     crl_paths = evidence.strings("crls")
     weak = evidence.table("weak_algorithms")
+    weak.used.update(weak.data)  # every key is an algorithm name, checked by weak_since
     weak_algorithms = dict(
         weak_since(k, v, f"{path}: evidence.weak_algorithms") for k, v in weak.data.items()
     )
@@ -428,7 +460,7 @@ def load(path: Path) -> Settings:
     node = server.text("node") if "node" in server.data else default_node()
     if not _NODE.match(node):
         raise ConfigError(f"{path}: server.node must be 1 to 64 letters, digits, '.', '_' or '-'")
-    return Settings(
+    settings = Settings(
         source=path,
         domain=server.text("domain").lower(),
         provider_name=server.text("provider_name"),
@@ -478,3 +510,5 @@ def load(path: Path) -> Settings:
             dovecot.path("read_spool", must_exist=False) if "read_spool" in dovecot.data else None
         ),
     )
+    top.unused()
+    return settings
