@@ -290,6 +290,15 @@ class _Table:
             raise ConfigError(f"{self._where(key)}: {path} does not exist")
         return path
 
+    def unused(self) -> None:
+        """Refuse the first key no setting read, here or in a table below: a misspelt key must not
+        silently leave a setting at its default."""
+        for key in self.data:
+            if key not in self.used:
+                raise ConfigError(f"{self._where(key)} is not a known key, or has no effect here")
+        for part in self._parts.values():
+            part.unused()
+
 
 def weak_since(name: str, value: object, where: str) -> tuple[str, dt.datetime]:
     """One `weak_algorithms` entry: a hash algorithm and the UTC day from which it is weak."""
@@ -301,15 +310,6 @@ def weak_since(name: str, value: object, where: str) -> tuple[str, dt.datetime]:
     except ValueError as exc:
         raise ConfigError(f"{where}.{name} must be a date, YYYY-MM-DD") from exc
     return name, dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-
-    def unused(self) -> None:
-        """Refuse the first key no setting read, here or in a table below: a misspelt key must not
-        silently leave a setting at its default."""
-        for key in self.data:
-            if key not in self.used:
-                raise ConfigError(f"{self._where(key)} is not a known key, or has no effect here")
-        for part in self._parts.values():
-            part.unused()
 
 
 def _read(path: Path) -> _Table:
@@ -392,6 +392,8 @@ def load_policy(path: Path) -> Policy:
             verify_max_size=api.number("verify_max_size", low=1024, high=2**31),
         ),
     )
+    top.unused()
+    return policy
 
 
 def _tsa(table: _Table) -> TsaConfig:
@@ -408,8 +410,6 @@ def _tsa(table: _Table) -> TsaConfig:
         timeout=table.number("timeout", low=1, high=600) if "timeout" in table.data else 10,
         retries=table.number("retries", low=0, high=20) if "retries" in table.data else 2,
     )
-    top.unused()
-    return policy
 
 
 _DKIM_ALGORITHMS = ("ed25519", "rsa")
