@@ -335,7 +335,7 @@ def load_policy(path: Path) -> Policy:
     peer_max = size.number("peer_max", low=1024, high=local_max)
     preauth_literal = imap.number("max_literal_before_login", low=256, high=1024 * 1024)
     literal = imap.number("max_literal", low=1024, high=2**30)
-    policy = Policy(
+    loaded = Policy(
         id=policy.text("id"),
         name=policy.text("name"),
         local_max_size=local_max,
@@ -393,7 +393,7 @@ def load_policy(path: Path) -> Policy:
         ),
     )
     top.unused()
-    return policy
+    return loaded
 
 
 def _tsa(table: _Table) -> TsaConfig:
