@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kepmta import devinit, pki
+from kepmta import devinit, metrics, pki
 from kepmta.accounts import AccountStore, LoginRefusal
 from kepmta.api.server import ApiServer
 from kepmta.config import Settings
@@ -66,8 +66,8 @@ class ImapBackendAdapter:
         self.read_hook = read_hook
         self.evidence_folder = evidence_folder
 
-    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
-        login = await self.accounts.login(username, password, peer_ip)
+    async def authenticate(self, username: str, password: str, peer_ip: str, authzid: str = "") -> str | None:
+        login = await self.accounts.login(username, password, peer_ip, authzid=authzid)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 5530 §3: UNAVAILABLE, a temporary failure; the password was not even checked.
             raise CommandFailed("too many failed logins; try again later", "UNAVAILABLE")
@@ -80,8 +80,8 @@ class ImapBackendAdapter:
     def maildir(self, user: str) -> Maildir:
         return self.accounts.maildir(user)
 
-    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
-        await self.read_hook.opened(user, path)
+    async def on_seen(self, user: str, mailbox: str, path: Path, operator: str | None = None) -> None:
+        await self.read_hook.opened(user, path, operator)
 
     def read_only_folders(self, user: str) -> frozenset[str]:
         # Evidence receipts are the user's proof: readable, never changed through IMAP.
@@ -124,6 +124,7 @@ class App:
         self.ports: dict[str, int] = {}
         self.registry: PeerRegistry | None = None
         self.api: ApiServer | None = None
+        self.metrics: metrics.MetricsServer | None = None
         self._tls_for: tuple[Peers, ssl.SSLContext] | None = None
 
     def _relay_tls(self) -> ssl.SSLContext:
@@ -258,11 +259,17 @@ class App:
         if s.ports.api is not None:
             self.api = ApiServer()
             self.ports["api"] = await self.api.start(s, tls, accounts, service, ledger, registry, signer_pair)
+        if s.ports.metrics is not None:
+            metrics.node(node.name)
+            self.metrics = metrics.MetricsServer()
+            self.ports["metrics"] = await self.metrics.start(engine, s.metrics_listen, s.ports.metrics)
         log.info("kepmta serving %s on %s: %s", s.domain, s.listen, self.ports)
 
     async def stop(self) -> None:
         if self.api:
             await self.api.stop()
+        if self.metrics:
+            await self.metrics.stop()
         for srv in self.servers:
             srv.close()
         if self.imap:

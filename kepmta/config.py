@@ -45,6 +45,8 @@ class Ports:
     relay: int | None = None
     # The integration API and the verification page over HTTPS (kepmta.api); None: not served.
     api: int | None = None
+    # Prometheus metrics over plain HTTP on [server] metrics_listen (kepmta.metrics); None: none.
+    metrics: int | None = None
 
     def as_dict(self) -> dict[str, int]:
         ports = {
@@ -57,6 +59,8 @@ class Ports:
             ports["relay"] = self.relay
         if self.api is not None:
             ports["api"] = self.api
+        if self.metrics is not None:
+            ports["metrics"] = self.metrics
         return ports
 
 
@@ -204,6 +208,11 @@ class Settings:
     # without renewal ([server] job_lease), so how soon a dead node's jobs are taken up.
     node: str = field(default_factory=default_node)
     job_lease: int = 60
+    # Where the metrics port listens ([server] metrics_listen): loopback unless said otherwise,
+    # as the metrics are served without authentication.
+    metrics_listen: str = "127.0.0.1"
+    # [log] format: "text" (one line a record) or "json" (one JSON object a line; kepmta.logs).
+    log_format: str = "text"
 
     @property
     def mail_root(self) -> Path:
@@ -428,6 +437,13 @@ def _relay(table: _Table) -> RelaySettings:
     return RelaySettings(table.path("client_cert"), table.path("client_key"), tuple(keys))
 
 
+def _log_format(table: _Table) -> str:
+    value = table.text("format", "text")
+    if value not in ("text", "json"):
+        raise ConfigError(f'{table.file}: log.format must be "text" or "json"')
+    return value
+
+
 def load(path: Path) -> Settings:
     path = path.resolve()
     top = _read(path)
@@ -473,6 +489,7 @@ def load(path: Path) -> Settings:
             port("imaps"),
             port("relay") if "relay" in ports.data else None,
             port("api") if "api" in ports.data else None,
+            port("metrics") if "metrics" in ports.data else None,
         ),
         data_dir=data_dir,
         database_url=url,
@@ -497,6 +514,8 @@ def load(path: Path) -> Settings:
         node=node,
         # Renewed every third of it: 15 s leave room for a renewal to wait on a busy database.
         job_lease=server.number("job_lease", low=15, high=3600) if "job_lease" in server.data else 60,
+        metrics_listen=server.text("metrics_listen", "127.0.0.1"),
+        log_format=_log_format(top.table("log")),
         relay=_relay(top.table("relay")) if "relay" in top.data else None,
         tsa=tsa,
         provider_ca=evidence.path("provider_ca"),

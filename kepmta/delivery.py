@@ -20,6 +20,7 @@ from typing import BinaryIO
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kepmta import logs, metrics
 from kepmta.accounts import AccountStore
 from kepmta.db.schema import messages
 from kepmta.events import EventRecorder, MessageFacts, load_facts
@@ -134,6 +135,7 @@ class DeliveryWorker(jobs.JobLoop):
 
     async def _attempt(self, job: jobs.Job) -> str | None:
         """Do `job`; returns the address whose mailbox it filed a message into, if it did."""
+        logs.bind(message_id=job.message_id)  # a task of its own (run_once's gather)
         async with self._slots:
             try:
                 if job.kind == jobs.DELIVER:
@@ -257,6 +259,7 @@ class DeliveryWorker(jobs.JobLoop):
             jobs.complete(w, job)
 
         await self.ledger.transact(unit)
+        metrics.delivered(facts.submitted_at)
         log.info("delivered %s to %s", job.message_id, address)
         return address
 

@@ -22,7 +22,7 @@ from kepmta.config import Ports
 
 DOMAIN = "kep.test"
 DEFAULT_PORTS = Ports(
-    submission=10587, submissions=10465, imap=10143, imaps=10993, relay=10025, api=10443
+    submission=10587, submissions=10465, imap=10143, imaps=10993, relay=10025, api=10443, metrics=10909
 )
 DEMO_ACCOUNTS = (
     ("Ali", "Yılmaz"),
@@ -87,13 +87,13 @@ def _free_port() -> int:
 
 
 def choose_ports(base: int | None) -> Ports:
-    """The well-known dev ports, or `base`+0..5, or free ones when the defaults are taken."""
+    """The well-known dev ports, or `base`+0..6, or free ones when the defaults are taken."""
     if base is not None:
-        return Ports(base, base + 1, base + 2, base + 3, base + 4, base + 5)
+        return Ports(*range(base, base + 7))
     wanted = DEFAULT_PORTS.as_dict()
     if all(_port_free(p) for p in wanted.values()):
         return DEFAULT_PORTS
-    return Ports(*(_free_port() for _ in range(6)))
+    return Ports(*(_free_port() for _ in range(7)))
 
 
 def _config_text(ports: Ports, domain: str, database_url: str) -> str:
@@ -113,6 +113,7 @@ imap = {ports.imap}
 imaps = {ports.imaps}
 {"" if ports.relay is None else f"relay = {ports.relay}"}
 {"" if ports.api is None else f"api = {ports.api}"}
+{"" if ports.metrics is None else f"metrics = {ports.metrics}"}
 
 [tls]
 cert = "pki/tls.pem"

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kepmta import metrics
 from kepmta.db import utc
 from kepmta.db.schema import jobs as jobs_table
 from kepmta.db.schema import messages, recipients
@@ -242,7 +243,12 @@ class EventRecorder:
         try:
             stamped = await self.signer.stamp(basic)
         except TimeStampError as exc:
-            log.warning("evidence %s waits for its time-stamp: %s", evidence.evidence_id, exc)
+            log.warning(
+                "evidence %s waits for its time-stamp: %s",
+                evidence.evidence_id,
+                exc,
+                extra={"message_id": facts.message_id},
+            )
             return basic
         if self.on_stamped is not None:
             self.on_stamped()
@@ -256,6 +262,7 @@ class EventRecorder:
             self.revocation.capture(w)
         seq = w.append(evidence_record(signed)).seq
         w.after_commit(lambda: self.committed.put(seq, signed))
+        w.after_commit(lambda: metrics.evidence(signed.evidence.event))
         stamped = cms.is_time_stamped(signed.der)
         kind = self.receipt_kind(signed.evidence.sender.address) if stamped else TIMESTAMP_JOB
         jobs.enqueue(w, kind, signed.evidence.message_id, {"seq": seq})
@@ -343,7 +350,13 @@ class StampWorker:
                     done += 1
                     self._tsa_back = True
                 except Exception as exc:  # any failure leaves the job for a later attempt
-                    log.warning("time-stamp job %d (%s) failed; will retry: %s", job.id, job.message_id, exc)
+                    log.warning(
+                        "time-stamp job %d (%s) failed; will retry: %s",
+                        job.id,
+                        job.message_id,
+                        exc,
+                        extra={"message_id": job.message_id},
+                    )
                     self._behind = True
                     await jobs.retry_later(self.engine, job, f"{type(exc).__name__}: {exc}")
         finally:
@@ -369,4 +382,6 @@ class StampWorker:
             w.add(_WAKE_DISPATCHES, {"waiting": job.message_id, "now": utcnow()})
 
         await self.ledger.transact(unit)
-        log.info("evidence %s time-stamped after a delay", basic.evidence_id)
+        log.info(
+            "evidence %s time-stamped after a delay", basic.evidence_id, extra={"message_id": job.message_id}
+        )

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from sqlalchemy import select
 
-from kepmta import dkim, spool
+from kepmta import dkim, metrics, spool
 from kepmta.accounts import AccountState, AccountStore
 from kepmta.addresses import AddressError, parse
 from kepmta.db.schema import ledger as ledger_table
@@ -337,7 +337,13 @@ class InboundService:
 
         await self.ledger.transact(unit)
         self.wake_relay()
-        log.info("rejected %s from %s: %s", facts.message_id, peer.name, details)
+        log.info(
+            "rejected %s from %s: %s",
+            facts.message_id,
+            peer.name,
+            details,
+            extra={"message_id": facts.message_id},
+        )
 
     async def _dispatch(
         self, peer: Peer, headers: RemHeaders, checked: Checked, rcpts: list[str], incoming: Path
@@ -376,7 +382,15 @@ class InboundService:
 
         await self._commit(unit, stored)
         taken = sum(1 for d in decisions if d[2] is Reason.RB01)
-        log.info("took %s from %s for %d of %d recipient(s)", mid, peer.name, taken, len(rcpts))
+        metrics.accepted("relay")
+        log.info(
+            "took %s from %s for %d of %d recipient(s)",
+            mid,
+            peer.name,
+            taken,
+            len(rcpts),
+            extra={"message_id": mid},
+        )
         return f"250 2.0.0 <{mid}> taken for {taken} of {len(rcpts)} recipient(s); evidence follows"
 
     async def _receipt(self, peer: Peer, checked: Checked, rcpts: list[str], incoming: Path) -> str:
@@ -403,7 +417,13 @@ class InboundService:
             jobs.enqueue(w, jobs.FILE_RECEIVED, evidence.message_id, {"file": stored.name, "address": sender})
 
         await self._commit(unit, stored)
-        log.info("kept %s evidence %s from %s", evidence.event.value, evidence.evidence_id, peer.name)
+        log.info(
+            "kept %s evidence %s from %s",
+            evidence.event.value,
+            evidence.evidence_id,
+            peer.name,
+            extra={"message_id": evidence.message_id},
+        )
         return f"250 2.0.0 evidence {evidence.evidence_id} kept"
 
     def _keep(self, incoming: Path, kind: str) -> Path:

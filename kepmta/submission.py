@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
-from kepmta import addresses, spool
+from kepmta import addresses, metrics, spool
 from kepmta.accounts import Account, AccountStore, Login
 from kepmta.config import Policy
 from kepmta.db.schema import jobs as jobs_table
@@ -145,8 +145,8 @@ class SubmissionService:
             log.warning("removing %s: its acceptance was never committed", original)
             original.unlink(missing_ok=True)
 
-    async def login(self, username: str, password: str, peer_ip: str) -> Login:
-        return await self.accounts.login(username, password, peer_ip)
+    async def login(self, username: str, password: str, peer_ip: str, *, authzid: str = "") -> Login:
+        return await self.accounts.login(username, password, peer_ip, authzid=authzid)
 
     async def _rejected(
         self,
@@ -159,6 +159,7 @@ class SubmissionService:
         headers: Headers | None = None,
     ) -> PolicyError:
         """Record SubmissionRejection evidence for a refusal; returns the error to raise."""
+        metrics.refused(error.refusal.reason)
         await self._record(
             error.refusal.reason, error.refusal.details, tx, login, authenticated_at, recipients, headers
         )
@@ -240,6 +241,7 @@ class SubmissionService:
                 # RFC 1870 §6.3: a declared size too big for this recipient's size class
                 check_declared_size(tx.declared_size, self.policy.peer_max_size, peer=True)
         except PolicyError as e:
+            metrics.refused(e.refusal.reason)
             tx.refused.append(RefusedRecipient(address, _well_formed(address), e.refusal))
             tx.session.count += 1
             flood = self._too_many(tx.session, tx)
@@ -363,10 +365,12 @@ class SubmissionService:
             raise
         self.recorder.known.put(facts, original.name)
         self.wake_delivery()
+        metrics.accepted("submission")
         log.info(
             "accepted %s from %s for %d recipient(s)",
             tx.message_id,
             tx.sender.account.address,
             len(tx.recipients),
+            extra={"message_id": tx.message_id},
         )
         return tx.message_id

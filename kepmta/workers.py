@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from cryptography import x509
 
-from kepmta import dkim, pki
+from kepmta import dkim, metrics, pki
 from kepmta.config import Settings
 from kepmta.evidence.keys import evidence_pair
 from kepmta.headers import read_headers
@@ -256,6 +256,7 @@ class WorkerPool:
         except BaseException as e:
             # Dead, or cancelled mid-request (its answer would reach the next caller): replace it.
             await self._retire(worker)
+            metrics.worker_restarted(name)
             self._idle.put_nowait(await self._spawn())
             if isinstance(e, (OSError, EOFError, asyncio.IncompleteReadError)):
                 raise WorkerError(f"a worker process stopped: {e!r}") from e

@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 
 def free_port_base() -> int:
-    """Six consecutive free ports (submission, submissions, imap, imaps, relay, api)."""
+    """Seven consecutive free ports (submission, submissions, imap, imaps, relay, api, metrics)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -44,7 +44,7 @@ def free_port_base() -> int:
         if base > 65000:
             continue
         ok = True
-        for p in range(base, base + 6):
+        for p in range(base, base + 7):
             with socket.socket() as t:
                 try:
                     t.bind(("127.0.0.1", p))

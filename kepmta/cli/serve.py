@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 
-from kepmta import addresses, config, devinit
+from kepmta import addresses, config, devinit, logs
 from kepmta.cli.common import DEFAULT_DATA, die
 
 
@@ -30,12 +29,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kepmta.app import serve
     from kepmta.db.migrate import DatabaseNotCurrent
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aiosmtpd's own logger chats per connection and command; at DEBUG it prints AUTH exchanges
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         if args.dev:
             if not addresses.is_domain(args.domain):
@@ -47,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings, demo = config.load(args.config), None
     except config.ConfigError as e:
         return die(str(e))
+    logs.configure(settings.log_format, verbose=args.verbose)
     try:
         asyncio.run(serve(settings, demo))
     except DatabaseNotCurrent as e:
@@ -102,6 +96,8 @@ def cmd_dev_info(args: argparse.Namespace) -> int:
         print(f"  relay (peers)    127.0.0.1:{ports['relay']} (STARTTLS, client certificate)")
     if "api" in ports:
         print(f"  integration API  https://localhost:{ports['api']}/docs, verification page /dogrula")
+    if "metrics" in ports:
+        print(f"  metrics          http://127.0.0.1:{ports['metrics']}/metrics (Prometheus)")
     print(f"  provider CA      {info['provider_ca']}  (trust it for TLS and evidence)")
     print(f"  qualified CA     {info['qualified_ca']}")
     print(f"  time-stamp cert  {info['tsa_cert']}")
@@ -135,8 +131,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         metavar="N",
         help="when creating a development folder, listen on N (submission), N+1 (submissions), "
-        "N+2 (imap), N+3 (imaps), N+4 (relay from peers), N+5 (integration API over HTTPS); default "
-        "10587/10465/10143/10993/10025/10443, or free ports if those are taken",
+        "N+2 (imap), N+3 (imaps), N+4 (relay from peers), N+5 (integration API over HTTPS), N+6 "
+        "(Prometheus metrics over HTTP); default 10587/10465/10143/10993/10025/10443/10909, or free "
+        "ports if those are taken",
     )
     serve.add_argument(
         "--domain",

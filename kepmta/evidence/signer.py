@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from kepmta import metrics
 from kepmta.evidence.errors import TokenImprintError
 from kepmta.evidence.model import Evidence
 from kepmta.evidence.tsa import TimeStamper, imprint_of
@@ -83,7 +84,7 @@ async def stamp_der(der: bytes, tsa: TimeStamper) -> bytes:
     signed = cms.DerContentInfo.load(der)
     # EN 319 122-1 §5.3: the signature time-stamp covers the SignerInfo signature value.
     imprint = imprint_of(cms.signature_value(signed))
-    token = await tsa.token(imprint)
+    token = await metrics.tsa_request(tsa.token(imprint))
     # The TimeStamper wrote the token's messageImprint or checked it (RFC 3161 §2.4.2) and says
     # which it is, so nothing is parsed here. A TSA answering for other data would leave evidence
     # that later fails verification; refuse it now, while the event can still be retried.

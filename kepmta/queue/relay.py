@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from kepmta import logs
 from kepmta.config import RelayPolicy, RelaySettings
 from kepmta.delivery import AwaitingTimestamp, DeliveryWorker
 from kepmta.events import MessageFacts, utcnow
@@ -89,6 +90,7 @@ class RelayWorker(jobs.JobLoop):
         return len(batch)
 
     async def _attempt(self, job: jobs.Job) -> None:
+        logs.bind(message_id=job.message_id)  # a task of its own (run_once's gather)
         async with self._slots:
             try:
                 if job.kind == jobs.RELAY:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from kepmta import logs, metrics
 from kepmta.inbound import InboundService, PeerClient, Refused
 from kepmta.limits import Slots
 from kepmta.peers import Peers
@@ -62,12 +63,15 @@ class RelaySMTP(SpoolingSMTP):
         self.connections = connections  # by client_key() of the peer's address
 
     async def _handle_client(self) -> None:
+        logs.bind_session(self.session and self.session.peer)
         connection = await take_connection(self, self.connections)
         if connection is None:
             return
+        metrics.session_opened("relay")
         try:
             await super()._handle_client()
         finally:
+            metrics.session_closed("relay")
             connection.release()
 
     def _create_session(self) -> RelaySession:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session, syntax
 
+from kepmta import logs, metrics
 from kepmta.accounts import Account, LoginRefusal
 from kepmta.limits import Slot, Slots
 from kepmta.logtext import excerpt
@@ -55,11 +56,23 @@ class KepEnvelope(Envelope):
 
 
 class SubmissionSMTP(SpoolingSMTP):
-    def __init__(self, handler: SubmissionHandler, connections: Slots, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: SubmissionHandler, connections: Slots, *, implicit_tls: bool, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.kep_handler = handler
         self.connections = connections  # shared by both submission ports, by client_key()
         self.closing = False  # the reply being sent is the last: 421, too many refusals
+        self.implicit_tls = implicit_tls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.implicit_tls:
+            # RFC 8314 §3: on the implicit-TLS port the whole session is already encrypted.
+            # aiosmtpd knows a session is under TLS only from the TLS protocol STARTTLS sets up; the
+            # one the listener set up is the same, and with it AUTH is offered and allowed here
+            # while auth_require_tls stays on.
+            self._tls_protocol = transport._ssl_protocol  # type: ignore[attr-defined]
+        super().connection_made(transport)
 
     def _create_session(self) -> KepSession:
         return KepSession(self.loop)
@@ -74,12 +87,15 @@ class SubmissionSMTP(SpoolingSMTP):
             await self.kep_handler.service.end(envelope.transaction)
 
     async def _handle_client(self) -> None:
+        logs.bind_session(self.session and self.session.peer)
         connection = await take_connection(self, self.connections)
         if connection is None:
             return
+        metrics.session_opened("submission")
         try:
             await super()._handle_client()
         finally:
+            metrics.session_closed("submission")
             connection.release()
             session = self.session
             if isinstance(session, KepSession) and session.account_slot is not None:
@@ -197,15 +213,20 @@ class SubmissionHandler:
         # RFC 1870 §4: the limit the policy enforces, announced to the client
         return [*responses[:-1], f"250-SIZE {self.service.advertised_size}", responses[-1]]
 
-    async def _login(self, server: SubmissionSMTP, username: str, password: str) -> AuthResult | None:
+    async def _login(
+        self, server: SubmissionSMTP, username: str, password: str, authzid: str = ""
+    ) -> AuthResult | None:
         session = server.session
         assert isinstance(session, KepSession)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
-        login = await self.service.login(username, password, peer)
+        login = await self.service.login(username, password, peer, authzid=authzid)
         if login.account is not None:
-            slot = self.sessions.take(login.account.address)
+            # An operator who logged in for a legal entity is the session's user, as after a plain
+            # login: MAIL FROM may name the entity (kepmta.policy.sender), and the operator signs.
+            person = login.operator or login.account
+            slot = self.sessions.take(person.address)
             if slot is None:
-                log.info("%r: %s has too many sessions", session.peer, login.account.address)
+                log.info("%r: %s has too many sessions", session.peer, person.address)
                 # RFC 4954 §6: 454 4.7.0, a temporary authentication failure; the session stays
                 # open and unauthenticated, and the client may try again when another has ended.
                 limit = self.sessions.limit
@@ -213,7 +234,9 @@ class SubmissionHandler:
                 return None
             session.account_slot = slot
             session.authenticated_at = dt.datetime.now(dt.UTC)
-            return AuthResult(success=True, auth_data=login.account)
+            if login.operator is not None:
+                log.info("%r: %s logged in for %s", session.peer, person.address, login.account.address)
+            return AuthResult(success=True, auth_data=person)
         log.info("%r failed authentication as %s: %s", session.peer, excerpt(username), login.refusal)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 4954 §6: 454 4.7.0 temporary authentication failure
@@ -242,10 +265,9 @@ class SubmissionHandler:
         except (UnicodeDecodeError, ValueError):
             await server.push("501 5.5.2 Malformed AUTH PLAIN response")
             return None
-        if authzid and authzid.lower() != user.lower():
-            await server.push("535 5.7.8 Authorisation identity must be the login name")
-            return None
-        return await self._login(server, user, password)
+        # An authzid naming a legal entity the user operates for: AccountStore.login decides, and
+        # refuses anyone else exactly as a wrong password (535 5.7.8, RFC 4954 §6).
+        return await self._login(server, user, password, authzid)
 
     async def auth_LOGIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult | None:
         if len(args) == 2:
@@ -330,14 +352,14 @@ async def start_submission(
         return SubmissionSMTP(
             handler,
             connections,
+            implicit_tls=implicit,
             hostname=hostname,
             ident="kepmta KEP submission",
             data_size_limit=None,  # SIZE is ours: announced in handle_EHLO, checked by the policy
             tls_context=None if implicit else tls,
             require_starttls=not implicit,
             auth_required=True,
-            # RFC 8314 §3: on the implicit-TLS port the whole session is already encrypted
-            auth_require_tls=not implicit,
+            auth_require_tls=True,  # RFC 8314 §3, RFC 4954 §4: no password in the clear
             loop=loop,
         )
 

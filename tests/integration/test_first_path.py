@@ -44,7 +44,7 @@ def attached_original(dispatch: bytes) -> bytes:
 def test_dev_info_names_everything(srv: DevServer) -> None:
     info = srv.info
     assert info and info["domain"] == "kep.test"
-    assert set(info["ports"]) == {"submission", "submissions", "imap", "imaps", "relay", "api"}
+    assert set(info["ports"]) == {"submission", "submissions", "imap", "imaps", "relay", "api", "metrics"}
     # Absolute, so a script in any folder can open them.
     files = [info["provider_ca"], info["qualified_ca"], info["tsa_cert"], info["config"]]
     files += [a[k] for a in info["accounts"] for k in ("cert", "key")]
