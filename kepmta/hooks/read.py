@@ -7,6 +7,8 @@ it only needs the account and the file that was opened.
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import logging
 import re
 from collections.abc import Callable
@@ -20,7 +22,6 @@ from kepmta.db.schema import handovers
 from kepmta.events import EventRecorder, load_facts, utcnow
 from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
-from kepmta.message.header import read_header
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,15 @@ def dispatch_id(path: Path) -> str | None:
     """The provider message id of a REM dispatch file, or None if the file is not a dispatch."""
     with path.open("rb") as f:
         head = f.read(_HEAD_LIMIT)
-    parsed = read_header(head, 0, len(head))
-    if not parsed.has_blank_line:
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
         return None
-    if (parsed.get("REM-MessageType") or "").strip() != DISPATCH_TYPE:
+    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+        head[: end + 4], headersonly=True
+    )
+    if str(parsed.get("REM-MessageType", "")).strip() != DISPATCH_TYPE:
         return None
-    found = re.search(r"<([^<>\s]+)>", parsed.get("Message-ID") or "")
+    found = re.search(r"<([^<>\s]+)>", str(parsed.get("Message-ID", "")))
     return found.group(1) if found else None
 
 
@@ -49,9 +53,8 @@ class ReadHook:
         self.wake_delivery = wake_delivery
         self.engine = recorder.ledger.engine
 
-    async def opened(self, user: str, path: Path, operator: str | None = None) -> None:
-        """`user` has just seen the message in `path` for the first time since it was unseen;
-        `operator`, if given, is the person who logged in for the legal entity `user` to read it."""
+    async def opened(self, user: str, path: Path) -> None:
+        """`user` has just seen the message in `path` for the first time since it was unseen."""
         try:
             message_id = await asyncio.to_thread(dispatch_id, path)
         except OSError as e:
@@ -60,7 +63,6 @@ class ReadHook:
         if message_id is None:
             return
         reader = str(addresses.parse(user))
-        person = str(addresses.parse(operator)) if operator else reader
         async with self.engine.connect() as conn:
             facts = await load_facts(conn, message_id)
             if facts is None or reader not in facts.recipients:
@@ -74,12 +76,7 @@ class ReadHook:
             if seen.first() is not None:
                 return
         # EN 319 522-2: ContentHandover, the recipient has taken the content
-        # The evidence's Operator (kep:Operator) is the sender's; the one who read for an entity
-        # is named in the event reason's details, which the evidence signs.
-        details = Reason.RE01.label
-        if person != reader:
-            details = f"{details} Read by {person}, authorised operator of {reader}."
-        signed = await self.recorder.sign(facts, Reason.RE01, details, recipient=position)
+        signed = await self.recorder.sign(facts, Reason.RE01, Reason.RE01.label, recipient=position)
 
         def unit(w: Writes) -> None:
             # The unique (message, recipient) row decides, even against a concurrent first read.
