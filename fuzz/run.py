@@ -250,7 +250,8 @@ def imap_list(data: bytes) -> None:
     matched = folders.WildcardPattern.compile(pattern).matches(name)
     if len(pattern) <= 8 and len(name) <= 16:
         _check(matched == _wildcard_reference(pattern, name), f"{pattern!r} against {name!r}")
-    with contextlib.suppress(BadCommand):
+    # A name that is not canonical modified UTF-7 is a NO (CommandFailed), not a BAD.
+    with contextlib.suppress(BadCommand, CommandFailed):
         folders.name_from_wire(pattern_raw)
 
 

@@ -38,15 +38,28 @@ class FolderLimits:
 
 
 def name_from_wire(raw: bytes) -> str:
-    """A client's mailbox argument as a Unicode folder name; INBOX in any case is INBOX (§5.1)."""
+    """A client's mailbox argument as a Unicode folder name; INBOX in any case is INBOX (§5.1).
+
+    A name that is not modified UTF-7 is refused with NO, not BAD: it is a well-formed string
+    that names no mailbox (RFC 3501 §5.1.3, RFC 9051 §5.1.3). So is a spelling that is not the
+    one encoding of its name ("&AGE-" for "a", two shifts side by side, padding bits set): taken
+    as it decodes, it would make a second spelling of an existing folder, or one that Dovecot on
+    the same Maildir reads as another name.
+    """
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
-        raise BadCommand("mailbox name must be 7-bit modified UTF-7 (RFC 3501 §5.1.3)") from None
+        raise CommandFailed("mailbox name must be 7-bit modified UTF-7 (RFC 3501 §5.1.3)", "CANNOT") from None
     try:
         name = decode_mutf7(text)
     except MailboxNameError as e:
-        raise BadCommand(str(e)) from None
+        raise CommandFailed(str(e), "CANNOT") from None
+    if encode_mutf7(name) != text:
+        raise CommandFailed(
+            f"mailbox name {text!r} is not in canonical modified UTF-7 (RFC 3501 §5.1.3); "
+            f"it is spelled {encode_mutf7(name)!r}",
+            "CANNOT",
+        )
     return INBOX if name.upper() == INBOX else name
 
 
