@@ -109,8 +109,12 @@ class LoginRefusal(Enum):
 
 @dataclass(frozen=True)
 class Login:
+    """The account the session acts as; and, when a legal entity's operator logged in for it (SASL
+    authorisation identity, RFC 4616 §2), the operator, who authenticated and is the one acting."""
+
     account: Account | None
     refusal: LoginRefusal | None = None
+    operator: Account | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,13 @@ def _account(row: Row[tuple[object, ...]]) -> Account:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _address_or_none(text: str) -> str | None:
+    try:
+        return str(addresses.parse(text))
+    except addresses.AddressError:
+        return None
 
 
 def _identity_number(check: Callable[[str], str], value: str | None) -> str | None:
@@ -443,9 +454,14 @@ class AccountStore:
 
     # -- logging in -----------------------------------------------------------------------------
 
-    async def login(self, username: str, password: str, peer_ip: str) -> Login:
+    async def login(self, username: str, password: str, peer_ip: str, *, authzid: str = "") -> Login:
         """Check a login, after the wait that earlier failures ask for (kepmta.ratelimit): per
-        account and client address, never a lock-out of the holder's other addresses."""
+        account and client address, never a lock-out of the holder's other addresses.
+
+        `authzid` (RFC 4616 §2) asks to act as a legal entity `username` is an authorised operator
+        of; one that is empty or names `username` itself is a plain login. Asking for any other
+        identity is a failure like a wrong password, to the client and to the throttle alike, so
+        that it tells nobody which entities exist or who operates them."""
         try:
             addr = str(addresses.parse(username))
         except addresses.AddressError:
@@ -456,14 +472,28 @@ class AccountStore:
         stored = row.password_hash if row is not None else None
         # Same cost whether or not the address exists, so timing does not tell which do.
         ok = await check_password_async(password, stored or _unknown_user_hash())
+        # An authorisation identity equal to the login name (RFC 4616 §2) is a plain login.
+        wanted = _address_or_none(authzid) if authzid else addr
+        entity = None
+        if ok and row is not None and wanted != addr:
+            entity = await self._operated_by(addr, wanted)
+            ok = entity is not None
         if row is None or stored is None or not ok:
             self.limiter.failed(addr, peer_ip)
             return Login(None, LoginRefusal.BAD_CREDENTIALS)
         self.limiter.succeeded(addr, peer_ip)
         account = _account(row)
-        if not account.active:
+        if not account.active or (entity is not None and not entity.active):
             return Login(None, LoginRefusal.NOT_ACTIVE)
-        return Login(account)
+        return Login(account) if entity is None else Login(entity, operator=account)
+
+    async def _operated_by(self, operator: str, entity: str | None) -> Account | None:
+        """The legal entity `entity` if `operator` is one of its authorised operators (KEP.md:
+        legal entities act through their operators), else None."""
+        account = await self.get(entity) if entity else None
+        if account is None or account.kind is not AccountKind.ENTITY:
+            return None
+        return account if operator in await self.operators_of(account.address) else None
 
     async def authenticate(self, username: str, password: str, peer_ip: str = "") -> Account | None:
         return (await self.login(username, password, peer_ip)).account

@@ -53,8 +53,9 @@ class ReadHook:
         self.wake_delivery = wake_delivery
         self.engine = recorder.ledger.engine
 
-    async def opened(self, user: str, path: Path) -> None:
-        """`user` has just seen the message in `path` for the first time since it was unseen."""
+    async def opened(self, user: str, path: Path, operator: str | None = None) -> None:
+        """`user` has just seen the message in `path` for the first time since it was unseen;
+        `operator`, if given, is the person who logged in for the legal entity `user` to read it."""
         try:
             message_id = await asyncio.to_thread(dispatch_id, path)
         except OSError as e:
@@ -63,6 +64,7 @@ class ReadHook:
         if message_id is None:
             return
         reader = str(addresses.parse(user))
+        person = str(addresses.parse(operator)) if operator else reader
         async with self.engine.connect() as conn:
             facts = await load_facts(conn, message_id)
             if facts is None or reader not in facts.recipients:
@@ -76,7 +78,12 @@ class ReadHook:
             if seen.first() is not None:
                 return
         # EN 319 522-2: ContentHandover, the recipient has taken the content
-        signed = await self.recorder.sign(facts, Reason.RE01, Reason.RE01.label, recipient=position)
+        # The evidence's Operator (kep:Operator) is the sender's; the one who read for an entity
+        # is named in the event reason's details, which the evidence signs.
+        details = Reason.RE01.label
+        if person != reader:
+            details = f"{details} Read by {person}, authorised operator of {reader}."
+        signed = await self.recorder.sign(facts, Reason.RE01, details, recipient=position)
 
         def unit(w: Writes) -> None:
             # The unique (message, recipient) row decides, even against a concurrent first read.

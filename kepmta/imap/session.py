@@ -117,6 +117,8 @@ class Session:
         self.tls = tls
         self.state = State.NOT_AUTHENTICATED
         self.user = ""
+        # Who logged in, when it is not `user` but one of its operators (SASL authzid, RFC 4616).
+        self.operator: str | None = None
         self.maildir: Maildir | None = None
         self.read_only_folders: frozenset[str] = frozenset()
         self.view: MailboxView | None = None
@@ -467,7 +469,7 @@ class Session:
         if before is None:
             return None
         try:
-            await self.backend.on_seen(self.user, store.name, before.path)
+            await self.backend.on_seen(self.user, store.name, before.path, self.operator)
         except Exception as e:
             if (found := outage(e)) is not None:
                 # The message stays unread, and the client may read it again once the evidence
@@ -569,9 +571,9 @@ class Session:
         if len(pieces) != 3:
             raise BadCommand("malformed SASL PLAIN message (RFC 4616 §2)")
         authzid, authcid, password = (_utf8(p, "SASL PLAIN field") for p in pieces)
-        if authzid and authzid != authcid:
-            raise CommandFailed("acting as another user is not permitted", "AUTHORIZATIONFAILED")
-        return await self._login(authcid, password)
+        # An authzid names a legal entity the user operates for; the backend refuses any other
+        # exactly as a wrong password, so the answer tells nothing about who operates what.
+        return await self._login(authcid, password, authzid)
 
     def _require_tls(self) -> None:
         if not self.tls:
@@ -579,8 +581,8 @@ class Session:
                 "use STARTTLS first; passwords are not accepted in cleartext", "PRIVACYREQUIRED"
             )
 
-    async def _login(self, username: str, password: str) -> str:
-        account = await self.backend.authenticate(username, password, self.peer_ip)
+    async def _login(self, username: str, password: str, authzid: str = "") -> str:
+        account = await self.backend.authenticate(username, password, self.peer_ip, authzid)
         if account is None:
             self.auth_failures += 1
             log.info("IMAP authentication failed for %s from %s", excerpt(username), self.peer_ip)
@@ -593,6 +595,7 @@ class Session:
             raise CommandFailed(f"this account has {limit} sessions already; log out of one first", "LIMIT")
         self._account_slot = slot
         self.user = account
+        self.operator = username if authzid and account != username.lower() else None
         self.maildir = self.backend.maildir(account)
         # Clients look for the special-use folders (RFC 6154) at once; they exist from the start.
         for name in (INBOX, *self.server.special_folders):

@@ -68,8 +68,10 @@ class Backend:
     usage: dict[str, int] = field(default_factory=dict)
     limit: int = 100 * 1024 * 1024
 
-    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
+    async def authenticate(self, username: str, password: str, peer_ip: str, authzid: str = "") -> str | None:
         canonical = username.strip().lower()
+        if authzid and authzid.strip().lower() != canonical:
+            return None  # these accounts operate for nobody
         if self.accounts.get(canonical) == password and peer_ip == "127.0.0.1":
             return canonical
         return None
@@ -77,7 +79,7 @@ class Backend:
     def maildir(self, user: str) -> Maildir:
         return Maildir(self.root / user)
 
-    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
+    async def on_seen(self, user: str, mailbox: str, path: Path, operator: str | None = None) -> None:
         if self.fail_seen:
             raise RuntimeError("evidence store unavailable")
         self.seen.append((user, mailbox, path))
