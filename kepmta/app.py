@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kepmta import devinit, metrics, pki
+from kepmta import devinit, metrics, pki, sdnotify
 from kepmta.accounts import AccountStore, LoginRefusal
 from kepmta.api.server import ApiServer
 from kepmta.config import Settings
@@ -32,12 +32,14 @@ from kepmta.hooks.read import ReadHook
 from kepmta.imap.protocol import CommandFailed
 from kepmta.imap.server import ImapServer
 from kepmta.inbound import InboundService
+from kepmta.live import Live
 from kepmta.maildir import Maildir
 from kepmta.peers import PeerRegistry, Peers
 from kepmta.queue import jobs
 from kepmta.queue.relay import RelayWorker
 from kepmta.quota import QuotaWarner
 from kepmta.ratelimit import FailureLimiter, Limits
+from kepmta.reload import Reloader, server_tls
 from kepmta.smtp.relay import relay_tls, start_relay
 from kepmta.smtp.submission import start_submission
 from kepmta.submission import SubmissionService, originals_dir
@@ -51,13 +53,6 @@ log = logging.getLogger(__name__)
 _WORKER_PROCESSES = 2
 
 
-def server_tls(settings: Settings) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996, RFC 8314 §4.1
-    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return ctx
-
-
 class ImapBackendAdapter:
     """What the IMAP server needs from the rest of kepmta."""
 
@@ -66,8 +61,8 @@ class ImapBackendAdapter:
         self.read_hook = read_hook
         self.evidence_folder = evidence_folder
 
-    async def authenticate(self, username: str, password: str, peer_ip: str, authzid: str = "") -> str | None:
-        login = await self.accounts.login(username, password, peer_ip, authzid=authzid)
+    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
+        login = await self.accounts.login(username, password, peer_ip)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 5530 §3: UNAVAILABLE, a temporary failure; the password was not even checked.
             raise CommandFailed("too many failed logins; try again later", "UNAVAILABLE")
@@ -80,8 +75,8 @@ class ImapBackendAdapter:
     def maildir(self, user: str) -> Maildir:
         return self.accounts.maildir(user)
 
-    async def on_seen(self, user: str, mailbox: str, path: Path, operator: str | None = None) -> None:
-        await self.read_hook.opened(user, path, operator)
+    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
+        await self.read_hook.opened(user, path)
 
     def read_only_folders(self, user: str) -> frozenset[str]:
         # Evidence receipts are the user's proof: readable, never changed through IMAP.
@@ -116,6 +111,9 @@ def tsa_trust(s: Settings) -> list[x509.Certificate]:
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # What a reload changes: services read the policy through it (kepmta.live, kepmta.reload).
+        self.live = Live(settings)
+        self.reloader: Reloader | None = None
         self.engine: AsyncEngine | None = None
         self.servers: list[asyncio.Server] = []
         self.imap: ImapServer | None = None
@@ -125,15 +123,15 @@ class App:
         self.registry: PeerRegistry | None = None
         self.api: ApiServer | None = None
         self.metrics: metrics.MetricsServer | None = None
-        self._tls_for: tuple[Peers, ssl.SSLContext] | None = None
+        self._tls_for: tuple[Peers, Settings, ssl.SSLContext] | None = None
 
     def _relay_tls(self) -> ssl.SSLContext:
-        """The relay listener's TLS, made again only when the peer registry changed."""
+        """The relay listener's TLS, made again only when the peer registry or the settings changed."""
         assert self.registry is not None
-        peers = self.registry.current
-        if self._tls_for is None or self._tls_for[0] is not peers:
-            self._tls_for = (peers, relay_tls(self.settings.tls_cert, self.settings.tls_key, peers))
-        return self._tls_for[1]
+        peers, s = self.registry.current, self.live.settings
+        if self._tls_for is None or self._tls_for[0] is not peers or self._tls_for[1] is not s:
+            self._tls_for = (peers, s, relay_tls(s.tls_cert, s.tls_key, peers))
+        return self._tls_for[2]
 
     async def start(self, demo: devinit.Demo | None = None) -> None:
         s = self.settings
@@ -141,7 +139,8 @@ class App:
         node = jobs.Node(s.node, dt.timedelta(seconds=s.job_lease))
         log.info("node %s (job leases of %d s)", node.name, s.job_lease)
         p = s.policy
-        limiter = FailureLimiter(Limits.from_policy(p))
+        live = self.live
+        limiter = FailureLimiter(lambda: Limits.from_policy(live.policy))
         accounts = AccountStore(
             engine, s.mail_root, domain=s.domain, default_quota=p.default_quota, limiter=limiter
         )
@@ -177,7 +176,7 @@ class App:
             engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing, node
         )
         self.registry = registry = PeerRegistry(s.peers_file, Peers(s.peers))
-        relaying = RelayWorker(worker, registry, s.relay, p.relay, s.hostname, filing)
+        relaying = RelayWorker(worker, registry, s.relay, live, s.hostname, filing)
         worker.wake_relay = relaying.wake
 
         def wake() -> None:
@@ -190,7 +189,7 @@ class App:
             recorder,
             domain=s.domain,
             spool_dir=s.spool_dir,
-            policy=p,
+            live=live,
             peers=registry,
             workers=checking,
             wake_delivery=wake,
@@ -214,8 +213,8 @@ class App:
             s.hostname,
             s.ports.submission,
             s.ports.submissions,
-            connections_per_address=p.submission_connections_per_address,
-            sessions_per_account=p.submission_sessions_per_account,
+            connections_per_address=lambda: live.policy.submission_connections_per_address,
+            sessions_per_account=lambda: live.policy.submission_sessions_per_account,
         )
         read_hook = ReadHook(recorder, wake)
         backend = ImapBackendAdapter(accounts, read_hook, s.policy.evidence_folder)
@@ -226,8 +225,7 @@ class App:
             backend,
             tls,
             special_folders={s.policy.evidence_folder: "\\Archive"},
-            folder_limits=s.policy.imap,
-            limits=s.policy.imap_limits,
+            live=live,
         )
         await self.imap.start(s.listen, s.ports.imap, s.ports.imaps)
         submission, submissions = (srv.sockets[0].getsockname()[1] for srv in self.servers)
@@ -239,7 +237,7 @@ class App:
                 registry,
                 domain=s.domain,
                 spool_dir=s.spool_dir,
-                max_size=p.peer_max_size,
+                live=live,
                 check=checking.check_relayed,
                 wake_delivery=worker.wake,
                 wake_relay=relaying.wake,
@@ -252,7 +250,7 @@ class App:
                 s.listen,
                 s.hostname,
                 s.ports.relay,
-                connections_per_address=p.relay_connections_per_address,
+                connections_per_address=lambda: live.policy.relay_connections_per_address,
             )
             self.servers.append(relay_server)
             self.ports["relay"] = relay_server.sockets[0].getsockname()[1]
@@ -263,6 +261,7 @@ class App:
             metrics.node(node.name)
             self.metrics = metrics.MetricsServer()
             self.ports["metrics"] = await self.metrics.start(engine, s.metrics_listen, s.ports.metrics)
+        self.reloader = Reloader(live, [tls], registry, self.pools)
         log.info("kepmta serving %s on %s: %s", s.domain, s.listen, self.ports)
 
     async def stop(self) -> None:
@@ -293,11 +292,13 @@ async def serve(settings: Settings, demo: devinit.Demo | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start(demo)
-    assert app.registry is not None
-    # SIGHUP: re-read the peer registry now rather than at the next look at its file.
-    loop.add_signal_handler(signal.SIGHUP, app.registry.reload)
+    assert app.reloader is not None
+    # SIGHUP: certificates, policy, peers and trust anchors again, open sessions kept (kepmta.reload).
+    loop.add_signal_handler(signal.SIGHUP, app.reloader.reload)
+    sdnotify.ready()  # every listener is open
     try:
         await stop.wait()
     finally:
+        sdnotify.stopping()
         log.info("shutting down")
         await app.stop()

@@ -40,6 +40,7 @@ from kepmta.evidence.ledger import Writes, received_record
 from kepmta.evidence.model import Event, Evidence, Provider, Reason
 from kepmta.evidence.verify import verify_evidence
 from kepmta.evidence.xml import from_xml
+from kepmta.live import Live
 from kepmta.peers import Peer, PeerRegistry
 from kepmta.queue import jobs
 from kepmta.rem.inbound import RemError, RemHeaders, read_rem, read_rem_headers
@@ -168,7 +169,7 @@ class InboundService:
         *,
         domain: str,
         spool_dir: Path,
-        max_size: int,
+        live: Live,
         check: Checker,
         wake_delivery: Callable[[], None],
         wake_relay: Callable[[], None],
@@ -180,7 +181,7 @@ class InboundService:
         self.ledger = recorder.ledger
         self.registry = registry
         self.domain = domain
-        self.max_size = max_size
+        self.live = live
         self.check = check
         self.wake_delivery = wake_delivery
         self.wake_relay = wake_relay
@@ -188,6 +189,11 @@ class InboundService:
         self.originals_dir = spool_dir / "originals"
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self.originals_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def max_size(self) -> int:
+        """The policy's limit for mail from peers, as in force now (kepmta.live)."""
+        return self.live.policy.peer_max_size
 
     def recover(self) -> None:
         """After a crash: an incoming file is a DATA phase that never got its answer (this node's

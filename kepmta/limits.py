@@ -50,11 +50,16 @@ class ImapLimits:
 
 
 class Slots:
-    """At most `limit` places held at once per key (a client address, an account)."""
+    """At most `limit` places held at once per key (a client address, an account). A function for
+    `limit` is asked at each take: a reloaded policy applies to the next place taken."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | Callable[[], int]) -> None:
+        self._limit = limit
         self._held: dict[str, int] = {}
+
+    @property
+    def limit(self) -> int:
+        return self._limit() if callable(self._limit) else self._limit
 
     def take(self, key: str) -> Slot | None:
         """A place for `key`, or None when its `limit` places are all held."""

@@ -84,12 +84,19 @@ def client_key(peer_ip: str) -> str:
 
 
 class FailureLimiter:
-    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limits = limits or Limits()
+    def __init__(
+        self, limits: Limits | Callable[[], Limits] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        # A function is asked at each use: the limits of the policy in force (kepmta.live).
+        self._limits = limits or Limits()
         self._clock = clock
         self._failures: dict[tuple[str, ...], deque[float]] = {}
         self._waiting: dict[str, int] = {}
         self._swept = clock()
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits() if callable(self._limits) else self._limits
 
     def _count(self, key: tuple[str, ...], now: float) -> int:
         times = self._failures.get(key)

@@ -28,6 +28,7 @@ from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
 from kepmta.headers import Headers
 from kepmta.inspection import Signer
+from kepmta.live import Live
 from kepmta.peers import PeerRegistry
 from kepmta.policy.malware import scan
 from kepmta.policy.quota import check_sender_quota
@@ -100,7 +101,7 @@ class SubmissionService:
         *,
         domain: str,
         spool_dir: Path,
-        policy: Policy,
+        live: Live,
         peers: PeerRegistry,
         workers: WorkerPool,
         wake_delivery: Callable[[], None],
@@ -110,7 +111,7 @@ class SubmissionService:
         self.accounts = accounts
         self.recorder = recorder
         self.domain = domain
-        self.policy = policy
+        self.live = live
         self.peers = peers
         self.workers = workers
         self.wake_delivery = wake_delivery
@@ -118,6 +119,11 @@ class SubmissionService:
         self.originals_dir = originals_dir(spool_dir)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self.originals_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force, read at each step: a reload reaches the next transaction."""
+        return self.live.policy
 
     @property
     def advertised_size(self) -> int:
@@ -145,8 +151,8 @@ class SubmissionService:
             log.warning("removing %s: its acceptance was never committed", original)
             original.unlink(missing_ok=True)
 
-    async def login(self, username: str, password: str, peer_ip: str, *, authzid: str = "") -> Login:
-        return await self.accounts.login(username, password, peer_ip, authzid=authzid)
+    async def login(self, username: str, password: str, peer_ip: str) -> Login:
+        return await self.accounts.login(username, password, peer_ip)
 
     async def _rejected(
         self,

@@ -170,8 +170,9 @@ def _serve() -> None:
 
 
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, generation: int) -> None:
         self.proc = proc
+        self.generation = generation  # of the pool's settings it was started with
         assert proc.stdin is not None and proc.stdout is not None
         self.input, self.output = proc.stdin, proc.stdout
 
@@ -195,6 +196,14 @@ class WorkerPool:
         self.workers = workers
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
+        self._generation = 0
+
+    def renew(self, settings: Settings) -> None:
+        """Serve with `settings` from the next request on (a reload: kepmta.reload). A worker still
+        on older ones is replaced when next taken, not while answering, so it reads the trust store
+        and keys again."""
+        self.settings = settings
+        self._generation += 1
 
     async def inspect(
         self,
@@ -248,6 +257,9 @@ class WorkerPool:
             for _ in range(self.workers):
                 self._idle.put_nowait(await self._spawn())
         worker = await self._idle.get()
+        if worker.generation != self._generation:
+            await self._retire(worker)
+            worker = await self._spawn()
         try:
             result = await worker.call(name, args)
         except WorkerError:
@@ -272,7 +284,7 @@ class WorkerPool:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        worker = _Worker(proc)
+        worker = _Worker(proc, self._generation)
         worker.input.write(_frame(self.settings))
         self._all.add(worker)
         return worker

@@ -16,6 +16,7 @@ from kepmta.imap.mailbox import StoreRegistry
 from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
 from kepmta.limits import ImapLimits, QuotaReservations, Slots
+from kepmta.live import Live
 from kepmta.maildir import MailboxNameError, Maildir
 from kepmta.ratelimit import client_key
 
@@ -27,20 +28,19 @@ DEFAULT_SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash
 
 
 class ImapBackend(Protocol):
-    async def authenticate(self, username: str, password: str, peer_ip: str, authzid: str = "") -> str | None:
-        """Canonical address of the account the session acts as on success, None on failure: the
-        login's own, or with `authzid` (SASL, RFC 4616 §2) a legal entity the login operates for."""
+    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
+        """Canonical account address on success, None on failure."""
 
     def maildir(self, user: str) -> Maildir:
         """The account's store (root may not exist yet: create INBOX on first login)."""
 
-    async def on_seen(self, user: str, mailbox: str, path: Path, operator: str | None = None) -> None:
+    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
         """Called after a message's \\Seen flag went from unset to set through this server (non-PEEK
         FETCH of BODY[...]/BINARY[...]/RFC822/RFC822.TEXT, STORE/UID STORE +FLAGS or FLAGS with \\Seen,
         also under CONDSTORE's UNCHANGEDSINCE), with the
         message's current file path. Called again if \\Seen is removed and set again: the backend
         de-duplicates. Must not be called for BODY.PEEK, RFC822.HEADER, EXAMINE'd mailboxes, or
-        APPEND with \\Seen. `operator`: who logged in for `user`, a legal entity, and read it."""
+        APPEND with \\Seen."""
 
     async def quota(self, user: str) -> tuple[int, int]:
         """(bytes used, byte limit) of the account, the same figures the submission policy enforces."""
@@ -69,14 +69,18 @@ class ImapServer:
         special_folders: dict[str, str] | None = None,
         folder_limits: FolderLimits | None = None,
         limits: ImapLimits | None = None,
+        live: Live | None = None,
     ) -> None:
+        """With `live`, the limits are those of the policy in force, read at each use (a reload
+        reaches the next command and session); without, `folder_limits` and `limits`."""
         self.backend = backend
         self.tls = tls
         self.special_folders = {**DEFAULT_SPECIAL_USE, **(special_folders or {})}
-        self.folder_limits = folder_limits or FolderLimits()
-        self.limits = limits or ImapLimits()
-        self.connections = Slots(self.limits.connections_per_address)  # by client_key()
-        self.account_sessions = Slots(self.limits.sessions_per_account)  # logged-in, by account
+        self._folder_limits = folder_limits or FolderLimits()
+        self._limits = limits or ImapLimits()
+        self.live = live
+        self.connections = Slots(lambda: self.limits.connections_per_address)  # by client_key()
+        self.account_sessions = Slots(lambda: self.limits.sessions_per_account)  # logged-in, by account
         self.reservations = QuotaReservations()
         # CREATE, DELETE and RENAME of every account, one at a time (see Session.c_create).
         self.folder_changes = asyncio.Lock()
@@ -87,6 +91,14 @@ class ImapServer:
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._closing = False
+
+    @property
+    def folder_limits(self) -> FolderLimits:
+        return self.live.policy.imap if self.live is not None else self._folder_limits
+
+    @property
+    def limits(self) -> ImapLimits:
+        return self.live.policy.imap_limits if self.live is not None else self._limits
 
     async def start(self, host: str, starttls_port: int | None, tls_port: int | None) -> None:
         self.inotify = Inotify.create(self.stores.dispatch)

@@ -28,6 +28,7 @@ from kepmta.events import MessageFacts, utcnow
 from kepmta.evidence.ledger import Kind, Writes
 from kepmta.evidence.model import Event, Provider, Reason
 from kepmta.evidence.xml import from_xml
+from kepmta.live import Live
 from kepmta.maildir import INBOX, Maildir
 from kepmta.notices import notice_message
 from kepmta.peers import Peer, PeerRegistry
@@ -63,7 +64,7 @@ class RelayWorker(jobs.JobLoop):
         delivery: DeliveryWorker,
         registry: PeerRegistry,
         relay: RelaySettings | None,
-        policy: RelayPolicy,
+        live: Live,
         hostname: str,
         workers: WorkerPool,
     ) -> None:
@@ -75,10 +76,15 @@ class RelayWorker(jobs.JobLoop):
         self.node = delivery.node
         self.registry = registry
         self.relay = relay
-        self.policy = policy
+        self.live = live
         self.hostname = hostname
         self.workers = workers
         self._slots = asyncio.Semaphore(_CONCURRENT_JOBS)
+
+    @property
+    def policy(self) -> RelayPolicy:
+        """The relay timers of the policy in force, read for each attempt (kepmta.live)."""
+        return self.live.policy.relay
 
     async def run_once(self) -> int:
         batch = await jobs.due(self.engine, (jobs.RELAY, jobs.RELAY_WAIT, jobs.PEER_RECEIPT), self.node)

@@ -175,7 +175,7 @@ async def start_relay(
     hostname: str,
     port: int,
     *,
-    connections_per_address: int,
+    connections_per_address: int | Callable[[], int],
 ) -> asyncio.Server:
     """Listen for peers; `tls` gives the context for each new connection, so a reloaded peer
     registry is trusted from the next connection on."""

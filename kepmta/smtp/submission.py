@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session, syntax
@@ -213,20 +214,15 @@ class SubmissionHandler:
         # RFC 1870 §4: the limit the policy enforces, announced to the client
         return [*responses[:-1], f"250-SIZE {self.service.advertised_size}", responses[-1]]
 
-    async def _login(
-        self, server: SubmissionSMTP, username: str, password: str, authzid: str = ""
-    ) -> AuthResult | None:
+    async def _login(self, server: SubmissionSMTP, username: str, password: str) -> AuthResult | None:
         session = server.session
         assert isinstance(session, KepSession)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
-        login = await self.service.login(username, password, peer, authzid=authzid)
+        login = await self.service.login(username, password, peer)
         if login.account is not None:
-            # An operator who logged in for a legal entity is the session's user, as after a plain
-            # login: MAIL FROM may name the entity (kepmta.policy.sender), and the operator signs.
-            person = login.operator or login.account
-            slot = self.sessions.take(person.address)
+            slot = self.sessions.take(login.account.address)
             if slot is None:
-                log.info("%r: %s has too many sessions", session.peer, person.address)
+                log.info("%r: %s has too many sessions", session.peer, login.account.address)
                 # RFC 4954 §6: 454 4.7.0, a temporary authentication failure; the session stays
                 # open and unauthenticated, and the client may try again when another has ended.
                 limit = self.sessions.limit
@@ -234,9 +230,7 @@ class SubmissionHandler:
                 return None
             session.account_slot = slot
             session.authenticated_at = dt.datetime.now(dt.UTC)
-            if login.operator is not None:
-                log.info("%r: %s logged in for %s", session.peer, person.address, login.account.address)
-            return AuthResult(success=True, auth_data=person)
+            return AuthResult(success=True, auth_data=login.account)
         log.info("%r failed authentication as %s: %s", session.peer, excerpt(username), login.refusal)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 4954 §6: 454 4.7.0 temporary authentication failure
@@ -265,9 +259,10 @@ class SubmissionHandler:
         except (UnicodeDecodeError, ValueError):
             await server.push("501 5.5.2 Malformed AUTH PLAIN response")
             return None
-        # An authzid naming a legal entity the user operates for: AccountStore.login decides, and
-        # refuses anyone else exactly as a wrong password (535 5.7.8, RFC 4954 §6).
-        return await self._login(server, user, password, authzid)
+        if authzid and authzid.lower() != user.lower():
+            await server.push("535 5.7.8 Authorisation identity must be the login name")
+            return None
+        return await self._login(server, user, password)
 
     async def auth_LOGIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult | None:
         if len(args) == 2:
@@ -339,8 +334,8 @@ async def start_submission(
     starttls_port: int,
     tls_port: int,
     *,
-    connections_per_address: int,
-    sessions_per_account: int,
+    connections_per_address: int | Callable[[], int],
+    sessions_per_account: int | Callable[[], int],
 ) -> list[asyncio.Server]:
     """Listen on the STARTTLS and implicit-TLS submission ports; connections from one client
     address and authenticated sessions of one account are counted across both."""
