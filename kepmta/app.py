@@ -61,8 +61,8 @@ class ImapBackendAdapter:
         self.read_hook = read_hook
         self.evidence_folder = evidence_folder
 
-    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
-        login = await self.accounts.login(username, password, peer_ip)
+    async def authenticate(self, username: str, password: str, peer_ip: str, authzid: str = "") -> str | None:
+        login = await self.accounts.login(username, password, peer_ip, authzid=authzid)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 5530 §3: UNAVAILABLE, a temporary failure; the password was not even checked.
             raise CommandFailed("too many failed logins; try again later", "UNAVAILABLE")
@@ -75,8 +75,8 @@ class ImapBackendAdapter:
     def maildir(self, user: str) -> Maildir:
         return self.accounts.maildir(user)
 
-    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
-        await self.read_hook.opened(user, path)
+    async def on_seen(self, user: str, mailbox: str, path: Path, operator: str | None = None) -> None:
+        await self.read_hook.opened(user, path, operator)
 
     def read_only_folders(self, user: str) -> frozenset[str]:
         # Evidence receipts are the user's proof: readable, never changed through IMAP.

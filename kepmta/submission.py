@@ -151,8 +151,8 @@ class SubmissionService:
             log.warning("removing %s: its acceptance was never committed", original)
             original.unlink(missing_ok=True)
 
-    async def login(self, username: str, password: str, peer_ip: str) -> Login:
-        return await self.accounts.login(username, password, peer_ip)
+    async def login(self, username: str, password: str, peer_ip: str, *, authzid: str = "") -> Login:
+        return await self.accounts.login(username, password, peer_ip, authzid=authzid)
 
     async def _rejected(
         self,

@@ -28,19 +28,20 @@ DEFAULT_SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash
 
 
 class ImapBackend(Protocol):
-    async def authenticate(self, username: str, password: str, peer_ip: str) -> str | None:
-        """Canonical account address on success, None on failure."""
+    async def authenticate(self, username: str, password: str, peer_ip: str, authzid: str = "") -> str | None:
+        """Canonical address of the account the session acts as on success, None on failure: the
+        login's own, or with `authzid` (SASL, RFC 4616 §2) a legal entity the login operates for."""
 
     def maildir(self, user: str) -> Maildir:
         """The account's store (root may not exist yet: create INBOX on first login)."""
 
-    async def on_seen(self, user: str, mailbox: str, path: Path) -> None:
+    async def on_seen(self, user: str, mailbox: str, path: Path, operator: str | None = None) -> None:
         """Called after a message's \\Seen flag went from unset to set through this server (non-PEEK
         FETCH of BODY[...]/BINARY[...]/RFC822/RFC822.TEXT, STORE/UID STORE +FLAGS or FLAGS with \\Seen,
         also under CONDSTORE's UNCHANGEDSINCE), with the
         message's current file path. Called again if \\Seen is removed and set again: the backend
         de-duplicates. Must not be called for BODY.PEEK, RFC822.HEADER, EXAMINE'd mailboxes, or
-        APPEND with \\Seen."""
+        APPEND with \\Seen. `operator`: who logged in for `user`, a legal entity, and read it."""
 
     async def quota(self, user: str) -> tuple[int, int]:
         """(bytes used, byte limit) of the account, the same figures the submission policy enforces."""

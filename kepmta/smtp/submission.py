@@ -214,15 +214,20 @@ class SubmissionHandler:
         # RFC 1870 §4: the limit the policy enforces, announced to the client
         return [*responses[:-1], f"250-SIZE {self.service.advertised_size}", responses[-1]]
 
-    async def _login(self, server: SubmissionSMTP, username: str, password: str) -> AuthResult | None:
+    async def _login(
+        self, server: SubmissionSMTP, username: str, password: str, authzid: str = ""
+    ) -> AuthResult | None:
         session = server.session
         assert isinstance(session, KepSession)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
-        login = await self.service.login(username, password, peer)
+        login = await self.service.login(username, password, peer, authzid=authzid)
         if login.account is not None:
-            slot = self.sessions.take(login.account.address)
+            # An operator who logged in for a legal entity is the session's user, as after a plain
+            # login: MAIL FROM may name the entity (kepmta.policy.sender), and the operator signs.
+            person = login.operator or login.account
+            slot = self.sessions.take(person.address)
             if slot is None:
-                log.info("%r: %s has too many sessions", session.peer, login.account.address)
+                log.info("%r: %s has too many sessions", session.peer, person.address)
                 # RFC 4954 §6: 454 4.7.0, a temporary authentication failure; the session stays
                 # open and unauthenticated, and the client may try again when another has ended.
                 limit = self.sessions.limit
@@ -230,7 +235,9 @@ class SubmissionHandler:
                 return None
             session.account_slot = slot
             session.authenticated_at = dt.datetime.now(dt.UTC)
-            return AuthResult(success=True, auth_data=login.account)
+            if login.operator is not None:
+                log.info("%r: %s logged in for %s", session.peer, person.address, login.account.address)
+            return AuthResult(success=True, auth_data=person)
         log.info("%r failed authentication as %s: %s", session.peer, excerpt(username), login.refusal)
         if login.refusal is LoginRefusal.THROTTLED:
             # RFC 4954 §6: 454 4.7.0 temporary authentication failure
@@ -259,10 +266,9 @@ class SubmissionHandler:
         except (UnicodeDecodeError, ValueError):
             await server.push("501 5.5.2 Malformed AUTH PLAIN response")
             return None
-        if authzid and authzid.lower() != user.lower():
-            await server.push("535 5.7.8 Authorisation identity must be the login name")
-            return None
-        return await self._login(server, user, password)
+        # An authzid naming a legal entity the user operates for: AccountStore.login decides, and
+        # refuses anyone else exactly as a wrong password (535 5.7.8, RFC 4954 §6).
+        return await self._login(server, user, password, authzid)
 
     async def auth_LOGIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult | None:
         if len(args) == 2:
