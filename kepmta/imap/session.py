@@ -239,8 +239,10 @@ class Session:
                 # RFC 8446 §6.1: whoever closes need not wait for the peer's close_notify. Waiting
                 # for it (asyncio's TLS shutdown timeout is 30 s) would hold the connection, and the
                 # client's place under the connection limit, after LOGOUT.
-                await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_GRACE)
-            self.writer.transport.abort()
+                try:
+                    await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_GRACE)
+                except TimeoutError:
+                    self.writer.transport.abort()
 
     async def _continue(self) -> None:
         await self.send(b"+ Ready for literal data")
