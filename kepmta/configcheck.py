@@ -187,10 +187,10 @@ class _Checker:
 
     def crls(self, key: str, path: Path) -> Iterator[Problem]:
         """One CRL file of the provider CA chain, PEM or DER."""
-        data = path.read_bytes()
         try:
+            data = path.read_bytes()
             crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
-        except ValueError:
+        except (OSError, ValueError):
             yield Problem(f"{self.where(key)}: {path} holds no readable CRL", True)
             return
         yield from self.due(self.where(key), path, [crl])
