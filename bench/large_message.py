@@ -25,29 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import family, reset_peak, rss_mib
 from kepclient import DevServer, free_port_base, port_open, signed_message, smtp, wait_for
-
-
-def rss_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} for process {pid}")
-
-
-def family(pid: int) -> list[int]:
-    """`pid` and its child processes (the server and its workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(c) for c in children)]
 
 
 def dispatches(inbox: Path) -> list[Path]:
     return [p for p in inbox.iterdir() if not p.name.startswith("Kquota-")]
-
-
-def reset_peak(pid: int) -> None:
-    # Linux: writing 5 resets the process's VmHWM to its current RSS (proc(5), clear_refs).
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def big_message(sender: dict[str, str], to: str, subject: str, size: int) -> bytes:

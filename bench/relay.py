@@ -38,8 +38,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from kepclient import EVIDENCE_FOLDER, DevServer, accounts_cli, imap, kepmta, signed_message, smtp, wait_for
-from large_message import family, reset_peak, rss_mib
+from common import bench_body, family, messages_of, raise_quotas, reset_peak, rss_mib
+from kepclient import EVIDENCE_FOLDER, DevServer, imap, kepmta, signed_message, smtp, wait_for
 from submission import describe, drain_seconds, load
 
 RECEIPTS = ("SubmissionAcceptance", "RelayAcceptance", "ContentConsignment")
@@ -61,13 +61,6 @@ def reset_peaks(*servers: DevServer) -> None:
         assert srv.proc
         for pid in family(srv.proc.pid):
             reset_peak(pid)
-
-
-def raise_quotas(srv: DevServer) -> None:
-    # As in bench/submission.py: a run at full speed files more than the 100 MB default quota.
-    for acct in srv.info["accounts"]:  # type: ignore[index]
-        code, _, err = accounts_cli(srv.data, "set-quota", acct["address"], "20GB")
-        assert code == 0, err
 
 
 def register_peers(a: DevServer, b: DevServer) -> None:
@@ -105,15 +98,6 @@ def pairs(a: DevServer, b: DevServer, clients: int) -> Plan:
     recipients = b.info["accounts"]  # type: ignore[index]
     used = min(clients, len(senders), len(recipients))
     return [(senders[k], recipients[k], clients // used + (k < clients % used)) for k in range(used)]
-
-
-def messages_of(sender: dict[str, str], rcpt: dict[str, str], body: str, subject: str) -> list[bytes]:
-    return [
-        signed_message(
-            sender["address"], [rcpt["address"]], f"{subject} {i}", body, sender["cert"], sender["key"]
-        )
-        for i in range(64)
-    ]
 
 
 def warm_up(a: DevServer, b: DevServer, body: str) -> None:
@@ -223,7 +207,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--size", type=int, default=10240, help="approximate message size in bytes")
     args = ap.parse_args()
-    body = "\n".join(["Bu bir ölçüm iletisidir; satırlar kısa tutulur."] * (args.size // 52))
+    body = bench_body(args.size)
 
     with tempfile.TemporaryDirectory() as tmp:
         a = DevServer(Path(tmp) / "A", domain="kep-a.test")

@@ -32,7 +32,8 @@ import aiosmtplib
 from aiosmtpd.controller import Controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from kepclient import DevServer, accounts_cli, free_port_base, signed_message
+from common import bench_body, messages_of, raise_quotas
+from kepclient import DevServer, free_port_base
 
 from kepmta import pki
 
@@ -122,15 +123,8 @@ def main() -> None:
         srv = DevServer(Path(tmp) / "data").start()
         try:
             ali, ayse = srv.account(0), srv.account(1)
-            # A minute at full speed files more receipts than the 100 MB default quota holds.
-            for who in (ali, ayse):
-                code, _, err = accounts_cli(srv.data, "set-quota", who["address"], "20GB")
-                assert code == 0, err
-            body = "\n".join(["Bu bir ölçüm iletisidir; satırlar kısa tutulur."] * (args.size // 52))
-            messages = [
-                signed_message(ali["address"], [ayse["address"]], f"bench {i}", body, ali["cert"], ali["key"])
-                for i in range(64)
-            ]
+            raise_quotas(srv)
+            messages = messages_of(ali, ayse, bench_body(args.size), "bench")
             tls = srv.tls()
             sent, lat = asyncio.run(
                 load(
