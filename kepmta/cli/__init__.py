@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kepmta.cli import accounts, check_config, db, directory, dovecot, evidence, peers, queue, serve, tokens
+from kepmta.cli import (
+    accounts,
+    backup,
+    check_config,
+    db,
+    directory,
+    dovecot,
+    evidence,
+    peers,
+    queue,
+    serve,
+    tokens,
+)
 from kepmta.cli.common import Parser
 
 if TYPE_CHECKING:
@@ -28,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(sub)
     tokens.register(sub)
     directory.register(sub)
+    backup.register(sub)
     check_config.register(sub)
     return parser
 
