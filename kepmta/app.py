@@ -34,6 +34,7 @@ from kepmta.imap.server import ImapServer
 from kepmta.inbound import InboundService
 from kepmta.live import Live
 from kepmta.maildir import Maildir
+from kepmta.notify import Contacts, NotifyWorker
 from kepmta.peers import PeerRegistry, Peers
 from kepmta.queue import jobs
 from kepmta.queue.relay import RelayWorker
@@ -206,6 +207,10 @@ class App:
         stamper = StampWorker(recorder, wake, node)
         self.tasks.append(asyncio.create_task(stamper.run(), name="evidence-timestamps"))
         self.tasks.append(asyncio.create_task(checkpointer.run(), name="ledger-checkpoints"))
+        if s.notify is not None:
+            notices = NotifyWorker(engine, ledger, Contacts(accounts), s.notify, node)
+            worker.on_delivered = notices.delivered
+            self.tasks.append(asyncio.create_task(notices.run(), name="notifications"))
         self.servers = await start_submission(
             service,
             tls,

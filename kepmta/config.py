@@ -168,6 +168,32 @@ class TsaConfig:
 
 
 @dataclass(frozen=True)
+class Smarthost:
+    """The SMTP server e-mail notices leave through ([notify] smarthost; kepmta.notify)."""
+
+    host: str
+    port: int
+    security: str  # "starttls", "tls" (implicit, RFC 8314) or "none"
+    sender: str  # the notices' From
+    ca: Path | None = None  # PEM CA(s) its certificate must chain to; None: the system's
+    username: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Notices that a KEP reached a mailbox ([notify]; kepmta.notify): an SMS through the
+    operator's command or webhook, an e-mail through a smarthost, each to the accounts that
+    registered a number or an address."""
+
+    sms_command: tuple[str, ...] = ()  # argv; "{phone}" and "{text}" replaced; the text on stdin
+    sms_webhook: str | None = None  # HTTP(S) URL that takes a POST of JSON
+    smarthost: Smarthost | None = None
+    timeout: int = 10  # seconds one attempt may take
+    retry_schedule: tuple[int, ...] = (10, 60, 300, 1800, 7200)  # waits after each failure
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     domain: str
@@ -200,6 +226,7 @@ class Settings:
     checkpoint_records: int = 1000
     checkpoint_minutes: int = 60
     relay: RelaySettings | None = None
+    notify: NotifySettings | None = None
     # Hash algorithm (sha256, sha384, sha512) → the moment it counts as weak: an evidence record
     # chain in it must have been re-hashed (`kepmta evidence renew --rehash`) before then.
     weak_algorithms: dict[str, dt.datetime] = field(default_factory=dict)
@@ -421,6 +448,44 @@ def _tsa(table: _Table) -> TsaConfig:
     )
 
 
+def _notify(table: _Table) -> NotifySettings:
+    where = f"{table.file}: notify"
+    command = table.strings("sms_command")
+    webhook = table.text("sms_webhook") if "sms_webhook" in table.data else None
+    if command and webhook is not None:
+        raise ConfigError(f"{where}: give sms_command or sms_webhook, not both")
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.sms_webhook must be an http:// or https:// URL")
+    smarthost = None
+    if "smarthost" in table.data:
+        host = table.table("smarthost")
+        security = host.text("security", "starttls")
+        if security not in ("starttls", "tls", "none"):
+            raise ConfigError(f"{where}.smarthost.security must be starttls, tls or none")
+        username = host.text("username") if "username" in host.data else None
+        smarthost = Smarthost(
+            host=host.text("host"),
+            port=host.number("port", low=1, high=65535),
+            security=security,
+            sender=host.text("sender"),
+            ca=host.path("ca") if "ca" in host.data else None,
+            username=username,
+            password_file=host.path("password_file") if username is not None else None,
+        )
+    defaults = NotifySettings()
+    return NotifySettings(
+        sms_command=command,
+        sms_webhook=webhook,
+        smarthost=smarthost,
+        timeout=table.number("timeout", low=1, high=600) if "timeout" in table.data else defaults.timeout,
+        retry_schedule=(
+            table.numbers("retry_schedule", low=1, high=7 * 24 * 3600, nonempty=True)
+            if "retry_schedule" in table.data
+            else defaults.retry_schedule
+        ),
+    )
+
+
 _DKIM_ALGORITHMS = ("ed25519", "rsa")
 
 
@@ -528,6 +593,7 @@ def load(path: Path) -> Settings:
         dovecot_read_spool=(
             dovecot.path("read_spool", must_exist=False) if "read_spool" in dovecot.data else None
         ),
+        notify=_notify(top.table("notify")) if "notify" in top.data else None,
     )
     top.unused()
     return settings

@@ -101,6 +101,9 @@ class DeliveryWorker(jobs.JobLoop):
         self._moving = ThreadPoolExecutor(_MOVING_THREADS, thread_name_prefix="kepmta-moving")
         # Evidence about a peer's sender leaves through the relay worker: woken after each batch.
         self.wake_relay: Callable[[], None] | None = None
+        # Told, inside the transaction that records a delivery, of the message, recipient and
+        # sender: the notices of kepmta.notify are made with the delivery, sent apart from it.
+        self.on_delivered: Callable[[Writes, str, str, str], None] | None = None
         # Outage failures (kepmta.outage) so far, and whether jobs wait since the last one.
         self._outages = 0
         self._after_outage = False
@@ -257,6 +260,8 @@ class DeliveryWorker(jobs.JobLoop):
         def unit(w: Writes) -> None:
             self.recorder.commit(w, signed)
             jobs.complete(w, job)
+            if self.on_delivered is not None:
+                self.on_delivered(w, job.message_id, address, facts.sender)
 
         await self.ledger.transact(unit)
         metrics.delivered(facts.submitted_at)

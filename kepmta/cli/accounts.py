@@ -17,6 +17,7 @@ from kepmta.accounts import Account, AccountError, AccountKind, AccountState, Ac
 from kepmta.api.directory import Directory
 from kepmta.cli.common import add_config_options, die, settings_from
 from kepmta.db.engine import opened
+from kepmta.notify import Contacts
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
@@ -146,6 +147,16 @@ async def _show(args: argparse.Namespace, store: AccountStore) -> int:
     return 0
 
 
+async def _set_notify(args: argparse.Namespace, store: AccountStore) -> int:
+    contact = await Contacts(store).set(args.address, phone=args.phone, email=args.email)
+    if contact.phone is None and contact.email is None:
+        print(f"{contact.address}: no notices")
+    else:
+        sms, mail = contact.phone or "-", contact.email or "-"
+        print(f"{contact.address}: notices by SMS to {sms}, by e-mail to {mail}")
+    return 0
+
+
 def _simple(
     action: Callable[[AccountStore, argparse.Namespace], Awaitable[object]], done: str
 ) -> Callable[[argparse.Namespace, AccountStore], Awaitable[int]]:
@@ -177,6 +188,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, AccountStore], Awaitable[int]
     "remove-operator": _simple(
         lambda s, a: s.remove_operator(a.entity, a.operator), "{operator} may no longer send as {entity}"
     ),
+    "set-notify": _set_notify,
     "passwd": _simple(lambda s, a: s.set_password(a.address, _password(a)), "password of {address} changed"),
     "set-listed": _simple(
         lambda s, a: Directory(s).set_listed(a.address, a.listed == "yes"),
@@ -276,6 +288,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     listed.add_argument("address")
     listed.add_argument("listed", choices=("yes", "no"))
+    notify = command(
+        "set-notify",
+        "where the holder is told that a KEP reached the mailbox (the server's [notify] sends); "
+        "neither option: no notices",
+    )
+    notify.add_argument("address")
+    notify.add_argument("--phone", help="mobile number for an SMS, international form: +905321234567")
+    notify.add_argument("--email", help="ordinary e-mail address for an e-mail notice")
     passwd = command("passwd", "set a person's password")
     passwd.add_argument("address")
     passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")

@@ -151,3 +151,15 @@ directory_listing = Table(
     Column("address", String(254), ForeignKey("accounts.address"), primary_key=True),
     Column("listed_at", DateTime(timezone=True), nullable=False),
 )
+
+# Where an account is told that a KEP reached its mailbox (KEP.md "notifications"): a mobile
+# number for an SMS and an ordinary e-mail address for a notice. Both optional; a row is the
+# holder's choice, with its time, and no row means no notices.
+notify_contacts = Table(
+    "notify_contacts",
+    metadata,
+    Column("address", String(254), ForeignKey("accounts.address"), primary_key=True),
+    Column("phone", String(32)),
+    Column("email", String(254)),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)

@@ -43,6 +43,8 @@ RELAY_WAIT = "relay-wait"
 PEER_RECEIPT = "peer-receipt"
 # A peer's receipt for one of our senders, verified and kept, filed into the sender's folder.
 FILE_RECEIVED = "file-received"
+# A notice that a KEP reached a mailbox, an SMS or an e-mail to its holder (kepmta.notify).
+NOTIFY = "notify"
 # Retry after 5 s, 30 s, 2 min, 10 min, then every 30 min: a local failure (disk full, permissions)
 # is fixed by an operator, and the job must still be there when it is.
 _BACKOFF = (5, 30, 120, 600, 1800)
