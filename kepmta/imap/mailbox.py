@@ -54,6 +54,10 @@ _FLAG_OF = {v: k for k, v in _LETTER_OF.items()}
 _MTIME_SETTLE_NS = 2_000_000_000
 # Expunge records kept for VANISHED (EARLIER) before the oldest are merged.
 _VANISHED_KEEP = 256
+# Keywords clients may make in one folder, and their length: every FLAGS response lists them all
+# (RFC 3501 §7.2.6), so they bound its size. Past the count, PERMANENTFLAGS loses "\\*".
+MAX_KEYWORDS = 256
+MAX_KEYWORD_LENGTH = 128
 
 
 def system_flag(name: str) -> str | None:
@@ -575,6 +579,8 @@ class MailboxView:
         self.uids: list[int] = []
         self.recent: set[int] = set()
         self.wakeup = asyncio.Event()
+        # The keywords the session was told of in an untagged FLAGS (RFC 3501 §7.2.6).
+        self.announced: frozenset[str] = frozenset()
         self._new: list[int] = []
         self._gone: set[int] = set()
         self._flag_changes: set[int] = set()

@@ -15,7 +15,7 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from kepmta.imap import condstore, fetch, folders, quota, search, sort, subscriptions
 from kepmta.imap.mailbox import (
     DELETED,
+    MAX_KEYWORD_LENGTH,
+    MAX_KEYWORDS,
     SEEN,
     SYSTEM_FLAGS,
     FolderStore,
@@ -338,9 +340,11 @@ class Session:
         if self.view is None:
             return []
         self.view.store.refresh()
-        return self.view.updates(
+        lines = self.view.updates(
             allow_expunge=allow_expunge, condstore=self.condstore_enabled, qresync=self.qresync_enabled
         )
+        # Keywords another session or program added come before the FETCH responses showing them.
+        return self._announce(self.view) + lines
 
     @property
     def condstore_enabled(self) -> bool:
@@ -657,17 +661,8 @@ class Session:
         view = MailboxView(store, read_only=read_only)
         self.view = view
         self.state = State.SELECTED
-        keywords = sorted(store.keywords)
-        all_flags = " ".join([*SYSTEM_FLAGS, *keywords])
-        if read_only:
-            permanent = ""
-        elif self._is_read_only_folder(name):
-            permanent = " ".join(f for f in SYSTEM_FLAGS if f != DELETED)
-        else:
-            permanent = all_flags + " \\*"
         lines = [
-            f"* FLAGS ({all_flags})".encode(),
-            f"* OK [PERMANENTFLAGS ({permanent})] flags the client can change permanently".encode(),
+            *self._flag_lines(view),
             b"* %d EXISTS" % view.exists,
             b"* %d RECENT" % len(view.recent),
         ]
@@ -684,6 +679,46 @@ class Session:
             lines.extend(self._resync(view, params.qresync))
         await self.send(*lines)
         return "[READ-ONLY] EXAMINE completed" if read_only else "[READ-WRITE] SELECT completed"
+
+    def _flag_lines(self, view: MailboxView) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS with every keyword of the folder, which the session has then
+        been told of (RFC 3501 §7.1, §7.2.6)."""
+        store = view.store
+        keywords = sorted(store.keywords)
+        view.announced = frozenset(keywords)
+        all_flags = " ".join([*SYSTEM_FLAGS, *keywords])
+        if view.read_only:
+            permanent = ""
+        elif self._is_read_only_folder(store.name):
+            permanent = " ".join(f for f in SYSTEM_FLAGS if f != DELETED)
+        elif len(keywords) < MAX_KEYWORDS:
+            permanent = all_flags + " \\*"
+        else:
+            permanent = all_flags
+        return [
+            f"* FLAGS ({all_flags})".encode(),
+            f"* OK [PERMANENTFLAGS ({permanent})] flags the client can change permanently".encode(),
+        ]
+
+    def _announce(self, view: MailboxView, keywords: Iterable[str] | None = None) -> list[bytes]:
+        """RFC 3501 §7.2.6: a keyword goes out in a FETCH only after an untagged FLAGS listed it.
+        The FLAGS and PERMANENTFLAGS responses, when `keywords` (by default: any of the folder's)
+        holds one the session has not been told of; else nothing."""
+        wanted = view.store.keywords if keywords is None else keywords
+        if all(k in view.announced for k in wanted):
+            return []
+        return self._flag_lines(view)
+
+    @staticmethod
+    def _check_new_keywords(store: FolderStore, flags: Iterable[str]) -> None:
+        """NO [LIMIT] (RFC 9051 §7.1) for keywords past what one folder may hold."""
+        new = {f for f in flags if not f.startswith("\\") and f not in store.keywords}
+        if not new:
+            return
+        if any(len(k) > MAX_KEYWORD_LENGTH for k in new):
+            raise CommandFailed(f"keywords are limited to {MAX_KEYWORD_LENGTH} characters", "LIMIT")
+        if len(store.keywords) + len(new) > MAX_KEYWORDS:
+            raise CommandFailed(f"a folder may hold at most {MAX_KEYWORDS} keywords", "LIMIT")
 
     def _resync(self, view: MailboxView, q: condstore.Qresync) -> list[bytes]:
         """RFC 7162 §3.2.5.2: what vanished and what changed since the client's mod-sequence."""
@@ -911,6 +946,7 @@ class Session:
         quota.check_room(used, limit, tok.file.size if tok.file is not None else len(tok.value))
         store = self._open_store(name)
         try:
+            self._check_new_keywords(store, flags)
             if tok.file is not None:
                 msg = await _save_file(store, tok.file, flags, when)
             else:
@@ -1154,7 +1190,10 @@ class Session:
                         add_flags=flags_changed,
                         modseq=current.modseq if self.condstore_enabled else None,
                     )
-                    await self.send_segments([b"* %d FETCH (" % seq, *body, b")\r\n"])
+                    announce = self._announce(view, current.keywords)
+                    await self.send_segments(
+                        [*(line + b"\r\n" for line in announce), b"* %d FETCH (" % seq, *body, b")\r\n"]
+                    )
                 finally:
                     if reader is not None:
                         reader.close()
@@ -1204,13 +1243,15 @@ class Session:
             raise CommandFailed("mailbox was opened with EXAMINE", "READ-ONLY")
         if DELETED in flags and mode != "-FLAGS":
             self._refuse_read_only_folder(view.store.name, "setting \\Deleted")
+        if mode != "-FLAGS":
+            self._check_new_keywords(view.store, flags)
         lines: list[bytes] = []
         modified: list[int] = []
-        missing = False
         for seq, u in targets:
             msg = view.message(u)
             if msg is None:
-                missing = True
+                # RFC 2180 §4.2.1, RFC 9051 §6.4.6: a message another session expunged is left
+                # out; the others are stored and the command succeeds.
                 continue
             if unchangedsince is not None and msg.modseq > unchangedsince:
                 # RFC 7162 §3.1.3: changed since the client looked; left alone and reported in MODIFIED.
@@ -1229,7 +1270,6 @@ class Session:
                 else:
                     result = view.store.set_flags(u, new, view)
                 if result is None:
-                    missing = True
                     continue
                 msg = result
             uid_part = b"UID %d " % u if uid else b""
@@ -1242,9 +1282,7 @@ class Session:
                 # RFC 7162 §3.1.3: even .SILENT reports the new mod-sequence of what it changed.
                 lines.append(b"* %d FETCH (%s%s)" % (seq, uid_part, condstore.modseq_item(msg.modseq)))
         if lines:
-            await self.send(*lines)
-        if missing:
-            raise CommandFailed("some of the messages no longer exist", "EXPUNGEISSUED")
+            await self.send(*self._announce(view), *lines)
         verb = f"{'UID ' if uid else ''}STORE"
         if modified:
             return f"[MODIFIED {format_uid_set(sorted(modified))}] {verb} completed"
@@ -1283,6 +1321,7 @@ class Session:
             quota.check_room(used, limit, sum(m.size for m in messages))
         dest = self._open_store(name)
         try:
+            self._check_new_keywords(dest, {k for m in messages for k in m.keywords})
             pairs: list[tuple[int, int]] = []
             for msg in messages:
                 copied = await _copy_file(dest, msg)

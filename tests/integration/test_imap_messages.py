@@ -235,7 +235,11 @@ async def test_store_variants(imap: Running) -> None:
     c = await imap.raw()
     await c.ok("SELECT INBOX")
     r = await c.ok("STORE 1:2 +FLAGS (\\Flagged custom)")
+    # The new keyword is announced first (RFC 3501 §7.2.6).
     assert untagged(r) == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft custom)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft custom \\*)] flags the client "
+        b"can change permanently",
         b"* 1 FETCH (FLAGS (\\Flagged \\Recent custom))",
         b"* 2 FETCH (FLAGS (\\Flagged \\Recent custom))",
     ]
