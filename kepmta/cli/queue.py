@@ -27,6 +27,7 @@ KINDS = (
     jobs.RELAY_WAIT,
     jobs.PEER_RECEIPT,
     jobs.FILE_RECEIVED,
+    jobs.NOTIFY,
     TIMESTAMP_JOB,
 )
 _SHOWN_RECIPIENTS = 3
@@ -61,6 +62,8 @@ def purpose(job: QueuedJob, limit: int | None = None) -> str:
         return f"{p['stage']} · {p['domain']}: {_addresses(p, limit)}"
     if job.kind == jobs.FILE_RECEIVED:
         return f"{p['file']} for {p['address']}"
+    if job.kind == jobs.NOTIFY:
+        return f"{p['channel']} notice to {p['address']}"
     if "seq" in p:
         return f"evidence #{p['seq']}"
     return json.dumps(p, ensure_ascii=False)

@@ -4,6 +4,7 @@ hook; retried with back-off, given up after the schedule, never naming the conte
 from __future__ import annotations
 
 import datetime as dt
+import re
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kepmta import config, devinit
 from kepmta.accounts import AccountError, AccountState, AccountStore
-from kepmta.config import NotifySettings
+from kepmta.config import ConfigError, NotifySettings, Ports
 from kepmta.db.engine import open_engine
 from kepmta.db.runner import close
 from kepmta.db.schema import jobs as jobs_table
@@ -167,3 +169,42 @@ async def test_contacts_are_checked(contacts: Contacts) -> None:
     assert got is not None and (got.phone, got.email) == (PHONE, "ayse@example.org")
     await contacts.set("ayse.kaya@kep.test", phone=None, email=None)
     assert await contacts.get("ayse.kaya@kep.test") is None
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    devinit.create_identity(tmp_path / "d", Ports(1, 2, 3, 4))
+    return tmp_path / "d" / devinit.CONFIG_NAME
+
+
+def test_the_notify_table_is_read(conf: Path) -> None:
+    assert config.load(conf).notify is None
+    conf.write_text(
+        conf.read_text()
+        + '\n[notify]\nsms_command = ["/bin/sms", "{phone}"]\nretry_schedule = [5, 50]\n'
+        + '[notify.smarthost]\nhost = "smtp.example.org"\nport = 465\nsecurity = "tls"\n'
+        + 'sender = "b@example.org"\n'
+    )
+    got = config.load(conf).notify
+    assert got is not None and got.sms_command == ("/bin/sms", "{phone}") and got.retry_schedule == (5, 50)
+    assert got.smarthost is not None and (got.smarthost.port, got.smarthost.security) == (465, "tls")
+    assert got.timeout == 10 and got.sms_webhook is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('sms_command = ["x"]\nsms_webhook = "http://h/"', "sms_command or sms_webhook, not both"),
+        ('sms_webhook = "ftp://h/"', "notify.sms_webhook must be an http"),
+        ("retry_schedule = []", "notify.retry_schedule must be a list"),
+        (
+            '[notify.smarthost]\nhost = "h"\nport = 25\nsender = "s@h.org"\nsecurity = "ssl"',
+            "security must be",
+        ),
+        ("sms = 1", "notify.sms is not a known key"),
+    ],
+)
+def test_notify_mistakes_name_the_key(conf: Path, table: str, message: str) -> None:
+    conf.write_text(conf.read_text() + "\n[notify]\n" + table + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(conf)
