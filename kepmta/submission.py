@@ -195,6 +195,12 @@ class SubmissionService:
         )
         await self.recorder.record(facts, reason, details, new_message=True)
         self.wake_delivery()
+        log.info(
+            "refused a submission from %s: %s",
+            facts.sender,
+            details,
+            extra={"message_id": facts.message_id, "reason": reason.value},
+        )
 
     def _too_many(self, session: SessionRefusals, tx: Transaction | None) -> TooManyRefusals | None:
         """The refusal that ends the session, once a transaction or the session has had too many."""

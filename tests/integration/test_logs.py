@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kepclient import DevServer, free_port_base, imap, signed_by, submit, wait_for
+from kepclient import DevServer, free_port_base, imap, plain_message, signed_by, smtp, submit, wait_for
 from kepclient import folder_messages as messages
 
 from kepmta import config, devinit, logs
@@ -62,6 +62,18 @@ def test_every_line_is_a_json_object_and_names_its_message(json_srv: DevServer) 
     accepted = next(e for e in about if e["message"].startswith("accepted"))
     # Said over a submission session: its id and the client's address come with it.
     assert accepted["peer"].startswith("127.0.0.1:") and re.fullmatch(r"[0-9a-f]{8}", accepted["session"])
+
+
+def test_a_refusal_names_its_reason_and_message(json_srv: DevServer) -> None:
+    ali, ayse = json_srv.account(0), json_srv.account(1)
+    with smtp(json_srv, ali) as s:
+        s.mail(ali["address"])
+        s.rcpt(ayse["address"])
+        code, _ = s.data(plain_message(ali["address"], [ayse["address"]], "imzasiz", "imzasız"))
+        assert code == 554
+    refused = [e for e in lines(json_srv) if e["message"].startswith("refused a submission")]
+    assert len(refused) == 1 and refused[0]["reason"] == "RA05"
+    assert re.fullmatch(r"\d{8}T\d{6}Z\.[0-9a-f]{16}@kep\.test", refused[0]["message_id"])
 
 
 def test_a_session_line_names_session_and_peer(json_srv: DevServer) -> None:
