@@ -585,9 +585,11 @@ class FolderStore:
 class MailboxView:
     """One session's selected mailbox (RFC 3501 §5.1.2 sequence numbers are per session)."""
 
-    def __init__(self, store: FolderStore, *, read_only: bool) -> None:
+    def __init__(self, store: FolderStore, *, read_only: bool, recent: bool = True) -> None:
         self.store = store
         self.read_only = read_only
+        # Whether the session is told of \\Recent: IMAP4rev2 has none (RFC 9051 §2.3.2).
+        self.show_recent = recent
         self.uids: list[int] = []
         self.recent: set[int] = set()
         self.wakeup = asyncio.Event()
@@ -636,7 +638,7 @@ class MailboxView:
         return None if uid in self._gone else self.store.messages.get(uid)
 
     def flags_of(self, msg: MessageFile) -> frozenset[str]:
-        return msg.flags | {"\\Recent"} if msg.uid in self.recent else msg.flags
+        return msg.flags | {"\\Recent"} if self.show_recent and msg.uid in self.recent else msg.flags
 
     def updates(self, *, allow_expunge: bool, condstore: bool = False, qresync: bool = False) -> list[bytes]:
         """Untagged responses for what changed since the client was last told, applied to this view.
@@ -667,7 +669,8 @@ class MailboxView:
             self.uids.extend(fresh)
             self.recent.update(self.store.claim_recent(fresh, self))
             lines.append(b"* %d EXISTS" % len(self.uids))
-            lines.append(b"* %d RECENT" % len(self.recent))
+            if self.show_recent:
+                lines.append(b"* %d RECENT" % len(self.recent))
         for uid in sorted(self._flag_changes):
             msg = self.message(uid)
             seq = self.seq_of(uid)

@@ -348,9 +348,29 @@ _SEQ_RANGE = re.compile(r"(\d{1,10}|\*)(?::(\d{1,10}|\*))?\Z")
 
 @dataclass(frozen=True)
 class SequenceSet:
-    """Ranges with `None` standing for `*`, the largest number in use."""
+    """Ranges with `None` standing for `*`, the largest number in use; or, `saved`, "$": the UIDs a
+    SEARCH saved (RFC 5182 §2.1), which the session puts in their place."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False
+
+    @classmethod
+    def parse_or_saved(cls, text: str) -> SequenceSet:
+        """A sequence set, or "$" where RFC 5182 §3 allows it in its place."""
+        return cls((), saved=True) if text == "$" else cls.parse(text)
+
+    @classmethod
+    def of(cls, numbers: Iterable[int]) -> SequenceSet:
+        """The set of the sorted `numbers`, as ranges of consecutive ones."""
+        ranges: list[tuple[int | None, int | None]] = []
+        last = None
+        for n in numbers:
+            if ranges and last is not None and n == last + 1:
+                ranges[-1] = (ranges[-1][0], n)
+            else:
+                ranges.append((n, n))
+            last = n
+        return cls(tuple(ranges))
 
     @classmethod
     def parse(cls, text: str) -> SequenceSet:

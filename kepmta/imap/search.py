@@ -208,7 +208,7 @@ def _key(args: Args, depth: int) -> Key:
     if name in ("LARGER", "SMALLER"):
         return SizeKey(name == "LARGER", args.number("size"))
     if name == "UID":
-        return SetKey(SequenceSet.parse(args.atom("UID set")), uid=True)
+        return SetKey(SequenceSet.parse_or_saved(args.atom("UID set")), uid=True)
     if name == "MODSEQ":
         # RFC 7162 §3.1.5: an optional metadata entry name and type; a message has one
         # mod-sequence for all its flags here, so they do not narrow anything.
@@ -221,8 +221,8 @@ def _key(args: Args, depth: int) -> Key:
         return NotKey(_key(args, _deeper(depth)))
     if name == "OR":
         return OrKey(_key(args, _deeper(depth)), _key(args, _deeper(depth)))
-    if name[:1].isdigit() or name[:1] == "*":
-        return SetKey(SequenceSet.parse(name), uid=False)
+    if name[:1].isdigit() or name[:1] == "*" or name == "$":
+        return SetKey(SequenceSet.parse_or_saved(name), uid=False)
     raise BadCommand(f"unknown search key {tok.value!r}")
 
 

@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kepmta.imap import condstore, fetch, folders, quota, search, sort, subscriptions
+from kepmta.imap import condstore, esearch, fetch, folders, quota, search, sort, subscriptions
 from kepmta.imap.mailbox import (
     DELETED,
     MAX_KEYWORD_LENGTH,
@@ -74,9 +74,13 @@ log = logging.getLogger("kepmta.imap")
 _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
+    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS"
 )
+# RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
+# says so with ENABLE.
+IMAP4REV2 = "IMAP4rev2"
 # RFC 5161 §3.1: what ENABLE can turn on.
-_ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC)
+_ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC, IMAP4REV2)
 _STREAM_CHUNK = 1 << 20
 # Seconds our close_notify and FIN get to leave before the connection is dropped.
 _CLOSE_GRACE = 1.0
@@ -125,6 +129,8 @@ class Session:
         self.read_only_folders: frozenset[str] = frozenset()
         self.view: MailboxView | None = None
         self.enabled: set[str] = set()
+        # RFC 5182 §2.1: the UIDs the last SEARCH ... RETURN (SAVE) of this selection found ("$").
+        self.saved: list[int] = []
         self.auth_failures = 0
         self._logout = False
         # This session's place among its account's sessions (ImapLimits.sessions_per_account).
@@ -354,6 +360,10 @@ class Session:
     def qresync_enabled(self) -> bool:
         return condstore.QRESYNC in self.enabled
 
+    @property
+    def rev2(self) -> bool:
+        return IMAP4REV2 in self.enabled
+
     def _enable_condstore(self) -> None:
         """RFC 7162 §3.1: using any CONDSTORE feature turns CONDSTORE on for the session."""
         self.enabled.add(condstore.CONDSTORE)
@@ -377,6 +387,8 @@ class Session:
         return self.view
 
     def _unselect(self) -> None:
+        # RFC 5182 §2.1: a new selection (or none) starts with an empty "$".
+        self.saved = []
         if self.view is not None:
             self.view.close()
             self.server.stores.release(self.view.store)
@@ -418,6 +430,9 @@ class Session:
     def _targets(self, text: str, *, uid: bool) -> list[tuple[int, int]]:
         """(sequence number, UID) pairs a sequence set or UID set names, in mailbox order."""
         view = self._selected()
+        if text == "$":
+            # RFC 5182 §2.1: the saved UIDs, those still in the mailbox; none is no error.
+            return [(seq, u) for u in self.saved if (seq := view.seq_of(u)) is not None and view.message(u)]
         numbers = SequenceSet.parse(text)
         if uid:
             uids = view.uids
@@ -623,7 +638,7 @@ class Session:
         while args.more():
             wanted.append(args.atom("capability").upper())
         # RFC 5161 §3.1: ENABLED lists what this command newly enabled; unknown names are ignored.
-        newly = [c for c in _ENABLEABLE if c in wanted and c not in self.enabled]
+        newly = [c for c in _ENABLEABLE if c.upper() in wanted and c not in self.enabled]
         self.enabled.update(newly)
         if condstore.QRESYNC in self.enabled:
             # RFC 7162 §3.2.3: enabling QRESYNC implies CONDSTORE.
@@ -650,27 +665,28 @@ class Session:
             raise BadCommand("QRESYNC must be enabled before it is used in SELECT/EXAMINE")
         if params.condstore:
             self._enable_condstore()
-        if self.view is not None and self.qresync_enabled:
-            # RFC 7162 §3.2.11: the client learns where the old mailbox's responses end.
+        if self.view is not None and (self.qresync_enabled or self.rev2):
+            # RFC 7162 §3.2.11, RFC 9051 §6.3.2: the client learns where the old mailbox's
+            # responses end.
             await self.send(b"* OK [CLOSED] previous mailbox closed")
         # RFC 3501 §6.3.1: the current mailbox is deselected even if the new selection fails.
         self._unselect()
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
         store = self._open_store(name)
-        view = MailboxView(store, read_only=read_only)
+        # RFC 9051 §2.3.2: IMAP4rev2 has no \\Recent and no RECENT response.
+        view = MailboxView(store, read_only=read_only, recent=not self.rev2)
         self.view = view
         self.state = State.SELECTED
-        lines = [
-            *self._flag_lines(view),
-            b"* %d EXISTS" % view.exists,
-            b"* %d RECENT" % len(view.recent),
-        ]
-        first_unseen = next(
-            (i + 1 for i, uid in enumerate(view.uids) if SEEN not in store.messages[uid].flags), None
-        )
-        if first_unseen is not None:
-            lines.append(b"* OK [UNSEEN %d] first unseen message" % first_unseen)
+        lines = [*self._flag_lines(view), b"* %d EXISTS" % view.exists]
+        if not self.rev2:
+            lines.append(b"* %d RECENT" % len(view.recent))
+            # RFC 9051 §6.3.2 leaves UNSEEN out; an IMAP4rev2 client searches for it.
+            first_unseen = next(
+                (i + 1 for i, uid in enumerate(view.uids) if SEEN not in store.messages[uid].flags), None
+            )
+            if first_unseen is not None:
+                lines.append(b"* OK [UNSEEN %d] first unseen message" % first_unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % store.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] predicted next UID" % store.uidnext)
         # RFC 7162 §3.1.2.1: a server with persistent mod-sequences reports them on every SELECT.
@@ -832,6 +848,7 @@ class Session:
 
     async def c_list(self, cmd: Command, args: Args) -> str:
         options = folders.ListOptions()
+        status: list[str] = []
         first = args.peek()
         if isinstance(first, ParenList):
             # RFC 5258 §3 selection options.
@@ -849,7 +866,7 @@ class Session:
         if args.more():
             if args.atom("RETURN").upper() != "RETURN":
                 raise BadCommand("expected RETURN and the return options")
-            options = _return_options(args.paren_list("return options"), options)
+            options, status = _return_options(args.paren_list("return options"), options)
         args.end()
         if patterns == ("",):
             # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
@@ -857,7 +874,7 @@ class Session:
             return "LIST completed"
         # A directory scan that grows with the account's folders: off the event loop.
         entries = await asyncio.to_thread(self._listing, reference, patterns, options)
-        await self._send_list(b"LIST", entries)
+        await self._send_list(b"LIST", entries, status)
         return "LIST completed"
 
     def _listing(
@@ -869,7 +886,11 @@ class Session:
         subscribed = (subscriptions.load(md.root) or []) if wanted else []
         return folders.list_folders(md, reference, patterns, self.server.special_folders, options, subscribed)
 
-    async def _send_list(self, word: bytes, entries: list[folders.ListEntry]) -> None:
+    async def _send_list(
+        self, word: bytes, entries: list[folders.ListEntry], status: Sequence[str] = ()
+    ) -> None:
+        """The LIST/LSUB responses; with `status` (RFC 5819 §2), each selectable mailbox's LIST is
+        followed by its STATUS."""
         delim = string(folders.DELIMITER.encode())
         lines = []
         for e in entries:
@@ -882,21 +903,28 @@ class Session:
             if e.childinfo:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
             lines.append(line)
+            if status and e.selectable:
+                with contextlib.suppress(CommandFailed):
+                    # RFC 5819 §2: a mailbox whose status cannot be had is listed without it.
+                    lines.append(self._status_line(e.name, status))
+                # Every folder's store is opened and counted: let other sessions in between.
+                await self.send_segments([line + b"\r\n" for line in lines])
+                lines = []
+                await asyncio.sleep(0)
         await self.send(*lines)
 
     async def c_status(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
         items = args.paren_list("status data items")
         args.end()
-        wanted: list[str] = []
-        for tok in items:
-            if not isinstance(tok, Atom) or tok.value.upper() not in _STATUS_ITEMS:
-                raise BadCommand("unknown STATUS item; use " + " ".join(_STATUS_ITEMS))
-            wanted.append(tok.value.upper())
-        if not wanted:
-            raise BadCommand("empty STATUS item list")
+        wanted = _status_items(items)
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
+        await self.send(self._status_line(name, wanted))
+        return "STATUS completed"
+
+    def _status_line(self, name: str, wanted: Sequence[str]) -> bytes:
+        """The STATUS response of folder `name` with the `wanted` items."""
         if "HIGHESTMODSEQ" in wanted:
             self._enable_condstore()
         store = self._open_store(name)
@@ -920,8 +948,7 @@ class Session:
         finally:
             self._release(store)
         body = " ".join(f"{w} {values[w]}" for w in wanted)
-        await self.send(b"* STATUS " + folders.name_to_wire(name) + f" ({body})".encode())
-        return "STATUS completed"
+        return b"* STATUS " + folders.name_to_wire(name) + f" ({body})".encode()
 
     async def c_append(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
@@ -1044,10 +1071,10 @@ class Session:
         return "UID EXPUNGE completed"
 
     async def c_search(self, cmd: Command, args: Args) -> str:
-        return await self._search(args, uid=False)
+        return await self._search(cmd, args, uid=False)
 
     async def c_uid_search(self, cmd: Command, args: Args) -> str:
-        return await self._search(args, uid=True)
+        return await self._search(cmd, args, uid=True)
 
     def _locate(self, uid: int) -> Path | None:
         msg = self._selected().message(uid)
@@ -1086,18 +1113,41 @@ class Session:
             max_uid=view.uids[-1] if view.uids else 0,
         )
 
-    async def _search(self, args: Args, *, uid: bool) -> str:
-        key = search.parse_program(args)
-        with_modseq = search.uses_modseq(key)
-        if with_modseq:
-            self._enable_condstore()
-        hits = await self._matches(key)
-        numbers = " ".join(str(h.message.uid if uid else h.seq) for h in hits)
-        line = "* SEARCH " + numbers if numbers else "* SEARCH"
-        if with_modseq and hits:
-            # RFC 7162 §3.1.5: the highest mod-sequence among the messages found.
-            line += f" (MODSEQ {max(h.message.modseq for h in hits)})"
-        await self.send(line.encode())
+    async def _search(self, cmd: Command, args: Args, *, uid: bool) -> str:
+        options: esearch.ReturnOptions | None = None
+        first = args.peek()
+        if isinstance(first, Atom) and first.section is None and first.value.upper() == "RETURN":
+            # RFC 4731 §3.1: SEARCH RETURN (options) criteria.
+            args.next("RETURN")
+            options = esearch.parse_return(args.paren_list("search return options"))
+        elif self.rev2:
+            # RFC 9051 §6.4.4: an IMAP4rev2 client gets ESEARCH, as for RETURN (ALL).
+            options = esearch.ALL
+        try:
+            key = esearch.resolve(search.parse_program(args), self.saved)
+            with_modseq = search.uses_modseq(key)
+            if with_modseq:
+                self._enable_condstore()
+            hits = await self._matches(key)
+        except BaseException:
+            if options is not None and options.save:
+                # RFC 5182 §2.1: a SEARCH that was to save and failed leaves "$" empty.
+                self.saved = []
+            raise
+        modseq = max(h.message.modseq for h in hits) if with_modseq and hits else None
+        if options is None:
+            numbers = " ".join(str(h.message.uid if uid else h.seq) for h in hits)
+            line = "* SEARCH " + numbers if numbers else "* SEARCH"
+            if modseq is not None:
+                # RFC 7162 §3.1.5: the highest mod-sequence among the messages found.
+                line += f" (MODSEQ {modseq})"
+            await self.send(line.encode())
+        else:
+            if options.save:
+                self.saved = esearch.to_save([h.message.uid for h in hits], options)
+            if options.answered:
+                found = [h.message.uid if uid else h.seq for h in hits]
+                await self.send(esearch.response(cmd.tag, found, options, uid=uid, modseq=modseq))
         return f"{'UID ' if uid else ''}SEARCH completed"
 
     async def c_sort(self, cmd: Command, args: Args) -> str:
@@ -1108,7 +1158,7 @@ class Session:
 
     async def _sort(self, args: Args, *, uid: bool) -> str:
         criteria = sort.parse_criteria(args)
-        key = search.parse_program(args)
+        key = esearch.resolve(search.parse_program(args), self.saved)
         hits = await self._matches(key)
         items = [sort.Item(h.seq, h.message.uid, h.message.size, h.message.internal) for h in hits]
         summaries = await self._summaries([i.uid for i in items]) if sort.header_needed(criteria) else {}
@@ -1379,19 +1429,35 @@ def _selection(tokens: Sequence[Token]) -> folders.ListOptions:
     )
 
 
-def _return_options(tokens: Sequence[Token], options: folders.ListOptions) -> folders.ListOptions:
-    """RFC 5258 §3 return options. CHILDREN and SPECIAL-USE (RFC 6154 §3) ask for what every
-    LIST response carries already."""
+def _return_options(
+    tokens: Sequence[Token], options: folders.ListOptions
+) -> tuple[folders.ListOptions, list[str]]:
+    """RFC 5258 §3 return options, and RFC 5819 §2 STATUS with its items. CHILDREN and
+    SPECIAL-USE (RFC 6154 §3) ask for what every LIST response carries already."""
     return_subscribed = options.return_subscribed
-    for tok in tokens:
-        if not isinstance(tok, Atom) or tok.section is not None:
-            raise BadCommand("return options must be atoms")
-        value = tok.value.upper()
+    status: list[str] = []
+    items = Args(tokens)
+    while items.more():
+        value = items.atom("return option").upper()
         if value == "SUBSCRIBED":
             return_subscribed = True
+        elif value == "STATUS":
+            status = _status_items(items.paren_list("status data items"))
         elif value not in ("CHILDREN", "SPECIAL-USE"):
-            raise BadCommand(f"unknown LIST return option {tok.value}")
-    return dataclasses.replace(options, return_subscribed=return_subscribed)
+            raise BadCommand(f"unknown LIST return option {value}")
+    return dataclasses.replace(options, return_subscribed=return_subscribed), status
+
+
+def _status_items(tokens: Sequence[Token]) -> list[str]:
+    wanted: list[str] = []
+    for tok in tokens:
+        if not isinstance(tok, Atom) or tok.value.upper() not in _STATUS_ITEMS:
+            raise BadCommand("unknown STATUS item; use " + " ".join(_STATUS_ITEMS))
+        if tok.value.upper() not in wanted:
+            wanted.append(tok.value.upper())
+    if not wanted:
+        raise BadCommand("empty STATUS item list")
+    return wanted
 
 
 def _utf8(raw: bytes, what: str) -> str:
