@@ -524,6 +524,9 @@ def load(path: Path) -> Settings:
         return ports.number(key, low=0, high=65535)
 
     tsa = _tsa(top.table("tsa")) if "tsa" in top.data else None
+    if tsa is not None:
+        # The built-in TSA's pair may stay beside [tsa] (conf/kepmta.toml): known, not refused.
+        evidence.used.update({"tsa_cert", "tsa_key"})
     has_key, has_uri = "key" in evidence.data, "key_uri" in evidence.data
     if has_key == has_uri:
         raise ConfigError(f"{path}: evidence: give exactly one of key (a PEM file) and key_uri (PKCS#11)")
