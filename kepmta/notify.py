@@ -18,6 +18,7 @@ import re
 import ssl
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -39,6 +40,9 @@ SMS = "sms"
 EMAIL = "email"
 # E.164 (ITU-T E.164 §6): at most 15 digits, the country code first; "+" optional.
 _PHONE = re.compile(r"\+?[1-9][0-9]{6,14}")
+# Threads that wait on webhooks: their own, so a gateway that hangs holds none of the threads that
+# password checks and mailbox sizes run on (asyncio's default executor).
+_POSTING_THREADS = 4
 # An ordinary address, as an SMTP client sends it in RCPT TO (RFC 5321 §4.1.2), without spaces.
 _EMAIL = re.compile(r"[^\s@<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,63}")
 
@@ -130,6 +134,7 @@ class NotifyWorker(jobs.JobLoop):
         self.contacts = contacts
         self.settings = settings
         self.node = node
+        self._posting = ThreadPoolExecutor(_POSTING_THREADS, thread_name_prefix="kepmta-notify")
         channels = []
         if settings.sms_command or settings.sms_webhook is not None:
             channels.append(SMS)
@@ -196,7 +201,8 @@ class NotifyWorker(jobs.JobLoop):
             await self._command(phone, text)
         elif self.settings.sms_webhook is not None:
             body = {"to": phone, "text": text, "account": address, "sender": sender, "message_id": message_id}
-            await asyncio.to_thread(self._post, self.settings.sms_webhook, body)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._posting, self._post, self.settings.sms_webhook, body)
 
     async def _command(self, phone: str, text: str) -> None:
         argv = [arg.replace("{phone}", phone).replace("{text}", text) for arg in self.settings.sms_command]
