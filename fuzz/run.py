@@ -61,7 +61,7 @@ with atheris.instrument_imports(include=["kepmta"], exclude=NOT_PARSERS):
     from kepmta.evidence.verify import Report, verify_evidence
     from kepmta.evidence.xml import from_xml, to_xml
     from kepmta.headers import HeaderError, read_headers
-    from kepmta.imap import binary, cache, condstore, fetch, folders, mime, search, sort
+    from kepmta.imap import binary, cache, condstore, fetch, folders, search, sort
     from kepmta.imap.protocol import (
         Args,
         BadCommand,
@@ -78,6 +78,7 @@ with atheris.instrument_imports(include=["kepmta"], exclude=NOT_PARSERS):
         parse_head,
     )
     from kepmta.maildir import MailboxNameError, Maildir
+    from kepmta.message import entity
     from kepmta.policy.refusal import PolicyError
     from kepmta.policy.signature import check_signature
     from kepmta.rem.digest import original_digest
@@ -271,7 +272,7 @@ _MIME_SEED = (
 )
 
 
-def _parts(part: mime.Part, path: tuple[int, ...]) -> list[tuple[tuple[int, ...], mime.Part]]:
+def _parts(part: entity.Part, path: tuple[int, ...]) -> list[tuple[tuple[int, ...], entity.Part]]:
     found = [(path, part)]
     for i, child in enumerate(part.children, 1):
         found += _parts(child, (*path, i))
@@ -283,11 +284,11 @@ def _parts(part: mime.Part, path: tuple[int, ...]) -> list[tuple[tuple[int, ...]
 def mime_message(data: bytes) -> None:
     summary = cache.summarize(data, len(data), whole=True)
     _check(summary.header_end <= len(data), "the header ends past the message")
-    top = mime.parse(data)
+    top = entity.parse(data)
     for path, part in _parts(top, ()):
         _check(part.start <= part.body_start <= part.end <= len(data), "a part outside its message")
-        mime.locate(top, path)
-        mime.searchable_text(data, part, include_header=True)
+        fetch.locate(top, path)
+        search.searchable_text(data, part, include_header=True)
         with contextlib.suppress(binary.UnknownCte):
             binary.decoded(data, part)
 

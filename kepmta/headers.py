@@ -1,13 +1,14 @@
 """The header block of a stored message: read only it (never the body, which may be 100 MB), and
-the facts the rest of kepmta takes from it."""
+the facts the rest of kepmta takes from it. The reading itself is `kepmta.message`'s."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from kepmta.message.header import scan_fields
+from kepmta.message.words import decode_words
 
 HEADER_LIMIT = 1024 * 1024  # a header block larger than this is not a message we accept
 
@@ -49,11 +50,14 @@ def read_headers(path: Path) -> Headers:
     else:
         sep = head.find(b"\r\n\r\n")
         if sep < 0:
-            # RFC 5322 §2.1: header fields, then an empty line, then the body
+            # RFC 5322 §2.1: header fields, then an empty line, then the body; the spool holds
+            # CRLF lines (RFC 5321 §2.3.8), and the original is rewritten by them (inspection).
             raise HeaderError("the message has no header block ending in an empty line")
         end = sep + 4
-    fields = _fields(head[:end].decode("utf-8", errors="surrogateescape"))
-    raw_subject = " ".join(fields.get("subject", []))
+    fields: dict[str, list[str]] = {}
+    for field in scan_fields(head[: end - 2]):
+        if field.name:
+            fields.setdefault(field.name.lower(), []).append(field.value)
     found = re.search(r"<([^<>\s]+)>", " ".join(fields.get("message-id", [])))
     addresses = AddressHeaders(
         from_=tuple(fields.get("from", [])),
@@ -61,52 +65,5 @@ def read_headers(path: Path) -> Headers:
         cc=tuple(fields.get("cc", [])),
         bcc_present="bcc" in fields,
     )
-    subject = clean_text(_decode_words(raw_subject))
+    subject = clean_text(decode_words(" ".join(fields.get("subject", []))))
     return Headers(subject, found.group(1) if found else None, end, addresses)
-
-
-def _fields(block: str) -> dict[str, list[str]]:
-    """Header fields by lower-case name, unfolded (RFC 5322 §2.2.3). The text is the raw block
-    decoded as UTF-8 (RFC 6532 §3.2 allows raw UTF-8 besides RFC 2047 encoded words)."""
-    fields: dict[str, list[str]] = {}
-    name: str | None = None
-    for line in block.split("\r\n"):
-        if line[:1] in (" ", "\t") and name is not None:
-            fields[name][-1] += " " + line.strip()
-        elif ":" in line:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            fields.setdefault(name, []).append(value.strip())
-        else:
-            name = None
-    return fields
-
-
-_ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
-
-
-def _decode_word(word: re.Match[str]) -> str:
-    charset, encoding, text = word.groups()
-    try:
-        if encoding in "qQ":
-            raw = binascii.a2b_qp(text.encode("ascii"), header=True)  # RFC 2047 §4.2: "_" is a space
-        else:
-            raw = base64.b64decode(text + "=" * (-len(text) % 4))
-        return raw.decode(charset, errors="replace")
-    except (ValueError, LookupError, binascii.Error):
-        return word.group(0)
-
-
-def _decode_words(value: str) -> str:
-    """RFC 2047 encoded words decoded; the text around them kept as it is."""
-    out: list[str] = []
-    pos = 0
-    for word in _ENCODED_WORD.finditer(value):
-        between = value[pos : word.start()]
-        # RFC 2047 §6.2: white space between two adjacent encoded words is not displayed
-        if not (out and not between.strip() and pos > 0):
-            out.append(between)
-        out.append(_decode_word(word))
-        pos = word.end()
-    out.append(value[pos:])
-    return "".join(out)

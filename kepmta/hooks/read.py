@@ -7,8 +7,6 @@ it only needs the account and the file that was opened.
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import logging
 import re
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from kepmta.db.schema import handovers
 from kepmta.events import EventRecorder, load_facts, utcnow
 from kepmta.evidence.ledger import Writes
 from kepmta.evidence.model import Reason
+from kepmta.message.header import read_header
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,12 @@ def dispatch_id(path: Path) -> str | None:
     """The provider message id of a REM dispatch file, or None if the file is not a dispatch."""
     with path.open("rb") as f:
         head = f.read(_HEAD_LIMIT)
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
+    parsed = read_header(head, 0, len(head))
+    if not parsed.has_blank_line:
         return None
-    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
-        head[: end + 4], headersonly=True
-    )
-    if str(parsed.get("REM-MessageType", "")).strip() != DISPATCH_TYPE:
+    if (parsed.get("REM-MessageType") or "").strip() != DISPATCH_TYPE:
         return None
-    found = re.search(r"<([^<>\s]+)>", str(parsed.get("Message-ID", "")))
+    found = re.search(r"<([^<>\s]+)>", parsed.get("Message-ID") or "")
     return found.group(1) if found else None
 
 

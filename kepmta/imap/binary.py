@@ -6,15 +6,9 @@ decoded content, so a part with an encoding we do not know is refused rather tha
 
 from __future__ import annotations
 
-import base64
-import binascii
-import quopri
-
-from kepmta.imap import mime
 from kepmta.imap.protocol import CommandFailed
-
-_IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
-_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+from kepmta.message import transfer
+from kepmta.message.entity import Part
 
 
 class UnknownCte(CommandFailed):
@@ -23,23 +17,13 @@ class UnknownCte(CommandFailed):
         super().__init__(f"cannot decode Content-Transfer-Encoding {cte!r}", "UNKNOWN-CTE")
 
 
-def decoded(data: bytes, part: mime.Part) -> bytes:
+def decoded(data: bytes, part: Part) -> bytes:
     """The body of `part` with its transfer encoding removed."""
     raw = data[part.body_start : part.end]
     if part.children or part.message is not None:
         # RFC 2045 §6.4: composite types are only ever 7bit/8bit/binary, i.e. not encoded.
         return raw
-    cte = (part.header("Content-Transfer-Encoding") or "").strip().lower()
-    if cte in _IDENTITY:
-        return raw
-    if cte == "base64":
-        # RFC 2045 §6.8: characters outside the alphabet are ignored, line breaks among them.
-        alphabet = bytes(c for c in raw if c in _B64_CHARS)
-        alphabet = alphabet.split(b"=", 1)[0]
-        try:
-            return base64.b64decode(alphabet + b"=" * (-len(alphabet) % 4))
-        except (binascii.Error, ValueError):
-            return base64.b64decode(alphabet[: len(alphabet) - len(alphabet) % 4])
-    if cte == "quoted-printable":
-        return quopri.decodestring(raw)
-    raise UnknownCte(cte)
+    try:
+        return transfer.decode(part.header("Content-Transfer-Encoding"), raw)
+    except transfer.UnknownEncoding as e:
+        raise UnknownCte(e.encoding) from None

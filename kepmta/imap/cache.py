@@ -24,16 +24,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kepmta.imap import fetch, mime
-from kepmta.imap.headers import decode_words
+from kepmta.imap import fetch
 from kepmta.imap.mailbox import FolderStore, MessageFile
 from kepmta.imap.sort import base_subject, first_mailbox
 from kepmta.imap.summary import Summary, decode, encode, record_base
+from kepmta.message.entity import parse, parse_header_only
+from kepmta.message.header import find_body
+from kepmta.message.words import decode_words
 
 log = logging.getLogger("kepmta.imap")
 
 CACHE = "kepmta-cache"
-_MAGIC = b"kepmta-cache 1\n"
+# The version changes whenever a summary of the same message would come out different, so that
+# records made by an older reader are made again rather than trusted.
+_MAGIC = b"kepmta-cache 2\n"
 # A message up to this size is read whole when first summarised: its MIME structure (BODY,
 # BODYSTRUCTURE) then costs no second read. Larger ones are read only as far as their header.
 _WHOLE = 256 * 1024
@@ -53,7 +57,7 @@ class Wanted:
 
 def summarize(data: bytes, size: int, *, whole: bool) -> Summary:
     """The summary of a message of `size` octets; `data` is all of it when `whole`, else its header."""
-    top = mime.parse(data) if whole else mime.parse_header_only(data)
+    top = parse(data) if whole else parse_header_only(data)
     sent, sent_day = _sent(top.header("Date"))
     summary = Summary(
         size=size,
@@ -109,7 +113,8 @@ def summarize_file(path: Path, *, structure: bool) -> Summary:
         size = os.fstat(fd).st_size
         if not structure and size > _WHOLE:
             head = _pread(fd, 0, _WHOLE)
-            if b"\n\n" in head or b"\r\n\r\n" in head:
+            header_end, body_start = find_body(head, 0, len(head))
+            if body_start > header_end:
                 return summarize(head, size, whole=False)
         return summarize(_pread(fd, 0, size), size, whole=True)
     finally:

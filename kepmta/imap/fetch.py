@@ -15,8 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kepmta.imap import binary, mime
-from kepmta.imap.headers import Address, bytes_of, parse_addresses, parse_disposition
+from kepmta.imap import binary
 from kepmta.imap.mailbox import format_flags
 from kepmta.imap.protocol import (
     Atom,
@@ -33,6 +32,10 @@ from kepmta.imap.protocol import (
     string,
 )
 from kepmta.imap.summary import Summary
+from kepmta.message.addresses import Address, parse_addresses
+from kepmta.message.content import parse_disposition
+from kepmta.message.entity import Part, parse, parse_header_only
+from kepmta.message.header import bytes_of, find_body
 
 _SIMPLE = frozenset(
     {"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "MODSEQ"}
@@ -196,7 +199,7 @@ class MessageReader:
         self._header_end = header_end if header_end is not None and header_end <= self.size else None
         self._data: bytes | None = None
         self._head: bytes | None = None
-        self._tree: mime.Part | None = None
+        self._tree: Part | None = None
 
     @classmethod
     def open(cls, path: os.PathLike[str] | str, header_end: int | None = None) -> MessageReader:
@@ -221,7 +224,7 @@ class MessageReader:
             self._data = await asyncio.to_thread(self._read, 0, self.size)
         return self._data
 
-    async def header(self) -> tuple[bytes, mime.Part]:
+    async def header(self) -> tuple[bytes, Part]:
         """The top-level header and a buffer holding it, without reading far past it when possible."""
         if self._data is not None:
             data = self._data
@@ -234,26 +237,72 @@ class MessageReader:
         else:
             if self._head is None:
                 start = await asyncio.to_thread(self._read, 0, _HEAD_READ)
-                self._head = start if self._find_body(start) >= 0 else await self.data()
+                self._head = start if _has_blank_line(start) else await self.data()
             data = self._head
-        part = mime.parse_header_only(data)
-        return data, mime.Part(part.start, part.body_start, self.size, part.fields, part.ctype)
-
-    @staticmethod
-    def _find_body(data: bytes) -> int:
-        hits = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
-        return min(hits) if hits else -1
+        return data, parse_header_only(data, self.size)
 
     def slice(self, start: int, end: int) -> Segment:
         if self._data is not None:
             return self._data[start:end]
         return FileSlice(self.fd, start, end - start)
 
-    async def tree(self) -> mime.Part:
+    async def tree(self) -> Part:
         if self._tree is None:
             data = await self.data()
-            self._tree = await asyncio.to_thread(mime.parse, data)
+            self._tree = await asyncio.to_thread(parse, data)
         return self._tree
+
+
+# --- part numbers (RFC 3501 §6.4.5) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a section's part path names: `part`; `is_message` when it is a message (top level)."""
+
+    part: Part
+    is_message: bool
+
+
+def locate(root: Part, path: tuple[int, ...]) -> Located | None:
+    """RFC 3501 §6.4.5 part numbering; None when the message has no such part."""
+    node = Located(root, True)
+    for n in path:
+        part = node.part
+        if not node.is_message and part.message is not None:
+            part = part.message
+            node = Located(part, True)
+        if part.children:
+            if not 1 <= n <= len(part.children):
+                return None
+            node = Located(part.children[n - 1], False)
+        elif node.is_message and n == 1:
+            # A non-multipart message has a single part 1: its own body.
+            node = Located(part, False)
+        else:
+            return None
+    return node
+
+
+def inner_message(node: Located) -> Part | None:
+    """The message whose HEADER/TEXT a section means: the top level or an encapsulated message."""
+    if node.is_message:
+        return node.part
+    return node.part.message
+
+
+def body_lines(data: bytes, part: Part) -> int:
+    """RFC 3501 §7.4.2 body-fld-lines: the size of the body in text lines."""
+    body = data[part.body_start : part.end]
+    if not body:
+        return 0
+    return body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+
+
+def _has_blank_line(head: bytes) -> bool:
+    """Whether `head` holds the empty line that ends the header (RFC 5322 §2.1)."""
+    header_end, body_start = find_body(head, 0, len(head))
+    return body_start > header_end
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -279,7 +328,7 @@ async def body_section(reader: MessageReader, item: FetchItem) -> Segment | None
     else:
         tree = await reader.tree()
         data = await reader.data()
-        node = mime.locate(tree, section.path)
+        node = locate(tree, section.path)
         if node is None:
             return None
         if section.spec == "":
@@ -287,7 +336,7 @@ async def body_section(reader: MessageReader, item: FetchItem) -> Segment | None
         elif section.spec == "MIME":
             span = (node.part.start, node.part.body_start)
         else:
-            message = mime.inner_message(node)
+            message = inner_message(node)
             if message is None:
                 return None
             if section.spec == "TEXT":
@@ -309,7 +358,7 @@ async def binary_section(reader: MessageReader, item: FetchItem) -> bytes | None
     if not path:
         return data
     tree = await reader.tree()
-    node = mime.locate(tree, path)
+    node = locate(tree, path)
     if node is None:
         return None
     return await asyncio.to_thread(binary.decoded, data, node.part)
@@ -322,7 +371,7 @@ def _clip(data: bytes, partial: tuple[int, int] | None) -> bytes:
     return data[offset : offset + length]
 
 
-def _header_octets(data: bytes, message: mime.Part, section: Section) -> bytes:
+def _header_octets(data: bytes, message: Part, section: Section) -> bytes:
     if section.spec == "HEADER":
         return data[message.start : message.body_start]
     wanted = {f.lower() for f in section.fields}
@@ -332,22 +381,26 @@ def _header_octets(data: bytes, message: mime.Part, section: Section) -> bytes:
     return b"".join(chosen) + b"\r\n"
 
 
-def envelope(part: mime.Part) -> bytes:
+def envelope(part: Part) -> bytes:
     """RFC 3501 §7.4.2 ENVELOPE; values are the raw (unfolded) header text, not decoded."""
 
     def raw(name: str) -> bytes | None:
         value = part.header(name)
         return None if value is None else bytes_of(value)
 
+    rendered: dict[str, bytes] = {}
+
     def addresses(name: str, fallback: str | None = None) -> bytes:
         value = part.header(name)
         if value is None and fallback is not None:
             value = part.header(fallback)
-        parsed = parse_addresses(value) if value is not None else []
-        if not parsed:
+        if value is None:
             return b"NIL"
-        # RFC 3501 §9 env-from etc.: "(" 1*address ")", the addresses not separated by spaces.
-        return b"(" + b"".join(_address(a) for a in parsed) + b")"
+        if value not in rendered:
+            parsed = parse_addresses(value)
+            # RFC 3501 §9 env-from etc.: "(" 1*address ")", the addresses not separated by spaces.
+            rendered[value] = b"(" + b"".join(_address(a) for a in parsed) + b")" if parsed else b"NIL"
+        return rendered[value]
 
     return paren(
         (
@@ -379,7 +432,7 @@ def _params(params: tuple[tuple[str, str], ...]) -> bytes:
     return paren(string(bytes_of(x)) for kv in params for x in kv)
 
 
-def _extension(part: mime.Part) -> list[bytes]:
+def _extension(part: Part) -> list[bytes]:
     disposition = part.header("Content-Disposition")
     dsp = parse_disposition(disposition) if disposition else None
     dsp_bytes = b"NIL" if dsp is None else paren((string(bytes_of(dsp[0].upper())), _params(dsp[1])))
@@ -399,7 +452,7 @@ def _extension(part: mime.Part) -> list[bytes]:
     return [dsp_bytes, lang, nstring(None if location is None else bytes_of(location))]
 
 
-def body_structure(data: bytes, part: mime.Part, *, extended: bool) -> bytes:
+def body_structure(data: bytes, part: Part, *, extended: bool) -> bytes:
     """BODY (extended=False) or BODYSTRUCTURE of an entity (RFC 3501 §7.4.2)."""
     ctype = part.ctype
     if part.children:
@@ -421,10 +474,10 @@ def body_structure(data: bytes, part: mime.Part, *, extended: bool) -> bytes:
         fields += [
             envelope(part.message),
             body_structure(data, part.message, extended=extended),
-            b"%d" % mime.body_lines(data, part),
+            b"%d" % body_lines(data, part),
         ]
     elif ctype.maintype == "text":
-        fields.append(b"%d" % mime.body_lines(data, part))
+        fields.append(b"%d" % body_lines(data, part))
     if extended:
         fields += [nstring(_opt(part.header("Content-MD5"))), *_extension(part)]
     return paren(fields)

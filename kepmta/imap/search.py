@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from kepmta.imap import mime
 from kepmta.imap.condstore import mod_sequence
-from kepmta.imap.headers import decode_words, text_of
 from kepmta.imap.mailbox import DELETED, SEEN, MessageFile, system_flag
 from kepmta.imap.protocol import (
     MAX_NESTING,
@@ -35,6 +33,10 @@ from kepmta.imap.protocol import (
     parse_date,
 )
 from kepmta.imap.summary import Summary
+from kepmta.message import transfer
+from kepmta.message.entity import Part, parse
+from kepmta.message.header import text_of
+from kepmta.message.words import decode_words
 
 _CHARSETS = ("UTF-8", "US-ASCII")
 
@@ -283,11 +285,11 @@ class _Facts:
         self.summary = summary
         self.path = path
         self._data: bytes | None = None
-        self._top: mime.Part | None = None
+        self._top: Part | None = None
         self._header_text: str | None = None
         self._body_text: str | None = None
 
-    def _message(self) -> tuple[bytes, mime.Part]:
+    def _message(self) -> tuple[bytes, Part]:
         if self._data is None or self._top is None:
             if self.path is None:
                 raise _Gone()
@@ -299,7 +301,7 @@ class _Facts:
                 data = _read_all(fd)
             finally:
                 os.close(fd)
-            self._data, self._top = data, mime.parse(data)
+            self._data, self._top = data, parse(data)
         return self._data, self._top
 
     def header_text(self) -> str:
@@ -313,8 +315,35 @@ class _Facts:
         """The text of the textual parts (and nested headers), decoded, case-folded."""
         if self._body_text is None:
             data, top = self._message()
-            self._body_text = "\n".join(mime.searchable_text(data, top, include_header=False)).casefold()
+            self._body_text = "\n".join(searchable_text(data, top, include_header=False)).casefold()
         return self._body_text
+
+
+def searchable_text(data: bytes, part: Part, *, include_header: bool) -> list[str]:
+    """Text of the textual leaves (and nested headers), decoded, for substring search."""
+    out: list[str] = []
+    if include_header:
+        out.append(decode_words(data[part.start : part.body_start].decode("utf-8", "replace")))
+    if part.children:
+        for child in part.children:
+            out.extend(searchable_text(data, child, include_header=False))
+    elif part.message is not None:
+        out.extend(searchable_text(data, part.message, include_header=True))
+    elif part.ctype.maintype in ("text", "message"):
+        raw = data[part.body_start : part.end]
+        try:
+            body = transfer.decode(part.header("Content-Transfer-Encoding"), raw)
+        except transfer.UnknownEncoding:
+            # Searched as it is written: better than not at all.
+            body = raw
+        charset = part.ctype.param("charset") or "utf-8"
+        try:
+            out.append(body.decode(charset, "replace"))
+        except (LookupError, ValueError):
+            # No such charset, a NUL in its name, or a codec (idna, punycode) that cannot decode
+            # with errors="replace".
+            out.append(body.decode("utf-8", "replace"))
+    return out
 
 
 def _read_all(fd: int) -> bytes:

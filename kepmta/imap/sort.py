@@ -11,9 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kepmta.imap.headers import decode_words, parse_addresses
 from kepmta.imap.protocol import Args, Atom, BadCommand, CommandFailed
 from kepmta.imap.summary import Summary
+from kepmta.message.addresses import mailboxes
+from kepmta.message.words import decode_words
 
 _KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
 _HEADER_KEYS = frozenset({"CC", "DATE", "FROM", "SUBJECT", "TO"})
@@ -94,13 +95,12 @@ def _ascii_casemap(text: str) -> str:
 
 
 def first_mailbox(value: str | None) -> str:
-    """RFC 5256 §3: the addr-mailbox (local part) of the first address, empty when there is none."""
+    """RFC 5256 §3: the addr-mailbox (local part) of the first address, empty when there is none;
+    a group's first address is its first member."""
     if value is None:
         return ""
-    for address in parse_addresses(value):
-        if address.mailbox is not None and address.host is not None:
-            return _ascii_casemap(address.mailbox)
-    return ""
+    found = mailboxes(value)
+    return _ascii_casemap(found[0].mailbox or "") if found else ""
 
 
 # --- sorting ----------------------------------------------------------------------------------------

@@ -3,16 +3,16 @@ header is the envelope sender, there is no Bcc header, and every envelope recipi
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Sequence
 
 from kepmta.evidence.model import Reason
 from kepmta.headers import AddressHeaders
+from kepmta.message.addresses import addr_specs
 from kepmta.policy.refusal import refuse
 
 
 def _addresses(values: Sequence[str]) -> set[str]:
-    return {addr.lower() for _, addr in email.utils.getaddresses(list(values)) if addr}
+    return {addr.lower() for addr in addr_specs(values)}
 
 
 def check_formal(head: AddressHeaders, envelope_sender: str, recipients: Sequence[str]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from kepmta.rem.mime import Buffer, parse_headers, split_entity, split_multipart
-from kepmta.smime.errors import MimeStructureError
+from kepmta.message.buffer import Buffer
+from kepmta.message.content import parse_content_type
+from kepmta.message.header import read_header
+from kepmta.message.multipart import MultipartError, strict_parts
 
 __all__ = ["original_digest", "original_range"]
 
@@ -41,22 +43,21 @@ def original_range(dispatch: Buffer) -> tuple[int, int] | None:
 
 def _collect(buf: Buffer, start: int, end: int, depth: int, found: list[tuple[bool, int, int]]) -> None:
     """Append (marked as the REM original, body start, body end) for each message/rfc822 part."""
-    raw, body = split_entity(buf, start, end)
-    headers = parse_headers(raw)
-    if headers.get_content_maintype() != "multipart" or depth > _MAX_DEPTH:
+    head = read_header(buf, start, end)
+    ctype = parse_content_type(head.get("Content-Type"))
+    if ctype.maintype != "multipart" or depth > _MAX_DEPTH:
         return
-    boundary = headers.get_boundary()
+    boundary = ctype.boundary
     if not boundary:
         return
     try:
-        parts = split_multipart(buf, body, end, boundary)
-    except MimeStructureError:
+        parts = strict_parts(buf, head.body_start, end, boundary)
+    except MultipartError:
         return
     for part_start, part_end in parts:
-        part_raw, part_body = split_entity(buf, part_start, part_end)
-        part = parse_headers(part_raw)
-        if part.get_content_type() == "message/rfc822":
-            section = str(part.get("REM-Section-Type", "")).strip().lower()
-            found.append((section == "rem_message/original", part_body, part_end))
+        part = read_header(buf, part_start, part_end)
+        if parse_content_type(part.get("Content-Type")).mime_type == "message/rfc822":
+            section = (part.get("REM-Section-Type") or "").strip().lower()
+            found.append((section == "rem_message/original", part.body_start, part_end))
         else:
             _collect(buf, part_start, part_end, depth + 1, found)

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from cryptography import x509
 
+from kepmta.message.header import find_body
 from kepmta.pki import KeyPair
 from kepmta.rem.mime import (
     CRLF,
@@ -33,7 +34,6 @@ from kepmta.rem.mime import (
     plain_header,
     rem_fields,
     rfc5322_date,
-    split_entity,
     text_header,
     write_multipart_signed,
 )
@@ -159,7 +159,8 @@ class _Original:
         with path.open("rb") as f:
             start = f.read(_HEADER_LIMIT)
             more = f.read(1) != b""
-        raw, body = split_entity(start, 0, len(start))
+        header_end, body = find_body(start, 0, len(start))
+        raw = start[:header_end]
         if body == len(start) and more:
             raise ValueError(f"{path}: header block does not end within {_HEADER_LIMIT} bytes")
         head = _replace_message_id(raw, f"<{provider_message_id}>") + start[len(raw) : body]

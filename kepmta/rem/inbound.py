@@ -26,24 +26,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import Message
-from email.utils import getaddresses
 from pathlib import Path
 
 from cryptography import x509
 
 from kepmta.headers import HEADER_LIMIT, HeaderError, clean_text, read_headers
+from kepmta.message import transfer
+from kepmta.message.addresses import addr_specs
+from kepmta.message.buffer import Buffer, FileBuffer, hash_range
+from kepmta.message.content import ContentType, parse_content_type
+from kepmta.message.header import Header, read_header
+from kepmta.message.multipart import MultipartError, strict_parts
 from kepmta.rem.digest import original_range
-from kepmta.rem.mime import (
-    DIGEST_ALGORITHM,
-    MESSAGE_TYPE,
-    Buffer,
-    FileBuffer,
-    hash_range,
-    parse_headers,
-    split_entity,
-    split_multipart,
-)
+from kepmta.rem.mime import DIGEST_ALGORITHM, MESSAGE_TYPE
 from kepmta.smime import cms
 from kepmta.smime.errors import MimeStructureError, NotSignedError, SmimeError
 
@@ -161,15 +156,16 @@ def read_rem(path: Path, trust: Sequence[x509.Certificate], at: datetime | None 
 
 def _read(path: Path, buf: Buffer, trust: Sequence[x509.Certificate], at: datetime) -> RemMessage:
     headers, top = _top(path)
-    ctype = top.get_content_type()
-    protocol = str(top.get_param("protocol") or "").lower()
-    if ctype != "multipart/signed" or protocol != "application/pkcs7-signature":
+    ctype = _content_type(top)
+    protocol = (ctype.param("protocol") or "").lower()
+    if ctype.mime_type != "multipart/signed" or protocol != "application/pkcs7-signature":
         raise RemError(
             "format",
-            f"the message is {ctype}, not multipart/signed with protocol application/pkcs7-signature",
+            f"the message is {ctype.mime_type}, not multipart/signed with protocol "
+            "application/pkcs7-signature",
         )
     for name in _SINGLE:
-        if len(top.get_all(name, [])) > 1:
+        if len(top.get_all(name)) > 1:
             raise RemError("format", f"the message has more than one {name} field")
     kind, message_id, sender = headers.kind, headers.message_id, headers.sender
     if kind is None:
@@ -214,13 +210,14 @@ def _read(path: Path, buf: Buffer, trust: Sequence[x509.Certificate], at: dateti
 # -- the header block ------------------------------------------------------------------------------
 
 
-def _top(path: Path) -> tuple[RemHeaders, Message]:
+def _top(path: Path) -> tuple[RemHeaders, Header]:
     try:
         block = read_headers(path)
     except HeaderError as exc:
         raise RemError("format", str(exc)) from exc
     with path.open("rb") as f:
-        top = parse_headers(f.read(min(block.header_end, HEADER_LIMIT)))
+        raw = f.read(min(block.header_end, HEADER_LIMIT))
+    top = read_header(raw, 0, len(raw))
     message_type = _field(top, "REM-MessageType") or ""
     kind = message_type.removeprefix(MESSAGE_TYPE) if message_type.startswith(MESSAGE_TYPE) else None
     kind = kind if kind in _KINDS else None
@@ -252,12 +249,16 @@ def _top(path: Path) -> tuple[RemHeaders, Message]:
     return headers, top
 
 
-def _field(headers: Message, name: str) -> str | None:
+def _field(head: Header, name: str) -> str | None:
     """The first `name` field, unfolded and cleaned of control characters; None if absent or empty."""
-    value = headers.get(name)
+    value = head.get(name)
     if value is None:
         return None
-    return clean_text(str(value)) or None
+    return clean_text(value) or None
+
+
+def _content_type(head: Header) -> ContentType:
+    return parse_content_type(head.get("Content-Type"))
 
 
 def _angled(value: str | None) -> str | None:
@@ -269,7 +270,7 @@ def _angled(value: str | None) -> str | None:
 
 
 def _addresses(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(addr for _, addr in getaddresses([clean_text(v) for v in values]) if "@" in addr)
+    return addr_specs(clean_text(v) for v in values)
 
 
 # -- the provider signature ------------------------------------------------------------------------
@@ -315,26 +316,26 @@ class _Parts:
     """The leaf parts of the signed part that carry evidence, as (headers, body start, end)."""
 
     count: int = 0
-    evidence: list[tuple[Message, int, int]] = field(default_factory=list)
-    xml: list[tuple[Message, int, int]] = field(default_factory=list)
+    evidence: list[tuple[Header, int, int]] = field(default_factory=list)
+    xml: list[tuple[Header, int, int]] = field(default_factory=list)
 
 
 def _walk(buf: Buffer, start: int, end: int, depth: int, parts: _Parts) -> None:
-    raw, body = split_entity(buf, start, end)
-    headers = parse_headers(raw)
-    if headers.get_content_maintype() != "multipart":
+    head = read_header(buf, start, end)
+    ctype = _content_type(head)
+    if ctype.maintype != "multipart":
         if depth == 0:
-            raise RemError("format", f"the signed part is {headers.get_content_type()}, not a multipart")
-        _leaf(headers, body, end, parts)
+            raise RemError("format", f"the signed part is {ctype.mime_type}, not a multipart")
+        _leaf(head, ctype, end, parts)
         return
     if depth >= _MAX_DEPTH:
         raise RemError("format", f"MIME parts are nested more than {_MAX_DEPTH} deep")
-    boundary = headers.get_boundary()
+    boundary = ctype.boundary
     if not boundary:
-        raise RemError("format", f"a {headers.get_content_type()} part has no boundary parameter")
+        raise RemError("format", f"a {ctype.mime_type} part has no boundary parameter")
     try:
-        found = split_multipart(buf, body, end, boundary)
-    except MimeStructureError as exc:
+        found = strict_parts(buf, head.body_start, end, boundary)
+    except MultipartError as exc:
         raise RemError("format", str(exc)) from exc
     parts.count += len(found)
     if parts.count > _MAX_PARTS:
@@ -343,17 +344,17 @@ def _walk(buf: Buffer, start: int, end: int, depth: int, parts: _Parts) -> None:
         _walk(buf, part_start, part_end, depth + 1, parts)
 
 
-def _leaf(headers: Message, body: int, end: int, parts: _Parts) -> None:
-    ctype = headers.get_content_type()
-    if ctype in _EVIDENCE_TYPES:
+def _leaf(head: Header, ctype: ContentType, end: int, parts: _Parts) -> None:
+    body = head.body_start
+    if ctype.mime_type in _EVIDENCE_TYPES:
         # RFC 8551 §3.2.2: smime-type tells signed from enveloped data; it may be left out.
-        smime_type = str(headers.get_param("smime-type") or "signed-data").lower()
+        smime_type = (ctype.param("smime-type") or "signed-data").lower()
         if smime_type == "signed-data":
-            parts.evidence.append((headers, body, end))
-    elif str(headers.get("REM-Section-Type", "")).strip().lower() == "rem_message/xml_evidence":
-        parts.xml.insert(0, (headers, body, end))
-    elif ctype in _XML_TYPES:
-        parts.xml.append((headers, body, end))
+            parts.evidence.append((head, body, end))
+    elif (head.get("REM-Section-Type") or "").strip().lower() == "rem_message/xml_evidence":
+        parts.xml.insert(0, (head, body, end))
+    elif ctype.mime_type in _XML_TYPES:
+        parts.xml.append((head, body, end))
 
 
 def _evidence(buf: Buffer, parts: _Parts) -> bytes | None:
@@ -375,12 +376,12 @@ def _xml(buf: Buffer, parts: _Parts) -> bytes | None:
         return None
     headers, start, end = parts.xml[0]
     body = buf[start:end]
-    if str(headers.get("Content-Transfer-Encoding", "")).strip().lower() == "quoted-printable":
-        return binascii.a2b_qp(body)
+    if (headers.get("Content-Transfer-Encoding") or "").strip().lower() == "quoted-printable":
+        return transfer.quoted_printable(body)
     return _decode(headers, body, "the evidence XML part")
 
 
-def _check_original(buf: Buffer, span: tuple[int, int], top: Message, claimed: str | None) -> tuple[int, int]:
+def _check_original(buf: Buffer, span: tuple[int, int], top: Header, claimed: str | None) -> tuple[int, int]:
     found = original_range(buf)
     if found is None or not span[0] <= found[0] <= found[1] <= span[1]:
         raise RemError("format", "the dispatch carries no message/rfc822 original in its signed part")

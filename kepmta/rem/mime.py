@@ -1,212 +1,55 @@
-"""MIME framing, read and written at the byte level.
+"""MIME framing of the messages kepmta writes: header fields, multiparts, REM sections.
 
-Signatures and the REM digest cover exact byte ranges of a message (RFC 8551 §3.5, EN 319 532-3
-"Digest of the original"), so parts are located by offsets into the raw message rather than
-re-serialised by the `email` package, which does not promise to reproduce the input bytes. The
-readers accept anything with `find` and slicing, so a 100 MB spool file can be searched through
-`mmap` without being read into memory.
+Signatures and the REM digest cover exact byte ranges (RFC 8551 §3.5, EN 319 532-3 "Digest of the
+original"), so parts are written here octet by octet rather than serialised by the `email` package,
+which does not promise to reproduce its input. Reading messages is `kepmta.message`'s.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import email.message
-import email.parser
 import email.policy
 import hashlib
 import html
-import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.utils import format_datetime
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from cryptography import x509
 
 from kepmta.pki import KeyPair
 from kepmta.smime import cms
-from kepmta.smime.errors import MimeStructureError
 
 __all__ = [
     "CRLF",
     "DIGEST_ALGORITHM",
     "MESSAGE_TYPE",
     "METADATA_VERSION",
-    "Buffer",
     "address_header",
     "base64_lines",
     "bilingual",
     "detached_signer",
     "evidence_parts",
-    "hash_range",
     "header_block",
     "introduction",
     "leaf_part",
     "multipart",
     "new_boundary",
-    "parse_headers",
     "plain_header",
     "quoted_printable",
     "rem_fields",
     "rfc5322_date",
-    "split_entity",
-    "split_multipart",
     "text_header",
     "write_multipart_signed",
 ]
 
 CRLF = b"\r\n"
 _SMTP = email.policy.SMTP
-_HASH_SLICE = 1 << 20
-
-
-class Buffer(Protocol):
-    """What the readers need: `bytes` and `mmap.mmap` both qualify."""
-
-    def find(self, sub: bytes, start: int, end: int, /) -> int: ...
-
-    def __getitem__(self, key: slice, /) -> bytes: ...
-
-    def __len__(self) -> int: ...
-
-
-class FileBuffer:
-    """A file as a `Buffer` read on demand with pread: a 100 MB message is scanned and hashed
-    without its pages ever being resident in this process all at once (an mmap would be)."""
-
-    _SCAN = 1 << 20
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._size = os.fstat(fd).st_size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def __getitem__(self, key: slice, /) -> bytes:
-        start, stop, _ = key.indices(self._size)
-        return os.pread(self._fd, max(0, stop - start), start) if stop > start else b""
-
-    def find(self, sub: bytes, start: int, end: int, /) -> int:
-        end = min(end, self._size)
-        at = max(start, 0)
-        while at < end:
-            # overlap by len(sub) - 1 so a match across two reads is still seen
-            chunk = self[at : min(at + self._SCAN + len(sub) - 1, end)]
-            found = chunk.find(sub)
-            if found >= 0:
-                return at + found
-            at += self._SCAN
-        return -1
-
-
-class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-
-
-# -- reading ---------------------------------------------------------------------------------------
-
-
-def split_entity(buf: Buffer, start: int, end: int) -> tuple[bytes, int]:
-    """The header block of the entity in [start, end) and the offset where its body begins.
-
-    RFC 5322 §2.1 / RFC 2046 §5.1.1: the headers end at the first empty line; an entity with no
-    headers starts with that empty line, and one with no body may omit it.
-    """
-    for eol in (b"\r\n", b"\n"):
-        if buf[start : start + len(eol)] == eol:
-            return b"", start + len(eol)
-    best: tuple[int, int] | None = None
-    for blank in (b"\r\n\r\n", b"\n\n"):
-        # Only a blank line starting before the one found counts: without this bound a CRLF
-        # message would be searched to its end for an LF-only one.
-        at = buf.find(blank, start, end if best is None else best[0] + len(blank) - 1)
-        if at != -1:
-            best = (at, len(blank))
-    if best is None:
-        return buf[start:end], end
-    at, size = best
-    return buf[start : at + size // 2], at + size
-
-
-def parse_headers(raw: bytes) -> email.message.Message:
-    """Header fields with folding, quoting and case handled by the `email` package (RFC 5322 §2.2)."""
-    return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-
-
-def _delimiter(buf: Buffer, pos: int, end: int, dash: bytes) -> tuple[bool, int] | None:
-    """If a boundary delimiter line starts at `pos`: (is it the close delimiter, offset after it).
-
-    RFC 2046 §5.1.1: "--boundary" then "--" for the close delimiter, else optional linear white
-    space and the line break. Anything else after the boundary means it was not a delimiter.
-    """
-    after = pos + len(dash)
-    if after > end or buf[pos:after] != dash:
-        return None
-    if buf[after : min(after + 2, end)] == b"--":
-        return True, after + 2
-    while after < end and buf[after : after + 1] in (b" ", b"\t"):
-        after += 1
-    for eol in (b"\r\n", b"\n"):
-        if buf[after : min(after + len(eol), end)] == eol:
-            return False, after + len(eol)
-    return None
-
-
-def _next_delimiter(buf: Buffer, start: int, end: int, dash: bytes) -> tuple[int, bool, int] | None:
-    """The first delimiter line at or after `start` that begins a line: (line start, close, after)."""
-    search = start
-    while True:
-        at = buf.find(b"\n" + dash, search, end)
-        if at == -1:
-            return None
-        found = _delimiter(buf, at + 1, end, dash)
-        if found is not None:
-            return at, found[0], found[1]
-        search = at + 1
-
-
-def split_multipart(buf: Buffer, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
-    """The [start, end) offsets of each body part of the multipart body in [start, end).
-
-    A part runs from after its delimiter line up to, not including, the line break that begins the
-    next delimiter: RFC 2046 §5.1.1 makes that line break part of the delimiter. A body without its
-    close delimiter is refused, because what follows the last part would otherwise be guessed.
-    """
-    try:
-        dash = b"--" + boundary.encode("ascii")
-    except UnicodeEncodeError as exc:
-        raise MimeStructureError("multipart boundary is not ASCII") from exc
-    first = _delimiter(buf, start, end, dash)
-    if first is None:
-        later = _next_delimiter(buf, start, end, dash)
-        if later is None:
-            raise MimeStructureError(f'multipart body has no "{boundary}" boundary line')
-        first = later[1], later[2]
-    closed, part_start = first
-    if closed:
-        raise MimeStructureError("multipart body has no body parts")
-    parts: list[tuple[int, int]] = []
-    while True:
-        nxt = _next_delimiter(buf, part_start, end, dash)
-        if nxt is None:
-            raise MimeStructureError(f'multipart body ends without its closing "--{boundary}--" line')
-        at, closed, after = nxt
-        part_end = at - 1 if at - 1 >= part_start and buf[at - 1 : at] == b"\r" else at
-        parts.append((part_start, max(part_end, part_start)))
-        if closed:
-            return parts
-        part_start = after
-
-
-def hash_range(buf: Buffer, start: int, end: int, hasher: Hasher) -> None:
-    """Feed [start, end) to `hasher` in slices so a mapped file is never copied whole."""
-    for at in range(start, end, _HASH_SLICE):
-        hasher.update(buf[at : min(at + _HASH_SLICE, end)])
 
 
 # -- writing ---------------------------------------------------------------------------------------

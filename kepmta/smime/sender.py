@@ -15,15 +15,12 @@ slice by slice, never held whole. OCSP is not consulted: CRLs come from the trus
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import Message
-from email.utils import collapse_rfc2231_value
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -37,8 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kepmta.message import transfer
+from kepmta.message.buffer import Buffer, FileBuffer, hash_range
+from kepmta.message.content import parse_content_type
+from kepmta.message.header import Header, read_header
+from kepmta.message.multipart import MultipartError, strict_parts
 from kepmta.policy.identity import is_national_id
-from kepmta.rem.mime import Buffer, FileBuffer, hash_range, parse_headers, split_entity, split_multipart
 from kepmta.smime import cms
 from kepmta.smime.errors import MimeStructureError, NotSignedError, SmimeError
 
@@ -167,31 +168,24 @@ def _guarded(name: str, check: Callable[[], SignatureCheck]) -> SignatureCheck:
 # -- finding the signature -------------------------------------------------------------------------
 
 
-def _param(headers: Message, name: str) -> str | None:
-    value = headers.get_param(name)
-    if value is None or isinstance(value, str):
-        return value
-    return collapse_rfc2231_value(value)
-
-
 def _read_signature(buf: Buffer) -> _Signature:
     limit = min(len(buf), _HEADER_LIMIT)
-    raw, body = split_entity(buf, 0, limit)
+    head = read_header(buf, 0, limit)
+    body = head.body_start
     if body == limit < len(buf):
         raise MimeStructureError("message header block does not end within 1 MiB")
-    headers = parse_headers(raw)
-    ctype = headers.get_content_type()
-    if ctype == "multipart/signed":
-        if (_param(headers, "protocol") or "").lower() not in _SIGNATURE_TYPES:
+    ctype = parse_content_type(head.get("Content-Type"))
+    if ctype.mime_type == "multipart/signed":
+        if (ctype.param("protocol") or "").lower() not in _SIGNATURE_TYPES:
             raise NotSignedError(NOT_SIGNED)
-        return _detached(buf, headers, body)
-    if ctype in _OPAQUE_TYPES:
+        return _detached(buf, ctype.boundary, body)
+    if ctype.mime_type in _OPAQUE_TYPES:
         # RFC 8551 §3.2.2: smime-type tells signed-data from enveloped-data. It is optional, so
         # without it the body must still parse as SignedData below.
-        smime_type = _param(headers, "smime-type")
+        smime_type = ctype.param("smime-type")
         if smime_type is not None and smime_type.lower() != "signed-data":
             raise NotSignedError(NOT_SIGNED)
-        info = _load(_decode(headers, buf[body : len(buf)], "message body"))
+        info = _load(_decode(head, buf[body : len(buf)], "message body"))
         content = cms.encapsulated_content(info)
         if content is None:
             raise SmimeError("application/pkcs7-mime signature carries no content")
@@ -199,34 +193,35 @@ def _read_signature(buf: Buffer) -> _Signature:
     raise NotSignedError(NOT_SIGNED)
 
 
-def _detached(buf: Buffer, headers: Message, body: int) -> _Signature:
-    boundary = headers.get_boundary()
+def _detached(buf: Buffer, boundary: str | None, body: int) -> _Signature:
     if not boundary:
         raise MimeStructureError("multipart/signed header has no boundary parameter")
-    parts = split_multipart(buf, body, len(buf), boundary)
+    try:
+        parts = strict_parts(buf, body, len(buf), boundary)
+    except MultipartError as exc:
+        raise MimeStructureError(str(exc)) from exc
     # RFC 1847 §2.1: exactly two parts, the content and then the control information.
     if len(parts) != 2:
         raise MimeStructureError(f"multipart/signed has {len(parts)} body parts instead of 2")
     start, end = parts[1]
-    raw, sig_body = split_entity(buf, start, end)
-    sig_headers = parse_headers(raw)
-    if sig_headers.get_content_type() not in _SIGNATURE_TYPES:
+    sig_head = read_header(buf, start, end)
+    sig_type = parse_content_type(sig_head.get("Content-Type")).mime_type
+    if sig_type not in _SIGNATURE_TYPES:
         raise MimeStructureError(
-            f"second part of multipart/signed is {sig_headers.get_content_type()}, "
-            "not application/pkcs7-signature"
+            f"second part of multipart/signed is {sig_type}, not application/pkcs7-signature"
         )
-    info = _load(_decode(sig_headers, buf[sig_body:end], "signature part"))
+    info = _load(_decode(sig_head, buf[sig_head.body_start : end], "signature part"))
     if cms.encapsulated_content(info) is not None:
         raise SmimeError("multipart/signed carries an attached signature instead of a detached one")
     return _Signature(info, None, parts[0])
 
 
-def _decode(headers: Message, body: bytes, what: str) -> bytes:
-    encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+def _decode(head: Header, body: bytes, what: str) -> bytes:
+    encoding = (head.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if encoding == "base64":
         try:
             # RFC 2045 §6.8: line breaks and other whitespace are not part of the encoding.
-            return base64.b64decode(b"".join(body.split()), validate=True)
+            return transfer.strict_base64(body)
         except binascii.Error as exc:
             raise MimeStructureError(f"{what} is not valid base64") from exc
     if encoding in ("7bit", "8bit", "binary"):

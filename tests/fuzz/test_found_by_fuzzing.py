@@ -14,11 +14,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kepmta import pki
 from kepmta.evidence.xml import from_xml
-from kepmta.imap import cache, fetch, mime
+from kepmta.imap import cache, fetch, search
 from kepmta.imap.condstore import parse_select_params
-from kepmta.imap.headers import decode_words
 from kepmta.imap.protocol import Args, BadCommand, SequenceSet, parse_command
 from kepmta.imap.search import parse_program
+from kepmta.message import entity
+from kepmta.message.words import decode_words
 from kepmta.smime import cms
 from kepmta.smime.sender import CHECKS, verify_sender
 from kepmta.smtp.data import SpoolingSMTP
@@ -95,7 +96,7 @@ def test_a_message_with_odd_charsets_is_summarised_and_searchable(message: bytes
     anyone can send, answered SERVERBUG to every one of them."""
     summary = cache.summarize(message, len(message), whole=True)
     assert summary.header_end == message.index(b"\r\n\r\n") + 4
-    assert "body" in "".join(mime.searchable_text(message, mime.parse(message), include_header=True))
+    assert "body" in "".join(search.searchable_text(message, entity.parse(message), include_header=True))
 
 
 def test_evidence_xml_in_an_unknown_encoding_is_a_value_error() -> None:

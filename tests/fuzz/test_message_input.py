@@ -23,7 +23,8 @@ from kepmta.evidence import bundle
 from kepmta.evidence.model import Event, Evidence, Party, Reason
 from kepmta.evidence.xml import from_xml, to_xml
 from kepmta.headers import HEADER_LIMIT, HeaderError, read_headers
-from kepmta.imap import binary, cache, fetch, mime
+from kepmta.imap import binary, cache, fetch, search
+from kepmta.message import entity
 from kepmta.policy.refusal import PolicyError
 from kepmta.policy.signature import check_signature
 from kepmta.smime import cms, der
@@ -94,7 +95,7 @@ trees = st.recursive(
 )
 
 
-def _same_shape(data: bytes, part: mime.Part, tree: Tree) -> None:
+def _same_shape(data: bytes, part: entity.Part, tree: Tree) -> None:
     if tree.body is not None:
         assert data[part.body_start : part.end] == tree.body
     elif tree.encapsulated is not None:
@@ -106,7 +107,7 @@ def _same_shape(data: bytes, part: mime.Part, tree: Tree) -> None:
             _same_shape(data, child, sub)
 
 
-def _walk(part: mime.Part) -> list[mime.Part]:
+def _walk(part: entity.Part) -> list[entity.Part]:
     inner = [part.message] if part.message is not None else []
     return [part, *(p for c in (*part.children, *inner) for p in _walk(c))]
 
@@ -115,13 +116,13 @@ def _walk(part: mime.Part) -> list[mime.Part]:
 @given(trees)
 def test_mime_trees_are_found_part_by_part(tree: Tree) -> None:
     data = tree.wire
-    top = mime.parse(data)
+    top = entity.parse(data)
     _same_shape(data, top, tree)
     summary = cache.summarize(data, len(data), whole=True)
     assert summary.bodystructure is not None and summary.bodystructure.count(b"(") >= _depth(tree)
     for part in _walk(top):
         assert top.start <= part.start <= part.body_start <= part.end <= len(data)
-        mime.searchable_text(data, part, include_header=True)
+        search.searchable_text(data, part, include_header=True)
         try:
             binary.decoded(data, part)
         except binary.UnknownCte:
@@ -136,15 +137,15 @@ def test_damaged_mime_is_still_read(tree: Tree, damage: list[tuple[int, bytes]])
         pos = at % (len(data) + 1)
         data[pos : pos + len(octets)] = octets
     message = bytes(data)
-    top = mime.parse(message)
+    top = entity.parse(message)
     cache.summarize(message, len(message), whole=True)
     for part in _walk(top):
         assert part.start <= part.body_start <= part.end <= len(message)
         fetch.body_structure(message, part, extended=True)
-        mime.searchable_text(message, part, include_header=True)
+        search.searchable_text(message, part, include_header=True)
 
 
-@pytest.mark.parametrize("depth", [mime.MAX_DEPTH, mime.MAX_DEPTH + 1, 999])
+@pytest.mark.parametrize("depth", [entity.MAX_DEPTH, entity.MAX_DEPTH + 1, 999])
 def test_a_message_nested_999_deep_is_read_to_the_bound(depth: int) -> None:
     """A BODYSTRUCTURE 999 levels deep: each level is parsed once, and nesting past MAX_DEPTH is
     opaque data, not recursion."""
@@ -158,16 +159,16 @@ def test_a_message_nested_999_deep_is_read_to_the_bound(depth: int) -> None:
             + boundary
             + b"--\r\n"
         )
-    top = mime.parse(data)
+    top = entity.parse(data)
     levels = 0
     part = top
     while part.children:
         (part,) = part.children
         levels += 1
-    assert levels == min(depth, mime.MAX_DEPTH)
+    assert levels == min(depth, entity.MAX_DEPTH)
     structure = fetch.body_structure(data, top, extended=True)
     # Past the bound the innermost multipart is one opaque part: the answer stops growing too.
-    assert structure.count(b'"MIXED"') == min(depth, mime.MAX_DEPTH + 1)
+    assert structure.count(b'"MIXED"') == min(depth, entity.MAX_DEPTH + 1)
 
 
 # --- RFC 5322 header blocks (kepmta.headers, as submission reads them) -----------------------------

@@ -9,12 +9,15 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from kepmta.imap import fetch, mime, search
+import pytest
+
+from kepmta.imap import fetch, search
 from kepmta.imap.cache import CACHE, FolderCache, SummaryCache, Wanted, summarize
 from kepmta.imap.mailbox import MailboxView, StoreRegistry
 from kepmta.imap.protocol import Args, Atom, String
 from kepmta.imap.summary import Summary, decode, encode, record_base
 from kepmta.maildir import Maildir
+from kepmta.message import entity
 
 MESSAGE = (
     b"From: =?UTF-8?B?w4dpw6dlaw==?= <cicek@kep.test>\r\n"
@@ -41,7 +44,7 @@ def _write(directory: Path, name: str, data: bytes) -> Path:
 
 def test_summary_holds_what_search_sort_and_fetch_need() -> None:
     s = summarize(MESSAGE, len(MESSAGE), whole=True)
-    tree = mime.parse(MESSAGE)
+    tree = entity.parse(MESSAGE)
     assert s.envelope == fetch.envelope(tree)
     assert s.body == fetch.body_structure(MESSAGE, tree, extended=False)
     assert s.bodystructure == fetch.body_structure(MESSAGE, tree, extended=True)
@@ -104,12 +107,14 @@ def test_torn_record_is_dropped_and_the_file_stays_usable(tmp_path: Path) -> Non
     assert (reloaded.parsed, reloaded.loaded) == (0, 2)
 
 
-def test_file_of_another_kind_is_replaced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"something else\n", b"kepmta-cache 1\n"])
+def test_file_of_another_kind_is_replaced(tmp_path: Path, content: bytes) -> None:
+    """Records of an older version (made by another reader of messages) are made again."""
     a = _write(tmp_path, "a", MESSAGE)
-    (tmp_path / CACHE).write_bytes(b"something else\n")
+    (tmp_path / CACHE).write_bytes(content + encode("a", summarize(MESSAGE, len(MESSAGE), whole=False)))
     cache = FolderCache(tmp_path)
     cache.fill([Wanted("a", a, a.stat().st_size)], structure=False, live=None)
-    assert cache.parsed == 1 and (tmp_path / CACHE).read_bytes().startswith(b"kepmta-cache 1\n")
+    assert cache.parsed == 1 and (tmp_path / CACHE).read_bytes().startswith(b"kepmta-cache 2\n")
 
 
 def test_records_of_expunged_messages_are_compacted_away(tmp_path: Path) -> None:
@@ -137,7 +142,7 @@ def test_large_message_gets_its_structure_when_asked(tmp_path: Path) -> None:
     header_only = cache.fill(wanted, structure=False, live=None)["big"]
     assert not header_only.has_structure and header_only.header_end == MESSAGE.index(b"\r\n\r\n") + 4
     full = cache.fill(wanted, structure=True, live=None)["big"]
-    assert full.bodystructure == fetch.body_structure(big, mime.parse(big), extended=True)
+    assert full.bodystructure == fetch.body_structure(big, entity.parse(big), extended=True)
     assert cache.parsed == 2
     # The later, complete record wins after a restart.
     restarted = FolderCache(tmp_path)

@@ -1,4 +1,6 @@
-"""MIME structure over raw octets, section addressing, header parsing, ENVELOPE and BODYSTRUCTURE."""
+"""Section addressing over the MIME structure (RFC 3501 §6.4.5), FETCH items, ENVELOPE and BODYSTRUCTURE.
+
+The reading itself is tested in tests/unit/test_message_*.py."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kepmta.imap import fetch, mime
-from kepmta.imap.headers import Address, ContentType, parse_addresses, parse_content_type, scan_header
+from kepmta.imap import fetch
 from kepmta.imap.protocol import Atom, BadCommand, FileSlice, ParenList
+from kepmta.message import entity
 
 MSG = (
     b"From: a@example.com\r\n"
@@ -49,16 +51,6 @@ def _section(tmp_path: Path, data: bytes, item: Atom) -> bytes | None:
 def _octets(tmp_path: Path, data: bytes, section: str) -> bytes:
     value = _section(tmp_path, data, Atom("BODY.PEEK", (Atom(section),) if section else ()))
     return b"<none>" if value is None else value
-
-
-def test_parts_are_exact_spans() -> None:
-    root = mime.parse(MSG)
-    assert root.is_multipart and len(root.children) == 2
-    first, second = root.children
-    assert MSG[first.body_start : first.end] == b"first part, default type"
-    assert first.ctype.maintype == "text"
-    assert second.message is not None
-    assert MSG[second.message.start : second.message.end] == b"Subject: inner\r\n\r\ninner body"
 
 
 @pytest.mark.parametrize(
@@ -102,31 +94,6 @@ def test_bare_lf_messages_still_split(tmp_path: Path) -> None:
     assert _octets(tmp_path, msg, "2") == b"two"
 
 
-def test_multipart_without_boundary_is_text() -> None:
-    msg = b"Content-Type: multipart/mixed\r\n\r\nno parts\r\n"
-    root = mime.parse(msg)
-    assert not root.children and root.ctype.maintype == "text"
-
-
-def test_deep_nesting_is_bounded() -> None:
-    msg = b"Content-Type: message/rfc822\r\n\r\n" * 200 + b"end"
-    root = mime.parse(msg)
-    depth = 0
-    node: mime.Part | None = root
-    while node is not None:
-        depth += 1
-        node = node.message
-    assert depth <= mime.MAX_DEPTH + 1
-
-
-def test_header_scanning_and_unfolding() -> None:
-    fields, body = scan_header(MSG, 0, len(MSG))
-    assert [f.name for f in fields] == ["From", "Subject", "Content-Type"]
-    assert fields[1].value == "multi line"
-    assert MSG[fields[1].start : fields[1].end] == b"Subject: multi\r\n line\r\n"
-    assert MSG[body:].startswith(b"preamble")
-
-
 def test_header_fields_subset_keeps_raw_lines(tmp_path: Path) -> None:
     wanted = Atom("BODY.PEEK", (Atom("HEADER.FIELDS"), ParenList((Atom("subject"), Atom("X-None")))))
     assert _section(tmp_path, MSG, wanted) == b"Subject: multi\r\n line\r\n\r\n"
@@ -138,34 +105,8 @@ def test_header_fields_subset_keeps_raw_lines(tmp_path: Path) -> None:
     assert _section(tmp_path, MSG, inner) == b"Subject: inner\r\n\r\n"
 
 
-def test_content_type_parameters() -> None:
-    default = ContentType("text", "plain", ())
-    ct = parse_content_type(
-        'Text/HTML ; charset="utf-8" (comment); name*=UTF-8\'\'%C3%A7.txt; x="a\\"b"', default
-    )
-    assert (ct.maintype, ct.subtype) == ("text", "html")
-    assert ct.params == (("charset", "utf-8"), ("name*", "UTF-8''%C3%A7.txt"), ("x", 'a"b'))
-    assert parse_content_type("garbage", default) == default
-
-
-def test_address_lists() -> None:
-    assert parse_addresses('"Doe, John" <john@example.com>, plain@example.org') == [
-        Address("Doe, John", None, "john", "example.com"),
-        Address(None, None, "plain", "example.org"),
-    ]
-    assert parse_addresses("Team: a@x.org, B <b@y.org>;, c@z.org") == [
-        Address(None, None, "Team", None),
-        Address(None, None, "a", "x.org"),
-        Address("B", None, "b", "y.org"),
-        Address(None, None, None, None),
-        Address(None, None, "c", "z.org"),
-    ]
-    assert parse_addresses("x <@relay.net:x@y.org> (comment)") == [Address("x", "@relay.net", "x", "y.org")]
-    assert parse_addresses("John Q. Public <jqp@example.com>")[0].name == "John Q. Public"
-
-
 def test_envelope_and_bodystructure() -> None:
-    root = mime.parse(MSG)
+    root = entity.parse(MSG)
     env = fetch.envelope(root)
     assert env.startswith(b'(NIL "multi line" ((NIL NIL "a" "example.com"))')
     assert fetch.body_structure(MSG, root, extended=False) == (

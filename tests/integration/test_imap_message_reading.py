@@ -1,0 +1,52 @@
+"""What IMAP clients see of the RFC 5322/MIME reading (kepmta/message) over a real socket: addresses
+with comments and groups in ENVELOPE, SEARCH and SORT; BINARY and BODY[1] of encoded parts."""
+
+from __future__ import annotations
+
+from imap_fixtures import (  # noqa: F401  (the fixtures are used by name)
+    Running,
+    imap_fixture,
+    tagged,
+    tls_fixture,
+    untagged,
+)
+
+
+def _message(headers: str, body: bytes = b"body\r\n") -> bytes:
+    return headers.encode() + b"Subject: s\r\nDate: Mon, 13 May 2024 09:00:00 +0000\r\n\r\n" + body
+
+
+async def test_groups_in_sort_and_envelope(imap: Running) -> None:
+    imap.deliver(_message("From: a@x.org\r\nCc: zed@x.org\r\n"))
+    imap.deliver(_message("From: b@x.org\r\nCc: team: bob@x.org, zoe@x.org;\r\n"))
+    imap.deliver(_message("From: c@x.org\r\nCc: empty:;, carl@x.org\r\n"))
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    # RFC 5256 §3: the first mailbox of a group is its first member, not the group's name.
+    assert untagged(await c.ok("SORT (CC) UTF-8 ALL")) == [b"* SORT 2 3 1"]
+    (line,) = untagged(await c.ok("FETCH 2 (ENVELOPE)"))
+    # RFC 3501 §7.4.2: NIL host marks a group; its name in the mailbox field starts it, NIL ends it.
+    assert b'((NIL NIL "team" NIL)(NIL NIL "bob" "x.org")(NIL NIL "zoe" "x.org")(NIL NIL NIL NIL))' in line
+    (line,) = untagged(await c.ok("FETCH 3 (ENVELOPE)"))
+    assert b'((NIL NIL "empty" NIL)(NIL NIL NIL NIL)(NIL NIL "carl" "x.org"))' in line
+    await c.close()
+
+
+async def test_body_one_of_a_single_part_binary_message_with_nul(imap: Running) -> None:
+    body = b"\x00\x01binary\x00\r\nmore\xff\x00"
+    msg = (
+        b"Subject: nul\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+    )
+    imap.deliver(msg + body)
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    # RFC 3501 §6.4.5: part 1 of a message that is not multipart is its body.
+    r = await c.ok("FETCH 1 (BODY.PEEK[1])")
+    assert r[0] == b"* 1 FETCH (BODY[1] {%d}\r\n" % len(body) + body + b")\r\n"
+    # RFC 3516 §4.3: BINARY sends octets with NUL in them as literal8.
+    r = await c.ok("FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])")
+    assert r[0] == b"* 1 FETCH (BINARY[1] ~{%d}\r\n" % len(body) + body + b" BINARY.SIZE[1] %d)\r\n" % len(
+        body
+    )
+    assert tagged(await c.command("NOOP")).startswith(b"OK")
+    await c.close()
