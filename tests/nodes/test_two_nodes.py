@@ -87,8 +87,8 @@ def node_config(data: Path, name: str) -> Node:
     base = free_port_base()
     ports = {"submission": base, "submissions": base + 1, "imap": base + 2, "imaps": base + 3}
     text = text.replace("[server]\n", f'[server]\nnode = "{name}"\njob_lease = {LEASE}\n', 1)
-    # No relay listener nor API: one port of each per machine, and this test needs neither.
-    text = re.sub(r"(?m)^(relay|api) = \d+\n", "", text)
+    # No relay listener, API nor metrics: one port of each per machine, and this test needs none.
+    text = re.sub(r"(?m)^(relay|api|metrics) = \d+\n", "", text)
     for key, port in ports.items():
         text = re.sub(rf"(?m)^{key} = \d+$", f"{key} = {port}", text)
     config = data / f"kepmta-{name}.toml"
