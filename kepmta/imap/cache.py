@@ -37,7 +37,7 @@ log = logging.getLogger("kepmta.imap")
 CACHE = "kepmta-cache"
 # The version changes whenever a summary of the same message would come out different, so that
 # records made by an older reader are made again rather than trusted.
-_MAGIC = b"kepmta-cache 2\n"
+_MAGIC = b"kepmta-cache 3\n"
 # A message up to this size is read whole when first summarised: its MIME structure (BODY,
 # BODYSTRUCTURE) then costs no second read. Larger ones are read only as far as their header.
 _WHOLE = 256 * 1024

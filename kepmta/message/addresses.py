@@ -1,7 +1,8 @@
 """Address lists (RFC 5322 §3.4) as written in From, To, Cc and the like.
 
 Comments (RFC 5322 §3.2.2 CFWS) may stand anywhere between the tokens, `<user (c)@ (c) domain>`
-included; they are not part of the address. Groups (`team: a@b, c@d;`) are given
+included; they are not part of the address. A comment after a bare addr-spec is its display name
+in the obsolete but common `user@domain (Real Name)` form. Groups (`team: a@b, c@d;`) are given
 as RFC 3501 §7.4.2 wants them in ENVELOPE: a start marker holding the group's name, its members,
 an end marker. Names and parts are as written (quoted-strings unquoted, encoded-words kept).
 """
@@ -140,6 +141,12 @@ def _mailbox(tokens: list[_Token]) -> Address | None:
     else:
         name, route = None, None
         local, domain = _addr_spec(words)
+    if name is None:
+        # A comment after the address names it (`user@domain (Real Name)`); comments inside it
+        # (`<user (c)@domain>`) do not.
+        last_word = max(i for i, t in enumerate(tokens) if t[0] != "comment")
+        after = [v for kind, v in tokens[last_word + 1 :] if kind == "comment" and v]
+        name = after[0] if after else None
     return Address(name, route, local, domain)
 
 

@@ -16,6 +16,18 @@ def _message(headers: str, body: bytes = b"body\r\n") -> bytes:
     return headers.encode() + b"Subject: s\r\nDate: Mon, 13 May 2024 09:00:00 +0000\r\n\r\n" + body
 
 
+async def test_display_name_given_as_a_comment_reaches_the_envelope(imap: Running) -> None:
+    # RFC 5322 §3.4 (the obsolete but common `addr-spec (name)` form) and RFC 3501 §7.4.2.
+    imap.deliver(_message("From: user@domain.org (Real Name)\r\nTo: Ali <ali@kep.test> (not a name)\r\n"))
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    (line,) = untagged(await c.ok("FETCH 1 (ENVELOPE)"))
+    assert b'(("Real Name" NIL "user" "domain.org"))' in line
+    # A display name given as a phrase wins over a comment.
+    assert b'(("Ali" NIL "ali" "kep.test"))' in line
+    await c.close()
+
+
 async def test_groups_in_sort_and_envelope(imap: Running) -> None:
     imap.deliver(_message("From: a@x.org\r\nCc: zed@x.org\r\n"))
     imap.deliver(_message("From: b@x.org\r\nCc: team: bob@x.org, zoe@x.org;\r\n"))

@@ -1,5 +1,5 @@
-"""Address lists (kepmta.message.addresses): comments anywhere, groups with start and end markers
-(RFC 5322 §3.4, RFC 3501 §7.4.2)."""
+"""Address lists (kepmta.message.addresses): comments anywhere, a comment as the display name,
+groups with start and end markers (RFC 5322 §3.4, RFC 3501 §7.4.2)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ def test_groups_have_start_and_end_markers() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
+        # RFC 5322 §3.4: the obsolete but common form, a comment naming the address.
+        ("user@domain.org (Real Name)", Address("Real Name", None, "user", "domain.org")),
+        ("<user@domain.org> (Real Name)", Address("Real Name", None, "user", "domain.org")),
+        (
+            "user@domain.org (Real (nested) Name) (second)",
+            Address("Real (nested) Name", None, "user", "domain.org"),
+        ),
+        (r"user@domain.org (Real \) Name)", Address("Real ) Name", None, "user", "domain.org")),
+        # A display name given as a phrase wins over a comment.
         ("Ali <ali@kep.test> (not a name)", Address("Ali", None, "ali", "kep.test")),
         # RFC 5322 §3.2.2: CFWS between the tokens of an addr-spec is no part of it, nor a name.
         ("<user (c)@ (c) domain.org>", Address(None, None, "user", "domain.org")),
