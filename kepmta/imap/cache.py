@@ -27,7 +27,8 @@ from pathlib import Path
 from kepmta.imap import fetch
 from kepmta.imap.mailbox import FolderStore, MessageFile
 from kepmta.imap.sort import base_subject, first_mailbox
-from kepmta.imap.summary import Summary, decode, encode, record_base
+from kepmta.imap.summary import ADDRESS_FIELDS, Summary, decode, encode, record_base
+from kepmta.message.addresses import searchable
 from kepmta.message.entity import parse, parse_header_only
 from kepmta.message.header import find_body
 from kepmta.message.words import decode_words
@@ -37,7 +38,7 @@ log = logging.getLogger("kepmta.imap")
 CACHE = "kepmta-cache"
 # The version changes whenever a summary of the same message would come out different, so that
 # records made by an older reader are made again rather than trusted.
-_MAGIC = b"kepmta-cache 3\n"
+_MAGIC = b"kepmta-cache 4\n"
 # A message up to this size is read whole when first summarised: its MIME structure (BODY,
 # BODYSTRUCTURE) then costs no second read. Larger ones are read only as far as their header.
 _WHOLE = 256 * 1024
@@ -59,10 +60,16 @@ def summarize(data: bytes, size: int, *, whole: bool) -> Summary:
     """The summary of a message of `size` octets; `data` is all of it when `whole`, else its header."""
     top = parse(data) if whole else parse_header_only(data)
     sent, sent_day = _sent(top.header("Date"))
+    fields = [(f.name.upper(), decode_words(f.value).casefold()) for f in top.fields if f.name]
+    fields += [
+        (f.name.upper(), searchable(f.value).casefold())
+        for f in top.fields
+        if f.name.upper() in ADDRESS_FIELDS
+    ]
     summary = Summary(
         size=size,
         header_end=top.body_start,
-        fields=tuple((f.name.upper(), decode_words(f.value).casefold()) for f in top.fields if f.name),
+        fields=tuple(fields),
         envelope=fetch.envelope(top),
         sent=sent,
         sent_day=sent_day,

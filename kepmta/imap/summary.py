@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# RFC 5322 §3.6.2, §3.6.3: the fields that hold address lists.
+ADDRESS_FIELDS = frozenset({"FROM", "SENDER", "REPLY-TO", "TO", "CC", "BCC"})
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -18,10 +21,13 @@ class Summary:
 
     `fields` holds every header field as (name in upper case, value with RFC 2047 encoded-words
     decoded, case-folded): SEARCH compares case-insensitively (RFC 3501 §6.4.4) and nothing else
-    reads them. `sent_day` is the Date field's own calendar day as a proleptic ordinal (RFC 3501
-    §6.4.4 SENTON and friends ignore time and zone), `sent` the same instant as POSIX time
-    (RFC 5256 §3 SORT DATE). The sort_ strings are RFC 5256 sort keys. `body` and `bodystructure`
-    are the rendered FETCH items (RFC 3501 §7.4.2), None until the whole message has been parsed.
+    reads them. Each field of ADDRESS_FIELDS comes a second time with its mailboxes as
+    `name <local@domain>`, comments and folding taken out (`addresses.searchable`), so that
+    SEARCH FROM finds `<user (c)@ (c) domain.org>` as user@domain.org. `sent_day` is the Date
+    field's own calendar day as a proleptic ordinal (RFC 3501 §6.4.4 SENTON and friends ignore
+    time and zone), `sent` the same instant as POSIX time (RFC 5256 §3 SORT DATE). The sort_
+    strings are RFC 5256 sort keys. `body` and `bodystructure` are the rendered FETCH items
+    (RFC 3501 §7.4.2), None until the whole message has been parsed.
     """
 
     size: int

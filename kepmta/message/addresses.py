@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from kepmta.message.words import decode_words
+
 
 @dataclass(frozen=True)
 class Address:
@@ -157,7 +159,7 @@ def parse_addresses(value: str) -> tuple[Address, ...]:
     return _parse(value)
 
 
-# A message's summary reads each address field twice over (ENVELOPE, SORT); the
+# A message's summary reads each address field three times over (ENVELOPE, SORT, SEARCH); the
 # values are kept only while short, so the cache stays small whatever the messages hold.
 _CACHED_LENGTH = 2048
 
@@ -209,3 +211,13 @@ def mailboxes(value: str) -> list[Address]:
 def addr_specs(values: Iterable[str]) -> tuple[str, ...]:
     """Every `local@domain` the address fields `values` name, in order."""
     return tuple(a.addr_spec for value in values for a in mailboxes(value))
+
+
+def searchable(value: str) -> str:
+    """The mailboxes of an address-list as `name <local@domain>`, comments and folding taken out
+    and encoded-words decoded: what SEARCH FROM and friends match besides the field as written."""
+    shown = []
+    for a in mailboxes(value):
+        spec = f"{a.mailbox}@{a.host}"
+        shown.append(f"{decode_words(a.name)} <{spec}>" if a.name else spec)
+    return ", ".join(shown)

@@ -28,6 +28,18 @@ async def test_display_name_given_as_a_comment_reaches_the_envelope(imap: Runnin
     await c.close()
 
 
+async def test_search_from_matches_an_address_written_with_comments(imap: Running) -> None:
+    imap.deliver(_message("From: <user (c)@ (c) domain.org>\r\nTo: ali@kep.test\r\n"))
+    imap.deliver(_message("From: other@domain.org\r\nTo: ali@kep.test\r\n"))
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    assert untagged(await c.ok("SEARCH FROM user@domain.org")) == [b"* SEARCH 1"]
+    assert untagged(await c.ok('SEARCH FROM "USER@DOMAIN"')) == [b"* SEARCH 1"]
+    # What the field says is still searched as it is written.
+    assert untagged(await c.ok('SEARCH FROM "(c)"')) == [b"* SEARCH 1"]
+    await c.close()
+
+
 async def test_groups_in_sort_and_envelope(imap: Running) -> None:
     imap.deliver(_message("From: a@x.org\r\nCc: zed@x.org\r\n"))
     imap.deliver(_message("From: b@x.org\r\nCc: team: bob@x.org, zoe@x.org;\r\n"))

@@ -107,14 +107,14 @@ def test_torn_record_is_dropped_and_the_file_stays_usable(tmp_path: Path) -> Non
     assert (reloaded.parsed, reloaded.loaded) == (0, 2)
 
 
-@pytest.mark.parametrize("content", [b"something else\n", b"kepmta-cache 1\n", b"kepmta-cache 2\n"])
+@pytest.mark.parametrize("content", [b"something else\n", b"kepmta-cache 1\n", b"kepmta-cache 3\n"])
 def test_file_of_another_kind_is_replaced(tmp_path: Path, content: bytes) -> None:
     """Records of an older version (made by another reader of messages) are made again."""
     a = _write(tmp_path, "a", MESSAGE)
     (tmp_path / CACHE).write_bytes(content + encode("a", summarize(MESSAGE, len(MESSAGE), whole=False)))
     cache = FolderCache(tmp_path)
     cache.fill([Wanted("a", a, a.stat().st_size)], structure=False, live=None)
-    assert cache.parsed == 1 and (tmp_path / CACHE).read_bytes().startswith(b"kepmta-cache 3\n")
+    assert cache.parsed == 1 and (tmp_path / CACHE).read_bytes().startswith(b"kepmta-cache 4\n")
 
 
 def test_records_of_expunged_messages_are_compacted_away(tmp_path: Path) -> None:

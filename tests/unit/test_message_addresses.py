@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kepmta.message.addresses import Address, addr_specs, mailboxes, parse_addresses
+from kepmta.message.addresses import Address, addr_specs, mailboxes, parse_addresses, searchable
 
 
 def test_mailboxes_names_and_routes() -> None:
@@ -61,6 +61,12 @@ def test_mailboxes_and_addr_specs_flatten_groups() -> None:
     value = 'team: "john doe"@x.org, <b (c)@ y.org>;, c@z.org (C)'
     assert [a.addr_spec for a in mailboxes(value)] == ['"john doe"@x.org', "b@y.org", "c@z.org"]
     assert addr_specs([value, "d@w.org, nobody"]) == ('"john doe"@x.org', "b@y.org", "c@z.org", "d@w.org")
+
+
+def test_searchable_form() -> None:
+    assert searchable(
+        "=?utf-8?b?w4dpw6dlaw==?= <cicek@kep.test>, <user (c)@ (c) domain.org>, x@y.z (Ex)"
+    ) == ("Çiçek <cicek@kep.test>, user@domain.org, Ex <x@y.z>")
 
 
 @pytest.mark.parametrize(
