@@ -3,10 +3,13 @@ parsed with prometheus_client's own text parser."""
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 from kepclient import DevServer, imap, plain_message, signed_by, smtp, submit, wait_for
 from kepclient import folder_messages as messages
@@ -113,3 +116,43 @@ def test_queue_depth_is_read_from_the_database(srv: DevServer) -> None:
     assert value(after, "kepmta_queue_oldest_job_age_seconds", kind="relay") >= 0
     assert ("kepmta_queue_oldest_job_age_seconds", (("kind", "relay"),)) in after
     assert value(after, "kepmta_ledger_head_seq") > value(before, "kepmta_ledger_head_seq")
+
+
+def worker_processes(srv: DevServer) -> list[int]:
+    """The server's worker processes (kepmta.workers), found in /proc by parent and command line."""
+    assert srv.proc is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == srv.proc.pid and b"kepmta.workers" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_dead_worker_process_is_replaced_and_counted(srv: DevServer) -> None:
+    ayse = srv.account(1)
+    submit(srv, 0, [ayse["address"]], signed_by(srv, 0, [ayse["address"]], "isci-once"))
+    before = scrape(srv)
+    killed = worker_processes(srv)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    # Each check that finds its worker gone has it replaced: nothing is decided, and the client is
+    # told to try again; once every dead one is replaced, the message is accepted.
+    refused, code = 0, 0
+    while code != 250 and refused <= len(killed):
+        with smtp(srv, srv.account(0)) as s:
+            s.mail(srv.account(0)["address"])
+            s.rcpt(ayse["address"])
+            code, _ = s.data(signed_by(srv, 0, [ayse["address"]], "isci-sonra"))
+        assert code in (250, 451)
+        refused += code == 451
+    assert code == 250 and refused >= 1
+    restarted = value(scrape(srv), "kepmta_worker_restarts_total", task="inspect")
+    assert restarted == value(before, "kepmta_worker_restarts_total", task="inspect") + refused
+    assert not set(killed) & set(worker_processes(srv))
