@@ -39,7 +39,26 @@ def strict_base64(raw: bytes) -> bytes:
 
 def quoted_printable(raw: bytes) -> bytes:
     """RFC 2045 §6.7 decoding; line breaks stay as they are in `raw`."""
-    return binascii.a2b_qp(raw)
+    lines = raw.split(b"\n")
+    last = len(lines) - 1
+    out: list[bytes] = []
+    for index, line in enumerate(lines):
+        crlf = index < last and line.endswith(b"\r")
+        # Rule 3: white space ending a line is padding added in transit, not content.
+        text = (line[:-1] if crlf else line).rstrip(b" \t")
+        if text.endswith(b"="):
+            # Rule 5: "=" ending a line (white space after it allowed) is a soft line break.
+            out.append(text[:-1])
+        elif index < last:
+            out.append(text + (b"\r\n" if crlf else b"\n"))
+        else:
+            out.append(text)
+    joined = b"".join(out)
+    # Rule 1 ("=" and two hex digits) is left to binascii, which would also take a final "=" for a
+    # soft line break: every soft line break is gone already, so such an "=" is content.
+    if joined.endswith(b"="):
+        return binascii.a2b_qp(joined[:-1]) + b"="
+    return binascii.a2b_qp(joined)
 
 
 def decode(encoding: str | None, raw: bytes) -> bytes:

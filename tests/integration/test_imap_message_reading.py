@@ -56,6 +56,23 @@ async def test_groups_in_sort_and_envelope(imap: Running) -> None:
     await c.close()
 
 
+async def test_binary_quoted_printable_white_space(imap: Running) -> None:
+    # RFC 2045 §6.7 rule 3: white space at the end of an encoded line is padding, dropped on
+    # decoding; a soft line break "=" may itself be followed by white space before the CRLF.
+    body = b"one two  \r\nthree=  \r\nfour=\t\r\n five\r\nsix =3D\r\n"
+    imap.deliver(
+        b"Subject: qp\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + body
+    )
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    decoded = b"one two\r\nthreefour five\r\nsix =\r\n"
+    assert untagged(await c.ok("FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])")) == [
+        b"* 1 FETCH (BINARY[1] {%d}\r\n" % len(decoded) + decoded + b" BINARY.SIZE[1] %d)" % len(decoded)
+    ]
+    await c.close()
+
+
 async def test_body_one_of_a_single_part_binary_message_with_nul(imap: Running) -> None:
     body = b"\x00\x01binary\x00\r\nmore\xff\x00"
     msg = (
