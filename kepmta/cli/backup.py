@@ -195,7 +195,9 @@ def _data_files(s: config.Settings, marks: Marks, skip: set[Path]) -> Iterator[P
         if here.is_relative_to(s.mail_root) and {"new", "cur", "tmp"} <= set(dirs):
             dirs.remove("tmp")  # a Maildir's tmp/: deliveries not finished
             yield here / "tmp"
-        dirs.sort()
+        # new/ before cur/: a message the IMAP server moves from one to the other meanwhile is then
+        # met in one listing or the other (and found again by _moved), never in neither.
+        dirs.sort(key=lambda d: (d != "new", d))
         for name in sorted(files):
             path = here / name
             if path in skip or not marks.covers(name):

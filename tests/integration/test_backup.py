@@ -14,6 +14,8 @@ import pytest
 from kepclient import DevServer, free_port_base, imap, kepmta, signed_by, smtp, wait_for
 from pgserver import PgServer
 
+from kepmta.cli.backup import Marks
+
 _PORTS = ("submission", "submissions", "imap", "imaps", "relay", "api", "metrics")
 
 
@@ -152,3 +154,15 @@ def test_backup_and_restore_on_postgresql(postgres: PgServer, tmp_path: Path) ->
         check_restored(server, before)
     finally:
         server.stop()
+
+
+def test_files_made_after_the_snapshot_are_told_apart() -> None:
+    marks = Marks(job=40, seq=100)
+    token = "K20261202T174926Z-f2243a486aebe423"
+    assert marks.covers(f"{token}-d40.host") and not marks.covers(f"{token}-d41.host:2,S")
+    assert marks.covers(f"{token}-r7.host") and not marks.covers(f"{token}-r99.host")
+    assert marks.covers(f"{token}-e100.host") and not marks.covers(f"{token}-e101.host")
+    # Not a job's file: a client's APPEND, a quota warning, a relay warning, any other file.
+    for name in ("K1764700000_123_1.host:2,S", "Kquota-90-d12345678901.host", "Krelay-warning-e123456.host"):
+        assert marks.covers(name)
+    assert marks.covers("kepmta.toml")
