@@ -45,7 +45,6 @@ from kepmta.imap.protocol import (
     FileSlice,
     IntervalSet,
     LineTooLong,
-    LiteralFile,
     ParenList,
     RawCommand,
     Refused,
@@ -74,7 +73,7 @@ log = logging.getLogger("kepmta.imap")
 _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
-    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS"
+    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND"
 )
 # RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
 # says so with ENABLE.
@@ -84,6 +83,8 @@ _ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC, IMAP4REV2)
 _STREAM_CHUNK = 1 << 20
 # Seconds our close_notify and FIN get to leave before the connection is dropped.
 _CLOSE_GRACE = 1.0
+# Messages one APPEND may carry (RFC 3502 sets no bound; each is a file until the command ends).
+MAX_APPEND_MESSAGES = 1000
 # Messages a FETCH gathers summaries for at once: bounds the memory a long range holds.
 _FETCH_BATCH = 256
 _unique = itertools.count(1)
@@ -263,31 +264,36 @@ class Session:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     async def _admit(self, head: bytes, index: int, size: int) -> Path | None:
-        """Where a literal goes (see `CommandReader.command`): APPEND's message to a file in the
-        account's tmp/, once the folder, the size and the quota allow it; anything else to memory.
+        """Where a literal goes (see `CommandReader.command`): APPEND's messages to files in the
+        account's tmp/, once the folder, the size and the quota allow them; anything else to memory.
 
         The checks come before the continuation, so a message that cannot be stored is refused
         before a single octet of it is read (RFC 9208 §4.3 OVERQUOTA, RFC 9051 §6.3.12 TRYCREATE).
-        Its size is then reserved against the quota until the command ends, so APPENDs started
-        together are checked against each other's messages too.
+        The command's messages are then reserved against the quota until it ends, so APPENDs
+        started together are checked against each other's messages too.
         """
-        # The message is the first or, after a mailbox name sent as a literal, the second literal.
-        if self.state is State.NOT_AUTHENTICATED or index > 1:
+        if self.state is State.NOT_AUTHENTICATED:
             return None
         cmd = parse_head(head)
+        # Every literal after the mailbox name is a message (RFC 3502 §6.3.11: the date is quoted),
+        # one or, with MULTIAPPEND, more.
         if cmd is None or cmd.name != "APPEND" or not cmd.args:
             return None
         name = self._mailbox(Args(cmd.args))
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
-        if self._reservation is not None:
-            raise BadCommand("APPEND takes one message")
+        if sum(1 for t in cmd.args[1:] if isinstance(t, String) and t.literal) >= MAX_APPEND_MESSAGES:
+            raise CommandFailed(f"one APPEND may carry at most {MAX_APPEND_MESSAGES} messages", "LIMIT")
         reservations = self.server.reservations
-        used, limit = await reservations.usage(self.user, self._quota)
+        held = self._reservation
+        used, limit = await reservations.usage(self.user, self._quota, exclude=held)
         # No await from the check to the reservation: no other session's check comes between.
-        quota.check_room(used, limit, size)
-        self._reservation = reservations.reserve(self.user, size)
+        total = size + (held.size if held is not None else 0)
+        quota.check_room(used, limit, total)
+        self._reservation = reservations.reserve(self.user, total)
+        if held is not None:
+            held.release()
         # Same file system as every folder, so the finished file is renamed into place.
         tmp = self._md().root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -952,37 +958,42 @@ class Session:
 
     async def c_append(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
-        flags: frozenset[str] = frozenset()
-        when: float | None = None
-        tok = args.next("message literal")
-        if isinstance(tok, ParenList):
-            flags = self._flag_list(tok.items)
+        # RFC 3502 §6.3.11: one or more messages, each with its own flags and date.
+        messages: list[_Appended] = []
+        while True:
+            flags: frozenset[str] = frozenset()
+            when: float | None = None
             tok = args.next("message literal")
-        if isinstance(tok, String) and not tok.literal:
-            when = parse_date_time(tok.value.decode("ascii", "replace")).timestamp()
-            tok = args.next("message literal")
-        if not isinstance(tok, String) or not tok.literal:
-            raise BadCommand("the message must be sent as a literal")
-        args.end()
+            if isinstance(tok, ParenList):
+                flags = self._flag_list(tok.items)
+                tok = args.next("message literal")
+            if isinstance(tok, String) and not tok.literal:
+                when = parse_date_time(tok.value.decode("ascii", "replace")).timestamp()
+                tok = args.next("message literal")
+            if not isinstance(tok, String) or not tok.literal:
+                raise BadCommand("the message must be sent as a literal")
+            messages.append(_Appended(flags, when, tok))
+            if not args.more():
+                break
+        if len(messages) > 1 and any(m.size == 0 for m in messages):
+            # RFC 3502 §6.3.11: an empty message literal cancels the whole command.
+            raise CommandFailed("an empty message cancels the APPEND; nothing was appended")
         if not folders.exists(self._md(), name):
             # RFC 3501 §6.3.11: TRYCREATE tells the client that CREATE would make this work.
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
-        # Checked again: other mail may have arrived while the message streamed in.
+        # Checked again: other mail may have arrived while the messages streamed in.
         used, limit = await self.server.reservations.usage(self.user, self._quota, exclude=self._reservation)
-        quota.check_room(used, limit, tok.file.size if tok.file is not None else len(tok.value))
+        quota.check_room(used, limit, sum(m.size for m in messages))
         store = self._open_store(name)
         try:
-            self._check_new_keywords(store, flags)
-            if tok.file is not None:
-                msg = await _save_file(store, tok.file, flags, when)
-            else:
-                msg = await _save(store, tok.value, flags, when)
+            self._check_new_keywords(store, {f for m in messages for f in m.flags})
+            uids = await _save_all(store, messages)
         finally:
             self._release(store)
         # Stored, so counted as such from now on.
         self._release_reservation()
-        return f"[APPENDUID {store.uidvalidity} {msg.uid}] APPEND completed"
+        return f"[APPENDUID {store.uidvalidity} {format_uid_set(uids)}] APPEND completed"
 
     async def c_idle(self, cmd: Command, args: Args) -> str:
         args.end()
@@ -1499,26 +1510,54 @@ def _finish_file(path: Path, when: float | None) -> None:
     _set_internal_date(path, when)
 
 
-async def _save(store: FolderStore, data: bytes, flags: frozenset[str], when: float | None) -> MessageFile:
-    base = _new_base()
-    staged = store.directory / "tmp" / base
+@dataclass(frozen=True)
+class _Appended:
+    """One message of an APPEND: its flags, INTERNALDATE, and its literal (mostly a file)."""
+
+    flags: frozenset[str]
+    when: float | None
+    literal: String
+
+    @property
+    def size(self) -> int:
+        return self.literal.file.size if self.literal.file is not None else len(self.literal.value)
+
+
+def _stage(store: FolderStore, message: _Appended) -> Path:
+    """Make a message's file complete and durable (in a worker thread): one the reader wrote to
+    the account's tmp/ is synced there, one held in memory is written to the folder's tmp/. The
+    file's name is a new Maildir base, which stays the message's."""
+    file = message.literal.file
+    if file is not None:
+        _finish_file(file.path, message.when)
+        return file.path
+    staged = store.directory / "tmp" / _new_base()
     staged.parent.mkdir(exist_ok=True)
+    _write_file(staged, message.literal.value, message.when)
+    return staged
+
+
+async def _save_all(store: FolderStore, messages: list[_Appended]) -> list[int]:
+    """Put an APPEND's messages into the folder, all or none (RFC 3502 §6.3.11): the slow part,
+    writing and syncing, comes first; the renames that file them then run without an await, so
+    no session sees some of them, and a failure takes back those already filed. The session
+    removes the reader's files whatever happens."""
+    staged: list[Path] = []
     try:
-        await asyncio.to_thread(_write_file, staged, data, when)
-        return store.add(staged, base, flags)
+        for message in messages:
+            staged.append(await asyncio.to_thread(_stage, store, message))
+        added: list[MessageFile] = []
+        try:
+            for message, path in zip(messages, staged, strict=True):
+                added.append(store.add(path, path.name, message.flags))
+        except BaseException:
+            store.expunge([m.uid for m in added])
+            raise
+        return [m.uid for m in added]
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            staged.unlink()
+        for path in staged:
+            path.unlink(missing_ok=True)
         raise
-
-
-async def _save_file(
-    store: FolderStore, file: LiteralFile, flags: frozenset[str], when: float | None
-) -> MessageFile:
-    """Move a message the reader wrote to the account's tmp/ into the folder; its name, a new
-    Maildir base, stays the message's. The session removes the file if this fails."""
-    await asyncio.to_thread(_finish_file, file.path, when)
-    return store.add(file.path, file.path.name, flags)
 
 
 def _copy_into(src: Path, staged: Path) -> None:

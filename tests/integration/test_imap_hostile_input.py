@@ -154,8 +154,9 @@ async def test_failed_append_leaves_no_file(imap: Running) -> None:
     msg = b"Subject: x\r\n\r\nbody\r\n"
     r = await c.command(b"APPEND INBOX (\\Bogus) {%d+}\r\n" % len(msg) + msg)
     assert tagged(r) == b"BAD APPEND: unknown system flag \\Bogus"
+    # With MULTIAPPEND (RFC 3502) what follows a message must be another one.
     r = await c.command(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg + b" extra")
-    assert tagged(r) == b"BAD APPEND: unexpected extra arguments"
+    assert tagged(r) == b"BAD APPEND: the message must be sent as a literal"
     imap.backend.usage[USER] = imap.backend.limit
     r = await c.command(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
     assert tagged(r).startswith(b"NO [OVERQUOTA] ")
