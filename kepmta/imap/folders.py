@@ -7,6 +7,7 @@ Maildir++ uses, so a folder "A.B" is the directory `.A.B` next to INBOX's cur/ne
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import unicodedata
@@ -37,15 +38,17 @@ class FolderLimits:
     max_folder_name: int = NAME_MAX
 
 
-def name_from_wire(raw: bytes) -> str:
+def name_from_wire(raw: bytes, *, utf8: bool = False) -> str:
     """A client's mailbox argument as a Unicode folder name; INBOX in any case is INBOX (§5.1).
 
     A name that is not modified UTF-7 is refused with NO, not BAD: it is a well-formed string
     that names no mailbox (RFC 3501 §5.1.3, RFC 9051 §5.1.3). So is a spelling that is not the
     one encoding of its name ("&AGE-" for "a", two shifts side by side, padding bits set): taken
     as it decodes, it would make a second spelling of an existing folder, or one that Dovecot on
-    the same Maildir reads as another name.
+    the same Maildir reads as another name. After ENABLE UTF8=ACCEPT (`utf8`), names are UTF-8.
     """
+    if utf8:
+        return _utf8_name(raw)
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -63,8 +66,27 @@ def name_from_wire(raw: bytes) -> str:
     return INBOX if name.upper() == INBOX else name
 
 
-def name_to_wire(name: str) -> bytes:
-    return string(encode_mutf7(name).encode("ascii"))
+# RFC 6855 §3: no control characters, DEL, line or paragraph separator in a UTF-8 mailbox name.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _utf8_name(raw: bytes) -> str:
+    """RFC 6855 §3: a mailbox name in UTF-8, in Unicode normalization form C (RFC 5198 §2): a name
+    in another form would be a second spelling of the same folder."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandFailed("mailbox name is not UTF-8 (RFC 6855 §3)", "CANNOT") from None
+    if _NOT_IN_NAMES.search(name):
+        raise CommandFailed("mailbox names may not hold control characters (RFC 6855 §3)", "CANNOT")
+    if not unicodedata.is_normalized("NFC", name):
+        raise CommandFailed("mailbox name is not in Unicode normalization form C (RFC 5198 §2)", "CANNOT")
+    return INBOX if name.upper() == INBOX else name
+
+
+def name_to_wire(name: str, *, utf8: bool = False) -> bytes:
+    """A folder name as a mailbox in a response: modified UTF-7, or UTF-8 once enabled (RFC 6855 §3)."""
+    return string(name.encode("utf-8") if utf8 else encode_mutf7(name).encode("ascii"))
 
 
 def valid_new_name(name: str) -> str:

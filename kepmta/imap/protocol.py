@@ -275,6 +275,9 @@ def parse_head(head: bytes) -> Command | None:
     start = m.start()
     if head[start - 1 : start] == b"~":
         start -= 1
+    if head[start - 7 : start].upper() == b" UTF8 (":
+        # RFC 6855 §4: APPEND's message as UTF8 (literal8); the command so far ends before it.
+        start -= 6
     if head[start - 1 : start] != b" ":
         return None
     try:

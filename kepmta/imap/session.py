@@ -73,13 +73,15 @@ log = logging.getLogger("kepmta.imap")
 _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
-    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND"
+    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND UTF8=ACCEPT"
 )
 # RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
 # says so with ENABLE.
 IMAP4REV2 = "IMAP4rev2"
+# RFC 6855 §3: mailbox names in UTF-8, and messages with UTF-8 headers, once the client enables it.
+UTF8_ACCEPT = "UTF8=ACCEPT"
 # RFC 5161 §3.1: what ENABLE can turn on.
-_ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC, IMAP4REV2)
+_ENABLEABLE = (condstore.CONDSTORE, condstore.QRESYNC, IMAP4REV2, UTF8_ACCEPT)
 _STREAM_CHUNK = 1 << 20
 # Seconds our close_notify and FIN get to leave before the connection is dropped.
 _CLOSE_GRACE = 1.0
@@ -283,7 +285,7 @@ class Session:
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
-        if sum(1 for t in cmd.args[1:] if isinstance(t, String) and t.literal) >= MAX_APPEND_MESSAGES:
+        if sum(1 for t in cmd.args[1:] if _message_literal(t) is not None) >= MAX_APPEND_MESSAGES:
             raise CommandFailed(f"one APPEND may carry at most {MAX_APPEND_MESSAGES} messages", "LIMIT")
         reservations = self.server.reservations
         held = self._reservation
@@ -370,6 +372,10 @@ class Session:
     def rev2(self) -> bool:
         return IMAP4REV2 in self.enabled
 
+    @property
+    def utf8(self) -> bool:
+        return UTF8_ACCEPT in self.enabled
+
     def _enable_condstore(self) -> None:
         """RFC 7162 §3.1: using any CONDSTORE feature turns CONDSTORE on for the session."""
         self.enabled.add(condstore.CONDSTORE)
@@ -403,7 +409,10 @@ class Session:
             self.state = State.AUTHENTICATED
 
     def _mailbox(self, args: Args) -> str:
-        return folders.name_from_wire(args.astring("mailbox name"))
+        return self._name(args.astring("mailbox name"))
+
+    def _name(self, raw: bytes) -> str:
+        return folders.name_from_wire(raw, utf8=self.utf8)
 
     def _open_store(self, name: str) -> FolderStore:
         return self.server.stores.open(name, folders.folder_dir(self._md(), name))
@@ -775,7 +784,7 @@ class Session:
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
         used, limit = await self.backend.quota(self.user)
-        wire = folders.name_to_wire(name)
+        wire = folders.name_to_wire(name, utf8=self.utf8)
         await self.send(quota.quotaroot_response(wire), quota.quota_response(used, limit))
         return "GETQUOTAROOT completed"
 
@@ -840,8 +849,8 @@ class Session:
         return f"{cmd.name} completed"
 
     async def c_lsub(self, cmd: Command, args: Args) -> str:
-        reference = folders.name_from_wire(args.astring("reference name"))
-        pattern = folders.name_from_wire(args.astring("mailbox pattern"))
+        reference = self._name(args.astring("reference name"))
+        pattern = self._name(args.astring("mailbox pattern"))
         args.end()
         if not pattern:
             await self.send(b'* LSUB (\\Noselect) "' + folders.DELIMITER.encode() + b'" ""')
@@ -859,16 +868,16 @@ class Session:
         if isinstance(first, ParenList):
             # RFC 5258 §3 selection options.
             options = _selection(args.paren_list("selection options"))
-        reference = folders.name_from_wire(args.astring("reference name"))
+        reference = self._name(args.astring("reference name"))
         shape = args.peek()
         if isinstance(shape, ParenList):
             # RFC 5258 §3: several patterns at once.
             raw = args.paren_list("mailbox patterns")
             if not raw or len(raw) > _MAX_PATTERNS:
                 raise BadCommand(f"give 1 to {_MAX_PATTERNS} mailbox patterns")
-            patterns = tuple(folders.name_from_wire(Args([t]).astring("mailbox pattern")) for t in raw)
+            patterns = tuple(self._name(Args([t]).astring("mailbox pattern")) for t in raw)
         else:
-            patterns = (folders.name_from_wire(args.astring("mailbox pattern")),)
+            patterns = (self._name(args.astring("mailbox pattern")),)
         if args.more():
             if args.atom("RETURN").upper() != "RETURN":
                 raise BadCommand("expected RETURN and the return options")
@@ -904,7 +913,7 @@ class Session:
                 word,
                 " ".join(e.attributes).encode(),
                 delim,
-                folders.name_to_wire(e.name),
+                folders.name_to_wire(e.name, utf8=self.utf8),
             )
             if e.childinfo:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
@@ -954,7 +963,7 @@ class Session:
         finally:
             self._release(store)
         body = " ".join(f"{w} {values[w]}" for w in wanted)
-        return b"* STATUS " + folders.name_to_wire(name) + f" ({body})".encode()
+        return b"* STATUS " + folders.name_to_wire(name, utf8=self.utf8) + f" ({body})".encode()
 
     async def c_append(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
@@ -970,9 +979,13 @@ class Session:
             if isinstance(tok, String) and not tok.literal:
                 when = parse_date_time(tok.value.decode("ascii", "replace")).timestamp()
                 tok = args.next("message literal")
-            if not isinstance(tok, String) or not tok.literal:
+            if isinstance(tok, Atom) and tok.section is None and tok.value.upper() == "UTF8":
+                # RFC 6855 §4: a message whose header may hold UTF-8, as UTF8 (literal8).
+                tok = args.next("UTF8 message")
+            literal = _message_literal(tok)
+            if literal is None:
                 raise BadCommand("the message must be sent as a literal")
-            messages.append(_Appended(flags, when, tok))
+            messages.append(_Appended(flags, when, literal))
             if not args.more():
                 break
         if len(messages) > 1 and any(m.size == 0 for m in messages):
@@ -1508,6 +1521,13 @@ def _finish_file(path: Path, when: float | None) -> None:
     finally:
         os.close(fd)
     _set_internal_date(path, when)
+
+
+def _message_literal(tok: Token) -> String | None:
+    """An APPEND message: a literal, or the one literal of UTF8 (...) (RFC 6855 §4)."""
+    if isinstance(tok, ParenList) and len(tok.items) == 1:
+        tok = tok.items[0]
+    return tok if isinstance(tok, String) and tok.literal else None
 
 
 @dataclass(frozen=True)
