@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kepmta.imap import condstore, esearch, fetch, folders, quota, search, sort, subscriptions
+from kepmta.imap import condstore, esearch, fetch, folders, quota, search, sort, subscriptions, thread
 from kepmta.imap.mailbox import (
     DELETED,
     MAX_KEYWORD_LENGTH,
@@ -73,7 +73,8 @@ log = logging.getLogger("kepmta.imap")
 _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
-    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND UTF8=ACCEPT"
+    " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND UTF8=ACCEPT THREAD=ORDEREDSUBJECT"
+    " THREAD=REFERENCES"
 )
 # RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
 # says so with ENABLE.
@@ -105,7 +106,8 @@ _AUTH_ONLY = frozenset({State.AUTHENTICATED})
 _SEL = frozenset({State.SELECTED})
 # RFC 3501 §7.4.1: no EXPUNGE responses while these are answered.
 _NO_EXPUNGE_DURING = frozenset(
-    {"FETCH", "STORE", "SEARCH", "SORT", "UID FETCH", "UID STORE", "UID SEARCH", "UID SORT"}
+    {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
+    | {"UID FETCH", "UID STORE", "UID SEARCH", "UID SORT", "UID THREAD"}
 )
 
 
@@ -1192,6 +1194,42 @@ class Session:
         await self.send(("* SORT " + numbers if numbers else "* SORT").encode())
         return f"{'UID ' if uid else ''}SORT completed"
 
+    async def c_thread(self, cmd: Command, args: Args) -> str:
+        return await self._thread(args, uid=False)
+
+    async def c_uid_thread(self, cmd: Command, args: Args) -> str:
+        return await self._thread(args, uid=True)
+
+    async def _thread(self, args: Args, *, uid: bool) -> str:
+        """RFC 5256 §3: THREAD algorithm charset criteria."""
+        algorithm = args.atom("threading algorithm").upper()
+        if algorithm not in thread.ALGORITHMS:
+            raise BadCommand("threading algorithms are " + " and ".join(thread.ALGORITHMS))
+        thread.check_charset(args.astring("charset"))
+        key = esearch.resolve(search.parse_program(args), self.saved)
+        hits = await self._matches(key)
+        summaries = await self._summaries([h.message.uid for h in hits])
+        messages = []
+        for h in hits:
+            summary = summaries.get(h.message.uid)
+            field = _field_reader(summary)
+            sent = summary.sent if summary is not None and summary.sent is not None else h.message.internal
+            messages.append(
+                thread.Message(
+                    h.message.uid if uid else h.seq,
+                    h.seq,
+                    sent,
+                    summary.sort_subject if summary is not None else "",
+                    thread.is_reply(field("SUBJECT")),
+                    next(iter(thread.ids(field("MESSAGE-ID"))), None),
+                    thread.references_of(field("REFERENCES"), field("IN-REPLY-TO")),
+                )
+            )
+        # The trees grow with the messages and their references: off the event loop.
+        text = await asyncio.to_thread(lambda: thread.render(thread.THREADERS[algorithm](messages)))
+        await self.send(("* THREAD " + text if text else "* THREAD").encode())
+        return f"{'UID ' if uid else ''}THREAD completed"
+
     async def c_fetch(self, cmd: Command, args: Args) -> str:
         return await self._fetch(args, uid=False)
 
@@ -1484,6 +1522,15 @@ def _status_items(tokens: Sequence[Token]) -> list[str]:
     return wanted
 
 
+def _field_reader(summary: Summary | None) -> Callable[[str], str | None]:
+    """The first value of a header field in the summary (decoded, case-folded), by upper-case name."""
+    first: dict[str, str] = {}
+    if summary is not None:
+        for name, value in summary.fields:
+            first.setdefault(name, value)
+    return first.get
+
+
 def _utf8(raw: bytes, what: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -1654,6 +1701,8 @@ _COMMANDS: dict[str, _Spec] = {
     "UID EXPUNGE": _Spec(Session.c_uid_expunge, _SEL),
     "SORT": _Spec(Session.c_sort, _SEL),
     "UID SORT": _Spec(Session.c_uid_sort, _SEL),
+    "THREAD": _Spec(Session.c_thread, _SEL),
+    "UID THREAD": _Spec(Session.c_uid_thread, _SEL),
     "GETQUOTA": _Spec(Session.c_getquota, _AUTH),
     "GETQUOTAROOT": _Spec(Session.c_getquotaroot, _AUTH),
     "SETQUOTA": _Spec(Session.c_setquota, _AUTH),
