@@ -19,6 +19,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from kepmta.outage import outage
 
@@ -512,6 +513,10 @@ class RawCommand:
 Admit = Callable[[bytes, int, int], Awaitable[Path | None]]
 
 
+class _Source(Protocol):
+    async def read(self, n: int) -> bytes: ...
+
+
 class CommandReader:
     """Reads CRLF lines and literals from a stream with its own buffer, enforcing the size limits.
 
@@ -520,8 +525,16 @@ class CommandReader:
     """
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
+        self._reader: asyncio.StreamReader | _Source = reader
         self._buf = bytearray()
+
+    def inflate(self, wrap: Callable[[asyncio.StreamReader, bytes], _Source]) -> None:
+        """From now on read through `wrap` (COMPRESS, RFC 4978 §3): it gets the stream and the
+        octets already read from it but not yet taken, which came compressed as well."""
+        assert isinstance(self._reader, asyncio.StreamReader)
+        pending = bytes(self._buf)
+        self._buf.clear()
+        self._reader = wrap(self._reader, pending)
 
     def discard_buffer(self) -> None:
         self._buf.clear()

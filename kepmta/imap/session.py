@@ -21,7 +21,18 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kepmta.imap import condstore, esearch, fetch, folders, quota, search, sort, subscriptions, thread
+from kepmta.imap import (
+    compress,
+    condstore,
+    esearch,
+    fetch,
+    folders,
+    quota,
+    search,
+    sort,
+    subscriptions,
+    thread,
+)
 from kepmta.imap.mailbox import (
     DELETED,
     MAX_KEYWORD_LENGTH,
@@ -74,7 +85,7 @@ _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
     " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND UTF8=ACCEPT THREAD=ORDEREDSUBJECT"
-    " THREAD=REFERENCES"
+    " THREAD=REFERENCES COMPRESS=DEFLATE"
 )
 # RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
 # says so with ENABLE.
@@ -146,6 +157,8 @@ class Session:
         # one system call, mostly) per command instead of one per message and literal.
         self._pending: list[bytes] = []
         self._pending_size = 0
+        # Set once COMPRESS=DEFLATE is active (RFC 4978): everything written goes through it.
+        self._deflater: compress.Deflater | None = None
         peer = writer.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
@@ -164,8 +177,11 @@ class Session:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        self.writer.write(data)
+        self._write(data)
         await self.writer.drain()
+
+    def _write(self, data: bytes) -> None:
+        self.writer.write(self._deflater.compress(data) if self._deflater is not None else data)
 
     async def send_segments(self, segments: Sequence[Segment]) -> None:
         """Queue a response made of octets and file slices; it goes out with the next `send`, or
@@ -189,7 +205,7 @@ class Session:
     async def say_goodbye(self, reason: str) -> None:
         with contextlib.suppress(Exception):
             self._queue(b"* BYE " + reason.encode() + b"\r\n")
-            self.writer.write(b"".join(self._pending))
+            self._write(b"".join(self._pending))
             self._pending.clear()
             await asyncio.wait_for(self.writer.drain(), 1)
 
@@ -574,6 +590,20 @@ class Session:
         self.writer.write(_tagged(cmd.tag, "OK", "Begin TLS negotiation now") + b"\r\n")
         await self.writer.start_tls(self.server.tls, ssl_handshake_timeout=30)
         self.tls = True
+        raise _AlreadyAnswered()
+
+    async def c_compress(self, cmd: Command, args: Args) -> str:
+        mechanism = args.atom("compression mechanism").upper()
+        args.end()
+        if mechanism != compress.DEFLATE:
+            raise BadCommand("the compression mechanism is DEFLATE")
+        if self._deflater is not None:
+            # RFC 4978 §3, RFC 5530 §3.
+            raise CommandFailed("compression is already on", "COMPRESSIONACTIVE")
+        # RFC 4978 §3: the OK goes out uncompressed; every octet after it either way is deflated.
+        await self.send(_tagged(cmd.tag, "OK", "DEFLATE active"))
+        self._deflater = compress.Deflater()
+        self.reader.inflate(compress.InflatingReader)
         raise _AlreadyAnswered()
 
     async def c_login(self, cmd: Command, args: Args) -> str:
@@ -1671,6 +1701,7 @@ _COMMANDS: dict[str, _Spec] = {
     "LOGIN": _Spec(Session.c_login, _PRE),
     "AUTHENTICATE": _Spec(Session.c_authenticate, _PRE),
     "ENABLE": _Spec(Session.c_enable, _AUTH_ONLY),
+    "COMPRESS": _Spec(Session.c_compress, _AUTH),
     "NAMESPACE": _Spec(Session.c_namespace, _AUTH),
     "SELECT": _Spec(Session.c_select, _AUTH),
     "EXAMINE": _Spec(Session.c_examine, _AUTH),
