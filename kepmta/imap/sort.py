@@ -16,8 +16,8 @@ from kepmta.imap.summary import Summary
 from kepmta.message.addresses import mailboxes
 from kepmta.message.words import decode_words
 
-_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
-_HEADER_KEYS = frozenset({"CC", "DATE", "FROM", "SUBJECT", "TO"})
+_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+_HEADER_KEYS = frozenset({"CC", "DATE", "FROM", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
 _CHARSETS = ("UTF-8", "US-ASCII")
 
 
@@ -132,6 +132,8 @@ def _keys(item: Item, summary: Summary | None) -> dict[str, str | float]:
             "FROM": "",
             "TO": "",
             "CC": "",
+            "DISPLAYFROM": "",
+            "DISPLAYTO": "",
         }
     return {
         "ARRIVAL": item.internal,
@@ -142,7 +144,20 @@ def _keys(item: Item, summary: Summary | None) -> dict[str, str | float]:
         "FROM": summary.sort_from,
         "TO": summary.sort_to,
         "CC": summary.sort_cc,
+        "DISPLAYFROM": display(summary, "FROM"),
+        "DISPLAYTO": display(summary, "TO"),
     }
+
+
+def display(summary: Summary, field: str) -> str:
+    """RFC 5957 §3 DISPLAYFROM/DISPLAYTO: the first address's display name, or its addr-spec when
+    it has none; from the summary's decoded, case-folded field (the first of its two copies)."""
+    value = next((v for name, v in summary.fields if name == field), None)
+    found = mailboxes(value) if value is not None else []
+    if not found:
+        return ""
+    first = found[0]
+    return (first.name or "").strip() or first.addr_spec
 
 
 def sort(criteria: tuple[Criterion, ...], items: list[Item], summaries: Mapping[int, Summary]) -> list[Item]:
