@@ -30,6 +30,7 @@ from kepmta.imap import (
     quota,
     search,
     sort,
+    specialuse,
     subscriptions,
     thread,
 )
@@ -85,7 +86,7 @@ _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
     " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND UTF8=ACCEPT THREAD=ORDEREDSUBJECT"
-    " THREAD=REFERENCES COMPRESS=DEFLATE SORT=DISPLAY"
+    " THREAD=REFERENCES COMPRESS=DEFLATE SORT=DISPLAY CREATE-SPECIAL-USE"
 )
 # RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
 # says so with ENABLE.
@@ -832,11 +833,23 @@ class Session:
 
     async def c_create(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
+        uses: tuple[str, ...] = ()
+        if args.more():
+            # RFC 4466 §2.2 CREATE parameters; RFC 6154 §3 defines USE.
+            params = Args(args.paren_list("CREATE parameters"))
+            while params.more():
+                if params.atom("CREATE parameter").upper() != "USE":
+                    raise BadCommand("the CREATE parameter is USE (special-use attributes)")
+                attrs = Args(params.paren_list("special-use attributes"))
+                names = []
+                while attrs.more():
+                    names.append(attrs.atom("special-use attribute"))
+                uses = specialuse.attributes(names)
         args.end()
         self._refuse_read_only_folder(name, "CREATE")
         async with self.server.folder_changes:
             # Counting the account's folders takes longer the more it has: off the event loop.
-            await asyncio.to_thread(folders.create, self._md(), name, self.server.folder_limits)
+            await asyncio.to_thread(_create, self._md(), name, self.server.folder_limits, uses)
         return "CREATE completed"
 
     async def c_delete(self, cmd: Command, args: Args) -> str:
@@ -848,6 +861,7 @@ class Session:
             # At once, before inotify reports the removals below: the store must not write its
             # index into the directory while it is being removed.
             self.server.stores.forget(directory)
+            await asyncio.to_thread(specialuse.forget, self._md().root, name)
         await asyncio.to_thread(folders.remove, doomed)
         return "DELETE completed"
 
@@ -862,6 +876,7 @@ class Session:
             # into a directory that has moved.
             for src, _ in folders.rename(self._md(), old, new, self.server.folder_limits):
                 self.server.stores.forget(src)
+            await asyncio.to_thread(specialuse.rename, self._md().root, old, folders.valid_new_name(new))
         return "RENAME completed"
 
     async def c_subscribe(self, cmd: Command, args: Args) -> str:
@@ -931,7 +946,9 @@ class Session:
         md = self._md()
         wanted = options.lsub or options.subscribed or options.return_subscribed
         subscribed = (subscriptions.load(md.root) or []) if wanted else []
-        return folders.list_folders(md, reference, patterns, self.server.special_folders, options, subscribed)
+        # The provider's special-use folders, and those the account created with USE.
+        uses = {**specialuse.load(md.root), **self.server.special_folders}
+        return folders.list_folders(md, reference, patterns, uses, options, subscribed)
 
     async def _send_list(
         self, word: bytes, entries: list[folders.ListEntry], status: Sequence[str] = ()
@@ -1559,6 +1576,21 @@ def _field_reader(summary: Summary | None) -> Callable[[str], str | None]:
         for name, value in summary.fields:
             first.setdefault(name, value)
     return first.get
+
+
+def _create(maildir: Maildir, name: str, limits: folders.FolderLimits, uses: tuple[str, ...]) -> None:
+    """CREATE, with the special-use attributes recorded (RFC 6154 §3): a folder that cannot have
+    them is not left behind."""
+    folders.create(maildir, name, limits)
+    if not uses:
+        return
+    name = folders.valid_new_name(name)
+    try:
+        specialuse.record(maildir.root, name, uses)
+    except BaseException:
+        _, doomed = folders.delete(maildir, name)
+        folders.remove(doomed)
+        raise
 
 
 def _utf8(raw: bytes, what: str) -> str:
