@@ -290,10 +290,35 @@ def backup(s: config.Settings, output: Path) -> dict[str, object]:
     return manifest
 
 
-def _members(tar: tarfile.TarFile, prefix: str) -> Iterator[tarfile.TarInfo]:
+def _check_members(tar: tarfile.TarFile) -> None:
+    """Refuse, before anything is written, an archive with a member that is neither a folder nor
+    a regular file, or named outside the folder it would be restored into (no absolute names, no
+    `..`): PEP 706's "data" filter, which Debian 12's Python 3.11.2 lacks."""
     for member in tar.getmembers():
-        if member.name.startswith(prefix):
-            yield member.replace(name=member.name.removeprefix(prefix), deep=False)
+        name = Path(member.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise BackupError(f"{member.name}: a name outside the folder it is restored into")
+        if not (member.isdir() or member.isreg()):
+            raise BackupError(f"{member.name}: neither a folder nor a regular file")
+
+
+def _extract(tar: tarfile.TarFile, prefix: str, dest: Path) -> None:
+    """Unpack the members under `prefix` into `dest`, without set-id bits or group and other
+    write; `_check_members` has passed them."""
+    for member in tar.getmembers():
+        if not member.name.startswith(prefix):
+            continue
+        target = dest / member.name.removeprefix(prefix)
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file's
+        with source, open(target, "xb") as out:
+            shutil.copyfileobj(source, out)
+        target.chmod(member.mode & 0o755)
+        os.utime(target, (member.mtime, member.mtime))
 
 
 def _mark_begun(db: Path) -> int:
@@ -356,13 +381,13 @@ def restore(archive: Path, data: Path, database: str | None) -> dict[str, object
             raise BackupError(f"{archive}: backup format {manifest.get('format')!r}, not {FORMAT}")
         if manifest["database"] == "postgresql" and database is None:
             raise BackupError("a PostgreSQL backup is restored into an empty database: give --database URL")
+        _check_members(tar)
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
-        # filter="data": no absolute names, no way out of the folder, no devices (PEP 706).
-        tar.extractall(data, members=_members(tar, "data/"), filter="data")
-        tar.extractall(data / "outside", members=_members(tar, "outside/"), filter="data")
+        _extract(tar, "data/", data)
+        _extract(tar, "outside/", data / "outside")
         with tempfile.TemporaryDirectory(prefix="kepmta-restore-") as work:
-            tar.extractall(work, members=_members(tar, "database/"), filter="data")
+            _extract(tar, "database/", Path(work))
             if manifest["database"] == "sqlite":
                 # Where it was in the data folder; a file kept elsewhere comes back as kepmta.db.
                 relative = str(manifest["database_path"] or "kepmta.db")

@@ -891,7 +891,7 @@ class Session:
         limit = self.server.folder_limits.max_folders + 1
         async with self.server.folder_changes:
             await asyncio.to_thread(
-                subscriptions.change, self._md().root, name, subscribe=subscribe, max_names=limit
+                subscriptions.change, self._md(), name, subscribe=subscribe, max_names=limit
             )
         return f"{cmd.name} completed"
 
@@ -945,7 +945,8 @@ class Session:
         """Runs in a worker thread: the folders, and the subscriptions when they matter."""
         md = self._md()
         wanted = options.lsub or options.subscribed or options.return_subscribed
-        subscribed = (subscriptions.load(md.root) or []) if wanted else []
+        limit = self.server.folder_limits.max_folders + 1
+        subscribed = subscriptions.subscribed(md, limit) if wanted else []
         # The provider's special-use folders, and those the account created with USE.
         uses = {**specialuse.load(md.root), **self.server.special_folders}
         return folders.list_folders(md, reference, patterns, uses, options, subscribed)

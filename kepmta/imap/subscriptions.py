@@ -79,10 +79,10 @@ def load(root: Path) -> list[str] | None:
     return names
 
 
-def _write(root: Path, names: list[str]) -> None:
+def _write(root: Path, names: list[str], wait: float = _LOCK_WAIT) -> None:
     """Replace the file with `names`, under Dovecot's lock: the lock file is the new file."""
     lock = root / _LOCK
-    deadline = time.monotonic() + _LOCK_WAIT
+    deadline = time.monotonic() + wait
     while True:
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -116,17 +116,29 @@ def _write(root: Path, names: list[str]) -> None:
 def ensure(maildir: Maildir, max_names: int) -> None:
     """Give an account that has no subscriptions yet its folders (at its first login, its default
     ones): before this file, every folder was listed as subscribed, and clients that show only
-    the subscribed ones must not lose any."""
+    the subscribed ones must not lose any. A lock left by a writer that died (a crash mid-change)
+    never fails the login: the file is written at a later login, and until then `subscribed`
+    treats every folder as subscribed."""
     if (maildir.root / FILE).exists():
         return
     maildir.root.mkdir(parents=True, exist_ok=True)
-    _write(maildir.root, list(itertools.islice(maildir.folders(), max_names)))
+    with contextlib.suppress(CommandFailed):
+        _write(maildir.root, list(itertools.islice(maildir.folders(), max_names)), wait=0.5)
 
 
-def change(root: Path, name: str, *, subscribe: bool, max_names: int) -> None:
+def subscribed(maildir: Maildir, max_names: int) -> list[str]:
+    """The subscribed names; every folder while the account has no subscriptions file yet."""
+    names = load(maildir.root)
+    if names is None:
+        return list(itertools.islice(maildir.folders(), max_names))
+    return names
+
+
+def change(maildir: Maildir, name: str, *, subscribe: bool, max_names: int) -> None:
     """SUBSCRIBE or UNSUBSCRIBE `name`. The caller serialises changes within this process; the
     lock file does it against Dovecot."""
-    names = load(root) or []
+    root = maildir.root
+    names = subscribed(maildir, max_names)
     if subscribe:
         if name in names:
             return

@@ -77,7 +77,8 @@ def find_body(buf: Buffer, start: int, end: int) -> tuple[int, int]:
     line break right after another, so only two patterns need looking for.
     """
     for eol in (b"\r\n", b"\n"):
-        if buf[start : start + len(eol)] == eol:
+        # The line break must be the entity's own: an empty entity is followed by its delimiter's.
+        if start + len(eol) <= end and buf[start : start + len(eol)] == eol:
             return start, start + len(eol)
     best: tuple[int, int] | None = None
     for blank in (b"\n\r\n", b"\n\n"):

@@ -123,11 +123,13 @@ class SpoolingSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address reader, with what the standard library's parser raises besides
         HeaderParseError taken as the malformed address it is: an unterminated address literal
-        (`MAIL FROM:<a@[127.0.0.1`) raises AttributeError there, which would be a 451 "try again
-        later" and a traceback, where RFC 5321 §4.1.2 has no address at all (553 5.1.3)."""
+        (`MAIL FROM:<a@[127.0.0.1`) raises AttributeError there, `<kep@[ \n` UnboundLocalError in
+        Python 3.11.2 (Debian 12), which would be a 451 "try again later" and a traceback, where
+        RFC 5321 §4.1.2 has no address at all (553 5.1.3). Which exception a malformed address
+        raises differs between Python releases, so any from the parser means that."""
         try:
             address: tuple[str | None, str | None] = super()._getaddr(arg)
-        except (AttributeError, IndexError):
+        except Exception:
             return None, None
         return address
 

@@ -26,7 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,13 +235,24 @@ def database_elsewhere(srv: DevServer, where: Path) -> None:
 def database_lock(srv: DevServer) -> Iterator[None]:
     """An exclusive lock on the server's SQLite database, held by this process (WAL: readers go
     on, no writer does)."""
-    conn = sqlite3.connect(Path(srv.info["data"]) / "kepmta.db", isolation_level=None, timeout=60)  # type: ignore[index]
+    conn = lock_database(srv)
     try:
-        conn.execute("BEGIN EXCLUSIVE")
         yield
         conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+def lock_database(srv: DevServer) -> sqlite3.Connection:
+    """A connection holding that lock, which any thread may release (ROLLBACK)."""
+    db = Path(srv.info["data"]) / "kepmta.db"  # type: ignore[index]
+    conn = sqlite3.connect(db, isolation_level=None, timeout=60, check_same_thread=False)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def log_size(srv: DevServer) -> int:
@@ -270,6 +281,8 @@ class Tsa:
         )
         self.mode = "hang"
         self.requests = 0
+        # Called once, in the thread serving the next request, before it is answered (or held).
+        self.on_next_request: Callable[[], None] | None = None
         self._held: list[socket.socket] = []
         self._lock = threading.Lock()
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -304,6 +317,10 @@ class Tsa:
                 threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            hook, self.on_next_request = self.on_next_request, None
+        if hook is not None:
+            hook()
         with self._lock:
             self.requests += 1
             mode = self.mode

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import imaplib
 import re
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from crash.crash_fixtures import Load, audit, drain, problems
-from disk_fixtures import Tsa, database_lock, imap_reply, jobs, submission, submit
+from disk_fixtures import Tsa, database_lock, imap_reply, lock_database, submission, submit
 from kepclient import DevServer, imap, signed_by, smtp, wait_for
-
-from kepmta.events import TIMESTAMP_JOB
 
 # The server waits this long for a lock (sqlite_pragmas), and the ledger tries a failed batch once
 # more alone: a lock held past both leaves no doubt.
@@ -87,13 +86,17 @@ def test_jobs_due_while_the_database_is_locked_are_done_once_it_is_free(tmp_path
     try:
         srv.start()
         assert submit(srv, load, 0, [1, 2], "held")[0] == 250
-        assert wait_for(lambda: all(attempts for _, _, attempts, _ in jobs(srv, TIMESTAMP_JOB)), 60)
-        with database_lock(srv):
-            tried = tsa.requests
-            # The time-stamp job tries the TSA under the lock, then waits for the lock to record
-            # its failure; the dispatch jobs, due every few seconds, wait for it alike.
-            assert wait_for(lambda: tsa.requests > tried, 60)
+        # The lock is taken while a job waits for the TSA, which does not answer before it is
+        # held: that job tries the TSA under the lock, then waits for the lock to record its
+        # failure; the other jobs, coming due, wait for it alike.
+        held: list[sqlite3.Connection] = []
+        tsa.on_next_request = lambda: held.append(lock_database(srv))
+        assert wait_for(lambda: held, 300), "no job ever asked the TSA"
+        try:
             threading.Event().wait(BUSY_TIMEOUT * 1.5)
+            held[0].execute("ROLLBACK")
+        finally:
+            held[0].close()
         tsa.set("ok")
         drain(tmp_path / "data", 120)
         found = problems(srv, load)

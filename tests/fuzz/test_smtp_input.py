@@ -153,6 +153,7 @@ def listener() -> Iterator[SpoolingSMTP]:
 @settings(max_examples=600, deadline=None)
 @given(text=address_text)
 @example(text="<a@[127.0.0.1")
+@example(text="kep@[ \n")
 @example(text='<"a b"@kep.test>')
 @example(text="<@relay.test:ali@kep.test>")
 def test_any_address_argument_is_read_or_refused(listener: SpoolingSMTP, text: str) -> None:

@@ -5,7 +5,10 @@ started is in its recipient's mailbox, once."""
 from __future__ import annotations
 
 import collections
+import io
+import json
 import re
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 from kepclient import DevServer, free_port_base, imap, kepmta, signed_by, smtp, wait_for
 from pgserver import PgServer
 
-from kepmta.cli.backup import Marks
+from kepmta.cli.backup import FORMAT, MANIFEST, Marks
 
 _PORTS = ("submission", "submissions", "imap", "imaps", "relay", "api", "metrics")
 
@@ -131,6 +134,31 @@ def test_restore_refuses_a_folder_in_use(running: DevServer, tmp_path: Path) -> 
     not_a_backup.write_bytes(b"plain bytes")
     refused = kepmta("restore", str(not_a_backup), "--data", str(tmp_path / "c"))
     assert refused.returncode == 1 and "not a kepmta backup" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        ("data/../escaped", "outside the folder"),
+        ("/etc/escaped", "outside the folder"),
+        ("link", "regular file"),
+    ],
+)
+def test_restore_refuses_a_member_that_would_leave_the_folder(tmp_path: Path, member: str, why: str) -> None:
+    archive = tmp_path / "crafted.backup"
+    with tarfile.open(archive, "w:gz") as tar:
+        manifest = json.dumps({"format": FORMAT, "database": "sqlite"}).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+        info = tarfile.TarInfo(member if member != "link" else "data/link")
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info, io.BytesIO(b""))
+    target = tmp_path / "restored" / "data"
+    refused = kepmta("restore", str(archive), "--data", str(target))
+    assert refused.returncode == 1 and why in refused.stderr, refused.stderr
+    assert not (tmp_path / "restored").exists()
 
 
 def test_backup_and_restore_on_postgresql(postgres: PgServer, tmp_path: Path) -> None:

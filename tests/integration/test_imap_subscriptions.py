@@ -126,3 +126,22 @@ async def test_subscriptions_are_the_accounts_across_sessions_and_restarts(srv: 
             await asyncio.to_thread(m.logout)
         except (imaplib.IMAP4.error, OSError):
             m.shutdown()
+
+
+async def test_a_lock_left_by_a_crash_fails_no_login(srv: DevServer) -> None:
+    """A server killed between writing `subscriptions.lock` and renaming it leaves the lock behind
+    (it is taken for stale only after two minutes). Logging in again must work at once, and with
+    no file yet, every folder is listed as subscribed."""
+    root = maildir(srv, 2)
+    (root / "subscriptions").unlink(missing_ok=True)
+    (root / "subscriptions.lock").write_bytes(b"V\t2\n\nINB")
+    c = await login(srv, 2)
+    lsub = untagged(await c.ok('LSUB "" "*"'))
+    assert b'* LSUB () "." "INBOX"' in lsub and b'* LSUB () "." "Sent"' in lsub
+    # A change waits for the lock, and says why it could not be made.
+    assert b"NO [INUSE]" in tagged(await c.command('SUBSCRIBE "Yeni"'))
+    (root / "subscriptions.lock").unlink()
+    await c.ok('UNSUBSCRIBE "Sent"')
+    lsub = untagged(await c.ok('LSUB "" "*"'))
+    assert b'* LSUB () "." "INBOX"' in lsub and b'"Sent"' not in b"".join(lsub)
+    await c.close()

@@ -63,3 +63,17 @@ def test_deep_nesting_is_bounded() -> None:
         depth += 1
         node = node.message
     assert depth == entity.MAX_DEPTH + 1
+
+
+def test_an_empty_encapsulated_message_stays_inside_its_part() -> None:
+    # Found by the fuzzer: an empty message/rfc822 part took its delimiter's line break for its
+    # own empty header line, and its body began past its end.
+    msg = (
+        b"Content-Type: multipart/mixed; boundary=o\r\n\r\n"
+        b"--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"\r\n--o--\r\n"
+    )
+    part = entity.parse(msg).children[0]
+    assert part.message is not None
+    inner = part.message
+    assert inner.start == inner.body_start == inner.end == part.end
