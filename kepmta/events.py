@@ -308,8 +308,9 @@ class StampWorker:
         self.engine = recorder.ledger.engine
         self.wake_delivery = wake_delivery
         self._wake = asyncio.Event()
-        # Jobs have failed since the TSA last answered; and whether it has answered since.
-        self._behind = False
+        # Jobs have failed since the TSA last answered (at start: perhaps, before a restart); and
+        # whether it has answered since.
+        self._behind = True
         self._tsa_back = False
         recorder.on_stamped = self._answered
 
@@ -344,7 +345,13 @@ class StampWorker:
         self._tsa_back = False
         done = 0
         try:
-            for job in await jobs.due(self.engine, (TIMESTAMP_JOB,), self.node):
+            due = await jobs.due(self.engine, (TIMESTAMP_JOB,), self.node)
+            if self._behind and not due:
+                # Nothing will ask the TSA before the next back-off (up to 30 minutes away):
+                # the job due soonest asks at the next turn, so that evidence is stamped within
+                # seconds of the TSA's return, and the others follow it (above).
+                self._behind = await jobs.bring_one_forward(self.engine, (TIMESTAMP_JOB,))
+            for job in due:
                 try:
                     await self._stamp(job)
                     done += 1

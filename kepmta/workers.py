@@ -14,7 +14,6 @@ PKCS#11) and the qualified trust store with its CRLs.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import io
 import pickle
 import sys
@@ -32,6 +31,7 @@ from kepmta.headers import read_headers
 from kepmta.inbound import Checked, check_relayed
 from kepmta.inspection import Inspection, Signer, inspect
 from kepmta.maildir import write_synced
+from kepmta.message.addresses import addr_specs
 from kepmta.policy.refusal import Refusal
 from kepmta.rem.dispatch import DispatchInfo, write_dispatch
 from kepmta.rem.receipt import ReceiptInfo, build_receipt
@@ -82,7 +82,7 @@ def _inspect(*request: Any) -> Inspection:
 
 
 def _addresses(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(addr for _, addr in email.utils.getaddresses([str(v) for v in values]) if addr)
+    return addr_specs(str(v) for v in values)
 
 
 def _with_addresses(original: Path, info: DispatchInfo) -> DispatchInfo:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import email.utils
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from kepmta.evidence.ledger import Kind, Ledger, LedgerRecord
 from kepmta.evidence.model import Evidence
 from kepmta.evidence.xml import from_xml
 from kepmta.headers import HeaderError, read_headers
+from kepmta.message.addresses import addr_specs
 from kepmta.peers import PeerRegistry
 from kepmta.pki import KeyPair
 from kepmta.policy.malware import ScanUnavailable
@@ -128,8 +128,7 @@ def _recipients(path: Path) -> list[str]:
         head = read_headers(path).addresses
     except HeaderError:
         return []
-    found = (a for _, a in email.utils.getaddresses([*head.to, *head.cc]) if a)
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(addr_specs([*head.to, *head.cc])))
 
 
 @dataclass(frozen=True)

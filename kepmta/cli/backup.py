@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kepmta import config
@@ -86,8 +86,10 @@ class Marks:
 
 
 def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite+aiosqlite:///"
-    return Path(url.removeprefix(prefix)) if url.startswith(prefix) else None
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
 
 
 def _libpq_url(url: str) -> str:
@@ -330,10 +332,9 @@ def _mark_begun(db: Path) -> int:
         conn.close()
 
 
-_BEGUN_SQL = (
-    f"UPDATE jobs SET claimed_by = '{RESTORED}', lease_until = NULL "
-    "WHERE state = 'pending' AND claimed_by IS NULL"
-)
+# Every pending job, those a node of the backed-up server held too: their leases would keep the
+# restored server waiting for nodes that are not there, and a job held then may have begun.
+_BEGUN_SQL = f"UPDATE jobs SET claimed_by = '{RESTORED}', lease_until = NULL WHERE state = 'pending'"
 
 
 def _restore_postgresql(dump: Path, url: str) -> None:

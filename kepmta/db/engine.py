@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from kepmta.db import migrate, sqlite_pragmas
+from kepmta.db import migrate, sqlite_connect_args, sqlite_pragmas
 from kepmta.db.runner import close
 
 
@@ -25,9 +25,11 @@ async def opened(url: str) -> AsyncIterator[AsyncEngine]:
 
 def create(url: str) -> AsyncEngine:
     """An engine on `url`, whatever its database holds (for `kepmta db`)."""
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(parsed)
+    engine = create_async_engine(parsed, connect_args=sqlite_connect_args(parsed))
+    event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
 
 

@@ -22,7 +22,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kepmta.db import sqlite_pragmas
+from kepmta.db import sqlite_connect_args, sqlite_pragmas
 
 T = TypeVar("T")
 
@@ -36,7 +36,12 @@ class SyncRunner:
         url = engine.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             for role in ("write", "read"):
-                sync = create_engine(url.set(drivername="sqlite"), pool_size=1, max_overflow=0)
+                sync = create_engine(
+                    url.set(drivername="sqlite"),
+                    pool_size=1,
+                    max_overflow=0,
+                    connect_args=sqlite_connect_args(url),
+                )
                 event.listen(sync, "connect", sqlite_pragmas)
                 self._sqlite[role] = (sync, ThreadPoolExecutor(1, thread_name_prefix=f"kepmta-db-{role}"))
 

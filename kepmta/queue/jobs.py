@@ -189,7 +189,14 @@ _CLAIMABLE = (
         jobs.c.state == "pending",
         jobs.c.kind.in_(bindparam("kinds", expanding=True)),
         jobs.c.next_at <= bindparam("now"),
-        or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")),
+        or_(
+            jobs.c.lease_until.is_(None),
+            jobs.c.lease_until < bindparam("now"),
+            # This node's own claims that none of its workers holds: a job whose worker could not
+            # record its end (the database or the disk failed just then) is not left to wait for
+            # its lease.
+            and_(jobs.c.claimed_by == bindparam("node"), jobs.c.id.not_in(bindparam("held", expanding=True))),
+        ),
     )
     .order_by(jobs.c.id)
     .limit(bindparam("limit"))
@@ -210,7 +217,9 @@ async def due(engine: AsyncEngine, kinds: tuple[str, ...], node: Node, limit: in
     """Claim up to `limit` due jobs of `kinds` for `node`, oldest first. The caller does them all
     before it claims again for the same kinds: that is when the leases of these stop being renewed."""
     now = _now()
-    params = {"kinds": list(kinds), "now": now, "limit": limit}
+    # The caller is done with its last batch of these kinds; the other workers' are in hand.
+    held = [i for claimed, batch in node._held.items() if claimed != kinds for i in batch]
+    params = {"kinds": list(kinds), "now": now, "limit": limit, "node": node.name, "held": held}
 
     def claim(conn: Connection) -> list[Row[Any]]:
         rows = conn.execute(_CLAIMABLE, params).all()
@@ -260,6 +269,23 @@ async def retry_later(engine: AsyncEngine, job: Job, error: str, schedule: Seque
         )
     )
     await runner(engine).write(lambda conn: conn.execute(statement))
+
+
+async def bring_one_forward(engine: AsyncEngine, kinds: Sequence[str]) -> bool:
+    """The failed pending job of `kinds` due soonest, due now: a probe of whether what they all
+    wait for is back, without trying all of them against a service that may still be away.
+    False when no job was waiting."""
+    now = _now()
+    first = (
+        select(jobs.c.id)
+        .where(jobs.c.state == PENDING, jobs.c.kind.in_(kinds), jobs.c.attempts > 0, jobs.c.next_at > now)
+        .order_by(jobs.c.next_at, jobs.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    statement = update(jobs).where(jobs.c.id == first).values(next_at=now)
+    changed: int = await runner(engine).write(lambda conn: conn.execute(statement).rowcount)
+    return changed > 0
 
 
 async def bring_forward(engine: AsyncEngine, kinds: Sequence[str]) -> None:

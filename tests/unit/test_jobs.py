@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kepmta.config import RelayPolicy
 from kepmta.db.engine import open_engine
 from kepmta.db.runner import close
-from kepmta.events import MessageFacts, save_facts
+from kepmta.events import TIMESTAMP_JOB, MessageFacts, save_facts
 from kepmta.evidence.ledger import Ledger
 from kepmta.queue import jobs
 
@@ -103,3 +103,37 @@ async def test_dropping_a_relay_ends_it_and_makes_a_due_timer_in_one_transaction
     assert timer.id == made and timer.payload["stage"] == "dropped" and timer.payload["note"] == "peer closed"
     with pytest.raises(jobs.QueueRefused, match="only a pending relay"):
         await jobs.drop_relay(engine, relay.id, "again")
+
+
+async def test_one_failed_job_is_brought_forward_as_a_probe(ledger: Ledger) -> None:
+    engine = ledger.engine
+    assert not await jobs.bring_one_forward(engine, (TIMESTAMP_JOB,))  # none waits
+    for n in range(3):
+        await ledger.transact(lambda w, n=n: jobs.enqueue(w, TIMESTAMP_JOB, MESSAGE, {"n": n}))
+    tried = await jobs.due(engine, (TIMESTAMP_JOB,), NODE)
+    # Backed off for an hour, the second for the least time: it is the one brought forward.
+    for job, seconds in zip(tried, (7200, 3600, 5400), strict=True):
+        await jobs.retry_later(engine, job, "TSA away", schedule=(seconds,))
+    assert await jobs.due(engine, (TIMESTAMP_JOB,), NODE) == []
+    assert await jobs.bring_one_forward(engine, (TIMESTAMP_JOB,))
+    assert [j.payload for j in await jobs.due(engine, (TIMESTAMP_JOB,), NODE)] == [{"n": 1}]
+    # Other kinds are left alone.
+    assert not await jobs.bring_one_forward(engine, (jobs.DELIVER,))
+
+
+async def test_a_job_whose_end_was_never_recorded_is_taken_up_again_by_its_node(ledger: Ledger) -> None:
+    """A worker that could not record a job's end (the database failed just then) claims again: it
+    gets that job back at once, marked begun; another node waits for the lease, and another worker
+    of the same node never takes a job its sibling holds."""
+    engine, node = ledger.engine, jobs.Node("this", dt.timedelta(minutes=1))
+    await ledger.transact(lambda w: jobs.enqueue(w, jobs.DELIVER, MESSAGE, {"n": 1}))
+    await ledger.transact(lambda w: jobs.enqueue(w, TIMESTAMP_JOB, MESSAGE, {"n": 2}))
+    (lost,) = await jobs.due(engine, (jobs.DELIVER,), node)
+    (held,) = await jobs.due(engine, (TIMESTAMP_JOB,), node)
+    other = jobs.Node("other", dt.timedelta(minutes=1))
+    assert await jobs.due(engine, (jobs.DELIVER, TIMESTAMP_JOB), other) == []
+    again = await jobs.due(engine, (jobs.DELIVER,), node)
+    assert [(j.id, j.begun) for j in again] == [(lost.id, True)]
+    # Both are in the hands of this node's workers now: a third loop of the node takes neither.
+    assert await jobs.due(engine, (jobs.DELIVER, TIMESTAMP_JOB), node) == []
+    assert held.id != lost.id
