@@ -189,14 +189,7 @@ _CLAIMABLE = (
         jobs.c.state == "pending",
         jobs.c.kind.in_(bindparam("kinds", expanding=True)),
         jobs.c.next_at <= bindparam("now"),
-        or_(
-            jobs.c.lease_until.is_(None),
-            jobs.c.lease_until < bindparam("now"),
-            # This node's own claims that none of its workers holds: a job whose worker could not
-            # record its end (the database or the disk failed just then) is not left to wait for
-            # its lease.
-            and_(jobs.c.claimed_by == bindparam("node"), jobs.c.id.not_in(bindparam("held", expanding=True))),
-        ),
+        or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")),
     )
     .order_by(jobs.c.id)
     .limit(bindparam("limit"))
@@ -217,9 +210,7 @@ async def due(engine: AsyncEngine, kinds: tuple[str, ...], node: Node, limit: in
     """Claim up to `limit` due jobs of `kinds` for `node`, oldest first. The caller does them all
     before it claims again for the same kinds: that is when the leases of these stop being renewed."""
     now = _now()
-    # The caller is done with its last batch of these kinds; the other workers' are in hand.
-    held = [i for claimed, batch in node._held.items() if claimed != kinds for i in batch]
-    params = {"kinds": list(kinds), "now": now, "limit": limit, "node": node.name, "held": held}
+    params = {"kinds": list(kinds), "now": now, "limit": limit}
 
     def claim(conn: Connection) -> list[Row[Any]]:
         rows = conn.execute(_CLAIMABLE, params).all()

@@ -78,9 +78,12 @@ def test_jobs_due_while_the_database_is_locked_are_done_once_it_is_free(tmp_path
     """Jobs that run into the lock, and cannot even record their failure, are not lost with the
     worker that ran them: with the TSA away, an accepted message's time-stamp and dispatch jobs
     keep coming due; the lock is taken, held past a try of each, and released; then the TSA
-    answers and everything is done."""
+    answers and everything is done. A job whose failure could not be recorded stays claimed until
+    its lease runs out: the shortest lease there is ([server] job_lease) keeps the wait short."""
     srv = DevServer(tmp_path / "data", database=DATABASE).start()
     srv.stop()
+    config = tmp_path / "data" / "kepmta.toml"
+    config.write_text(config.read_text().replace("[server]\n", "[server]\njob_lease = 15\n", 1))
     tsa = Tsa(tmp_path / "data" / "pki")
     tsa.configure(srv)
     load = Load(srv, 0)

@@ -119,21 +119,3 @@ async def test_one_failed_job_is_brought_forward_as_a_probe(ledger: Ledger) -> N
     assert [j.payload for j in await jobs.due(engine, (TIMESTAMP_JOB,), NODE)] == [{"n": 1}]
     # Other kinds are left alone.
     assert not await jobs.bring_one_forward(engine, (jobs.DELIVER,))
-
-
-async def test_a_job_whose_end_was_never_recorded_is_taken_up_again_by_its_node(ledger: Ledger) -> None:
-    """A worker that could not record a job's end (the database failed just then) claims again: it
-    gets that job back at once, marked begun; another node waits for the lease, and another worker
-    of the same node never takes a job its sibling holds."""
-    engine, node = ledger.engine, jobs.Node("this", dt.timedelta(minutes=1))
-    await ledger.transact(lambda w: jobs.enqueue(w, jobs.DELIVER, MESSAGE, {"n": 1}))
-    await ledger.transact(lambda w: jobs.enqueue(w, TIMESTAMP_JOB, MESSAGE, {"n": 2}))
-    (lost,) = await jobs.due(engine, (jobs.DELIVER,), node)
-    (held,) = await jobs.due(engine, (TIMESTAMP_JOB,), node)
-    other = jobs.Node("other", dt.timedelta(minutes=1))
-    assert await jobs.due(engine, (jobs.DELIVER, TIMESTAMP_JOB), other) == []
-    again = await jobs.due(engine, (jobs.DELIVER,), node)
-    assert [(j.id, j.begun) for j in again] == [(lost.id, True)]
-    # Both are in the hands of this node's workers now: a third loop of the node takes neither.
-    assert await jobs.due(engine, (jobs.DELIVER, TIMESTAMP_JOB), node) == []
-    assert held.id != lost.id
