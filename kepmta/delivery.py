@@ -122,8 +122,12 @@ class DeliveryWorker(jobs.JobLoop):
         for address in sorted(filed):
             try:
                 await self.quota.check(address)
-            except Exception:  # a warning that cannot be sent must not stop delivery
-                log.exception("quota warning for %s failed", address)
+            except Exception as e:  # a warning that cannot be sent must not stop delivery
+                # Nor is it lost: the next message filed into the mailbox checks again.
+                if (found := outage(e)) is not None:
+                    log.error("quota warning for %s: %s: %s", address, found.what, e)
+                else:
+                    log.exception("quota warning for %s failed", address)
         if self._outages > outages:
             self._after_outage = True
         elif filed and self._after_outage:

@@ -24,8 +24,12 @@ _SQLITE_UNAVAILABLE = {
     14,  # SQLITE_CANTOPEN
     15,  # SQLITE_PROTOCOL
 }
-# PostgreSQL SQLSTATE 53100 disk_full (Appendix A of its manual); class 08 is a lost connection.
+# PostgreSQL SQLSTATEs (Appendix A of its manual): 53100 disk_full; class 08, a connection that
+# failed or was lost; 57P01 admin_shutdown, 57P02 crash_shutdown and 57P03 cannot_connect_now, a
+# server stopping, crashed, or not yet started (as while it restarts).
 _PG_DISK_FULL = "53100"
+_PG_CONNECTION_CLASS = "08"
+_PG_AWAY = {"57P01", "57P02", "57P03"}
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -69,8 +73,11 @@ def outage(error: BaseException) -> Outage | None:
             if code in _SQLITE_UNAVAILABLE:
                 return DATABASE
         if isinstance(found, sa_exc.DBAPIError):
-            if getattr(found.orig, "sqlstate", None) == _PG_DISK_FULL:
+            sqlstate = getattr(found.orig, "sqlstate", None) or ""
+            if sqlstate == _PG_DISK_FULL:
                 return NO_SPACE
+            if sqlstate.startswith(_PG_CONNECTION_CLASS) or sqlstate in _PG_AWAY:
+                return DATABASE
             if isinstance(found.orig, sqlite3.Error):
                 found = found.orig
                 continue

@@ -73,6 +73,16 @@ class PgServer:
         self.sql(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data folder for `resume` (an outage, not the end)."""
+        self.run("pg_ctl", "stop", "-D", str(self.folder / "data"), "-m", "fast", "-w")
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port and data folder: `restart` of a stopped
+        server starts it with the options of its last start, kept in postmaster.opts."""
+        data, log = str(self.folder / "data"), str(self.folder / "log")
+        self.run("pg_ctl", "restart", "-D", data, "-w", "-t", "60", "-l", log)
+
     def stop(self) -> None:
         subprocess.run(
             [*self.as_user, str(self.bin / "pg_ctl"), "stop", "-D", str(self.folder / "data"), "-m", "fast"],
