@@ -1,12 +1,15 @@
-"""SEARCH result options and the saved result: ESEARCH (RFC 4731) and SEARCHRES (RFC 5182).
+"""SEARCH result options and the saved result: ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and PARTIAL
+(RFC 9394).
 
-`SEARCH RETURN (MIN MAX ALL COUNT SAVE) criteria` answers with one ESEARCH response instead of the
-list of every number, and SAVE keeps the result (as UIDs) for "$" in later commands of the same
-selection. IMAP4rev2 (RFC 9051 §6.4.4) answers every SEARCH this way, RETURN () standing for ALL.
+`SEARCH RETURN (MIN MAX ALL COUNT SAVE PARTIAL range) criteria` answers with one ESEARCH response
+instead of the list of every number, PARTIAL giving one page of the result, and SAVE keeps the result
+(as UIDs) for "$" in later commands of the same selection. IMAP4rev2 (RFC 9051 §6.4.4) answers every
+SEARCH this way, RETURN () standing for ALL.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +17,34 @@ from kepmta.imap import search
 from kepmta.imap.protocol import Atom, BadCommand, SequenceSet, Token, format_uid_set
 
 _OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
+_OPTION_NAMES = "MIN, MAX, ALL, COUNT, SAVE and PARTIAL"
+# RFC 9394 §4: partial-range-first = nz-number ":" nz-number, partial-range-last = MINUS nz-number
+# ":" MINUS nz-number.
+_RANGE = re.compile(r"(-?)([1-9][0-9]*):(-?)([1-9][0-9]*)")
+# RFC 3501 §9: nz-number is a non-zero unsigned 32-bit number, at most ten digits.
+_MAX_NZ = 0xFFFFFFFF
+_MAX_DIGITS = len(str(_MAX_NZ))
+
+
+@dataclass(frozen=True)
+class Partial:
+    """RFC 9394 §3.1: the positions `first:last` in the result, the lowest-numbered match being 1;
+    negative positions count from the highest, -1 being the last. 5:1 is 1:5, -5:-1 is -1:-5."""
+
+    first: int
+    last: int
+
+    def window(self, count: int) -> slice:
+        """Where the range falls in a result of `count` numbers: empty when wholly beyond it, cut
+        short where it runs past either end."""
+        near, far = sorted((abs(self.first), abs(self.last)))
+        if self.first > 0:
+            return slice(min(near - 1, count), min(far, count))
+        return slice(max(count - far, 0), max(count - near + 1, 0))
+
+    def __str__(self) -> str:
+        # RFC 9394 §3.1: the PARTIAL return data carries the range as requested.
+        return f"{self.first}:{self.last}"
 
 
 @dataclass(frozen=True)
@@ -23,11 +54,12 @@ class ReturnOptions:
     all: bool = False
     count: bool = False
     save: bool = False
+    partial: Partial | None = None
 
     @property
     def answered(self) -> bool:
         """RFC 5182 §2.4: SAVE alone saves the result without an ESEARCH response."""
-        return self.min or self.max or self.all or self.count
+        return self.min or self.max or self.all or self.count or self.partial is not None
 
 
 # RFC 4731 §3.1: RETURN () is RETURN (ALL).
@@ -35,22 +67,66 @@ ALL = ReturnOptions(all=True)
 
 
 def parse_return(tokens: Sequence[Token]) -> ReturnOptions:
-    """The items of `RETURN (...)`; an unknown one is a BAD (RFC 4731 §3.1)."""
+    """The items of `RETURN (...)`; an unknown one is a BAD (RFC 4731 §3.1), and so are PARTIAL
+    with ALL, or either given twice (RFC 9394 §3.1)."""
     names: set[str] = set()
-    for tok in tokens:
-        if not isinstance(tok, Atom) or tok.section is not None or tok.value.upper() not in _OPTIONS:
-            raise BadCommand("SEARCH RETURN options are MIN, MAX, ALL, COUNT and SAVE")
-        names.add(tok.value.upper())
-    if not names:
+    partial: Partial | None = None
+    items = iter(tokens)
+    for tok in items:
+        name = _atom(tok)
+        if name == "PARTIAL":
+            if partial is not None:
+                raise BadCommand("SEARCH RETURN takes PARTIAL at most once")
+            partial = parse_partial(next(items, None))
+        elif name in _OPTIONS:
+            if name == "ALL" and "ALL" in names:
+                raise BadCommand("SEARCH RETURN takes ALL at most once")
+            names.add(name)
+        else:
+            raise BadCommand(f"SEARCH RETURN options are {_OPTION_NAMES}")
+    if partial is not None and "ALL" in names:
+        raise BadCommand("SEARCH RETURN cannot take both PARTIAL and ALL: ask for one or the other")
+    if not names and partial is None:
         return ALL
-    return ReturnOptions(*(name in names for name in _OPTIONS))
+    return ReturnOptions(
+        min="MIN" in names,
+        max="MAX" in names,
+        all="ALL" in names,
+        count="COUNT" in names,
+        save="SAVE" in names,
+        partial=partial,
+    )
+
+
+def parse_partial(tok: Token | None) -> Partial:
+    """RFC 9394 §4: PARTIAL's range, both ends from 1 or both from -1, each at most 4294967295."""
+    text = tok.value if isinstance(tok, Atom) and tok.section is None else ""
+    m = _RANGE.fullmatch(text)
+    if m is None or m.group(1) != m.group(3):
+        raise BadCommand(
+            "PARTIAL takes a range of result positions, first:last counted from 1 or -first:-last"
+            " counted from -1 (the last), without 0 or *"
+        )
+    ends = (m.group(2), m.group(4))
+    # The length first, so that no long run of digits is ever converted.
+    if any(len(end) > _MAX_DIGITS or int(end) > _MAX_NZ for end in ends):
+        raise BadCommand(f"PARTIAL range positions are at most {_MAX_NZ}")
+    first, last = (int(end) for end in ends)
+    sign = -1 if m.group(1) else 1
+    return Partial(sign * first, sign * last)
+
+
+def _atom(tok: Token | None) -> str:
+    if not isinstance(tok, Atom) or tok.section is not None:
+        raise BadCommand(f"SEARCH RETURN options are {_OPTION_NAMES}")
+    return tok.value.upper()
 
 
 def response(
     tag: str, numbers: Sequence[int], options: ReturnOptions, *, uid: bool, modseq: int | None
 ) -> bytes:
     """The ESEARCH response (RFC 4731 §3.2) for the sorted `numbers` found; MIN, MAX and ALL are
-    left out when nothing matched, COUNT never. `modseq` is RFC 7162 §3.1.5's highest
+    left out when nothing matched, COUNT and PARTIAL never. `modseq` is RFC 7162 §3.1.5's highest
     mod-sequence of the messages found, when the criteria asked for one."""
     quoted = tag.replace("\\", "\\\\").replace('"', '\\"')
     parts = [f'* ESEARCH (TAG "{quoted}")']
@@ -65,16 +141,25 @@ def response(
             parts.append(f"ALL {format_uid_set(numbers)}")
     if options.count:
         parts.append(f"COUNT {len(numbers)}")
+    if options.partial is not None:
+        # RFC 9394 §3.1: the numbers in that window of the result, NIL when it holds none.
+        page = numbers[options.partial.window(len(numbers))]
+        parts.append(f"PARTIAL ({options.partial} {format_uid_set(page) if page else 'NIL'})")
     if modseq is not None and numbers:
         parts.append(f"MODSEQ {modseq}")
     return " ".join(parts).encode()
 
 
 def to_save(uids: Sequence[int], options: ReturnOptions) -> list[int]:
-    """RFC 5182 §2.4: with MIN and/or MAX and neither ALL nor COUNT, only those are saved."""
-    if not uids or options.all or options.count or not (options.min or options.max):
+    """RFC 5182 §2.4: with MIN and/or MAX and neither ALL nor COUNT, only those are saved; RFC 9394
+    §3.2: with PARTIAL and without COUNT, the window's UIDs, and MIN's and MAX's when asked for."""
+    if not uids or options.all or options.count:
         return list(uids)
-    kept = {uids[0]} if options.min else set()
+    if options.partial is None and not (options.min or options.max):
+        return list(uids)
+    kept = set(uids[options.partial.window(len(uids))]) if options.partial is not None else set()
+    if options.min:
+        kept.add(uids[0])
     if options.max:
         kept.add(uids[-1])
     return sorted(kept)
