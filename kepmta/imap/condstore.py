@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kepmta.imap.partial import Partial, parse_partial
 from kepmta.imap.protocol import Args, Atom, BadCommand, ParenList, SequenceSet, Token, format_uid_set
 
 CONDSTORE = "CONDSTORE"
@@ -96,10 +97,12 @@ def _qresync(tok: Token) -> Qresync:
 
 @dataclass(frozen=True)
 class FetchModifiers:
-    """FETCH's (CHANGEDSINCE n [VANISHED]) (RFC 7162 §3.1.4.1, §3.2.6)."""
+    """FETCH's (CHANGEDSINCE n [VANISHED]) (RFC 7162 §3.1.4.1, §3.2.6) and (PARTIAL range)
+    (RFC 9394 §3.3)."""
 
     changedsince: int | None = None
     vanished: bool = False
+    partial: Partial | None = None
 
 
 def parse_fetch_modifiers(args: Args) -> FetchModifiers:
@@ -109,11 +112,15 @@ def parse_fetch_modifiers(args: Args) -> FetchModifiers:
     args.end()
     changedsince: int | None = None
     vanished = False
+    partial: Partial | None = None
     i = 0
     while i < len(items):
         name = _atom(items[i], "FETCH modifier").upper()
         if name == "CHANGEDSINCE" and i + 1 < len(items):
             changedsince = mod_sequence(_atom(items[i + 1], "mod-sequence"), zero=True)
+            i += 2
+        elif name == "PARTIAL" and partial is None:
+            partial = parse_partial(items[i + 1] if i + 1 < len(items) else None)
             i += 2
         elif name == "VANISHED":
             vanished = True
@@ -123,7 +130,7 @@ def parse_fetch_modifiers(args: Args) -> FetchModifiers:
     if vanished and changedsince is None:
         # RFC 7162 §3.2.6: VANISHED only makes sense together with CHANGEDSINCE.
         raise BadCommand("VANISHED requires CHANGEDSINCE")
-    return FetchModifiers(changedsince, vanished)
+    return FetchModifiers(changedsince, vanished, partial)
 
 
 def parse_store_modifiers(args: Args) -> int | None:

@@ -1307,6 +1307,10 @@ class Session:
             targets = [(s, u) for s, u in targets if (m := view.message(u)) is None or m.modseq > since]
             if not any(i.name == "MODSEQ" for i in items):
                 items = (*items, fetch.FetchItem("MODSEQ"))
+        if modifiers.partial is not None:
+            # RFC 9394 §3.3: a page of the messages the command covers, counted in UID order
+            # (negative positions from the highest).
+            targets = sorted(targets)[modifiers.partial.window(len(targets))]
         sets_seen = not view.read_only and any(i.sets_seen for i in items)
         needs_file = fetch.needs_file(items)
         wants_summary = fetch.needs_summary(items) or fetch.uses_header(items)

@@ -184,3 +184,25 @@ async def test_partial_refused(srv: DevServer) -> None:
         b'* ESEARCH (TAG "T") UID PARTIAL (1:1 3)'
     ]
     await c.close()
+
+
+async def test_partial_fetch_modifier_pages_the_messages_a_fetch_covers(srv: DevServer) -> None:
+    """RFC 9394 §3.3: (PARTIAL range) after FETCH's items returns one page of the messages the
+    sequence set names, counted in UID order; negative positions from the highest UID."""
+    c = await login(srv, 1)
+    await paging_mailbox(c, "FetchPages")
+
+    def uids(responses: list[bytes]) -> list[int]:
+        return [int(line.split(b"UID ")[1].split(b")")[0].split()[0]) for line in untagged(responses)]
+
+    # RFC 9394 §3.3's example: the last 30 by UID, here the last 3 of 27 messages.
+    assert uids(await c.ok("UID FETCH 1:* (FLAGS) (PARTIAL -1:-3)")) == [28, 29, 30]
+    assert uids(await c.ok("UID FETCH 1:* (UID) (PARTIAL 1:4)")) == [1, 2, 3, 7]
+    # Without UID: the same positions, among the messages the sequence numbers name.
+    assert uids(await c.ok("FETCH 5:* (UID) (PARTIAL 2:3)")) == [9, 10]
+    # Beyond the messages covered: nothing, and OK.
+    assert untagged(await c.ok("UID FETCH 1:3 (FLAGS) (PARTIAL 5:9)")) == []
+    for bad in ("(PARTIAL 0:3)", "(PARTIAL 1:*)", "(PARTIAL -1:3)", "(PARTIAL)", "(PARTIAL 1:2 PARTIAL 3:4)"):
+        reply = tagged(await c.command(f"UID FETCH 1:* (FLAGS) {bad}"))
+        assert reply.startswith(b"BAD "), (bad, reply)
+    await c.close()
