@@ -35,23 +35,51 @@ KEPMTA = [sys.executable, "-m", "kepmta"]
 T = TypeVar("T")
 
 
-def free_port_base() -> int:
-    """Seven consecutive free ports (submission, submissions, imap, imaps, relay, api, metrics)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base > 65000:
-            continue
-        ok = True
-        for p in range(base, base + 7):
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-        if ok:
+def _port_band() -> range:
+    """The ports this test process hands out: below the kernel's ephemeral range, which it uses for
+    port 0 and outgoing connections, and, under pytest-xdist, a band of its own per worker, so that a
+    port probed free here cannot be taken by another worker before the server binds it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low = 10000
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    width = (ephemeral - low) // workers
+    return range(low + worker * width, low + (worker + 1) * width)
+
+
+_BAND = _port_band()
+_next_port = _BAND.start + (os.getpid() * 7919) % len(_BAND)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(count: int = 7) -> int:
+    """`count` consecutive free ports, by default the seven of a server (submission, submissions,
+    imap, imaps, relay, api, metrics). Successive calls never return the same ports again until the
+    band wraps round, so two servers started by one test do not meet."""
+    global _next_port
+    for _ in range(len(_BAND)):
+        base = _next_port
+        if base + count > _BAND.stop:
+            base = _BAND.start
+        _next_port = base + count
+        if all(_bindable(p) for p in range(base, base + count)):
             return base
+    raise RuntimeError(f"no {count} free consecutive ports in {_BAND.start}..{_BAND.stop - 1}")
+
+
+def free_port() -> int:
+    return free_port_base(1)
 
 
 def port_open(port: int) -> bool:

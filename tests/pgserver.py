@@ -9,12 +9,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from kepclient import free_port
 
 USER = "kepmta"
 
@@ -33,13 +34,6 @@ def _bin_dir() -> Path:
         if (Path(folder) / "initdb").is_file():
             return Path(folder)
     raise PgUnavailable("no initdb on PATH or in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -102,7 +96,7 @@ def start() -> PgServer:
         nobody = pwd.getpwnam("nobody")
         os.chown(folder, nobody.pw_uid, nobody.pw_gid)
         as_user = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--"]
-    server = PgServer(bin_dir, folder, _free_port(), as_user)
+    server = PgServer(bin_dir, folder, free_port(), as_user)
     data = str(folder / "data")
     # -N: no fsync of the new cluster; the options below drop durability too: a test server's
     # data need not outlive a crash of the machine.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import uuid
 from collections import deque
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from kepclient import DevServer, accounts_cli, folder_messages, imap, signed_by, submit, wait_for
+from kepclient import DevServer, accounts_cli, folder_messages, free_port, imap, signed_by, submit, wait_for
 
 PHONE = "+905321234567"
 ORDINARY = "ayse.kaya@example.org"
@@ -89,9 +88,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     hook = Webhook()
     http = serve_webhook(hook)
     mail = Smarthost()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     controller = Controller(mail, hostname="127.0.0.1", port=port)
     controller.start()
     srv = DevServer(tmp_path_factory.mktemp("kep") / "data").start()
