@@ -1,25 +1,38 @@
-"""Accepted signed submissions per second, end to end, beside a bare aiosmtpd in the same run.
+"""Signed submissions per second, accepted and end to end, beside Postfix and a bare aiosmtpd.
 
-kepmta: `kepmta serve --dev` in a fresh folder; each message is a 10 KB S/MIME-signed message
-submitted over STARTTLS with AUTH, and counts once its 250 arrives (original, evidence and delivery
-jobs on disk). Reference: aiosmtpd with STARTTLS whose handler only writes each message to a file
-and fsyncs it. Both get the same clients (aiosmtplib), the same messages and the same duration.
+    .venv/bin/python bench/submission.py [--seconds 30] [--clients 4] [--size 10240] [--fresh]
+        [--runs 3] [--nodes 1] [--database sqlite|postgresql]
 
-    .venv/bin/python bench/submission.py [--seconds 60] [--clients 4] [--size 10240]
-        [--nodes 1] [--database sqlite|postgresql]
+Each run takes three servers in turn, each for --seconds, with the same clients (aiosmtplib, over
+STARTTLS) and the same messages: 64 S/MIME-signed messages of about --size bytes from one demo
+account to another.
 
-Prints messages/s, reply latency percentiles and the server's peak RSS for both, and the ratio.
-For kepmta it also waits, after the load, until every delivery and receipt job is done, and prints
-the end-to-end rate: messages over load time plus that drain, each message then in the
-recipient's INBOX with its ContentConsignment and both receipts filed.
+- kepmta: `kepmta serve --dev` in a fresh folder, the clients logging in (AUTH). A message counts
+  once its 250 arrives (original, evidence and delivery jobs on disk); after the load the bench
+  waits until no delivery or receipt job is pending, and the end-to-end rate is the messages over
+  the load time plus that wait: each message then in the recipient's INBOX with its
+  ContentConsignment and both receipts filed.
+- Postfix: Debian's package, installed with apt-get if missing (debconf answer "No configuration",
+  so the system's own instance is left unconfigured; needs root). A private instance in a fresh
+  folder (configuration, queue, Maildirs; `postfix -c FOLDER start`, stopped at the end) on one
+  port of 127.0.0.1, relaying for 127.0.0.0/8 without AUTH and delivering with virtual(8) to a
+  Maildir; queue files are fsynced before the 250, as Postfix ships. End to end: the messages over
+  the load time plus the wait until each is in the Maildir's new/ folder.
+- aiosmtpd: a handler that only writes each message to a file and fsyncs it (accepted only).
+
+Clients keep one session each unless --fresh gives every message a new connection, STARTTLS
+handshake and, for kepmta, AUTH, as most mail clients do. Every run prints messages/s, reply
+latency percentiles and peak RSS per server; the end prints the median of the --runs runs of each
+figure with every run's value, then one summary line with the ratios kepmta/Postfix (end to end
+and accepted) and kepmta/aiosmtpd (accepted).
 
 With --database postgresql or --nodes N, the comparison is kepmta against itself instead, in one
-run: SQLite with one node, then PostgreSQL with one node and, if N > 1, PostgreSQL with N nodes,
-each end to end and as a ratio to SQLite. The PostgreSQL server is the bench's own, started as the
-tests start theirs (tests/pgserver.py). Each setup is a fresh development folder whose nodes run
-`kepmta serve --config` with a configuration of their own (name and ports), as
-tests/nodes/test_two_nodes.py starts them, on one database and one data folder; the clients are
-spread over the nodes' submission ports.
+run (no Postfix, no aiosmtpd, --runs ignored): SQLite with one node, then PostgreSQL with one node
+and, if N > 1, PostgreSQL with N nodes, each end to end and as a ratio to SQLite. The PostgreSQL
+server is the bench's own, started as the tests start theirs (tests/pgserver.py). Each setup is a
+fresh development folder whose nodes run `kepmta serve --config` with a configuration of their own
+(name and ports), as tests/nodes/test_two_nodes.py starts them, on one database and one data
+folder; the clients are spread over the nodes' submission ports.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +61,8 @@ from common import bench_body, messages_of, raise_quotas
 from kepclient import DevServer, free_port_base
 from pgserver import PgServer
 from pgserver import start as start_postgres
+from postfix import Postfix
+from postfix import install as install_postfix
 from test_two_nodes import Node, node_config
 
 from kepmta import pki
@@ -68,27 +84,38 @@ async def load(
     messages: list[bytes],
     clients: int,
     seconds: float,
+    fresh: bool,
 ) -> tuple[int, list[float]]:
+    """Messages accepted and their latencies: from MAIL FROM to the 250 after DATA on a kept
+    session, or from the connection to that 250 when each message has a `fresh` one."""
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
     sent = 0
+
+    async def session(port: int) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, tls_context=tls, start_tls=True, timeout=120)
+        await smtp.connect()
+        if login:
+            await smtp.login(*login)
+        return smtp
 
     async def client(n: int) -> None:
         nonlocal sent
         # with several nodes, client n submits to node n mod N, as a load balancer would spread them
         port = ports[n % len(ports)]
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, tls_context=tls, start_tls=True, timeout=120)
-        await smtp.connect()
-        if login:
-            await smtp.login(*login)
+        kept = None if fresh else await session(port)
         i = n
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
+            smtp = kept if kept is not None else await session(port)
             await smtp.sendmail(sender, [rcpt], messages[i % len(messages)])
             latencies.append(time.perf_counter() - t0)
             sent += 1
             i += clients
-        await smtp.quit()
+            if kept is None:
+                await smtp.quit()
+        if kept is not None:
+            await kept.quit()
 
     await asyncio.gather(*(client(n) for n in range(clients)))
     return sent, latencies
@@ -185,6 +212,7 @@ def end_to_end(tmp: Path, pg: PgServer | None, nodes: int, args: argparse.Namesp
                 messages,
                 args.clients,
                 args.seconds,
+                args.fresh,
             )
         )
         rss = sum(peak_rss_mib(node.proc.pid) for node in servers if node.proc)
@@ -203,7 +231,7 @@ def end_to_end(tmp: Path, pg: PgServer | None, nodes: int, args: argparse.Namesp
 def compare_databases(args: argparse.Namespace) -> None:
     """SQLite one node, PostgreSQL one node and PostgreSQL N nodes, end to end, in one run."""
     print(
-        "kepmta against itself (no bare aiosmtpd reference with --database/--nodes; "
+        "kepmta against itself (no Postfix or aiosmtpd reference with --database/--nodes; "
         "run without them for it); peak RSS is the nodes' main processes summed"
     )
     with tempfile.TemporaryDirectory() as name:
@@ -224,87 +252,174 @@ def compare_databases(args: argparse.Namespace) -> None:
     )
 
 
+@dataclass
+class Mail:
+    """What every server of a run is sent: the messages of a fresh kepmta folder's demo accounts."""
+
+    sender: str
+    rcpt: str
+    messages: list[bytes]
+
+
+def run_kepmta(data: Path, args: argparse.Namespace) -> tuple[Mail, float, float]:
+    """kepmta in the new folder `data`: its mail, messages/s accepted and end to end."""
+    srv = DevServer(data).start()
+    try:
+        ali, ayse = srv.account(0), srv.account(1)
+        raise_quotas(srv)
+        mail = Mail(ali["address"], ayse["address"], messages_of(ali, ayse, bench_body(args.size), "bench"))
+        sent, lat = asyncio.run(
+            load(
+                [srv.ports["submission"]],
+                srv.tls(),
+                (ali["address"], ali["password"]),
+                mail.sender,
+                mail.rcpt,
+                mail.messages,
+                args.clients,
+                args.seconds,
+                args.fresh,
+            )
+        )
+        assert srv.proc
+        accepted = describe("kepmta", sent, args.seconds, lat, peak_rss_mib(srv.proc.pid))
+        drained = drain_seconds(sqlite_pending(srv.data / "kepmta.db"))
+    finally:
+        srv.stop()
+    e2e = sent / (args.seconds + drained)
+    print(
+        f"{'':10s} every delivery and receipt done {drained:.1f} s after the load: {e2e:.1f} msg/s end to end"
+    )
+    return mail, accepted, e2e
+
+
+def run_postfix(
+    mail: Mail, tls: Path, client: ssl.SSLContext, args: argparse.Namespace
+) -> tuple[float, float]:
+    """A new private Postfix instance: messages/s accepted and end to end (in the Maildir)."""
+    with tempfile.TemporaryDirectory(prefix="kepmta-bench-postfix-") as root:
+        server = Postfix(Path(root), free_port_base(1), [mail.rcpt], tls / "tls.pem", tls / "tls.key")
+        server.start()
+        try:
+            sent, lat = asyncio.run(
+                load(
+                    [server.port],
+                    client,
+                    None,
+                    mail.sender,
+                    mail.rcpt,
+                    mail.messages,
+                    args.clients,
+                    args.seconds,
+                    args.fresh,
+                )
+            )
+            accepted = describe("postfix", sent, args.seconds, lat, server.peak_rss_mib())
+            delivered = server.wait_delivered(sent)
+        finally:
+            server.stop()
+    e2e = sent / (args.seconds + delivered)
+    print(
+        f"{'':10s} every message in the Maildir {delivered:.1f} s after the load: {e2e:.1f} msg/s end to end"
+    )
+    return accepted, e2e
+
+
+def run_aiosmtpd(mail: Mail, out: Path, tls: Path, client: ssl.SSLContext, args: argparse.Namespace) -> float:
+    """Bare aiosmtpd writing each message to a new file in `out`, fsynced: messages/s."""
+    out.mkdir()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tls / "tls.pem", tls / "tls.key")
+    port = free_port_base(1)
+    controller = Controller(
+        FsyncHandler(out), hostname="127.0.0.1", port=port, tls_context=server_ctx, data_size_limit=None
+    )
+    controller.start()
+    try:
+        rss_before = peak_rss_mib(os.getpid())
+        sent, lat = asyncio.run(
+            load(
+                [port],
+                client,
+                None,
+                mail.sender,
+                mail.rcpt,
+                mail.messages,
+                args.clients,
+                args.seconds,
+                args.fresh,
+            )
+        )
+    finally:
+        controller.stop()
+    # the reference runs in this process, so its figure includes the load generator
+    return describe("aiosmtpd", sent, args.seconds, lat, max(rss_before, peak_rss_mib(os.getpid())))
+
+
+def compare_references(args: argparse.Namespace) -> None:
+    """kepmta, Postfix and aiosmtpd, one after the other in each run, then the medians."""
+    install_postfix()
+    figures: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        ca = pki.issue("bench CA", pki.Role.CA)
+        pki.save(ca, tmp / "ca.pem", tmp / "ca.key")
+        cert = pki.issue("localhost", pki.Role.TLS_SERVER, ca, dns_names=("localhost",))
+        pki.save(cert, tmp / "tls.pem", tmp / "tls.key")
+        # verified as kepmta's clients verify its certificate, so that each handshake costs the same
+        client = ssl.create_default_context(cafile=tmp / "ca.pem")
+        client.check_hostname = False  # the certificate names localhost; the clients dial 127.0.0.1
+        for run in range(args.runs):
+            print(f"run {run + 1} of {args.runs}")
+            mail, accepted, e2e = run_kepmta(tmp / f"kepmta{run}", args)
+            figures.setdefault("kepmta accepted", []).append(accepted)
+            figures.setdefault("kepmta end-to-end", []).append(e2e)
+            accepted, e2e = run_postfix(mail, tmp, client, args)
+            figures.setdefault("postfix accepted", []).append(accepted)
+            figures.setdefault("postfix end-to-end", []).append(e2e)
+            bare = run_aiosmtpd(mail, tmp / f"aiosmtpd{run}", tmp, client, args)
+            figures.setdefault("aiosmtpd", []).append(bare)
+    median = {label: statistics.median(values) for label, values in figures.items()}
+    print(f"msg/s, median of {args.runs} run{'s' if args.runs > 1 else ''} (each run's figure in brackets):")
+    for label, values in figures.items():
+        print(f"  {label:20s} {median[label]:8.1f}  ({' '.join(f'{v:.1f}' for v in values)})")
+    mode = "fresh" if args.fresh else "reuse"
+    print(
+        f"size {args.size} {mode}: kepmta accepted {median['kepmta accepted']:.1f} "
+        f"end-to-end {median['kepmta end-to-end']:.1f} | postfix accepted {median['postfix accepted']:.1f} "
+        f"end-to-end {median['postfix end-to-end']:.1f} | aiosmtpd {median['aiosmtpd']:.1f} | "
+        f"kepmta/postfix e2e {median['kepmta end-to-end'] / median['postfix end-to-end']:.2f} "
+        f"accepted {median['kepmta accepted'] / median['postfix accepted']:.2f} | "
+        f"kepmta/aiosmtpd accepted {median['kepmta accepted'] / median['aiosmtpd']:.2f}"
+    )
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=60)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=30, help="load time of each server in each run")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--size", type=int, default=10240, help="approximate message size in bytes")
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="a new connection, STARTTLS and (kepmta) AUTH per message, not one session per client",
+    )
+    ap.add_argument("--runs", type=int, default=3, help="runs whose median is printed")
     ap.add_argument("--nodes", type=int, default=1, help="kepmta processes on one database and data folder")
     ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = ap.parse_args()
     if args.nodes < 1:
         ap.error("--nodes must be at least 1")
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
     if args.nodes > 1 and args.database == "sqlite":
         ap.error(
             "several nodes share a PostgreSQL database (README, Several nodes): add --database postgresql"
         )
     if args.nodes > 1 or args.database == "postgresql":
         compare_databases(args)
-        return
-
-    with tempfile.TemporaryDirectory() as tmp:
-        srv = DevServer(Path(tmp) / "data").start()
-        try:
-            ali, ayse = srv.account(0), srv.account(1)
-            raise_quotas(srv)
-            messages = messages_of(ali, ayse, bench_body(args.size), "bench")
-            tls = srv.tls()
-            sent, lat = asyncio.run(
-                load(
-                    [srv.ports["submission"]],
-                    tls,
-                    (ali["address"], ali["password"]),
-                    ali["address"],
-                    ayse["address"],
-                    messages,
-                    args.clients,
-                    args.seconds,
-                )
-            )
-            assert srv.proc
-            kep = describe("kepmta", sent, args.seconds, lat, peak_rss_mib(srv.proc.pid))
-            drained = drain_seconds(sqlite_pending(srv.data / "kepmta.db"))
-            print(
-                f"{'':10s} every delivery and receipt done {drained:.1f} s after the load: "
-                f"{sent / (args.seconds + drained):.1f} msg/s end to end"
-            )
-        finally:
-            srv.stop()
-
-        ca = pki.issue("bench CA", pki.Role.CA)
-        cert = pki.issue("localhost", pki.Role.TLS_SERVER, ca, dns_names=("localhost",))
-        pki.save(cert, Path(tmp) / "tls.pem", Path(tmp) / "tls.key")
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ctx.load_cert_chain(Path(tmp) / "tls.pem", Path(tmp) / "tls.key")
-        client_ctx = ssl.create_default_context()
-        client_ctx.check_hostname = False
-        client_ctx.verify_mode = ssl.CERT_NONE
-        out = Path(tmp) / "bare"
-        out.mkdir()
-        port = free_port_base()
-        controller = Controller(
-            FsyncHandler(out), hostname="127.0.0.1", port=port, tls_context=server_ctx, data_size_limit=None
-        )
-        controller.start()
-        try:
-            rss_before = peak_rss_mib(os.getpid())
-            sent, lat = asyncio.run(
-                load(
-                    [port],
-                    client_ctx,
-                    None,
-                    ali["address"],
-                    ayse["address"],
-                    messages,
-                    args.clients,
-                    args.seconds,
-                )
-            )
-        finally:
-            controller.stop()
-        # the reference runs in this process, so its figure includes the load generator
-        bare = describe("aiosmtpd", sent, args.seconds, lat, max(rss_before, peak_rss_mib(os.getpid())))
-    print(f"ratio kepmta / bare aiosmtpd: {kep / bare:.2f}")
+    else:
+        compare_references(args)
 
 
 if __name__ == "__main__":
