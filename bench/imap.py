@@ -38,13 +38,16 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("tests", "tests/interop")]
 from interop_fixtures import (  # noqa: E402
     Dovecot,
-    free_port,
     mail_user,
     render_dovecot_conf,
     shared_folder,
     start_dev_server,
 )
-from kepclient import DevServer, plain_message  # noqa: E402
+from kepclient import (  # noqa: E402
+    DevServer,
+    free_port,
+    plain_message,
+)
 
 OPERATIONS = (
     # (weight, name): a reading client's mix, dominated by flag and header fetches

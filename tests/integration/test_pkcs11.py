@@ -23,7 +23,7 @@ from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-PIN = "6174"
+PIN = "kep-pin-6174"  # no hex digit run or time: it can only be in the log if leaked
 
 
 def cannot_run(reason: str) -> None:
