@@ -27,7 +27,7 @@ from kepmta.db import utc
 from kepmta.db.runner import runner
 from kepmta.db.schema import accounts, operators
 from kepmta.maildir import INBOX, Maildir, SizeCache
-from kepmta.passwords import check_password_async, hash_password
+from kepmta.passwords import CheckedPasswords, hash_password
 from kepmta.policy.identity import IdentityNumberError, check_mersis, check_national_id
 from kepmta.ratelimit import FailureLimiter
 
@@ -196,6 +196,7 @@ class AccountStore:
         domain: str,
         default_quota: int,
         limiter: FailureLimiter | None = None,
+        passwords: CheckedPasswords | None = None,
     ) -> None:
         self.engine = engine
         self.db = runner(engine)
@@ -203,6 +204,7 @@ class AccountStore:
         self.domain = domain
         self.default_quota = default_quota
         self.limiter = limiter or FailureLimiter()
+        self.passwords = passwords or CheckedPasswords(lambda: 0)
         self.sizes = SizeCache()
 
     # -- creating -------------------------------------------------------------------------------
@@ -471,7 +473,7 @@ class AccountStore:
         row = await self.db.read(lambda conn: conn.execute(_BY_ADDRESS, {"address": addr}).first())
         stored = row.password_hash if row is not None else None
         # Same cost whether or not the address exists, so timing does not tell which do.
-        ok = await check_password_async(password, stored or _unknown_user_hash())
+        ok = await self.passwords.check(password, stored or _unknown_user_hash())
         # An authorisation identity equal to the login name (RFC 4616 §2) is a plain login.
         wanted = _address_or_none(authzid) if authzid else addr
         entity = None

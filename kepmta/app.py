@@ -35,6 +35,7 @@ from kepmta.inbound import InboundService
 from kepmta.live import Live
 from kepmta.maildir import Maildir
 from kepmta.notify import Contacts, NotifyWorker
+from kepmta.passwords import CheckedPasswords
 from kepmta.peers import PeerRegistry, Peers
 from kepmta.queue import jobs
 from kepmta.queue.relay import RelayWorker
@@ -143,7 +144,12 @@ class App:
         live = self.live
         limiter = FailureLimiter(lambda: Limits.from_policy(live.policy))
         accounts = AccountStore(
-            engine, s.mail_root, domain=s.domain, default_quota=p.default_quota, limiter=limiter
+            engine,
+            s.mail_root,
+            domain=s.domain,
+            default_quota=p.default_quota,
+            limiter=limiter,
+            passwords=CheckedPasswords(lambda: live.policy.auth_cache_seconds),
         )
         if demo is not None:
             await devinit.add_demo_accounts(accounts, demo)

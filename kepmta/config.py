@@ -104,6 +104,9 @@ class Policy:
     auth_account_delay: int = 1
     auth_max_delay: int = 30
     auth_waiting_per_address: int = 10
+    # [auth], kepmta.passwords.CheckedPasswords: how long a confirmed password is taken again
+    # without scrypt for the same account.
+    auth_cache_seconds: int = 300
     # [submission]: refused RCPTs in one transaction, and refused MAILs and RCPTs in one session,
     # before the session is ended with 421 (kepmta.submission).
     max_refused_recipients: int = 10
@@ -401,6 +404,7 @@ def load_policy(path: Path) -> Policy:
         auth_account_delay=auth.number("account_delay_seconds", low=0, high=max_delay),
         auth_max_delay=max_delay,
         auth_waiting_per_address=auth.number("waiting_per_address", low=1, high=10_000),
+        auth_cache_seconds=auth.number("cache_seconds", low=0, high=86_400),
         max_refused_recipients=submission.number("max_refused_recipients", low=1, high=10_000),
         max_refused_per_session=submission.number("max_refused_per_session", low=1, high=100_000),
         imap_limits=ImapLimits(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import imaplib
+import smtplib
 import uuid
 from pathlib import Path
 
@@ -346,3 +348,26 @@ def test_failed_logins_slow_the_address_but_do_not_lock_the_account(srv: DevServ
     for _ in range(5):
         assert login_reply(srv, {**p, "password": "yanlis-parola"})[0] == 535
     assert login_reply(srv, p)[0] == 235
+
+
+def test_a_remembered_password_stops_working_the_moment_it_is_changed(srv: DevServer) -> None:
+    # The server keeps a confirmed password for [auth] cache_seconds (300 s) to spare scrypt; a
+    # new password must end that at once, on both protocols, and the old one gets no second life.
+    acct = new_person(srv, "Bellek", "Deneme", "--active", password="eski-parola-123")
+    for _ in range(2):  # the second login of each is the remembered one
+        with smtp(srv, acct):
+            pass
+        imap(srv, acct).logout()
+    code, _, err = accounts_cli(
+        data(srv), "passwd", acct["address"], "--password-stdin", stdin="yeni-parola-456\n"
+    )
+    assert code == 0, err
+    with smtp(srv) as s, pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+        s.login(acct["address"], "eski-parola-123")
+    assert refused.value.smtp_code == 535
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        imap(srv, acct)
+    changed = {**acct, "password": "yeni-parola-456"}
+    with smtp(srv, changed):
+        pass
+    imap(srv, changed).logout()
