@@ -876,7 +876,11 @@ class Session:
             # into a directory that has moved.
             for src, _ in folders.rename(self._md(), old, new, self.server.folder_limits):
                 self.server.stores.forget(src)
-            await asyncio.to_thread(specialuse.rename, self._md().root, old, folders.valid_new_name(new))
+            new = folders.valid_new_name(new)
+            await asyncio.to_thread(specialuse.rename, self._md().root, old, new)
+            if old != INBOX:  # RFC 3501 §6.3.5: INBOX stays, emptied
+                limit = self.server.folder_limits.max_folders + 1
+                await asyncio.to_thread(subscriptions.rename, self._md(), old, new, limit)
         return "RENAME completed"
 
     async def c_subscribe(self, cmd: Command, args: Args) -> str:

@@ -153,3 +153,16 @@ def change(maildir: Maildir, name: str, *, subscribe: bool, max_names: int) -> N
         names.remove(name)
     root.mkdir(parents=True, exist_ok=True)
     _write(root, names)
+
+
+def rename(maildir: Maildir, old: str, new: str, max_names: int) -> None:
+    """After RENAME of `old` (not INBOX) to `new`: its subscription and its inferiors' follow it.
+    RFC 3501 §6.3.5 leaves this open; Dovecot carries them, and a client that subscribed a folder
+    expects to find it subscribed under its new name, not a \\NonExistent leftover."""
+    names = load(maildir.root)
+    if names is None:
+        return  # every folder counts as subscribed until the file exists
+    prefix = old + SEPARATOR
+    moved = [new + n[len(old) :] if n == old or n.startswith(prefix) else n for n in names]
+    if moved != names:
+        _write(maildir.root, list(dict.fromkeys(moved))[:max_names])

@@ -145,3 +145,21 @@ async def test_a_lock_left_by_a_crash_fails_no_login(srv: DevServer) -> None:
     lsub = untagged(await c.ok('LSUB "" "*"'))
     assert b'* LSUB () "." "INBOX"' in lsub and b'"Sent"' not in b"".join(lsub)
     await c.close()
+
+
+async def test_a_renamed_folder_keeps_its_subscriptions_and_its_inferiors(srv: DevServer) -> None:
+    c = await login(srv, 0)
+    for name in ("Eski", "Eski.Alt", "Eskimo"):
+        await c.ok(f'CREATE "{name}"')
+        await c.ok(f'SUBSCRIBE "{name}"')
+    await c.ok('RENAME "Eski" "Yeni"')
+    assert untagged(await c.ok('LSUB "" "Esk*"')) == [b'* LSUB () "." "Eskimo"']
+    assert untagged(await c.ok('LSUB "" "Yeni*"')) == [
+        b'* LSUB () "." "Yeni"',
+        b'* LSUB () "." "Yeni.Alt"',
+    ]
+    # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves INBOX, still subscribed.
+    await c.ok('RENAME "INBOX" "Eski Gelen"')
+    lsub = untagged(await c.ok('LSUB "" "*"'))
+    assert b'* LSUB () "." "INBOX"' in lsub and not any(b"Eski Gelen" in r for r in lsub)
+    await c.close()
