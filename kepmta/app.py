@@ -179,6 +179,8 @@ class App:
         warner = QuotaWarner(accounts, p.quota_warnings, s.service_address)
         checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES) for _ in range(2))
         self.pools = [checking, filing]
+        for pool in self.pools:
+            await pool.start()
         worker = DeliveryWorker(
             engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing, node
         )

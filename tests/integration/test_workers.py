@@ -124,3 +124,16 @@ def test_dead_workers_mean_try_again_later_not_a_lost_message(srv: DevServer) ->
     assert answers[0] == ("DATA", 451)  # the first check went to a dead worker
     # Filing workers died too: the delivery is retried and still arrives.
     wait_for(lambda: len(list(inbox.iterdir())) >= 2, timeout=60)
+
+
+def test_a_server_has_its_workers_running_before_the_first_message(tmp_path: Path) -> None:
+    # Started before the listeners open: a worker's imports and key loading (about a second) are
+    # not waited for by the first submissions.
+    srv = DevServer(tmp_path / "data").start()
+    try:
+        assert srv.proc is not None
+        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        commands = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
+        assert sum(b"kepmta.workers" in command for command in commands) == 4, commands
+    finally:
+        srv.stop()
