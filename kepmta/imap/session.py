@@ -1319,7 +1319,6 @@ class Session:
         needs_file = fetch.needs_file(items)
         wants_summary = fetch.needs_summary(items) or fetch.uses_header(items)
         structure = fetch.needs_structure(items)
-        missing = False
         for start in range(0, len(targets), _FETCH_BATCH):
             chunk = targets[start : start + _FETCH_BATCH]
             summaries = (
@@ -1329,13 +1328,11 @@ class Session:
                 msg = view.message(u)
                 summary = summaries.get(u)
                 if msg is None or (wants_summary and summary is None):
-                    missing = True
                     continue
                 flags_changed = False
                 if sets_seen and SEEN not in msg.flags:
                     marked = await self._mark_seen(view, u, msg.flags | {SEEN})
                     if marked is None:
-                        missing = True
                         continue
                     flags_changed = True
                 reader = await self._open_message(view, u, summary) if needs_file else None
@@ -1343,7 +1340,6 @@ class Session:
                 if current is None or (needs_file and reader is None):
                     if reader is not None:
                         reader.close()
-                    missing = True
                     continue
                 try:
                     body = await fetch.render(
@@ -1365,9 +1361,8 @@ class Session:
                 finally:
                     if reader is not None:
                         reader.close()
-        if missing:
-            # RFC 5530 §3 EXPUNGEISSUED: some named messages were expunged by another session.
-            raise CommandFailed("some of the requested messages no longer exist", "EXPUNGEISSUED")
+        # RFC 2180 §4.1.3: messages another session expunged meanwhile are left out and the rest is
+        # answered OK, as STORE does; a NO would make clients (imaplib) drop what did arrive.
         return f"{'UID ' if uid else ''}FETCH completed"
 
     async def _open_message(
