@@ -115,9 +115,10 @@ class SizeCache:
     """Folder sizes for quota, recounted only when the folder changed since it was counted, so a
     mailbox of thousands of messages is not walked on every delivery and every MAIL FROM.
 
-    Our own deliveries add their size under the lock that also guards reading the stamp, so a
-    count is never invalidated by a delivery of ours that happened while it was looked at; any
-    other change (a flag, an expunge, another program) makes the next look recount.
+    Our own changes (deliveries, and the IMAP server's appends, flag renames and expunges) adjust
+    the count under the lock that also guards reading the stamp, so a count is never invalidated
+    by a change of ours that happened while it was looked at; any other change (another program,
+    Dovecot) makes the next look recount.
     """
 
     def __init__(self) -> None:
@@ -136,14 +137,16 @@ class SizeCache:
         return total
 
     @contextlib.contextmanager
-    def delivering(self, folder: Path, size: int) -> Iterator[None]:
-        """Around the rename that files `size` bytes into `folder`: the count follows it."""
+    def changing(self, folder: Path, delta: int) -> Iterator[None]:
+        """Around one rename or unlink in `folder` that changes its size by `delta` bytes (0 for a
+        flag change): the count follows it. Without this, every flag change or expunge of a busy
+        IMAP folder made the next quota look (each APPEND) recount the whole folder."""
         with self._lock:
             before = _stamp(folder)
             yield
             counted = self._folders.pop(folder, None)
             if counted is not None and counted.stamp == before:  # nothing else changed it meanwhile
-                self._folders[folder] = _Counted(_stamp(folder), counted.total + size)
+                self._folders[folder] = _Counted(_stamp(folder), counted.total + delta)
 
 
 class Maildir:
@@ -230,7 +233,7 @@ class Maildir:
         """Move the complete, synced message `base` from tmp/ into new/ of folder `name`."""
         folder = self.folder_dir(name)
         tmp, final = folder / "tmp" / base, folder / "new" / base
-        with self.sizes.delivering(folder, os.stat(tmp).st_size):
+        with self.sizes.changing(folder, os.stat(tmp).st_size):
             os.rename(tmp, final)
         fsync_dir(folder / "new")
         return final

@@ -41,6 +41,7 @@ from kepmta.imap.index import (
 )
 from kepmta.imap.notify import DirEvent, Inotify
 from kepmta.imap.protocol import format_uid_set
+from kepmta.maildir import SizeCache
 
 log = logging.getLogger("kepmta.imap")
 
@@ -139,9 +140,11 @@ def _mtime_ns(path: Path) -> int:
 class FolderStore:
     """The shared state of one folder directory."""
 
-    def __init__(self, name: str, directory: Path, uidvalidity: int) -> None:
+    def __init__(self, name: str, directory: Path, uidvalidity: int, sizes: SizeCache | None = None) -> None:
         self.name = name
         self.directory = directory
+        # The account's folder sizes for quota (kepmta.maildir): told of every change made here.
+        self.sizes = sizes or SizeCache()
         self.messages: dict[int, MessageFile] = {}
         self.uidvalidity = uidvalidity
         self.uidnext = 1
@@ -487,7 +490,8 @@ class FolderStore:
             msg = self.messages[uid]
             target = self.directory / "cur" / cur_name(msg.base, msg.flags, msg.other_info)
             try:
-                os.rename(msg.path, target)
+                with self.sizes.changing(self.directory, 0):
+                    os.rename(msg.path, target)
             except FileNotFoundError:
                 continue
             moved = replace(msg, path=target)
@@ -544,7 +548,8 @@ class FolderStore:
         target = self.directory / "cur" / cur_name(msg.base, flags, msg.other_info)
         if target != msg.path:
             try:
-                os.rename(msg.path, target)
+                with self.sizes.changing(self.directory, 0):
+                    os.rename(msg.path, target)
             except FileNotFoundError:
                 self.refresh(force=True)
                 return None
@@ -567,7 +572,7 @@ class FolderStore:
             msg = self.messages.get(uid)
             if msg is None:
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError), self.sizes.changing(self.directory, -msg.size):
                 os.unlink(msg.path)
             gone.append(uid)
         if gone:
@@ -579,7 +584,8 @@ class FolderStore:
         """Move a complete file from tmp/ into cur/ under `base` with `flags` and give it the next UID."""
         st = os.stat(staged)
         target = self.directory / "cur" / cur_name(base, flags, "")
-        os.rename(staged, target)
+        with self.sizes.changing(self.directory, st.st_size):
+            os.rename(staged, target)
         self._touched()
         uid = self.uidnext
         self.uidnext += 1
@@ -728,12 +734,13 @@ class StoreRegistry:
         store = self._stores.get(directory)
         return None if store is None or store.dead else store
 
-    def open(self, name: str, directory: Path) -> FolderStore:
-        """The folder's store, held until the matching `release`."""
+    def open(self, name: str, directory: Path, sizes: SizeCache | None = None) -> FolderStore:
+        """The folder's store, held until the matching `release`; it keeps `sizes` (the account's
+        folder sizes for quota) up to date with its own changes."""
         store = self.get(directory)
         if store is None:
             self._discard(directory)
-            store = FolderStore(name, directory, self._next_validity())
+            store = FolderStore(name, directory, self._next_validity(), sizes)
             # Watching before loading: a change made while the index is read is then not lost,
             # its event is applied afterwards.
             self._watch(store)

@@ -434,7 +434,8 @@ class Session:
         return folders.name_from_wire(raw, utf8=self.utf8)
 
     def _open_store(self, name: str) -> FolderStore:
-        return self.server.stores.open(name, folders.folder_dir(self._md(), name))
+        md = self._md()
+        return self.server.stores.open(name, folders.folder_dir(md, name), md.sizes)
 
     def _release(self, store: FolderStore) -> None:
         self.server.stores.release(store)
