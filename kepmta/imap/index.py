@@ -14,6 +14,7 @@ recognised as already folded in and ignored.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -128,6 +129,12 @@ def fold_vanished(vanished: list[Vanished], keep: int) -> list[Vanished]:
     return [Vanished(vanished[cut - 1].modseq, tuple(ranges)), *vanished[cut:]]
 
 
+@functools.lru_cache(maxsize=1024)
+def _keywords(field: str) -> frozenset[str]:
+    # A folder's messages repeat a few keyword sets (most have none): one set each, parsed once.
+    return frozenset(k for k in field.split(" ") if k)
+
+
 def _apply(state: State, line: str) -> None:
     parts = line.split("\t")
     kind = parts[0]
@@ -153,7 +160,7 @@ def _apply(state: State, line: str) -> None:
             int(parts[4]),
             parts[5],
             parts[6],
-            frozenset(k for k in parts[7].split(" ") if k),
+            _keywords(parts[7]),
         )
         if e.uid <= 0 or e.modseq <= 0:
             raise ValueError(f"bad message line {line!r}")

@@ -203,7 +203,7 @@ class FolderStore:
                 entry.size,
                 entry.internal_ns / 1e9,
             )
-            self._put(msg)
+            self._put(msg, entry.sub == "new")
             self.keywords.update(entry.keywords)
         self.messages = dict(sorted(self.messages.items()))
         self._stamp, self._settled = h.stamp, h.settled
@@ -244,10 +244,12 @@ class FolderStore:
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
-    def _put(self, msg: MessageFile) -> None:
+    def _put(self, msg: MessageFile, in_new: bool | None = None) -> None:
+        """Keep `msg`; `in_new` when the caller knows its sub-folder (an index read), so its path
+        need not be taken apart again."""
         self.messages[msg.uid] = msg
         self._uid_of[msg.base] = msg.uid
-        if msg.in_new:
+        if msg.in_new if in_new is None else in_new:
             self._in_new.add(msg.uid)
         else:
             self._in_new.discard(msg.uid)
