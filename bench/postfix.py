@@ -9,6 +9,7 @@ instance ("No configuration"): `postfix -c FOLDER` is all that runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import family, rss_mib
 from kepclient import port_open
 
 POSTFIX = "/usr/sbin/postfix"
@@ -208,15 +210,11 @@ class Postfix:
     def peak_rss_mib(self) -> float:
         """Peak RSS of the master and its processes now alive, summed (shared pages in each)."""
         assert self.master
-        children = Path(f"/proc/{self.master}/task/{self.master}/children").read_text().split()
-        total = 0
-        for pid in (self.master, *children):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:
-                continue  # a process that ended meanwhile (idle daemons do)
-            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        return total / 1024
+        total = 0.0
+        for pid in family(self.master):
+            with contextlib.suppress(FileNotFoundError):  # idle daemons end meanwhile
+                total += rss_mib(pid, "VmHWM")
+        return total
 
     def log_tail(self) -> str:
         return f"\n{self.log.read_text()[-3000:]}" if self.log.exists() else ""

@@ -57,7 +57,7 @@ from aiosmtpd.controller import Controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "nodes"))
-from common import bench_body, messages_of, raise_quotas
+from common import bench_body, messages_of, raise_quotas, rss_mib
 from kepclient import DevServer, free_port_base
 from pgserver import PgServer
 from pgserver import start as start_postgres
@@ -68,28 +68,37 @@ from test_two_nodes import Node, node_config
 from kepmta import pki
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+@dataclass
+class Mail:
+    """What every server of a run is sent: the messages of a fresh kepmta folder's demo accounts."""
+
+    sender: str
+    rcpt: str
+    messages: list[bytes]
+
+    @classmethod
+    def of(cls, srv: DevServer, size: int) -> Mail:
+        """64 signed messages of about `size` bytes from the folder's first demo account to its
+        second, who have had their quotas raised."""
+        raise_quotas(srv)
+        ali, ayse = srv.account(0), srv.account(1)
+        return cls(ali["address"], ayse["address"], messages_of(ali, ayse, bench_body(size), "bench"))
+
+
+def login(srv: DevServer) -> tuple[str, str]:
+    """AUTH of the sending demo account."""
+    ali = srv.account(0)
+    return ali["address"], ali["password"]
 
 
 async def load(
-    ports: list[int],
-    tls: ssl.SSLContext,
-    login: tuple[str, str] | None,
-    sender: str,
-    rcpt: str,
-    messages: list[bytes],
-    clients: int,
-    seconds: float,
-    fresh: bool,
+    ports: list[int], tls: ssl.SSLContext, login: tuple[str, str] | None, mail: Mail, args: argparse.Namespace
 ) -> tuple[int, list[float]]:
     """Messages accepted and their latencies: from MAIL FROM to the 250 after DATA on a kept
     session, or from the connection to that 250 when each message has a `fresh` one."""
+    clients, messages, fresh = args.clients, mail.messages, args.fresh
     latencies: list[float] = []
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + args.seconds
     sent = 0
 
     async def session(port: int) -> aiosmtplib.SMTP:
@@ -108,7 +117,7 @@ async def load(
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             smtp = kept if kept is not None else await session(port)
-            await smtp.sendmail(sender, [rcpt], messages[i % len(messages)])
+            await smtp.sendmail(mail.sender, [mail.rcpt], messages[i % len(messages)])
             latencies.append(time.perf_counter() - t0)
             sent += 1
             i += clients
@@ -193,29 +202,17 @@ def end_to_end(tmp: Path, pg: PgServer | None, nodes: int, args: argparse.Namesp
     # The folder (PKI, demo accounts, kepmta.toml) is made by `serve --dev`, then served by the nodes.
     dev = DevServer(data, database=url).start()
     try:
-        raise_quotas(dev)
+        mail = Mail.of(dev, args.size)
     finally:
         dev.stop()
-    ali, ayse = dev.account(0), dev.account(1)
-    messages = messages_of(ali, ayse, bench_body(args.size), "bench")
     servers: list[Node] = []
     try:
         for i in range(nodes):
             servers.append(start_node(data, f"n{i}"))
         sent, lat = asyncio.run(
-            load(
-                [node.ports["submission"] for node in servers],
-                dev.tls(),
-                (ali["address"], ali["password"]),
-                ali["address"],
-                ayse["address"],
-                messages,
-                args.clients,
-                args.seconds,
-                args.fresh,
-            )
+            load([node.ports["submission"] for node in servers], dev.tls(), login(dev), mail, args)
         )
-        rss = sum(peak_rss_mib(node.proc.pid) for node in servers if node.proc)
+        rss = sum(rss_mib(node.proc.pid, "VmHWM") for node in servers if node.proc)
         describe(label, sent, args.seconds, lat, rss)
         pending = postgres_pending(pg, url) if pg and url else sqlite_pending(data / "kepmta.db")
         drained = drain_seconds(pending)
@@ -252,37 +249,14 @@ def compare_databases(args: argparse.Namespace) -> None:
     )
 
 
-@dataclass
-class Mail:
-    """What every server of a run is sent: the messages of a fresh kepmta folder's demo accounts."""
-
-    sender: str
-    rcpt: str
-    messages: list[bytes]
-
-
 def run_kepmta(data: Path, args: argparse.Namespace) -> tuple[Mail, float, float]:
     """kepmta in the new folder `data`: its mail, messages/s accepted and end to end."""
     srv = DevServer(data).start()
     try:
-        ali, ayse = srv.account(0), srv.account(1)
-        raise_quotas(srv)
-        mail = Mail(ali["address"], ayse["address"], messages_of(ali, ayse, bench_body(args.size), "bench"))
-        sent, lat = asyncio.run(
-            load(
-                [srv.ports["submission"]],
-                srv.tls(),
-                (ali["address"], ali["password"]),
-                mail.sender,
-                mail.rcpt,
-                mail.messages,
-                args.clients,
-                args.seconds,
-                args.fresh,
-            )
-        )
+        mail = Mail.of(srv, args.size)
+        sent, lat = asyncio.run(load([srv.ports["submission"]], srv.tls(), login(srv), mail, args))
         assert srv.proc
-        accepted = describe("kepmta", sent, args.seconds, lat, peak_rss_mib(srv.proc.pid))
+        accepted = describe("kepmta", sent, args.seconds, lat, rss_mib(srv.proc.pid, "VmHWM"))
         drained = drain_seconds(sqlite_pending(srv.data / "kepmta.db"))
     finally:
         srv.stop()
@@ -301,19 +275,7 @@ def run_postfix(
         server = Postfix(Path(root), free_port_base(1), [mail.rcpt], tls / "tls.pem", tls / "tls.key")
         server.start()
         try:
-            sent, lat = asyncio.run(
-                load(
-                    [server.port],
-                    client,
-                    None,
-                    mail.sender,
-                    mail.rcpt,
-                    mail.messages,
-                    args.clients,
-                    args.seconds,
-                    args.fresh,
-                )
-            )
+            sent, lat = asyncio.run(load([server.port], client, None, mail, args))
             accepted = describe("postfix", sent, args.seconds, lat, server.peak_rss_mib())
             delivered = server.wait_delivered(sent)
         finally:
@@ -336,24 +298,12 @@ def run_aiosmtpd(mail: Mail, out: Path, tls: Path, client: ssl.SSLContext, args:
     )
     controller.start()
     try:
-        rss_before = peak_rss_mib(os.getpid())
-        sent, lat = asyncio.run(
-            load(
-                [port],
-                client,
-                None,
-                mail.sender,
-                mail.rcpt,
-                mail.messages,
-                args.clients,
-                args.seconds,
-                args.fresh,
-            )
-        )
+        rss_before = rss_mib(os.getpid(), "VmHWM")
+        sent, lat = asyncio.run(load([port], client, None, mail, args))
     finally:
         controller.stop()
     # the reference runs in this process, so its figure includes the load generator
-    return describe("aiosmtpd", sent, args.seconds, lat, max(rss_before, peak_rss_mib(os.getpid())))
+    return describe("aiosmtpd", sent, args.seconds, lat, max(rss_before, rss_mib(os.getpid(), "VmHWM")))
 
 
 def compare_references(args: argparse.Namespace) -> None:
