@@ -70,7 +70,8 @@ def needs_init(data: Path) -> bool:
     return not data.exists() or not any(data.iterdir())
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether `port` of 127.0.0.1 can be bound now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -91,7 +92,7 @@ def choose_ports(base: int | None) -> Ports:
     if base is not None:
         return Ports(*range(base, base + 7))
     wanted = DEFAULT_PORTS.as_dict()
-    if all(_port_free(p) for p in wanted.values()):
+    if all(port_free(p) for p in wanted.values()):
         return DEFAULT_PORTS
     return Ports(*(_free_port() for _ in range(7)))
 

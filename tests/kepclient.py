@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kepmta import devinit
+
 KEPMTA = [sys.executable, "-m", "kepmta"]
 T = TypeVar("T")
 
@@ -54,15 +56,6 @@ _BAND = _port_band()
 _next_port = _BAND.start + (os.getpid() * 7919) % len(_BAND)
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_base(count: int = 7) -> int:
     """`count` consecutive free ports, by default the seven of a server (submission, submissions,
     imap, imaps, relay, api, metrics). Successive calls never return the same ports again until the
@@ -73,7 +66,7 @@ def free_port_base(count: int = 7) -> int:
         if base + count > _BAND.stop:
             base = _BAND.start
         _next_port = base + count
-        if all(_bindable(p) for p in range(base, base + count)):
+        if all(devinit.port_free(p) for p in range(base, base + count)):
             return base
     raise RuntimeError(f"no {count} free consecutive ports in {_BAND.start}..{_BAND.stop - 1}")
 
