@@ -142,10 +142,16 @@ class SizeCache:
         flag change): the count follows it. Without this, every flag change or expunge of a busy
         IMAP folder made the next quota look (each APPEND) recount the whole folder."""
         with self._lock:
+            counted = self._folders.get(folder)
+            if counted is None:
+                # Nothing counted to follow (the next look counts afresh): no stat calls on the
+                # way of every flag change.
+                yield
+                return
             before = _stamp(folder)
             yield
-            counted = self._folders.pop(folder, None)
-            if counted is not None and counted.stamp == before:  # nothing else changed it meanwhile
+            del self._folders[folder]
+            if counted.stamp == before:  # nothing else changed it meanwhile
                 self._folders[folder] = _Counted(_stamp(folder), counted.total + delta)
 
 

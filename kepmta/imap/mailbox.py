@@ -196,7 +196,7 @@ class FolderStore:
             msg = MessageFile(
                 entry.uid,
                 base,
-                (subs.get(entry.sub) or self.directory / entry.sub) / entry.name,
+                subs[entry.sub] / entry.name,  # the index holds only these two
                 flags | entry.keywords,
                 other,
                 entry.modseq,
