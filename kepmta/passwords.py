@@ -89,6 +89,4 @@ class CheckedPasswords:
             self._until.move_to_end(tag)
             while len(self._until) > self._size:
                 self._until.popitem(last=False)
-        else:
-            self._until.pop(tag, None)
         return ok
