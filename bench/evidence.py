@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import os
 import tempfile
 import time
@@ -26,7 +27,7 @@ from kepmta import pki
 from kepmta.db.engine import open_engine
 from kepmta.db.schema import messages
 from kepmta.evidence.checkpoint import audit
-from kepmta.evidence.ledger import Ledger
+from kepmta.evidence.ledger import Ledger, Writes, evidence_record
 from kepmta.evidence.model import Event, Evidence, Party, Reason
 from kepmta.evidence.signer import EvidenceSigner
 from kepmta.evidence.tsa import BuiltinTsa
@@ -81,8 +82,7 @@ async def run(count: int, folder: Path) -> None:
     start = time.perf_counter()
     for i in range(count):
         signed = await signer.sign(_evidence(i))
-        async with ledger.writing() as conn:
-            await ledger.append(conn, signed)
+        await ledger.transact(functools.partial(Writes.append, new=evidence_record(signed)))
         ders.append(signed.der)
     made = time.perf_counter() - start
 

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import bench_body, family, messages_of, raise_quotas, reset_peak, rss_mib
 from kepclient import EVIDENCE_FOLDER, DevServer, imap, kepmta, signed_message, smtp, wait_for
-from submission import describe, drain_seconds, load
+from submission import Mail, describe, drain_seconds, load, login, sqlite_pending
 
 RECEIPTS = ("SubmissionAcceptance", "RelayAcceptance", "ContentConsignment")
 # No IMAP count moving for this long after the load means a message is stuck: give up, say where.
@@ -130,12 +130,14 @@ async def relay_load(a: DevServer, plan: Plan, body: str, seconds: float) -> tup
     results = await asyncio.gather(
         *(
             load(
-                a.ports["submission"],
+                [a.ports["submission"]],
                 tls,
                 (sender["address"], sender["password"]),
-                sender["address"],
-                rcpt["address"],
-                messages_of(sender, rcpt, body, f"relay {sender['address'].split('@')[0]}"),
+                Mail(
+                    sender["address"],
+                    rcpt["address"],
+                    messages_of(sender, rcpt, body, f"relay {sender['address'].split('@')[0]}"),
+                ),
                 clients,
                 seconds,
             )
@@ -224,19 +226,11 @@ def main() -> None:
 
             ali, ayse = a.account(0), a.account(1)
             reset_peaks(a)
+            mail = Mail(ali["address"], ayse["address"], messages_of(ali, ayse, body, "bench"))
             sent, lat = asyncio.run(
-                load(
-                    a.ports["submission"],
-                    a.tls(),
-                    (ali["address"], ali["password"]),
-                    ali["address"],
-                    ayse["address"],
-                    messages_of(ali, ayse, body, "bench"),
-                    args.clients,
-                    args.seconds,
-                )
+                load([a.ports["submission"]], a.tls(), login(a), mail, args.clients, args.seconds)
             )
-            drained = drain_seconds(a.data / "kepmta.db")
+            drained = drain_seconds(sqlite_pending(a.data / "kepmta.db"))
             local_rss, local_workers = peaks(a)
             local = describe("local A", sent, args.seconds, lat, local_rss)
             local_e2e = sent / (args.seconds + drained)

@@ -92,13 +92,20 @@ def login(srv: DevServer) -> tuple[str, str]:
 
 
 async def load(
-    ports: list[int], tls: ssl.SSLContext, login: tuple[str, str] | None, mail: Mail, args: argparse.Namespace
+    ports: list[int],
+    tls: ssl.SSLContext,
+    login: tuple[str, str] | None,
+    mail: Mail,
+    clients: int,
+    seconds: float,
+    *,
+    fresh: bool = False,
 ) -> tuple[int, list[float]]:
     """Messages accepted and their latencies: from MAIL FROM to the 250 after DATA on a kept
     session, or from the connection to that 250 when each message has a `fresh` one."""
-    clients, messages, fresh = args.clients, mail.messages, args.fresh
+    messages = mail.messages
     latencies: list[float] = []
-    deadline = time.monotonic() + args.seconds
+    deadline = time.monotonic() + seconds
     sent = 0
 
     async def session(port: int) -> aiosmtplib.SMTP:
@@ -210,7 +217,15 @@ def end_to_end(tmp: Path, pg: PgServer | None, nodes: int, args: argparse.Namesp
         for i in range(nodes):
             servers.append(start_node(data, f"n{i}"))
         sent, lat = asyncio.run(
-            load([node.ports["submission"] for node in servers], dev.tls(), login(dev), mail, args)
+            load(
+                [node.ports["submission"] for node in servers],
+                dev.tls(),
+                login(dev),
+                mail,
+                args.clients,
+                args.seconds,
+                fresh=args.fresh,
+            )
         )
         rss = sum(rss_mib(node.proc.pid, "VmHWM") for node in servers if node.proc)
         describe(label, sent, args.seconds, lat, rss)
@@ -254,7 +269,17 @@ def run_kepmta(data: Path, args: argparse.Namespace) -> tuple[Mail, float, float
     srv = DevServer(data).start()
     try:
         mail = Mail.of(srv, args.size)
-        sent, lat = asyncio.run(load([srv.ports["submission"]], srv.tls(), login(srv), mail, args))
+        sent, lat = asyncio.run(
+            load(
+                [srv.ports["submission"]],
+                srv.tls(),
+                login(srv),
+                mail,
+                args.clients,
+                args.seconds,
+                fresh=args.fresh,
+            )
+        )
         assert srv.proc
         accepted = describe("kepmta", sent, args.seconds, lat, rss_mib(srv.proc.pid, "VmHWM"))
         drained = drain_seconds(sqlite_pending(srv.data / "kepmta.db"))
@@ -275,7 +300,9 @@ def run_postfix(
         server = Postfix(Path(root), free_port_base(1), [mail.rcpt], tls / "tls.pem", tls / "tls.key")
         server.start()
         try:
-            sent, lat = asyncio.run(load([server.port], client, None, mail, args))
+            sent, lat = asyncio.run(
+                load([server.port], client, None, mail, args.clients, args.seconds, fresh=args.fresh)
+            )
             accepted = describe("postfix", sent, args.seconds, lat, server.peak_rss_mib())
             delivered = server.wait_delivered(sent)
         finally:
@@ -299,7 +326,9 @@ def run_aiosmtpd(mail: Mail, out: Path, tls: Path, client: ssl.SSLContext, args:
     controller.start()
     try:
         rss_before = rss_mib(os.getpid(), "VmHWM")
-        sent, lat = asyncio.run(load([port], client, None, mail, args))
+        sent, lat = asyncio.run(
+            load([port], client, None, mail, args.clients, args.seconds, fresh=args.fresh)
+        )
     finally:
         controller.stop()
     # the reference runs in this process, so its figure includes the load generator
