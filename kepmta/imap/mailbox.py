@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from kepmta.imap.index import (
     Entry,
@@ -137,6 +138,19 @@ def _mtime_ns(path: Path) -> int:
         return -1
 
 
+class StoreObserver(Protocol):
+    """What a store tells of its changes: a session's selection (`MailboxView`), or a session
+    watching the folder unselected (RFC 5465 NOTIFY, `imap/notifications.py`)."""
+
+    read_only: bool
+
+    def added(self, uids: list[int]) -> None: ...
+
+    def removed(self, uids: list[int]) -> None: ...
+
+    def flags_changed(self, uid: int) -> None: ...
+
+
 class FolderStore:
     """The shared state of one folder directory."""
 
@@ -162,7 +176,7 @@ class FolderStore:
         self.index = IndexFile(directory)
         self._uid_of: dict[str, int] = {}
         self._in_new: set[int] = set()
-        self._views: set[MailboxView] = set()
+        self._views: set[StoreObserver] = set()
         self._stamp: tuple[int, int] = (-1, -1)
         self._settled = False
         self._changed_ns = 0
@@ -509,12 +523,12 @@ class FolderStore:
     def has_writer(self) -> bool:
         return any(not v.read_only for v in self._views)
 
-    def attach(self, view: MailboxView) -> None:
+    def attach(self, view: StoreObserver) -> None:
         self._views.add(view)
         if not view.read_only:
             self._record(self._move_new_to_cur())
 
-    def detach(self, view: MailboxView) -> None:
+    def detach(self, view: StoreObserver) -> None:
         self._views.discard(view)
 
     def claim_recent(self, uids: list[int], view: MailboxView) -> list[int]:
@@ -658,13 +672,16 @@ class MailboxView:
     def flags_of(self, msg: MessageFile) -> frozenset[str]:
         return msg.flags | {"\\Recent"} if self.show_recent and msg.uid in self.recent else msg.flags
 
-    def updates(self, *, allow_expunge: bool, condstore: bool = False, qresync: bool = False) -> list[bytes]:
+    def updates(
+        self, *, allow_expunge: bool, condstore: bool = False, qresync: bool = False, flags: bool = True
+    ) -> list[bytes]:
         """Untagged responses for what changed since the client was last told, applied to this view.
 
         RFC 3501 §7.4.1: EXPUNGE may not be sent while a FETCH, STORE or SEARCH is answered, since
         the client could no longer map sequence numbers; `allow_expunge` is False then. With
         QRESYNC enabled the expunges are one VANISHED response (RFC 7162 §3.2.10), and with
-        CONDSTORE every flag change carries its MODSEQ (RFC 7162 §3.1.4).
+        CONDSTORE every flag change carries its MODSEQ (RFC 7162 §3.1.4). Without `flags`, flag
+        changes wait for a later call (RFC 5465 §5.1: a NOTIFY without FlagChange).
         """
         self.wakeup.clear()
         lines: list[bytes] = []
@@ -689,6 +706,8 @@ class MailboxView:
             lines.append(b"* %d EXISTS" % len(self.uids))
             if self.show_recent:
                 lines.append(b"* %d RECENT" % len(self.recent))
+        if not flags:
+            return lines
         for uid in sorted(self._flag_changes):
             msg = self.message(uid)
             seq = self.seq_of(uid)
