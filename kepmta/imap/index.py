@@ -67,11 +67,19 @@ class Vanished:
     uids: tuple[tuple[int, int], ...]
 
 
+# A message line's fields as read and checked ("M", uid, modseq, size, internal_ns, sub, name,
+# keywords), never changed. They are converted only when the message is used: a cold SELECT reads
+# every line of a large folder and looks at few of its messages.
+Fields = list[str]
+
+
 @dataclass
 class State:
     header: Header
-    entries: dict[int, Entry] = field(default_factory=dict)
+    entries: dict[int, Fields] = field(default_factory=dict)
     vanished: list[Vanished] = field(default_factory=list)
+    # The highest modification sequence of any message line read, even of a message expunged since.
+    top_modseq: int = 0
 
 
 # --- line format ------------------------------------------------------------------------------------
@@ -92,9 +100,26 @@ def header_line(h: Header) -> str:
     )
 
 
-def entry_line(e: Entry) -> str:
+def entry_fields(e: Entry) -> Fields:
     keywords = " ".join(sorted(e.keywords))
-    return f"M\t{e.uid}\t{e.modseq}\t{e.size}\t{e.internal_ns}\t{e.sub}\t{e.name}\t{keywords}"
+    return ["M", str(e.uid), str(e.modseq), str(e.size), str(e.internal_ns), e.sub, e.name, keywords]
+
+
+def entry_line(e: Entry) -> str:
+    return "\t".join(entry_fields(e))
+
+
+def entry_of(fields: Fields) -> Entry:
+    """The entry a checked message line holds."""
+    return Entry(
+        int(fields[1]),
+        int(fields[2]),
+        int(fields[3]),
+        int(fields[4]),
+        fields[5],
+        fields[6],
+        keywords_of(fields[7]),
+    )
 
 
 def vanished_line(v: Vanished) -> str:
@@ -130,7 +155,7 @@ def fold_vanished(vanished: list[Vanished], keep: int) -> list[Vanished]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _keywords(field: str) -> frozenset[str]:
+def keywords_of(field: str) -> frozenset[str]:
     # A folder's messages repeat a few keyword sets (most have none): one set each, parsed once.
     return frozenset(k for k in field.split(" ") if k)
 
@@ -151,20 +176,13 @@ def _apply(state: State, line: str) -> None:
             raise ValueError("UIDVALIDITY changed inside the index")
         state.header = h
     elif kind == "M" and len(parts) == 8:
-        if parts[5] not in ("new", "cur") or not parts[6]:
+        # Every number is converted here so that a damaged line is found now, not when it is used.
+        uid, modseq, size, _internal = int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4])
+        if parts[5] not in ("new", "cur") or not parts[6] or uid <= 0 or modseq <= 0 or size < 0:
             raise ValueError(f"bad message line {line!r}")
-        e = Entry(
-            int(parts[1]),
-            int(parts[2]),
-            int(parts[3]),
-            int(parts[4]),
-            parts[5],
-            parts[6],
-            _keywords(parts[7]),
-        )
-        if e.uid <= 0 or e.modseq <= 0:
-            raise ValueError(f"bad message line {line!r}")
-        state.entries[e.uid] = e
+        state.entries[uid] = parts
+        if modseq > state.top_modseq:
+            state.top_modseq = modseq
     elif kind == "X" and len(parts) == 3:
         ranges: list[tuple[int, int]] = []
         for piece in parts[2].split(","):
@@ -184,10 +202,10 @@ def _apply(state: State, line: str) -> None:
 
 
 def _settle_counters(state: State) -> None:
-    """UIDNEXT and HIGHESTMODSEQ never fall below what any surviving line shows was handed out."""
+    """UIDNEXT and HIGHESTMODSEQ never fall below what any line read shows was handed out."""
     h = state.header
     top_uid = max(state.entries, default=0)
-    top_modseq = max((e.modseq for e in state.entries.values()), default=0)
+    top_modseq = state.top_modseq
     for v in state.vanished:
         top_uid = max(top_uid, v.uids[-1][1] if v.uids else 0)
         top_modseq = max(top_modseq, v.modseq)
@@ -304,7 +322,7 @@ class IndexFile:
         """Replace snapshot and journal with one snapshot of `state` (atomic rename)."""
         generation = self.generation + 1
         lines = [f"{_SNAPSHOT_MAGIC} {_VERSION} {generation}", header_line(state.header)]
-        lines.extend(entry_line(e) for e in state.entries.values())
+        lines.extend("\t".join(f) for f in state.entries.values())
         lines.extend(vanished_line(v) for v in state.vanished)
         tmp = self.directory / f"{INDEX}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -20,7 +20,9 @@ from kepmta.imap.index import (
     IndexFile,
     State,
     Vanished,
+    entry_fields,
     entry_line,
+    entry_of,
     fold_vanished,
     header_line,
     vanished_line,
@@ -32,8 +34,8 @@ from kepmta.maildir import Maildir
 def _state() -> State:
     header = Header(77, 3, 1, 2, (10, 20), True)
     entries = {
-        1: Entry(1, 1, 100, 5_000_000_000, "cur", "a:2,S", frozenset({"$Label"})),
-        2: Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset()),
+        1: entry_fields(Entry(1, 1, 100, 5_000_000_000, "cur", "a:2,S", frozenset({"$Label"}))),
+        2: entry_fields(Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset())),
     }
     return State(header, entries, [])
 
@@ -47,6 +49,8 @@ def test_snapshot_and_journal_round_trip(tmp_path: Path) -> None:
     loaded = IndexFile(tmp_path).load()
     assert loaded is not None
     assert sorted(loaded.entries) == [2, 3]
+    assert entry_of(loaded.entries[2]) == Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset())
+    assert entry_of(loaded.entries[3]) == Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset())
     assert loaded.vanished == [Vanished(5, ((1, 1),))]
     assert loaded.header == Header(77, 4, 3, 5, (11, 21), False)
 
@@ -81,6 +85,19 @@ def test_journal_of_an_older_generation_is_ignored(tmp_path: Path) -> None:
 def test_corrupt_snapshot(tmp_path: Path) -> None:
     (tmp_path / INDEX).write_text("kepmta-index 2 1\nH\t1\tx\n")
     with pytest.raises(IndexCorrupt):
+        IndexFile(tmp_path).load()
+
+
+@pytest.mark.parametrize("field", [2, 3, 4])
+def test_a_bad_number_in_a_message_line_is_found_when_the_index_is_read(tmp_path: Path, field: int) -> None:
+    # Messages are built from their lines only when used; their lines are checked at once.
+    IndexFile(tmp_path).write_snapshot(_state())
+    text = (tmp_path / INDEX).read_text()
+    line = next(x for x in text.split("\n") if x.startswith("M\t2\t"))
+    parts = line.split("\t")
+    parts[field] = "12x"
+    (tmp_path / INDEX).write_text(text.replace(line, "\t".join(parts)))
+    with pytest.raises(IndexCorrupt, match="12x"):
         IndexFile(tmp_path).load()
 
 
@@ -130,6 +147,25 @@ def test_reopening_a_quiet_folder_reads_only_its_index(
     _deliver(md, "late")
     third = StoreRegistry().open("INBOX", tmp_path)
     assert third.scans == 1 and third.uidnext == 52
+
+
+def test_messages_never_used_are_written_back_as_they_were_read(tmp_path: Path) -> None:
+    md = Maildir(tmp_path)
+    md.create("INBOX")
+    for i in range(20):
+        _deliver(md, f"m{i}")
+    first = StoreRegistry().open("INBOX", tmp_path)
+    view = MailboxView(first, read_only=False)
+    first.set_flags(5, frozenset({"\\Flagged", "$Work"}), view)
+    before = {uid: entry_of(f) for uid, f in first._state().entries.items()}
+    again = StoreRegistry().open("INBOX", tmp_path)
+    # One message used (and so built), the others only read; a new snapshot holds all of them.
+    assert again.messages[7].base == first.messages[7].base
+    again.save_index()
+    loaded = IndexFile(tmp_path).load()
+    assert loaded is not None
+    assert {uid: entry_of(f) for uid, f in loaded.entries.items()} == before
+    assert again.keywords == {"$Work"} and again.messages[5].flags == frozenset({"\\Flagged", "$Work"})
 
 
 def test_journal_is_folded_into_a_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
