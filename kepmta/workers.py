@@ -14,6 +14,7 @@ PKCS#11) and the qualified trust store with its CRLs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import pickle
 import sys
@@ -159,6 +160,8 @@ def _serve() -> None:
         return pickle.loads(source.read(int.from_bytes(head, "big")))
 
     _start(receive())
+    sink.write(_frame((True, None)))  # ready: imports done, keys and trust loaded
+    sink.flush()
     while (request := receive()) is not None:
         name, args = request
         try:
@@ -179,6 +182,15 @@ class _Worker:
     async def call(self, name: str, args: tuple[Any, ...]) -> Any:
         self.input.write(_frame((name, args)))
         await self.input.drain()
+        return await self._answer()
+
+    async def ready(self) -> None:
+        """Wait for the worker's first answer, given once it has started. One that could not start
+        is left for its first request to fail, which replaces it (`WorkerPool._run`)."""
+        with contextlib.suppress(OSError, EOFError, asyncio.IncompleteReadError):
+            await self._answer()
+
+    async def _answer(self) -> Any:
         size = int.from_bytes(await self.output.readexactly(4), "big")
         ok, value = pickle.loads(await self.output.readexactly(size))
         if not ok:
@@ -252,13 +264,14 @@ class WorkerPool:
         return checked
 
     async def start(self) -> None:
-        """Start the processes, if not yet started. The server does so before it listens: each
-        imports kepmta and loads keys and trust, about a second of a core, which the first
-        messages would otherwise wait for (and a benchmark would count against the load)."""
+        """Start the processes, if not yet started, and wait until each is ready. The server does
+        so before it listens: each imports kepmta and loads keys and trust, most of a second of a
+        core, which would otherwise be taken from the first sessions (on two cores, a first
+        SELECT after a restart took several times as long while four workers started)."""
         if self._idle is None:
             self._idle = asyncio.Queue()
-            for _ in range(self.workers):
-                self._idle.put_nowait(await self._spawn())
+            for worker in await asyncio.gather(*(self._spawn() for _ in range(self.workers))):
+                self._idle.put_nowait(worker)
 
     async def _run(self, name: str, *args: Any) -> Any:
         await self.start()
@@ -294,6 +307,7 @@ class WorkerPool:
         worker = _Worker(proc, self._generation)
         worker.input.write(_frame(self.settings))
         self._all.add(worker)
+        await worker.ready()
         return worker
 
     async def _retire(self, worker: _Worker) -> None:

@@ -126,14 +126,31 @@ def test_dead_workers_mean_try_again_later_not_a_lost_message(srv: DevServer) ->
     wait_for(lambda: len(list(inbox.iterdir())) >= 2, timeout=60)
 
 
-def test_a_server_has_its_workers_running_before_the_first_message(tmp_path: Path) -> None:
-    # Started before the listeners open: a worker's imports and key loading (about a second) are
-    # not waited for by the first submissions.
+def _has_started(pid: int) -> bool:
+    """Whether worker `pid` is past its imports: cryptography's compiled part is mapped."""
+    return "_rust.abi3.so" in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_a_started_pool_has_its_workers_ready(settings: config.Settings) -> None:
+    pool = WorkerPool(settings, workers=2)
+    try:
+        await pool.start()
+        assert len(_workers(pool)) == 2
+        assert all(_has_started(pid) for pid in _workers(pool))
+    finally:
+        await pool.close()
+
+
+def test_a_server_has_its_workers_ready_before_the_first_message(tmp_path: Path) -> None:
+    # Started, and waited for, before the listeners open: a worker's imports and key loading
+    # (most of a second of a core each) are not taken from the first sessions.
     srv = DevServer(tmp_path / "data").start()
     try:
         assert srv.proc is not None
         children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-        commands = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
-        assert sum(b"kepmta.workers" in command for command in commands) == 4, commands
+        commands = {int(c): Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children}
+        workers = [pid for pid, command in commands.items() if b"kepmta.workers" in command]
+        assert len(workers) == 4, commands
+        assert all(_has_started(pid) for pid in workers)
     finally:
         srv.stop()
