@@ -13,6 +13,7 @@ from kepmta import logs, metrics
 from kepmta.imap.cache import SummaryCache
 from kepmta.imap.folders import FolderLimits
 from kepmta.imap.mailbox import StoreRegistry
+from kepmta.imap.notifications import Hub
 from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
 from kepmta.limits import ImapLimits, QuotaReservations, Slots
@@ -88,6 +89,8 @@ class ImapServer:
         self.ports: dict[str, int] = {}
         self.stores = StoreRegistry()
         self.summaries = SummaryCache()
+        # The NOTIFY sessions of each account (RFC 5465), told of one another's folder changes.
+        self.notifications = Hub()
         self.inotify: Inotify | None = None
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}

@@ -27,6 +27,7 @@ from kepmta.imap import (
     esearch,
     fetch,
     folders,
+    notifications,
     quota,
     search,
     sort,
@@ -86,7 +87,7 @@ _COMMON_CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE CHILDREN SPECIAL-USE"
     " CONDSTORE QRESYNC SORT BINARY QUOTA QUOTA=RES-STORAGE STATUS=SIZE LIST-EXTENDED"
     " IMAP4rev2 ESEARCH SEARCHRES LIST-STATUS MULTIAPPEND UTF8=ACCEPT THREAD=ORDEREDSUBJECT"
-    " THREAD=REFERENCES COMPRESS=DEFLATE SORT=DISPLAY CREATE-SPECIAL-USE PARTIAL"
+    " THREAD=REFERENCES COMPRESS=DEFLATE SORT=DISPLAY CREATE-SPECIAL-USE PARTIAL NOTIFY"
 )
 # RFC 9051 §6.3.1: a client that wants IMAP4rev2's responses where they differ from IMAP4rev1's
 # says so with ENABLE.
@@ -116,6 +117,8 @@ _PRE = frozenset({State.NOT_AUTHENTICATED})
 _AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
 _AUTH_ONLY = frozenset({State.AUTHENTICATED})
 _SEL = frozenset({State.SELECTED})
+# RFC 5465 §5.2: commands after which the new messages are the client's own.
+_ADDING = frozenset({"APPEND", "COPY", "UID COPY", "MOVE", "UID MOVE"})
 # RFC 3501 §7.4.1: no EXPUNGE responses while these are answered.
 _NO_EXPUNGE_DURING = frozenset(
     {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
@@ -160,6 +163,16 @@ class Session:
         self._pending_size = 0
         # Set once COMPRESS=DEFLATE is active (RFC 4978): everything written goes through it.
         self._deflater: compress.Deflater | None = None
+        # RFC 5465 NOTIFY, once set: what the client hears of unasked, and the task that tells it
+        # between commands.
+        self.notifier: notifications.Notifier | None = None
+        self._pusher: asyncio.Task[None] | None = None
+        # Held while a command runs and while the pusher speaks: responses never interleave.
+        self._turn = asyncio.Lock()
+        # Clear from a command's first literal to its end: the pusher waits (RFC 5465 §3: only
+        # while no command is in progress).
+        self._between = asyncio.Event()
+        self._between.set()
         peer = writer.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
@@ -241,14 +254,19 @@ class Session:
                     )
                 except Refused as e:
                     self._release_reservation()
-                    await self.send(_tagged(e.tag or "*", e.status, str(e)))
+                    async with self._turn:
+                        await self.send(_tagged(e.tag or "*", e.status, str(e)))
+                        self._between.set()
                     continue
                 except TimeoutError:
+                    await self._stop_notify()
                     await self.say_goodbye("autologout, idle for too long")
                     return
                 try:
-                    await self.execute(raw)
+                    async with self._turn:
+                        await self.execute(raw)
                 finally:
+                    self._between.set()
                     raw.discard()
                     self._release_reservation()
         except ConnectionClosed as e:
@@ -260,6 +278,7 @@ class Session:
             log.exception("IMAP session for %s failed", self.user or self.peer_ip)
             await self.say_goodbye("internal server error")
         finally:
+            await self._stop_notify()
             self._unselect()
             self._release_reservation()
             if self._account_slot is not None:
@@ -275,7 +294,9 @@ class Session:
                     self.writer.transport.abort()
 
     async def _continue(self) -> None:
-        await self.send(b"+ Ready for literal data")
+        async with self._turn:
+            self._between.clear()
+            await self.send(b"+ Ready for literal data")
         # Clients such as imaplib write the literal and its closing CRLF separately; with Nagle's
         # algorithm on their side the CRLF waits for our ACK of the literal, which the kernel
         # would delay by up to 40 ms after a continuation. Ask it to ACK the literal at once.
@@ -363,21 +384,115 @@ class Session:
         if self._logout:
             await self.send(_tagged(cmd.tag, status, text))
             return
-        await self.send(
-            *self._updates(allow_expunge=name not in _NO_EXPUNGE_DURING), _tagged(cmd.tag, status, text)
+        lines = await self._unsolicited(
+            allow_expunge=name not in _NO_EXPUNGE_DURING, fetch_new=name not in _ADDING
         )
+        await self.send(*lines, _tagged(cmd.tag, status, text))
         if self.auth_failures >= self.server.max_auth_failures:
             raise ConnectionClosed("too many authentication failures")
 
-    def _updates(self, *, allow_expunge: bool) -> list[bytes]:
+    def _updates(self, *, allow_expunge: bool, flags: bool = True) -> list[bytes]:
         if self.view is None:
             return []
         self.view.store.refresh()
         lines = self.view.updates(
-            allow_expunge=allow_expunge, condstore=self.condstore_enabled, qresync=self.qresync_enabled
+            allow_expunge=allow_expunge,
+            condstore=self.condstore_enabled,
+            qresync=self.qresync_enabled,
+            flags=flags,
         )
         # Keywords another session or program added come before the FETCH responses showing them.
         return self._announce(self.view) + lines
+
+    async def _unsolicited(
+        self, *, allow_expunge: bool, notified: bool = False, fetch_new: bool = True
+    ) -> list[bytes]:
+        """The untagged responses due where the server may speak: the selected mailbox's changes,
+        then what NOTIFY asked for of other mailboxes.
+
+        `notified`: unasked, between commands or during IDLE, where only the events NOTIFY names
+        are sent of the selected mailbox (RFC 5465 §4); at a command's end it has its usual
+        responses. A new message's FETCH attributes of NOTIFY's MessageNew follow its EXISTS
+        (§5.2): those responses are queued here, before the lines returned; not after the
+        session's own APPEND, COPY or MOVE (`fetch_new`, §5.2: it knows what it added).
+        """
+        notifier = self.notifier
+        if notifier is None:
+            return self._updates(allow_expunge=allow_expunge)
+        view = self.view
+        group = notifier.request.selected
+        lines: list[bytes] = []
+        if view is not None and (group is not None or not notified):
+            wanted = group.events if group is not None else frozenset()
+            last = view.uids[-1] if view.uids else 0
+            lines = self._updates(
+                allow_expunge=allow_expunge,
+                flags=not notified or notifications.FLAG_CHANGE in wanted,
+            )
+            fresh = view.uids[bisect.bisect_right(view.uids, last) :]
+            if fresh and fetch_new and group is not None and group.fetch is not None:
+                await self.send_segments([line + b"\r\n" for line in lines])
+                lines = []
+                await self._fetch(Args([Atom(format_uid_set(fresh)), group.fetch]), uid=True)
+        await notifier.catch_up()
+        selected = view.store if view is not None else None
+        lines += notifier.take(selected, condstore=self.condstore_enabled, utf8=self.utf8)
+        if notifier.overflowed:
+            # RFC 5465 §5.8: as if NOTIFY NONE had been received.
+            await self._stop_notify()
+        return lines
+
+    async def _push(self, notifier: notifications.Notifier) -> None:
+        """Tell the client of NOTIFY's events while no command is in progress (RFC 5465 §3)."""
+        try:
+            await self._push_events(notifier)
+        except (ConnectionError, ssl.SSLError):
+            pass  # the connection is gone; the session's own read ends it
+        except Exception:
+            log.exception("IMAP NOTIFY for %s failed", self.user)
+
+    async def _push_events(self, notifier: notifications.Notifier) -> None:
+        while True:
+            await self._between.wait()
+            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(notifier.ready.wait())}
+            view = self.view
+            group = notifier.request.selected
+            if view is not None and group is not None:
+                waiters.add(asyncio.ensure_future(view.wakeup.wait()))
+            pushed = notifier.pushed and (view is None or group is None or view.store.sync is not None)
+            try:
+                await asyncio.wait(
+                    waiters,
+                    timeout=None if pushed else self.server.idle_poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            async with self._turn:
+                if not self._between.is_set() or self.view is not view:
+                    continue
+                notifier.ready.clear()
+                notifier.poll()
+                # RFC 5465 §6.1: SELECTED-DELAYED holds expunges back for a command that allows them.
+                expunge = group is not None and group.filter == notifications.SELECTED
+                lines = await self._unsolicited(allow_expunge=expunge, notified=True)
+                if lines or self._pending:
+                    await self.send(*lines)
+                if self.notifier is not notifier:
+                    return
+
+    async def _stop_notify(self) -> None:
+        """NOTIFY NONE: no more events; the watched stores are let go."""
+        notifier, self.notifier = self.notifier, None
+        pusher, self._pusher = self._pusher, None
+        if notifier is None:
+            return
+        self.server.notifications.remove(self.user, notifier)
+        notifier.close()
+        if pusher is not None and pusher is not asyncio.current_task():
+            pusher.cancel()
+            await asyncio.wait([pusher])
 
     @property
     def condstore_enabled(self) -> bool:
@@ -421,6 +536,10 @@ class Session:
         # RFC 5182 §2.1: a new selection (or none) starts with an empty "$".
         self.saved = []
         if self.view is not None:
+            if self.notifier is not None:
+                self.notifier.unselected(self.view.store)
+                # The pusher waits on the view's wake-up: let it wait on the next one.
+                self.notifier.ready.set()
             self.view.close()
             self.server.stores.release(self.view.store)
             self.view = None
@@ -727,6 +846,9 @@ class Session:
         view = MailboxView(store, read_only=read_only, recent=not self.rev2)
         self.view = view
         self.state = State.SELECTED
+        if self.notifier is not None:
+            # The pusher waits on the selection's wake-up from now on.
+            self.notifier.ready.set()
         lines = [*self._flag_lines(view), b"* %d EXISTS" % view.exists]
         if not self.rev2:
             lines.append(b"* %d RECENT" % len(view.recent))
@@ -851,6 +973,7 @@ class Session:
         async with self.server.folder_changes:
             # Counting the account's folders takes longer the more it has: off the event loop.
             await asyncio.to_thread(_create, self._md(), name, self.server.folder_limits, uses)
+            await self._names_changed()
         return "CREATE completed"
 
     async def c_delete(self, cmd: Command, args: Args) -> str:
@@ -863,6 +986,7 @@ class Session:
             # index into the directory while it is being removed.
             self.server.stores.forget(directory)
             await asyncio.to_thread(specialuse.forget, self._md().root, name)
+            await self._names_changed()
         await asyncio.to_thread(folders.remove, doomed)
         return "DELETE completed"
 
@@ -882,6 +1006,7 @@ class Session:
             if old != INBOX:  # RFC 3501 §6.3.5: INBOX stays, emptied
                 limit = self.server.folder_limits.max_folders + 1
                 await asyncio.to_thread(subscriptions.rename, self._md(), old, new, limit)
+            await self._names_changed((old, new))
         return "RENAME completed"
 
     async def c_subscribe(self, cmd: Command, args: Args) -> str:
@@ -898,7 +1023,49 @@ class Session:
             await asyncio.to_thread(
                 subscriptions.change, self._md(), name, subscribe=subscribe, max_names=limit
             )
+            await self._names_changed()
         return f"{cmd.name} completed"
+
+    def _account_names(self) -> notifications.Names:
+        """The account's folders and subscriptions, for NOTIFY (in a worker thread)."""
+        limit = self.server.folder_limits.max_folders + 1
+        return notifications.load_names(self._md(), limit, self.server.special_folders)
+
+    async def _names_changed(self, renamed: tuple[str, str] | None = None) -> None:
+        """Tell the account's NOTIFY sessions that its names changed (RFC 5465 §5.4, §5.5). Called
+        with the server's `folder_changes` held, so the changes reach them in order."""
+        await self.server.notifications.changed(self.user, self.notifier, self._account_names, renamed)
+
+    async def c_notify(self, cmd: Command, args: Args) -> str:
+        """RFC 5465 §3.1. A refused NOTIFY leaves the one in force as it was."""
+        limit = self.server.folder_limits.max_folders + 1
+        request = notifications.parse(args, self._name, limit)
+        if request is None:
+            await self._stop_notify()
+            return "NOTIFY completed"
+        notifier = notifications.Notifier(
+            request,
+            self.server.stores,
+            self._md(),
+            notifications.inboxes(self.read_only_folders),
+            limit,
+        )
+        # The names are read and the notifier joins the account's under the lock of folder
+        # changes: none is made between the two and missed.
+        async with self.server.folder_changes:
+            notifier.begin(await asyncio.to_thread(self._account_names))
+            await self._stop_notify()
+            self.notifier = notifier
+            self.server.notifications.add(self.user, notifier)
+        await notifier.catch_up()
+        if request.status:
+            selected = self.view.store if self.view is not None else None
+            lines = await notifier.status_all(selected, condstore=self.condstore_enabled, utf8=self.utf8)
+            if lines:
+                await self.send(*lines)
+        self._pusher = asyncio.create_task(self._push(notifier), name="imap-notify")
+        # RFC 5465 §3.1: a NOTIFY SET is an implicit NOOP; the updates every command ends with are it.
+        return "NOTIFY completed"
 
     async def c_lsub(self, cmd: Command, args: Args) -> str:
         reference = self._name(args.astring("reference name"))
@@ -1070,19 +1237,29 @@ class Session:
         deadline = time.monotonic() + self.server.autologout_seconds
         try:
             while True:
-                if self.view is not None:
+                notifier = self.notifier
+                if notifier is not None:
+                    # RFC 5465 §4: during IDLE exactly the events NOTIFY asked for.
+                    notifier.ready.clear()
+                    notifier.poll()
+                    await self.send(*await self._unsolicited(allow_expunge=True, notified=True))
+                elif self.view is not None:
                     await self.send(*self._updates(allow_expunge=True))
                 waiters: set[asyncio.Future[Any]] = {read}
-                wake = None
-                if self.view is not None:
-                    wake = asyncio.ensure_future(self.view.wakeup.wait())
-                    waiters.add(wake)
+                wakes: list[asyncio.Future[Any]] = []
+                if self.view is not None and (notifier is None or notifier.request.selected is not None):
+                    wakes.append(asyncio.ensure_future(self.view.wakeup.wait()))
+                if notifier is not None:
+                    wakes.append(asyncio.ensure_future(notifier.ready.wait()))
+                waiters.update(wakes)
                 # Watched folders wake the view the moment inotify reports a change; only a folder
                 # without a watch has to be looked at periodically.
-                pushed = self.view is None or self.view.store.sync is not None
+                pushed = (self.view is None or self.view.store.sync is not None) and (
+                    notifier is None or notifier.pushed
+                )
                 timeout = max(0.0, deadline - time.monotonic()) if pushed else self.server.idle_poll_seconds
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if wake is not None and not wake.done():
+                for wake in wakes:
                     wake.cancel()
                 if read in done:
                     break
@@ -1752,6 +1929,7 @@ _COMMANDS: dict[str, _Spec] = {
     "STATUS": _Spec(Session.c_status, _AUTH),
     "APPEND": _Spec(Session.c_append, _AUTH),
     "IDLE": _Spec(Session.c_idle, _AUTH),
+    "NOTIFY": _Spec(Session.c_notify, _AUTH),
     "CHECK": _Spec(Session.c_check, _SEL),
     "CLOSE": _Spec(Session.c_close, _SEL),
     "UNSELECT": _Spec(Session.c_unselect, _SEL),
