@@ -27,12 +27,16 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from kepmta.imap import fetch, folders, specialuse, subscriptions
-from kepmta.imap.mailbox import SEEN, FolderStore, StoreRegistry
+from kepmta.imap import fetch, folders, specialuse, status, subscriptions
+from kepmta.imap.mailbox import FolderStore, StoreRegistry
 from kepmta.imap.protocol import Args, Atom, BadCommand, CommandFailed, ParenList, Token, string
 from kepmta.maildir import INBOX, Maildir
 
 log = logging.getLogger("kepmta.imap")
+
+# RFC 5465 §5.1-§5.3: what a STATUS of another mailbox carries (HIGHESTMODSEQ once CONDSTORE is on).
+_STATUS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+_STATUS_WITH_MODSEQ = (*_STATUS, "HIGHESTMODSEQ")
 
 MESSAGE_NEW = "MessageNew"
 MESSAGE_EXPUNGE = "MessageExpunge"
@@ -345,7 +349,7 @@ class Notifier:
         self._target: dict[str, frozenset[str]] | None = None
         self._watches: dict[str, _Watch] = {}
         self._dirty: dict[_Watch, None] = {}
-        self._told: dict[str, tuple[int, ...]] = {}
+        self._told: dict[str, tuple[tuple[str, int], ...]] = {}
         self._lists: list[_Listed] = []
 
     # --- what is watched -----------------------------------------------------------------------
@@ -513,20 +517,11 @@ class Notifier:
         store.refresh()
         if store.dead:
             return None
-        items = [
-            ("MESSAGES", len(store.messages)),
-            ("UIDNEXT", store.uidnext),
-            ("UIDVALIDITY", store.uidvalidity),
-            ("UNSEEN", sum(1 for m in store.messages.values() if SEEN not in m.flags)),
-        ]
-        if condstore:
-            items.append(("HIGHESTMODSEQ", store.highestmodseq))
-        values = tuple(v for _, v in items)
-        if not always and self._told.get(watch.name) == values:
+        items = status.values(store, _STATUS_WITH_MODSEQ if condstore else _STATUS)
+        if not always and self._told.get(watch.name) == items:
             return None
-        self._told[watch.name] = values
-        body = " ".join(f"{k} {v}" for k, v in items)
-        return b"* STATUS " + folders.name_to_wire(watch.name, utf8=utf8) + f" ({body})".encode()
+        self._told[watch.name] = items
+        return status.response(watch.name, items, utf8=utf8)
 
 
 class Hub:

@@ -32,6 +32,7 @@ from kepmta.imap import (
     search,
     sort,
     specialuse,
+    status,
     subscriptions,
     thread,
 )
@@ -1167,25 +1168,10 @@ class Session:
         store = self._open_store(name)
         try:
             store.refresh()
-            messages = store.messages.values()
-            deleted = [m for m in messages if DELETED in m.flags]
-            values = {
-                "MESSAGES": len(store.messages),
-                "RECENT": store.recent_count,
-                "UIDNEXT": store.uidnext,
-                "UIDVALIDITY": store.uidvalidity,
-                "UNSEEN": sum(1 for m in messages if SEEN not in m.flags),
-                # RFC 7162 §3.1.6
-                "HIGHESTMODSEQ": store.highestmodseq,
-                # RFC 8438 §3: octets; RFC 9208 §4.2.2 DELETED, §4.2.3 DELETED-STORAGE in KiB.
-                "SIZE": sum(m.size for m in messages),
-                "DELETED": len(deleted),
-                "DELETED-STORAGE": quota.kib_used(sum(m.size for m in deleted)),
-            }
+            items = status.values(store, wanted)
         finally:
             self._release(store)
-        body = " ".join(f"{w} {values[w]}" for w in wanted)
-        return b"* STATUS " + folders.name_to_wire(name, utf8=self.utf8) + f" ({body})".encode()
+        return status.response(name, items, utf8=self.utf8)
 
     async def c_append(self, cmd: Command, args: Args) -> str:
         name = self._mailbox(args)
@@ -1742,8 +1728,8 @@ def _return_options(
 def _status_items(tokens: Sequence[Token]) -> list[str]:
     wanted: list[str] = []
     for tok in tokens:
-        if not isinstance(tok, Atom) or tok.value.upper() not in _STATUS_ITEMS:
-            raise BadCommand("unknown STATUS item; use " + " ".join(_STATUS_ITEMS))
+        if not isinstance(tok, Atom) or tok.value.upper() not in status.ITEMS:
+            raise BadCommand("unknown STATUS item; use " + " ".join(status.ITEMS))
         if tok.value.upper() not in wanted:
             wanted.append(tok.value.upper())
     if not wanted:
@@ -1893,18 +1879,6 @@ async def _copy_file(dest: FolderStore, msg: MessageFile) -> MessageFile:
             staged.unlink()
         raise
 
-
-_STATUS_ITEMS = (
-    "MESSAGES",
-    "RECENT",
-    "UIDNEXT",
-    "UIDVALIDITY",
-    "UNSEEN",
-    "HIGHESTMODSEQ",
-    "SIZE",
-    "DELETED",
-    "DELETED-STORAGE",
-)
 
 _COMMANDS: dict[str, _Spec] = {
     "CAPABILITY": _Spec(Session.c_capability, _ANY),
