@@ -101,29 +101,17 @@ def _sent(raw: str | None) -> tuple[float | None, int | None]:
     return stamp, when.date().toordinal()
 
 
-def _pread(fd: int, offset: int, length: int) -> bytes:
-    chunks: list[bytes] = []
-    while length > 0:
-        chunk = os.pread(fd, min(length, 1 << 20), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-        length -= len(chunk)
-    return b"".join(chunks)
-
-
 def summarize_file(path: Path, *, structure: bool) -> Summary:
     """Read and summarise one message file; raises FileNotFoundError when it is gone."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         if not structure and size > _WHOLE:
-            head = _pread(fd, 0, _WHOLE)
+            head = fetch.pread_all(fd, 0, _WHOLE)
             header_end, body_start = find_body(head, 0, len(head))
             if body_start > header_end:
                 return summarize(head, size, whole=False)
-        return summarize(_pread(fd, 0, size), size, whole=True)
+        return summarize(fetch.pread_all(fd, 0, size), size, whole=True)
     finally:
         os.close(fd)
 

@@ -205,7 +205,7 @@ class Session:
             if isinstance(seg, FileSlice):
                 pos, end = seg.offset, seg.offset + seg.length
                 while pos < end:
-                    chunk = await asyncio.to_thread(os.pread, seg.fd, min(_STREAM_CHUNK, end - pos), pos)
+                    chunk = await fetch.read_at(seg.fd, pos, min(_STREAM_CHUNK, end - pos))
                     if not chunk:
                         raise ConnectionClosed("message file shrank while being sent")
                     self._queue(chunk)
