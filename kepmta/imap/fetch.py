@@ -50,6 +50,9 @@ _TEXT_SPECS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT",
 _HEAD_READ = 256 * 1024
 # Linux 4.14 (preadv2): a read that fails with EAGAIN instead of waiting for the disk.
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+# Larger reads go to a thread as before: their buffer is made before the cache is asked, and the
+# copy would hold the loop longer than a hand-off costs.
+_INLINE_READ = 1 << 20
 
 
 def pread_all(fd: int, offset: int, length: int) -> bytes:
@@ -82,7 +85,7 @@ async def read_at(fd: int, offset: int, length: int) -> bytes:
     message just written or read is, else in a thread so that no session waits on the disk. A
     thread for every read cost more than the read on a busy loop: in bench/imap.py's writing mix a
     FETCH of new mail took 12.4 ms on average with one, 6.2 ms without."""
-    data = _cached(fd, offset, length)
+    data = _cached(fd, offset, length) if length <= _INLINE_READ else None
     return data if data is not None else await asyncio.to_thread(pread_all, fd, offset, length)
 
 

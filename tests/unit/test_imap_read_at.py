@@ -42,3 +42,14 @@ async def test_a_read_past_the_end_gives_what_there_is(message: tuple[int, bytes
     assert fetch._cached(fd, 199_000, 5000) is None
     assert await fetch.read_at(fd, 199_000, 5000) == data[199_000:]
     assert await fetch.read_at(fd, len(data), 10) == b""
+
+
+async def test_a_large_read_is_whole_whether_in_memory_or_not(tmp_path: Path) -> None:
+    data = os.urandom(3 * fetch._INLINE_READ + 5)
+    path = tmp_path / "large"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert await fetch.read_at(fd, 7, len(data)) == data[7:]
+    finally:
+        os.close(fd)
