@@ -237,7 +237,9 @@ def _cmd(sock: ssl.SSLSocket, line: bytes) -> bytes:
         sock.sendall(line + b"\r\n")
     data = b""
     while True:
-        data += sock.recv(65536)
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
         lines = data.split(b"\r\n")
         if len(lines) >= 2 and lines[-2][3:4] == b" ":
             return data
