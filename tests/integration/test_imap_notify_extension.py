@@ -71,6 +71,16 @@ async def two(imap: Running) -> tuple[RawClient, RawClient]:
     return await imap.raw(), await imap.raw()
 
 
+async def both_on_an_inbox_of_two(imap: Running) -> tuple[RawClient, RawClient]:
+    """Two sessions with INBOX selected, holding messages "a" and "b"."""
+    imap.deliver(simple_message("a"))
+    imap.deliver(simple_message("b"))
+    watcher, other = await two(imap)
+    await watcher.ok("SELECT INBOX")
+    await other.ok("SELECT INBOX")
+    return watcher, other
+
+
 async def test_notify_is_advertised(imap: Running) -> None:
     c = await imap.raw()
     caps = untagged(await c.ok("CAPABILITY"))[0].split()
@@ -221,11 +231,7 @@ async def test_rename_moves_the_watch_and_inferiors_carry_their_old_names(imap: 
 
 
 async def test_selected_mailbox_flag_changes_and_expunges_pushed(imap: Running) -> None:
-    imap.deliver(simple_message("a"))
-    imap.deliver(simple_message("b"))
-    watcher, other = await two(imap)
-    await watcher.ok("SELECT INBOX")
-    await other.ok("SELECT INBOX")
+    watcher, other = await both_on_an_inbox_of_two(imap)
     await watcher.ok(
         "NOTIFY SET (SELECTED (MessageNew MessageExpunge FlagChange)) (PERSONAL (MessageNew MessageExpunge))"
     )
@@ -245,11 +251,7 @@ async def test_selected_mailbox_flag_changes_and_expunges_pushed(imap: Running) 
 
 
 async def test_selected_delayed_holds_expunges_for_a_command_that_may_have_them(imap: Running) -> None:
-    imap.deliver(simple_message("a"))
-    imap.deliver(simple_message("b"))
-    watcher, other = await two(imap)
-    await watcher.ok("SELECT INBOX")
-    await other.ok("SELECT INBOX")
+    watcher, other = await both_on_an_inbox_of_two(imap)
     await watcher.ok("NOTIFY SET (SELECTED-DELAYED (MessageNew MessageExpunge))")
     await other.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     await other.ok("EXPUNGE")

@@ -27,7 +27,7 @@ from kepmta.imap.index import (
     header_line,
     vanished_line,
 )
-from kepmta.imap.mailbox import MailboxView, StoreRegistry
+from kepmta.imap.mailbox import FolderStore, MailboxView, StoreRegistry
 from kepmta.maildir import Maildir
 
 
@@ -117,15 +117,20 @@ def _deliver(md: Maildir, base: str) -> Path:
     return md.deliver("INBOX", base, write)
 
 
+def _inbox_of(root: Path, count: int) -> tuple[Maildir, FolderStore, MailboxView]:
+    """An INBOX of `count` delivered messages, opened and selected read-write."""
+    md = Maildir(root)
+    md.create("INBOX")
+    for i in range(count):
+        _deliver(md, f"m{i}")
+    store = StoreRegistry().open("INBOX", root)
+    return md, store, MailboxView(store, read_only=False)
+
+
 def test_reopening_a_quiet_folder_reads_only_its_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    md = Maildir(tmp_path)
-    md.create("INBOX")
-    for i in range(50):
-        _deliver(md, f"m{i}")
-    store = StoreRegistry().open("INBOX", tmp_path)
-    view = MailboxView(store, read_only=False)
+    md, store, view = _inbox_of(tmp_path, 50)
     store.set_flags(3, frozenset({"\\Seen", "$Work"}), view)
     store.set_flags(4, frozenset({"\\Deleted"}), view)
     store.expunge([4])
@@ -150,12 +155,7 @@ def test_reopening_a_quiet_folder_reads_only_its_index(
 
 
 def test_messages_never_used_are_written_back_as_they_were_read(tmp_path: Path) -> None:
-    md = Maildir(tmp_path)
-    md.create("INBOX")
-    for i in range(20):
-        _deliver(md, f"m{i}")
-    first = StoreRegistry().open("INBOX", tmp_path)
-    view = MailboxView(first, read_only=False)
+    _, first, view = _inbox_of(tmp_path, 20)
     first.set_flags(5, frozenset({"\\Flagged", "$Work"}), view)
     before = {uid: entry_of(f) for uid, f in first._state().entries.items()}
     again = StoreRegistry().open("INBOX", tmp_path)
