@@ -37,6 +37,7 @@ from kepmta.imap.index import (
     Vanished,
     entry_fields,
     entry_line,
+    entry_of,
     fold_vanished,
     header_line,
     keywords_of,
@@ -191,9 +192,6 @@ class Messages:
     def values(self) -> list[MessageFile]:
         return [self[uid] for uid in self._items]
 
-    def items(self) -> list[tuple[int, MessageFile]]:
-        return [(uid, self[uid]) for uid in self._items]
-
     def sort(self) -> None:
         self._items = dict(sorted(self._items.items()))
 
@@ -284,12 +282,13 @@ class FolderStore:
         self._stamp, self._settled = h.stamp, h.settled
         return h.settled and self._current_stamp() == h.stamp
 
-    def _build(self, f: Fields) -> MessageFile:
-        base, flags, other = split_name(f[6])
+    def _build(self, fields: Fields) -> MessageFile:
+        e = entry_of(fields)
+        base, flags, other = split_name(e.name)
         # The index holds only new/ and cur/, whose paths are made once: a join costs a microsecond.
-        path = self._subs[f[5]] / f[6]
+        path = self._subs[e.sub] / e.name
         return MessageFile(
-            int(f[1]), base, path, flags | keywords_of(f[7]), other, int(f[2]), int(f[3]), int(f[4]) / 1e9
+            e.uid, base, path, flags | e.keywords, other, e.modseq, e.size, e.internal_ns / 1e9
         )
 
     def _state(self) -> State:
