@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import TLSSetupException
 
 from kepmta.outage import outage
+from kepmta.smtp.starttls import LoopTLS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class DataReader:
             self._out.write(block)
 
 
-class SpoolingSMTP(SMTP):
+class SpoolingSMTP(LoopTLS):
     """aiosmtpd's SMTP with DATA streamed to a spool file (RFC 5321 §4.1.1.4)."""
 
     # The stream limit also bounds how much aiosmtpd buffers; DATA is read in chunks of this
