@@ -38,7 +38,6 @@ from kepmta.evidence.signer import EvidenceSigner, SignedEvidence, stamp_der
 from kepmta.evidence.xml import from_xml
 from kepmta.outage import outage
 from kepmta.queue import jobs
-from kepmta.smime import cms
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ class CommittedEvidence:
             self._by_seq.popitem(last=False)
         ev = signed.evidence
         # A B-B acceptance is not what a dispatch may carry: its B-T version is read from the ledger.
-        if ev.event is Event.SUBMISSION_ACCEPTANCE and cms.is_time_stamped(signed.der):
+        if ev.event is Event.SUBMISSION_ACCEPTANCE and signed.stamped:
             self._acceptances[ev.message_id] = signed
             if len(self._acceptances) > self._size:
                 self._acceptances.popitem(last=False)
@@ -263,8 +262,7 @@ class EventRecorder:
         seq = w.append(evidence_record(signed)).seq
         w.after_commit(lambda: self.committed.put(seq, signed))
         w.after_commit(lambda: metrics.evidence(signed.evidence.event))
-        stamped = cms.is_time_stamped(signed.der)
-        kind = self.receipt_kind(signed.evidence.sender.address) if stamped else TIMESTAMP_JOB
+        kind = self.receipt_kind(signed.evidence.sender.address) if signed.stamped else TIMESTAMP_JOB
         jobs.enqueue(w, kind, signed.evidence.message_id, {"seq": seq})
         return seq
 
