@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import shutil
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _KINDS = (jobs.DELIVER, jobs.RECEIPT, jobs.FILE_RECEIVED)
 _CONCURRENT_JOBS = 8
+_NOT_TOKEN = re.compile(r"[^0-9A-Za-z]")
 # Moving filed messages into place (rename, directory fsync) runs on threads of its own, so a
 # queue of deliveries never delays the worker threads that submissions wait on.
 _MOVING_THREADS = 2
@@ -71,7 +73,8 @@ def _copy_synced(source: Path, target: Path) -> None:
 
 
 def _token(message_id: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in message_id.split("@")[0])
+    # ASCII only, as Maildir.unique_name requires: a peer's message id may hold any letter.
+    return _NOT_TOKEN.sub("-", message_id.split("@")[0])
 
 
 class DeliveryWorker(jobs.JobLoop):
