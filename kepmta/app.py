@@ -154,15 +154,9 @@ class App:
         if demo is not None:
             await devinit.add_demo_accounts(accounts, demo)
 
-        checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES) for _ in range(2))
-        self.pools = [checking, filing]
-        for pool in self.pools:
-            await pool.start()
         evidence_certs = pki.load_certs(s.evidence_cert)
         signer_pair = evidence_pair(s)
-        # Evidence is signed by the workers that check submissions: the acceptance follows the
-        # check in the same pool, and deliveries keep the filing pool busy.
-        evidence_signer = EvidenceSigner(signer_pair, evidence_certs[1:], time_stamper(s), checking)
+        evidence_signer = EvidenceSigner(signer_pair, evidence_certs[1:], time_stamper(s))
         ledger = Ledger(engine)
         issuer = Issuer(s.provider_name, s.domain, (p.id,), p.message_type)
         revocation = RevocationCapture(s.evidence_crls, [*evidence_certs[1:], *pki.load_certs(s.provider_ca)])
@@ -183,6 +177,10 @@ class App:
             evidence_folder=p.evidence_folder,
         )
         warner = QuotaWarner(accounts, p.quota_warnings, s.service_address)
+        checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES) for _ in range(2))
+        self.pools = [checking, filing]
+        for pool in self.pools:
+            await pool.start()
         worker = DeliveryWorker(
             engine, accounts, recorder, identity, originals_dir(s.spool_dir), warner, filing, node
         )

@@ -28,8 +28,6 @@ from cryptography import x509
 from kepmta import dkim, metrics, pki
 from kepmta.config import Settings
 from kepmta.evidence.keys import evidence_pair
-from kepmta.evidence.model import Evidence
-from kepmta.evidence.signer import SignedEvidence, signed_basic
 from kepmta.headers import read_headers
 from kepmta.inbound import Checked, check_relayed
 from kepmta.inspection import Inspection, Signer, inspect
@@ -116,12 +114,6 @@ def _write_receipt(tmp: Path, info: ReceiptInfo, xml: bytes, der: bytes) -> None
     write_synced(tmp, write)
 
 
-def _sign_evidence(ev: Evidence) -> tuple[bytes, bytes]:
-    """The XML and CAdES-B-B signature of `ev`: only these go back, the server has the rest."""
-    signed = signed_basic(ev, _here().signer, _here().chain)
-    return signed.xml, signed.der
-
-
 def _signed_for_relay(raw: bytes) -> bytes:
     """`raw` with our DKIM signatures in front (RFC 6376 §5; RFC 8463 Ed25519 beside RSA)."""
     state = _here()
@@ -149,7 +141,6 @@ _TASKS: dict[str, Callable[..., Any]] = {
     "relay_dispatch": _relay_dispatch,
     "relay_receipt": _relay_receipt,
     "check_relayed": check_relayed,
-    "sign_evidence": _sign_evidence,
 }
 
 
@@ -271,11 +262,6 @@ class WorkerPool:
         """kepmta.inbound.check_relayed: DKIM and the REM checks of a message from a peer."""
         checked: Checked = await self._run("check_relayed", path, domains, keys, trust)
         return checked
-
-    async def sign_evidence(self, ev: Evidence) -> SignedEvidence:
-        """kepmta.evidence.signer.signed_basic, with the evidence key the worker loaded."""
-        xml, der = await self._run("sign_evidence", ev)
-        return SignedEvidence(evidence=ev, xml=xml, der=der, stamped=False)
 
     async def start(self) -> None:
         """Start the processes, if not yet started, and wait until each is ready. The server does

@@ -10,7 +10,6 @@ import asyncio
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from cryptography import x509
 
@@ -29,7 +28,7 @@ class SignedEvidence:
     xml: bytes
     der: bytes  # ContentInfo: attached SignedData, CAdES-B-T, the XML as content
     # Whether `der` carries its signature time-stamp (CAdES-B-T), as known when it was made:
-    # reading it back out of the DER cost more than the rest of the ledger commit.
+    # reading it back out of the DER at each commit cost more than the rest of the commit.
     stamped: bool
 
     @property
@@ -38,35 +37,13 @@ class SignedEvidence:
         return f"{self.evidence.event.value}.p7m"
 
 
-def signed_basic(ev: Evidence, pair: KeyPair, chain: Sequence[x509.Certificate]) -> SignedEvidence:
-    """CAdES-B-B evidence: the XML, signed, not yet time-stamped."""
-    xml = to_xml(ev)
-    der = bytes(cms.sign(pair, content=xml, detached=False, chain=chain).dump())
-    return SignedEvidence(evidence=ev, xml=xml, der=der, stamped=False)
-
-
-class BasicSigning(Protocol):
-    """Somewhere else to make `signed_basic` evidence: the worker processes (kepmta.workers)."""
-
-    async def sign_evidence(self, ev: Evidence) -> SignedEvidence: ...
-
-
 class EvidenceSigner:
     """Signs evidence with the provider's transaction certificate and time-stamps the signature."""
 
-    def __init__(
-        self,
-        pair: KeyPair,
-        chain: Sequence[x509.Certificate],
-        tsa: TimeStamper,
-        workers: BasicSigning | None = None,
-    ) -> None:
+    def __init__(self, pair: KeyPair, chain: Sequence[x509.Certificate], tsa: TimeStamper) -> None:
         self._pair = pair
         self._chain = tuple(chain)
         self._tsa = tsa
-        # Building the XML and signing it was an eighth of the server process's time under the
-        # submission bench: worker processes do it, with the same key, loaded the same way.
-        self._workers = workers
 
     @property
     def tsa(self) -> TimeStamper:
@@ -78,11 +55,8 @@ class EvidenceSigner:
 
     async def sign_basic(self, ev: Evidence) -> SignedEvidence:
         """CAdES-B-B evidence: signed, not yet time-stamped."""
-        if self._workers is not None:
-            return await self._workers.sign_evidence(ev)
-        if self._pair.in_token:  # a round trip to the token: off the event loop
-            return await asyncio.to_thread(signed_basic, ev, self._pair, self._chain)
-        return signed_basic(ev, self._pair, self._chain)
+        xml = to_xml(ev)
+        return SignedEvidence(evidence=ev, xml=xml, der=await self._sign(xml), stamped=False)
 
     async def sign_statement(self, content: bytes) -> bytes:
         """Another XML statement of the provider (a ledger checkpoint), CAdES-B-T like evidence."""

@@ -10,18 +10,14 @@ import asyncio
 import datetime as dt
 import os
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from kepclient import DevServer, send_as, signed_by, wait_for
-from unit.evidence_fixtures import sample_evidence
 
-from kepmta import config, devinit, pki
-from kepmta.evidence.xml import to_xml
+from kepmta import config, devinit
 from kepmta.rem.receipt import ReceiptInfo
-from kepmta.smime import cms
 from kepmta.workers import WorkerError, WorkerPool
 
 
@@ -71,25 +67,6 @@ async def test_a_receipt_is_written_and_synced_by_a_worker(pool: WorkerPool, tmp
     raw = target.read_bytes()
     assert b"Subject: REM SubmissionAcceptance: =?utf-8?" in raw
     assert b"application/pkcs7-signature" in raw  # signed with the key the worker loaded itself
-
-
-async def test_evidence_is_signed_by_a_worker_with_the_servers_key(
-    pool: WorkerPool, settings: config.Settings, tmp_path: Path
-) -> None:
-    ev = sample_evidence()
-    signed = await pool.sign_evidence(ev)
-    assert signed.evidence == ev and signed.xml == to_xml(ev) and not signed.stamped
-    ci = cms.load(signed.der)
-    assert cms.encapsulated_content(ci) == signed.xml
-    assert pki.load_certs(settings.evidence_cert)[0] in cms.certificates(ci)
-    f = tmp_path / signed.filename
-    f.write_bytes(signed.der)
-    r = subprocess.run(
-        ["openssl", "cms", "-verify", "-inform", "DER", "-in", f, "-CAfile", settings.provider_ca],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0 and r.stdout == signed.xml.decode(), r.stderr
 
 
 async def test_a_failing_task_fails_its_call_only(pool: WorkerPool, tmp_path: Path) -> None:
