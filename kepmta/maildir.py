@@ -241,11 +241,16 @@ class Maildir:
 
     def publish(self, name: str, base: str) -> Path:
         """Move the complete, synced message `base` from tmp/ into new/ of folder `name`."""
+        final = self.move(name, base)
+        fsync_dir(final.parent)
+        return final
+
+    def move(self, name: str, base: str) -> Path:
+        """`publish` without the directory sync, for a caller that syncs several moves at once."""
         folder = self.folder_dir(name)
         tmp, final = folder / "tmp" / base, folder / "new" / base
         with self.sizes.changing(folder, os.stat(tmp).st_size):
             os.rename(tmp, final)
-        fsync_dir(folder / "new")
         return final
 
 
