@@ -8,6 +8,7 @@ reaches into asyncio's private one.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
@@ -48,6 +49,11 @@ class LoopTLS(SMTP):
         self.session = self._create_session()
         self.session.peer = transport.get_extra_info("peername")
         self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
-        # aiosmtpd tells whether a session is under TLS, for AUTH and the EHLO keywords, only by
-        # whether it has a TLS protocol; the TLS transport stands in for it.
+        self.under_tls(transport)
+
+    def under_tls(self, transport: asyncio.BaseTransport) -> None:
+        """Tell aiosmtpd the session is encrypted by `transport`. aiosmtpd knows a session is under
+        TLS, for AUTH (offered and allowed while auth_require_tls stays on) and for the EHLO
+        keywords, only by whether it has a TLS protocol, which neither uvloop's transports nor
+        `start_tls` give out: the TLS transport stands in for it."""
         self._tls_protocol = transport  # type: ignore[assignment]

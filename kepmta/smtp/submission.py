@@ -69,11 +69,7 @@ class SubmissionSMTP(SpoolingSMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.implicit_tls:
             # RFC 8314 §3: on the implicit-TLS port the whole session is already encrypted.
-            # aiosmtpd knows a session is under TLS only from the TLS protocol STARTTLS sets up, and
-            # outside STARTTLS only asks whether there is one; with one, AUTH is offered and
-            # allowed here while auth_require_tls stays on. The listener's TLS transport stands in
-            # for it (uvloop's keeps its protocol to itself).
-            self._tls_protocol = transport  # type: ignore[assignment]
+            self.under_tls(transport)
         super().connection_made(transport)
 
     def _create_session(self) -> KepSession:
