@@ -190,6 +190,17 @@ def signed_by(srv: DevServer, i: int, to: list[str], subject: str, body: str = "
     return signed_message(a["address"], to, subject, body, a["cert"], a["key"])
 
 
+def smtp_reply(sock: socket.socket) -> bytes:
+    """One whole SMTP reply from a raw socket, every line of a multi-line one (RFC 5321 §4.2.1),
+    read a byte at a time so that a pipelined next reply stays unread."""
+    data = b""
+    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] != b" ":
+        byte = sock.recv(1)
+        assert byte, f"the server closed the connection after {data!r}"
+        data += byte
+    return data
+
+
 def smtp(srv: DevServer, acct: dict[str, str] | None = None) -> smtplib.SMTP:
     s = smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=60)
     s.ehlo("client.test")

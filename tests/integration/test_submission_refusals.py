@@ -25,6 +25,7 @@ from kepclient import (
     signed_by,
     signed_message,
     smtp,
+    smtp_reply,
     wait_for,
 )
 from kepclient import plain_message as unsigned
@@ -235,14 +236,7 @@ def _raw_session(srv: DevServer) -> ssl.SSLSocket:
 def _cmd(sock: ssl.SSLSocket, line: bytes) -> bytes:
     if line:
         sock.sendall(line + b"\r\n")
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after {data!r}"
-        data += chunk
-        lines = data.split(b"\r\n")
-        if len(lines) >= 2 and lines[-2][3:4] == b" ":
-            return data
+    return smtp_reply(sock)
 
 
 @pytest.mark.parametrize("bad", [b"line one\nline two\r\n", b"cr\ralone\r\n"])
