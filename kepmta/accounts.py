@@ -7,7 +7,6 @@ assigned again and reopened only by its holder; legal entities act through autho
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 from collections.abc import Callable, Iterable
@@ -507,7 +506,7 @@ class AccountStore:
 
     async def usage_of(self, account: Account) -> Usage:
         """Usage against the quota of `account` as already read, without reading it again."""
-        used = await asyncio.to_thread(self.maildir(account.address).size)
+        used = await self.maildir(account.address).used()
         return Usage(used, account.quota)
 
     async def warning_state(self, address: str) -> tuple[Usage, int]:
@@ -516,7 +515,7 @@ class AccountStore:
         row = await self.db.read(lambda conn: conn.execute(_WARNING_STATE, {"address": addr}).first())
         if row is None:
             raise AccountError(f"no account {address}")
-        used = await asyncio.to_thread(self.maildir(row.address).size)
+        used = await self.maildir(row.address).used()
         return Usage(used, row.quota), int(row.quota_warned or 0)
 
     async def set_quota_warned(self, address: str, percent: int) -> None:

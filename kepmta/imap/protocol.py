@@ -88,10 +88,15 @@ class Atom:
 
 @dataclass(frozen=True)
 class LiteralFile:
-    """A literal the reader wrote to a file instead of keeping it in memory."""
+    """A literal the reader wrote to a file instead of keeping it in memory.
+
+    `synced` resolves once the file's octets are on disk, to None, or to the error that stopped
+    them getting there: the sync runs on a thread from the literal's last octet, while the client
+    sends the rest of its command, so the command need not wait for it afterwards."""
 
     path: Path
     size: int
+    synced: asyncio.Future[OSError | None]
 
 
 @dataclass(frozen=True)
@@ -592,16 +597,19 @@ class CommandReader:
             del self._buf[:taken]
             n -= taken
 
-    async def _stream(self, path: Path, n: int) -> OSError | None:
-        """Write the next `n` octets to a new file at `path`, a chunk at a time as they arrive.
-        Returns the error that stopped the writing (a full disk), once all `n` are read past: the
-        client sends them whatever happens here, and they are not the next command."""
+    async def _stream(self, path: Path, n: int, synced: asyncio.Future[OSError | None]) -> OSError | None:
+        """Write the next `n` octets to a new file at `path`, a chunk at a time as they arrive, and
+        start syncing it (`synced`). Returns the error that stopped the writing (a full disk), once
+        all `n` are read past: the client sends them whatever happens here, and they are not the
+        next command."""
         error: OSError | None = None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
+            synced.set_result(e)
             await self._skip(n)
             return e
+        owned = True
         try:
             while n:
                 if not self._buf:
@@ -615,8 +623,16 @@ class CommandReader:
                         view = view[os.write(fd, view) :]
                 except OSError as e:
                     error = e
+            if error is None:
+                owned = False
+                _sync_in_thread(fd, synced)
+            else:
+                synced.set_result(error)
         finally:
-            os.close(fd)
+            if owned:
+                os.close(fd)
+                if not synced.done():
+                    synced.cancel()
         return error
 
     async def command(
@@ -679,8 +695,9 @@ class CommandReader:
                     offset += len(line) + size
                 else:
                     # Registered before the first octet, so a failure part-way removes the file.
-                    files[offset + m.start()] = LiteralFile(path, size)
-                    failed = await self._stream(path, size)
+                    synced: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
+                    files[offset + m.start()] = LiteralFile(path, size, synced)
+                    failed = await self._stream(path, size, synced)
                     if failed is not None:
                         await self._skip_command(limits)
                         found = outage(failed)
@@ -715,6 +732,22 @@ class CommandReader:
             if size > limits.message:
                 raise ConnectionClosed("literal too large")
             await self._skip(size)
+
+
+def _sync_in_thread(fd: int, synced: asyncio.Future[OSError | None]) -> None:
+    """Sync and close `fd` on a thread; `synced` gets the outcome (no one need be waiting)."""
+
+    def sync() -> OSError | None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            return e
+        finally:
+            os.close(fd)
+        return None
+
+    done = asyncio.get_running_loop().run_in_executor(None, sync)
+    done.add_done_callback(lambda f: None if synced.done() else synced.set_result(f.result()))
 
 
 def _too_big(non_sync: bool) -> None:

@@ -158,6 +158,8 @@ class Session:
         self._account_slot: Slot | None = None
         # Quota held for the APPEND message being read, until its command ends.
         self._reservation: Reservation | None = None
+        # The account's quota as read when the reservation was made (this command's first message).
+        self._admitted_quota: int | None = None
         # FETCH data waiting to go out with the next response line: one write (one TLS record and
         # one system call, mostly) per command instead of one per message and literal.
         self._pending: list[bytes] = []
@@ -335,6 +337,7 @@ class Session:
         total = size + (held.size if held is not None else 0)
         quota.check_room(used, limit, total)
         self._reservation = reservations.reserve(self.user, total)
+        self._admitted_quota = limit
         if held is not None:
             held.release()
         # Same file system as every folder, so the finished file is renamed into place.
@@ -524,10 +527,19 @@ class Session:
     async def _quota(self) -> tuple[int, int]:
         return await self.backend.quota(self.user)
 
+    async def _usage_as_admitted(self) -> tuple[int, int]:
+        """`_quota()`, but with the account's quota as read when this command's messages were
+        admitted, moments ago: only the stored octets are read again, usually without a hop to the
+        database's thread."""
+        if self._admitted_quota is None:
+            return await self._quota()
+        return await self._md().used(), self._admitted_quota
+
     def _release_reservation(self) -> None:
         if self._reservation is not None:
             self._reservation.release()
             self._reservation = None
+            self._admitted_quota = None
 
     def _selected(self) -> MailboxView:
         assert self.view is not None
@@ -1204,7 +1216,9 @@ class Session:
             raise CommandFailed(f"no mailbox named {name}", "TRYCREATE")
         self._refuse_read_only_folder(name, "APPEND")
         # Checked again: other mail may have arrived while the messages streamed in.
-        used, limit = await self.server.reservations.usage(self.user, self._quota, exclude=self._reservation)
+        used, limit = await self.server.reservations.usage(
+            self.user, self._usage_as_admitted, exclude=self._reservation
+        )
         quota.check_room(used, limit, sum(m.size for m in messages))
         store = self._open_store(name)
         try:
@@ -1791,15 +1805,6 @@ def _set_internal_date(path: Path, when: float | None) -> None:
         os.utime(path, (when, when))
 
 
-def _finish_file(path: Path, when: float | None) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _set_internal_date(path, when)
-
-
 def _message_literal(tok: Token) -> String | None:
     """An APPEND message: a literal, or the one literal of UTF8 (...) (RFC 6855 §4)."""
     if isinstance(tok, ParenList) and len(tok.items) == 1:
@@ -1820,17 +1825,21 @@ class _Appended:
         return self.literal.file.size if self.literal.file is not None else len(self.literal.value)
 
 
-def _stage(store: FolderStore, message: _Appended) -> Path:
-    """Make a message's file complete and durable (in a worker thread): one the reader wrote to
-    the account's tmp/ is synced there, one held in memory is written to the folder's tmp/. The
-    file's name is a new Maildir base, which stays the message's."""
+async def _stage(store: FolderStore, message: _Appended) -> Path:
+    """Make a message's file complete and durable: one the reader wrote to the account's tmp/ was
+    being synced since its last octet came in (usually done by now: no hop to a thread), one held
+    in memory is written to the folder's tmp/ on a thread. The file's name is a new Maildir base,
+    which stays the message's."""
     file = message.literal.file
     if file is not None:
-        _finish_file(file.path, message.when)
+        failed = await file.synced
+        if failed is not None:
+            raise failed
+        _set_internal_date(file.path, message.when)
         return file.path
     staged = store.directory / "tmp" / _new_base()
     staged.parent.mkdir(exist_ok=True)
-    _write_file(staged, message.literal.value, message.when)
+    await asyncio.to_thread(_write_file, staged, message.literal.value, message.when)
     return staged
 
 
@@ -1842,7 +1851,7 @@ async def _save_all(store: FolderStore, messages: list[_Appended]) -> list[int]:
     staged: list[Path] = []
     try:
         for message in messages:
-            staged.append(await asyncio.to_thread(_stage, store, message))
+            staged.append(await _stage(store, message))
         added: list[MessageFile] = []
         try:
             for message, path in zip(messages, staged, strict=True):

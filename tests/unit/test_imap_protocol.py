@@ -18,7 +18,6 @@ from kepmta.imap.protocol import (
     ConnectionClosed,
     IntervalSet,
     Limits,
-    LiteralFile,
     ParenList,
     Refused,
     SequenceSet,
@@ -288,7 +287,10 @@ async def test_reader_streams_an_admitted_literal_to_a_file(tmp_path: Path) -> N
     # The literal is an empty one in the command, and the lexer hands out its file instead.
     assert raw.data == b"a APPEND {5+}\r\nINBOX (\\Seen) {0}\r\n\r\n"
     cmd = parse_command(raw.data, raw.files)
-    file = LiteralFile(target, len(message))
+    (file,) = raw.files.values()
+    assert (file.path, file.size) == (target, len(message))
+    # Synced on a thread from the literal's last octet; the command finds it done or waits for it.
+    assert await file.synced is None
     assert cmd.args == (String(b"INBOX", literal=True), ParenList((Atom("\\Seen"),)), String(b"", True, file))
     with pytest.raises(BadCommand, match="too long"):
         Args(cmd.args[2:]).astring("mailbox name")

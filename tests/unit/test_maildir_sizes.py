@@ -3,6 +3,7 @@ the folder again; recounted after a change made by anyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,3 +59,28 @@ def test_a_change_by_another_program_is_counted(tmp_path: Path, walks: list[Path
     os.utime(box.root / "new", ns=(1, 1))  # an mtime no delivery of ours can have left
     assert box.size() == 1500
     assert len(walks) == 2
+
+
+async def test_used_counts_on_a_thread_only_what_changed_behind_its_back(
+    tmp_path: Path, walks: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = Maildir(tmp_path / "ali")
+    box.create("Arşiv")
+    box.deliver(INBOX, "ours", _writer(1000))
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def hop(fn, *args):  # type: ignore[no-untyped-def]
+        hops.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", hop)
+    assert await box.used() == 1000  # nothing counted yet: counted on a thread
+    assert len(hops) == 1 and len(walks) == 2
+    box.deliver("Arşiv", "ours too", _writer(300))
+    assert await box.used() == 1300  # our own delivery kept the count: read on the loop
+    assert len(hops) == 1 and len(walks) == 2
+    (box.root / "new" / "theirs").write_bytes(b"y" * 500)
+    os.utime(box.root / "new", ns=(1, 1))
+    assert await box.used() == 1800 == box.size()
+    assert len(hops) == 2 and len(walks) == 3
