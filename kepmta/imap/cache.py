@@ -308,16 +308,8 @@ class SummaryCache:
 
         With `structure`, each summary also has BODY and BODYSTRUCTURE.
         """
-        out: dict[int, Summary] = {}
-        misses: list[MessageFile] = []
-        for m in messages:
-            key = (store.directory, m.base)
-            s = self._memory.get(key)
-            if s is not None and s.size == m.size and (s.has_structure or not structure):
-                self._memory.move_to_end(key)
-                out[m.uid] = s
-            else:
-                misses.append(m)
+        out = self.held(store, messages, structure=structure)
+        misses = [m for m in messages if m.uid not in out]
         if not misses:
             return out
         folder = self.folder(store.directory)
@@ -336,6 +328,19 @@ class SummaryCache:
                 if s is not None:
                     self._remember((store.directory, m.base), s)
                     out[m.uid] = s
+        return out
+
+    def held(
+        self, store: FolderStore, messages: Sequence[MessageFile], *, structure: bool = False
+    ) -> dict[int, Summary]:
+        """The summaries of `messages` already in memory, by UID: nothing is read or made."""
+        out: dict[int, Summary] = {}
+        for m in messages:
+            key = (store.directory, m.base)
+            s = self._memory.get(key)
+            if s is not None and s.size == m.size and (s.has_structure or not structure):
+                self._memory.move_to_end(key)
+                out[m.uid] = s
         return out
 
     def clear(self) -> None:

@@ -1495,13 +1495,23 @@ class Session:
             targets = sorted(targets)[modifiers.partial.window(len(targets))]
         sets_seen = not view.read_only and any(i.sets_seen for i in items)
         needs_file = fetch.needs_file(items)
-        wants_summary = fetch.needs_summary(items) or fetch.uses_header(items)
+        wants_summary = fetch.needs_summary(items)
+        # Where the header ends only saves reading past it (the reader finds it otherwise): for it
+        # a summary is taken if in memory, not made, which for new mail would cost a hop to a
+        # thread on every FETCH of its header.
+        header_hint = not wants_summary and fetch.uses_header(items)
         structure = fetch.needs_structure(items)
         for start in range(0, len(targets), _FETCH_BATCH):
             chunk = targets[start : start + _FETCH_BATCH]
-            summaries = (
-                await self._summaries([u for _, u in chunk], structure=structure) if wants_summary else {}
-            )
+            uids = [u for _, u in chunk]
+            if wants_summary:
+                summaries = await self._summaries(uids, structure=structure)
+            elif header_hint:
+                summaries = self.server.summaries.held(
+                    view.store, [m for u in uids if (m := view.message(u))]
+                )
+            else:
+                summaries = {}
             for seq, u in chunk:
                 msg = view.message(u)
                 summary = summaries.get(u)

@@ -115,3 +115,24 @@ async def test_header_sections_and_text_search_still_read_the_file(imap: Running
     assert b"BODY[TEXT]<0> {22}\r\nThis is the preamble.\r" in r[0]
     assert b'BODY[HEADER.FIELDS (CC)] {38}\r\nCc: "Doe, John" <john@example.com>\r\n\r\n' in r[0]
     await c.close()
+
+
+async def test_a_header_fetch_of_new_mail_makes_no_summary(imap: Running) -> None:
+    """Header sections find where the header ends in the file itself. A summary in memory saves
+    them the looking, but none is made for them: for new mail that would cost every FETCH of its
+    header a turn on a thread."""
+    imap.deliver(NESTED)
+    folder = imap.store().folder_dir("INBOX")
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    header = NESTED[: NESTED.index(b"\r\n\r\n") + 4]
+    section = b"BODY[HEADER] {%d}\r\n" % len(header) + header
+    assert section in (await c.ok("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])"))[0]
+    cache = imap.server.summaries.folder(folder)
+    assert cache.parsed == 0
+    await c.ok("UID FETCH 1 ENVELOPE")
+    assert cache.parsed == 1
+    # Now from the summary's end of the header: the same octets.
+    assert section in (await c.ok("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])"))[0]
+    assert cache.parsed == 1
+    await c.close()
