@@ -6,14 +6,17 @@ each modification sequence (for QRESYNC's VANISHED); UIDVALIDITY, UIDNEXT, the f
 and the directory modification times the index is known to match. Opening a folder after a
 restart therefore reads one file instead of listing and stat'ing every message.
 
-Each change is one appended, fsync'd journal line, so its cost does not grow with the folder; once
-the journal is longer than the snapshot both are folded into a new snapshot. The snapshot names a
+Each change is one appended journal line, so its cost does not grow with the folder; once the
+journal is longer than the snapshot both are folded into a new snapshot. Lines are synced by
+`JournalSync`, the journals of every folder written meanwhile together on a thread (group commit),
+and nothing that rests on a line is reported before it is on disk. The snapshot names a
 generation and so does the journal, so a journal left behind by a crash during that fold is
 recognised as already folded in and ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -228,11 +231,66 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+class JournalSync:
+    """Syncs journal lines in groups: `IndexFile.append` writes on the event loop and leaves the
+    sync to this, which syncs every journal written since its last round on one thread, one fsync
+    each, while the loop goes on with other sessions. An fsync on the loop for every STORE held
+    every session still for it (15 % of the loop's time under bench/imap.py's writing mix).
+
+    Whoever reports a change waits for `settled` first, so what a client is told (a tagged OK, a
+    FETCH of new flags, a HIGHESTMODSEQ) is on disk: a crash cannot take back what was reported,
+    nor hand a modification sequence a client has seen to another change (RFC 7162 §3.1.2).
+    """
+
+    def __init__(self) -> None:
+        self._dirty: dict[IndexFile, None] = {}
+        self._written = 0  # lines written, counted in appends
+        self._synced = 0  # of those, on disk
+        self._round: asyncio.Task[None] | None = None
+
+    def wrote(self, index: IndexFile) -> None:
+        self._dirty[index] = None
+        self._written += 1
+
+    async def settled(self) -> None:
+        """Returns once every line written before the call is on disk (at once if all is); raises
+        the OSError of a sync that failed, which the next call tries again."""
+        target = self._written
+        while self._synced < target:
+            if self._round is None or self._round.done():
+                self._round = asyncio.ensure_future(self._sync_round())
+            # Shielded: a session that goes away must not cancel the round others wait for.
+            await asyncio.shield(self._round)
+
+    async def _sync_round(self) -> None:
+        upto, journals = self._written, list(self._dirty)
+        self._dirty.clear()
+        try:
+            await asyncio.to_thread(_sync_journals, journals)
+        except OSError:
+            self._dirty.update(dict.fromkeys(journals))
+            raise
+        self._synced = max(self._synced, upto)
+
+
+def _sync_journals(journals: list[IndexFile]) -> None:
+    for index in journals:
+        try:
+            fd = os.open(index.journal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # the folder was deleted meanwhile: nothing of it is left to report
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class IndexFile:
     """Reads and writes one folder's index; `appends`/`snapshots` count the writes."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, journals: JournalSync) -> None:
         self.directory = directory
+        self.journals = journals
         self.generation = 0
         self.journal_lines = 0
         self.appends = 0
@@ -297,7 +355,8 @@ class IndexFile:
         return applied
 
     def append(self, lines: list[str]) -> None:
-        """Add lines to the journal, durably, before the change they describe is reported."""
+        """Add lines to the journal; `journals` syncs them before the change they describe is
+        reported."""
         if not lines:
             return
         data = "".join(line + "\n" for line in lines).encode("utf-8")
@@ -309,11 +368,11 @@ class IndexFile:
         fd = os.open(self.journal_path, flags, 0o600)
         try:
             _write_all(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
         self.journal_lines += len(lines)
         self.appends += 1
+        self.journals.wrote(self)
 
     def wants_snapshot(self, entries: int) -> bool:
         return self.journal_lines > max(_MIN_JOURNAL, entries)

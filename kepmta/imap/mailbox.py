@@ -33,6 +33,7 @@ from kepmta.imap.index import (
     Header,
     IndexCorrupt,
     IndexFile,
+    JournalSync,
     State,
     Vanished,
     entry_fields,
@@ -223,7 +224,14 @@ class StoreObserver(Protocol):
 class FolderStore:
     """The shared state of one folder directory."""
 
-    def __init__(self, name: str, directory: Path, uidvalidity: int, sizes: SizeCache | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        uidvalidity: int,
+        journals: JournalSync,
+        sizes: SizeCache | None = None,
+    ) -> None:
         self.name = name
         self.directory = directory
         # The account's folder sizes for quota (kepmta.maildir): told of every change made here.
@@ -242,7 +250,7 @@ class FolderStore:
         # Set while inotify watches new/ and cur/: reads pending events instead of stat'ing.
         self.sync: Callable[[], None] | None = None
         self.scans = 0
-        self.index = IndexFile(directory)
+        self.index = IndexFile(directory, journals)
         # Made from `messages` when a directory change must first be matched (`_bases`).
         self._uid_of: dict[str, int] | None = None
         self._in_new: set[int] = set()
@@ -816,6 +824,8 @@ class StoreRegistry:
         self._inotify: Inotify | None = None
         self._watches: dict[int, tuple[FolderStore, str]] = {}
         self._wds: dict[Path, list[int]] = {}
+        # Every folder's journal lines are synced together (kepmta.imap.index).
+        self.journals = JournalSync()
 
     def use_inotify(self, inotify: Inotify) -> None:
         self._inotify = inotify
@@ -836,7 +846,7 @@ class StoreRegistry:
         store = self.get(directory)
         if store is None:
             self._discard(directory)
-            store = FolderStore(name, directory, self._next_validity(), sizes)
+            store = FolderStore(name, directory, self._next_validity(), self.journals, sizes)
             # Watching before loading: a change made while the index is read is then not lost,
             # its event is applied afterwards.
             self._watch(store)

@@ -184,6 +184,11 @@ class ImapServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        try:
+            # What the sessions changed but never reported goes to disk too, not at the kernel's leisure.
+            await self.stores.journals.settled()
+        except OSError as e:
+            log.error("IMAP folder journals could not be synced at shutdown: %s", e)
         self.stores.close()
         self.summaries.clear()
         if self.inotify is not None:

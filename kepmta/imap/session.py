@@ -190,7 +190,12 @@ class Session:
         self._pending.append(data)
         self._pending_size += len(data)
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, settled: bool = True) -> None:
+        """Write what is pending; first, unless told it reports no change (`settled=False`), wait
+        until every folder change made so far is on disk (`JournalSync`): a response may rest on
+        any of them, this session's or another's."""
+        if settled:
+            await self.server.stores.journals.settled()
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
@@ -299,7 +304,11 @@ class Session:
     async def _continue(self) -> None:
         async with self._turn:
             self._between.clear()
-            await self.send(b"+ Ready for literal data")
+            if self._pending:  # responses queued before it, which may report changes
+                await self._flush()
+            # The continuation itself reports nothing: it need not wait for folder changes.
+            self._queue(b"+ Ready for literal data\r\n")
+            await self._flush(settled=False)
         # Clients such as imaplib write the literal and its closing CRLF separately; with Nagle's
         # algorithm on their side the CRLF waits for our ACK of the literal, which the kernel
         # would delay by up to 40 ms after a continuation. Ask it to ACK the literal at once.

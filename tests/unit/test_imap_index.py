@@ -18,6 +18,7 @@ from kepmta.imap.index import (
     Header,
     IndexCorrupt,
     IndexFile,
+    JournalSync,
     State,
     Vanished,
     entry_fields,
@@ -41,12 +42,12 @@ def _state() -> State:
 
 
 def test_snapshot_and_journal_round_trip(tmp_path: Path) -> None:
-    index = IndexFile(tmp_path)
+    index = IndexFile(tmp_path, JournalSync())
     assert index.load() is None
     index.write_snapshot(_state())
     index.append([entry_line(Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset()))])
     index.append([vanished_line(Vanished(5, ((1, 1),))), header_line(Header(77, 4, 3, 5, (11, 21), False))])
-    loaded = IndexFile(tmp_path).load()
+    loaded = IndexFile(tmp_path, JournalSync()).load()
     assert loaded is not None
     assert sorted(loaded.entries) == [2, 3]
     assert entry_of(loaded.entries[2]) == Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset())
@@ -56,12 +57,12 @@ def test_snapshot_and_journal_round_trip(tmp_path: Path) -> None:
 
 
 def test_torn_journal_line_is_ignored_and_counters_never_go_back(tmp_path: Path) -> None:
-    index = IndexFile(tmp_path)
+    index = IndexFile(tmp_path, JournalSync())
     index.write_snapshot(_state())
     index.append([entry_line(Entry(9, 9, 1, 1, "cur", "z:2,", frozenset()))])
     with open(tmp_path / JOURNAL, "ab") as f:
         f.write(b"M\t10\t10\t1\t1\tcur\tpartial")
-    loaded = IndexFile(tmp_path).load()
+    loaded = IndexFile(tmp_path, JournalSync()).load()
     assert loaded is not None
     assert sorted(loaded.entries) == [1, 2, 9]
     # The header said UIDNEXT 3, but UID 9 was handed out: UIDs must never be reused.
@@ -69,7 +70,7 @@ def test_torn_journal_line_is_ignored_and_counters_never_go_back(tmp_path: Path)
 
 
 def test_journal_of_an_older_generation_is_ignored(tmp_path: Path) -> None:
-    index = IndexFile(tmp_path)
+    index = IndexFile(tmp_path, JournalSync())
     index.write_snapshot(_state())
     index.append([vanished_line(Vanished(3, ((1, 2),)))])
     stale = (tmp_path / JOURNAL).read_bytes()
@@ -78,27 +79,27 @@ def test_journal_of_an_older_generation_is_ignored(tmp_path: Path) -> None:
     index.write_snapshot(_state())
     # A crash after the new snapshot but before the journal was reset leaves the old journal.
     (tmp_path / JOURNAL).write_bytes(stale)
-    again = IndexFile(tmp_path).load()
+    again = IndexFile(tmp_path, JournalSync()).load()
     assert again is not None and sorted(again.entries) == [1, 2]
 
 
 def test_corrupt_snapshot(tmp_path: Path) -> None:
     (tmp_path / INDEX).write_text("kepmta-index 2 1\nH\t1\tx\n")
     with pytest.raises(IndexCorrupt):
-        IndexFile(tmp_path).load()
+        IndexFile(tmp_path, JournalSync()).load()
 
 
 @pytest.mark.parametrize("field", [2, 3, 4])
 def test_a_bad_number_in_a_message_line_is_found_when_the_index_is_read(tmp_path: Path, field: int) -> None:
     # Messages are built from their lines only when used; their lines are checked at once.
-    IndexFile(tmp_path).write_snapshot(_state())
+    IndexFile(tmp_path, JournalSync()).write_snapshot(_state())
     text = (tmp_path / INDEX).read_text()
     line = next(x for x in text.split("\n") if x.startswith("M\t2\t"))
     parts = line.split("\t")
     parts[field] = "12x"
     (tmp_path / INDEX).write_text(text.replace(line, "\t".join(parts)))
     with pytest.raises(IndexCorrupt, match="12x"):
-        IndexFile(tmp_path).load()
+        IndexFile(tmp_path, JournalSync()).load()
 
 
 def test_fold_vanished_keeps_a_superset() -> None:
@@ -162,7 +163,7 @@ def test_messages_never_used_are_written_back_as_they_were_read(tmp_path: Path) 
     # One message used (and so built), the others only read; a new snapshot holds all of them.
     assert again.messages[7].base == first.messages[7].base
     again.save_index()
-    loaded = IndexFile(tmp_path).load()
+    loaded = IndexFile(tmp_path, JournalSync()).load()
     assert loaded is not None
     assert {uid: entry_of(f) for uid, f in loaded.entries.items()} == before
     assert again.keywords == {"$Work"} and again.messages[5].flags == frozenset({"\\Flagged", "$Work"})
