@@ -88,20 +88,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _stamp(folder: Path) -> tuple[int, int]:
+def _stamp(folder: str) -> tuple[int, int]:
     """When new/ and cur/ last changed: any delivery, flag change or expunge changes one of them."""
-    # Joined as text: every quota look stats each folder, and a Path join costs a microsecond.
-    where = os.fspath(folder)
     try:
-        return (os.stat(where + "/new").st_mtime_ns, os.stat(where + "/cur").st_mtime_ns)
+        return (os.stat(folder + "/new").st_mtime_ns, os.stat(folder + "/cur").st_mtime_ns)
     except FileNotFoundError:
         return (0, 0)
 
 
-def _count(folder: Path) -> int:
+def _count(folder: str) -> int:
     total = 0
-    for sub in ("cur", "new"):
-        with contextlib.suppress(FileNotFoundError), os.scandir(folder / sub) as entries:
+    for sub in ("/cur", "/new"):
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder + sub) as entries:
             for entry in entries:
                 with contextlib.suppress(FileNotFoundError):
                     total += entry.stat().st_size
@@ -122,13 +120,16 @@ class SizeCache:
     the count under the lock that also guards reading the stamp, so a count is never invalidated
     by a change of ours that happened while it was looked at; any other change (another program,
     Dovecot) makes the next look recount.
+
+    Folders are keyed by their path as text: every quota look stats each folder, and making,
+    joining and hashing Path objects cost more than the stat calls.
     """
 
     def __init__(self) -> None:
-        self._folders: dict[Path, _Counted] = {}
+        self._folders: dict[str, _Counted] = {}
         self._lock = threading.Lock()  # deliveries and lookups run on worker threads
 
-    def folder_size(self, folder: Path) -> int:
+    def folder_size(self, folder: str) -> int:
         with self._lock:
             stamp = _stamp(folder)  # taken before counting: a change meanwhile makes the next look recount
             counted = self._folders.get(folder)
@@ -139,19 +140,24 @@ class SizeCache:
             self._folders[folder] = _Counted(stamp, total)
         return total
 
-    def known(self, folder: Path) -> int | None:
-        """The count of `folder` if nothing changed it since (two stat calls), else None."""
+    def known(self, folders: list[str]) -> int | None:
+        """The sum of the counts of `folders` if nothing changed any since (two stat calls each),
+        else None."""
+        total = 0
         with self._lock:
-            counted = self._folders.get(folder)
-            if counted is not None and counted.stamp == _stamp(folder):
-                return counted.total
-        return None
+            for folder in folders:
+                counted = self._folders.get(folder)
+                if counted is None or counted.stamp != _stamp(folder):
+                    return None
+                total += counted.total
+        return total
 
     @contextlib.contextmanager
-    def changing(self, folder: Path, delta: int) -> Iterator[None]:
-        """Around one rename or unlink in `folder` that changes its size by `delta` bytes (0 for a
-        flag change): the count follows it. Without this, every flag change or expunge of a busy
-        IMAP folder made the next quota look (each APPEND) recount the whole folder."""
+    def changing(self, directory: Path, delta: int) -> Iterator[None]:
+        """Around one rename or unlink in `directory` that changes its size by `delta` bytes (0
+        for a flag change): the count follows it. Without this, every flag change or expunge of a
+        busy IMAP folder made the next quota look (each APPEND) recount the whole folder."""
+        folder = os.fspath(directory)
         with self._lock:
             counted = self._folders.get(folder)
             if counted is None:
@@ -204,12 +210,14 @@ class Maildir:
                 except MailboxNameError:
                     continue
 
-    def _folder_dirs(self) -> list[Path]:
-        if not self.root.is_dir():
+    def _folder_dirs(self) -> list[str]:
+        root = os.fspath(self.root)
+        try:
+            with os.scandir(root) as entries:
+                # The entry's type comes with the listing: no stat of each folder to find it.
+                return [root, *(e.path for e in entries if e.name.startswith(".") and e.is_dir())]
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        with os.scandir(self.root) as entries:
-            # The entry's type comes with the listing: no stat of each folder to find it.
-            return [self.root, *(Path(e.path) for e in entries if e.name.startswith(".") and e.is_dir())]
 
     def size(self) -> int:
         """Bytes of every message in every folder: what counts against the account's quota."""
@@ -219,10 +227,8 @@ class Maildir:
         """`size()`, on the event loop when every folder's count is still current: a listing of
         the root and two stat calls per folder cost less than the hand-off to a thread and back,
         which under load waits a turn of every other session's work. Else counted on a thread."""
-        known = [self.sizes.known(folder) for folder in self._folder_dirs()]
-        if None in known:
-            return await asyncio.to_thread(self.size)
-        return sum(n for n in known if n is not None)
+        known = self.sizes.known(self._folder_dirs())
+        return known if known is not None else await asyncio.to_thread(self.size)
 
     @staticmethod
     def unique_name(token: str) -> str:

@@ -434,12 +434,18 @@ def _text_test(key: TextKey) -> _Test:
     needle = key.needle.casefold()
     where = key.where
     if key.header:
-        if where not in _HEADER_KEYS and needle == "":
-            # RFC 3501 §6.4.4 HEADER: an empty string matches every message with the field.
-            return lambda f: f.summary is not None and any(n == where for n, _ in f.summary.fields)
-        return lambda f: (
-            f.summary is not None and any(n == where and needle in v for n, v in f.summary.fields)
-        )
+        # A plain loop: this runs for every message of a folder, and any() over a generator costs
+        # twice as much. RFC 3501 §6.4.4 HEADER: an empty string, in every value, matches every
+        # message with the field.
+        def test(f: _Facts) -> bool:
+            if f.summary is None:
+                return False
+            for name, value in f.summary.fields:  # noqa: SIM110
+                if name == where and needle in value:
+                    return True
+            return False
+
+        return test
     if where == "TEXT":
         return lambda f: needle in f.header_text() or needle in f.body_text()
     return lambda f: needle in f.body_text()

@@ -40,6 +40,21 @@ async def test_search_from_matches_an_address_written_with_comments(imap: Runnin
     await c.close()
 
 
+async def test_search_header_with_an_empty_string_finds_every_message_with_the_field(imap: Running) -> None:
+    imap.deliver(_message("From: a@x.org\r\nX-Etiket: var\r\n"))
+    imap.deliver(_message("From: b@x.org\r\n"))
+    imap.deliver(_message("From: c@x.org\r\nX-Etiket:\r\n"))
+    c = await imap.raw()
+    await c.ok("EXAMINE INBOX")
+    # RFC 3501 §6.4.4 HEADER: "If the string to search is zero-length, this matches all messages
+    # that have a header line with the specified field-name regardless of the contents."
+    assert untagged(await c.ok('SEARCH HEADER X-Etiket ""')) == [b"* SEARCH 1 3"]
+    assert untagged(await c.ok("SEARCH HEADER X-Etiket var")) == [b"* SEARCH 1"]
+    assert untagged(await c.ok('SEARCH HEADER X-Yok ""')) == [b"* SEARCH"]
+    assert untagged(await c.ok('SEARCH FROM ""')) == [b"* SEARCH 1 2 3"]
+    await c.close()
+
+
 async def test_groups_in_sort_and_envelope(imap: Running) -> None:
     imap.deliver(_message("From: a@x.org\r\nCc: zed@x.org\r\n"))
     imap.deliver(_message("From: b@x.org\r\nCc: team: bob@x.org, zoe@x.org;\r\n"))
