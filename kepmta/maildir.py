@@ -52,6 +52,8 @@ def encode_mutf7(name: str) -> str:
 
 def decode_mutf7(text: str) -> str:
     """Inverse of `encode_mutf7`; raises MailboxNameError on a malformed name."""
+    if "&" not in text and text.isascii() and text.isprintable():
+        return text  # printable ASCII stands for itself: the usual name, read on every LIST
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -199,14 +201,20 @@ class Maildir:
 
     def folders(self) -> Iterator[str]:
         """Names of existing folders, INBOX first."""
-        if (self.root / "cur").is_dir():
+        # Paths as text: LIST reads every folder of the account, and Path objects cost more than
+        # the stat calls.
+        root = os.fspath(self.root)
+        if os.path.isdir(root + "/cur"):
             yield INBOX
-        if not self.root.is_dir():
+        try:
+            with os.scandir(root) as entries:
+                names = sorted(e.name for e in entries if e.name.startswith(".") and e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for entry in sorted(self.root.iterdir()):
-            if entry.name.startswith(".") and entry.name not in (".", "..") and (entry / "cur").is_dir():
+        for name in names:
+            if os.path.isdir(f"{root}/{name}/cur"):
                 try:
-                    yield SEPARATOR.join(decode_mutf7(p) for p in entry.name[1:].split(SEPARATOR))
+                    yield SEPARATOR.join(decode_mutf7(p) for p in name[1:].split(SEPARATOR))
                 except MailboxNameError:
                     continue
 
