@@ -20,6 +20,7 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,40 +238,41 @@ class JournalSync:
     each, while the loop goes on with other sessions. An fsync on the loop for every STORE held
     every session still for it (15 % of the loop's time under bench/imap.py's writing mix).
 
-    Whoever reports a change waits for `settled` first, so what a client is told (a tagged OK, a
-    FETCH of new flags, a HIGHESTMODSEQ) is on disk: a crash cannot take back what was reported,
-    nor hand a modification sequence a client has seen to another change (RFC 7162 §3.1.2).
+    Whoever reports on a folder waits for `settled` of its journal first, so what a client is
+    told (a tagged OK, a FETCH of new flags, a HIGHESTMODSEQ) is on disk: a crash cannot take back
+    what was reported, nor hand a modification sequence a client has seen to another change
+    (RFC 7162 §3.1.2). Only the folders reported on are waited for: a session reading one folder
+    does not wait for the writes of another.
     """
 
     def __init__(self) -> None:
-        self._dirty: dict[IndexFile, None] = {}
-        self._written = 0  # lines written, counted in appends
-        self._synced = 0  # of those, on disk
+        self._dirty: dict[IndexFile, None] = {}  # journals with lines not yet synced
         self._round: asyncio.Task[None] | None = None
 
     def wrote(self, index: IndexFile) -> None:
         self._dirty[index] = None
-        self._written += 1
 
-    async def settled(self) -> None:
-        """Returns once every line written before the call is on disk (at once if all is); raises
-        the OSError of a sync that failed, which the next call tries again."""
-        target = self._written
-        while self._synced < target:
+    async def settled(self, journals: Iterable[IndexFile]) -> None:
+        """Returns once every line written to `journals` before the call is on disk (at once if
+        all is); raises the OSError of a sync that failed, which the next call tries again."""
+        targets = [(index, index.appends) for index in journals if index.synced < index.appends]
+        while any(index.synced < upto for index, upto in targets):
             if self._round is None or self._round.done():
                 self._round = asyncio.ensure_future(self._sync_round())
             # Shielded: a session that goes away must not cancel the round others wait for.
             await asyncio.shield(self._round)
 
+    async def all_settled(self) -> None:
+        """`settled` for every journal (at shutdown)."""
+        await self.settled(list(self._dirty))
+
     async def _sync_round(self) -> None:
-        upto, journals = self._written, list(self._dirty)
-        self._dirty.clear()
-        try:
-            await asyncio.to_thread(_sync_journals, journals)
-        except OSError:
-            self._dirty.update(dict.fromkeys(journals))
-            raise
-        self._synced = max(self._synced, upto)
+        batch = [(index, index.appends) for index in self._dirty]
+        await asyncio.to_thread(_sync_journals, [index for index, _ in batch])
+        for index, upto in batch:
+            index.synced = max(index.synced, upto)
+            if index.synced >= index.appends:  # nothing written while it was synced
+                del self._dirty[index]
 
 
 def _sync_journals(journals: list[IndexFile]) -> None:
@@ -291,6 +293,7 @@ class IndexFile:
     def __init__(self, directory: Path, journals: JournalSync) -> None:
         self.directory = directory
         self.journals = journals
+        self.synced = 0  # of `appends`, those on disk (JournalSync)
         self.generation = 0
         self.journal_lines = 0
         self.appends = 0
@@ -394,3 +397,4 @@ class IndexFile:
         self.generation = generation
         self.journal_lines = 0
         self.snapshots += 1
+        self.synced = self.appends  # every line so far is folded into the synced snapshot

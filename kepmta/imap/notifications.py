@@ -409,6 +409,10 @@ class Notifier:
             self._drop(name)
         self._target = None
 
+    def stores(self) -> list[FolderStore]:
+        """The folders watched: what this session may be told of between commands."""
+        return [watch.store for watch in self._watches.values()]
+
     @property
     def pushed(self) -> bool:
         """Whether every watched store hears of changes from inotify (else `poll` must look)."""

@@ -186,7 +186,7 @@ class ImapServer:
         self._servers.clear()
         try:
             # What the sessions changed but never reported goes to disk too, not at the kernel's leisure.
-            await self.stores.journals.settled()
+            await self.stores.journals.all_settled()
         except OSError as e:
             log.error("IMAP folder journals could not be synced at shutdown: %s", e)
         self.stores.close()

@@ -36,6 +36,7 @@ from kepmta.imap import (
     subscriptions,
     thread,
 )
+from kepmta.imap.index import IndexFile
 from kepmta.imap.mailbox import (
     DELETED,
     MAX_KEYWORD_LENGTH,
@@ -160,6 +161,8 @@ class Session:
         self._account_slot: Slot | None = None
         # Quota held for the APPEND message being read, until its command ends.
         self._reservation: Reservation | None = None
+        # Folders the command being run opened: its responses may report on them.
+        self._opened: set[FolderStore] = set()
         # How many folders this session's last LIST or LSUB found (`_list_folders`).
         self._folders_listed: int | None = None
         # The account's quota as read when the reservation was made (this command's first message).
@@ -194,12 +197,22 @@ class Session:
         self._pending.append(data)
         self._pending_size += len(data)
 
+    def _reported_journals(self) -> list[IndexFile]:
+        """The journals of the folders a response may report on: the selected one, those the
+        command opened (APPEND, COPY, STATUS, ...), and those NOTIFY watches."""
+        stores = set(self._opened)
+        if self.view is not None:
+            stores.add(self.view.store)
+        if self.notifier is not None:
+            stores.update(self.notifier.stores())
+        return [store.index for store in stores]
+
     async def _flush(self, *, settled: bool = True) -> None:
         """Write what is pending; first, unless told it reports no change (`settled=False`), wait
-        until every folder change made so far is on disk (`JournalSync`): a response may rest on
-        any of them, this session's or another's."""
+        until every change to the folders it may report on is on disk (`JournalSync`), this
+        session's or another's."""
         if settled:
-            await self.server.stores.journals.settled()
+            await self.server.stores.journals.settled(self._reported_journals())
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
@@ -361,6 +374,7 @@ class Session:
         return tmp / _new_base()
 
     async def execute(self, raw: RawCommand) -> None:
+        self._opened.clear()
         try:
             cmd = parse_command(raw.data, raw.files)
         except BadCommand as e:
@@ -582,7 +596,9 @@ class Session:
 
     def _open_store(self, name: str) -> FolderStore:
         md = self._md()
-        return self.server.stores.open(name, folders.folder_dir(md, name), md.sizes)
+        store = self.server.stores.open(name, folders.folder_dir(md, name), md.sizes)
+        self._opened.add(store)
+        return store
 
     def _release(self, store: FolderStore) -> None:
         self.server.stores.release(store)
