@@ -274,9 +274,9 @@ class Session:
                 limits = self.server.limits
                 sizes = limits.before_login if self.state is State.NOT_AUTHENTICATED else limits.after_login
                 try:
-                    # In this task, not in one wait_for would start: that costs a task and two
-                    # turns of the event loop per command, a whole round of every other session's
-                    # work each under load.
+                    # In this task: wait_for would start another, which costs a task and two turns
+                    # of the event loop per command, each a whole round of every other session's
+                    # work under load.
                     async with asyncio.timeout(timeout):
                         raw = await self.reader.command(self._continue, sizes, self._admit)
                 except Refused as e:
