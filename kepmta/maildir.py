@@ -201,31 +201,32 @@ class Maildir:
 
     def folders(self) -> Iterator[str]:
         """Names of existing folders, INBOX first."""
-        # Paths as text: LIST reads every folder of the account, and Path objects cost more than
-        # the stat calls.
         root = os.fspath(self.root)
         if os.path.isdir(root + "/cur"):
             yield INBOX
-        try:
-            with os.scandir(root) as entries:
-                names = sorted(e.name for e in entries if e.name.startswith(".") and e.is_dir())
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for name in names:
+        for name in sorted(self._dot_dirs() or ()):
             if os.path.isdir(f"{root}/{name}/cur"):
                 try:
                     yield SEPARATOR.join(decode_mutf7(p) for p in name[1:].split(SEPARATOR))
                 except MailboxNameError:
                     continue
 
-    def _folder_dirs(self) -> list[str]:
-        root = os.fspath(self.root)
+    def _dot_dirs(self) -> list[str] | None:
+        """The names of the root's dot-directories (the folders but INBOX, and perhaps others), or
+        None without a root. As text, from one listing that gives each entry's type: LIST and every
+        quota look read them, and Path objects or a stat per entry cost more than the listing."""
         try:
-            with os.scandir(root) as entries:
-                # The entry's type comes with the listing: no stat of each folder to find it.
-                return [root, *(e.path for e in entries if e.name.startswith(".") and e.is_dir())]
+            with os.scandir(self.root) as entries:
+                return [e.name for e in entries if e.name.startswith(".") and e.is_dir()]
         except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _folder_dirs(self) -> list[str]:
+        names = self._dot_dirs()
+        if names is None:
             return []
+        root = os.fspath(self.root)
+        return [root, *(f"{root}/{name}" for name in names)]
 
     def size(self) -> int:
         """Bytes of every message in every folder: what counts against the account's quota."""

@@ -72,7 +72,7 @@ async def test_journals_written_together_are_synced_in_one_round(
     assert synced == []  # written, not yet synced
     await journals.settled([a])
     assert rounds == [2]  # b's lines went with a's
-    assert sorted(synced) == sorted([(a.journal_path.read_text()), b.journal_path.read_text()])
+    assert sorted(synced) == sorted([a.journal_path.read_text(), b.journal_path.read_text()])
     assert _line(3) in a.journal_path.read_text()
     await journals.settled([a, b])  # nothing new: no round
     assert rounds == [2]
