@@ -280,7 +280,9 @@ class JournalSync:
             await asyncio.shield(self._round)
 
     async def _sync_round(self) -> None:
-        batch = [(index, index.appends) for index in self._dirty]
+        # list() copies in one step: a folder being read on a thread (StoreRegistry.acquire) may
+        # add its journal meanwhile.
+        batch = [(index, index.appends) for index in list(self._dirty)]
         await self._syncer.sync([index.journal_path for index, _ in batch])
         for index, upto in batch:
             index.synced = max(index.synced, upto)

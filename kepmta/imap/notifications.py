@@ -391,7 +391,7 @@ class Notifier:
                 directory = folders.folder_dir(self._maildir, name)
             except CommandFailed:
                 continue
-            store = self._stores.open(name, directory, self._maildir.sizes)
+            store = await self._stores.acquire(name, directory, self._maildir.sizes)
             watch = _Watch(self, name, store, events)
             store.attach(watch)
             self._watches[name] = watch

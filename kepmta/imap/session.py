@@ -594,9 +594,9 @@ class Session:
     def _name(self, raw: bytes) -> str:
         return folders.name_from_wire(raw, utf8=self.utf8)
 
-    def _open_store(self, name: str) -> FolderStore:
+    async def _open_store(self, name: str) -> FolderStore:
         md = self._md()
-        store = self.server.stores.open(name, folders.folder_dir(md, name), md.sizes)
+        store = await self.server.stores.acquire(name, folders.folder_dir(md, name), md.sizes)
         self._opened.add(store)
         return store
 
@@ -885,7 +885,7 @@ class Session:
         self._unselect()
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
-        store = self._open_store(name)
+        store = await self._open_store(name)
         # RFC 9051 §2.3.2: IMAP4rev2 has no \\Recent and no RECENT response.
         view = MailboxView(store, read_only=read_only, recent=not self.rev2)
         self.view = view
@@ -1199,7 +1199,7 @@ class Session:
             if status and e.selectable:
                 with contextlib.suppress(CommandFailed):
                     # RFC 5819 §2: a mailbox whose status cannot be had is listed without it.
-                    lines.append(self._status_line(e.name, status))
+                    lines.append(await self._status_line(e.name, status))
                 # Every folder's store is opened and counted: let other sessions in between.
                 await self.send_segments([line + b"\r\n" for line in lines])
                 lines = []
@@ -1213,14 +1213,14 @@ class Session:
         wanted = _status_items(items)
         if not folders.exists(self._md(), name):
             raise CommandFailed(f"no mailbox named {name}", "NONEXISTENT")
-        await self.send(self._status_line(name, wanted))
+        await self.send(await self._status_line(name, wanted))
         return "STATUS completed"
 
-    def _status_line(self, name: str, wanted: Sequence[str]) -> bytes:
+    async def _status_line(self, name: str, wanted: Sequence[str]) -> bytes:
         """The STATUS response of folder `name` with the `wanted` items."""
         if "HIGHESTMODSEQ" in wanted:
             self._enable_condstore()
-        store = self._open_store(name)
+        store = await self._open_store(name)
         try:
             store.refresh()
             items = status.values(store, wanted)
@@ -1263,7 +1263,7 @@ class Session:
             self.user, self._usage_as_admitted, exclude=self._reservation
         )
         quota.check_room(used, limit, sum(m.size for m in messages))
-        store = self._open_store(name)
+        store = await self._open_store(name)
         try:
             self._check_new_keywords(store, {f for m in messages for f in m.flags})
             uids = await _save_all(store, messages)
@@ -1713,7 +1713,7 @@ class Session:
             # RFC 9208 §4.3: a copy takes new room in the account; a move does not.
             used, limit = await self.server.reservations.usage(self.user, self._quota)
             quota.check_room(used, limit, sum(m.size for m in messages))
-        dest = self._open_store(name)
+        dest = await self._open_store(name)
         try:
             self._check_new_keywords(dest, {k for m in messages for k in m.keywords})
             pairs: list[tuple[int, int]] = []
