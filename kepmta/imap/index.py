@@ -24,8 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kepmta.syncer import Syncer
-
 log = logging.getLogger("kepmta.imap")
 
 INDEX = "kepmta-index"
@@ -236,11 +234,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 class JournalSync:
     """Syncs journal lines in groups: `IndexFile.append` writes on the event loop and leaves the
-    sync to this, which has every journal written since its last round synced together by a child
-    process (`kepmta.syncer`), one fsync each, while the loop goes on with other sessions. An fsync
-    on the loop for every STORE held every session still for it (15 % of the loop's time under
-    bench/imap.py's writing mix); on a thread, under mixed load, a round waited twice for the
-    interpreter lock to come back.
+    sync to this, which syncs every journal written since its last round on one thread, one fsync
+    each, while the loop goes on with other sessions. An fsync on the loop for every STORE held
+    every session still for it (15 % of the loop's time under bench/imap.py's writing mix).
 
     Whoever reports on a folder waits for `settled` of its journal first, so what a client is
     told (a tagged OK, a FETCH of new flags, a HIGHESTMODSEQ) is on disk: a crash cannot take back
@@ -252,19 +248,6 @@ class JournalSync:
     def __init__(self) -> None:
         self._dirty: dict[IndexFile, None] = {}  # journals with lines not yet synced
         self._round: asyncio.Task[None] | None = None
-        self._syncer = Syncer()
-
-    async def start(self) -> None:
-        """Start the sync process now rather than on the first round (a cold SELECT would wait
-        for an interpreter to start)."""
-        await self._syncer.start()
-
-    async def close(self) -> None:
-        """Sync every journal's lines (at shutdown), then end the sync process."""
-        try:
-            await self.settled(list(self._dirty))
-        finally:
-            await self._syncer.close()
 
     def wrote(self, index: IndexFile) -> None:
         self._dirty[index] = None
@@ -279,15 +262,31 @@ class JournalSync:
             # Shielded: a session that goes away must not cancel the round others wait for.
             await asyncio.shield(self._round)
 
+    async def all_settled(self) -> None:
+        """`settled` for every journal (at shutdown)."""
+        await self.settled(list(self._dirty))
+
     async def _sync_round(self) -> None:
         # list() copies in one step: a folder being read on a thread (StoreRegistry.acquire) may
         # add its journal meanwhile.
         batch = [(index, index.appends) for index in list(self._dirty)]
-        await self._syncer.sync([index.journal_path for index, _ in batch])
+        await asyncio.to_thread(_sync_journals, [index for index, _ in batch])
         for index, upto in batch:
             index.synced = max(index.synced, upto)
             if index.synced >= index.appends:  # nothing written while it was synced
                 del self._dirty[index]
+
+
+def _sync_journals(journals: list[IndexFile]) -> None:
+    for index in journals:
+        try:
+            fd = os.open(index.journal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # the folder was deleted meanwhile: nothing of it is left to report
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class IndexFile:

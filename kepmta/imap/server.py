@@ -105,7 +105,6 @@ class ImapServer:
         return self.live.policy.imap_limits if self.live is not None else self._limits
 
     async def start(self, host: str, starttls_port: int | None, tls_port: int | None) -> None:
-        await self.stores.journals.start()
         self.inotify = Inotify.create(self.stores.dispatch)
         if self.inotify is not None:
             self.inotify.attach(asyncio.get_running_loop())
@@ -187,7 +186,7 @@ class ImapServer:
         self._servers.clear()
         try:
             # What the sessions changed but never reported goes to disk too, not at the kernel's leisure.
-            await self.stores.journals.close()
+            await self.stores.journals.all_settled()
         except OSError as e:
             log.error("IMAP folder journals could not be synced at shutdown: %s", e)
         self.stores.close()

@@ -1,12 +1,12 @@
 """What a session reports rests on disk: a change's journal line is synced (with the other
-folders' lines of the moment, by the sync process) before the tagged OK and before any other
-session hears of the change."""
+folders' lines of the moment, on a thread) before the tagged OK and before any other session hears
+of the change."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from pathlib import Path
+import os
+import threading
 
 import pytest
 from imap_fixtures import (  # noqa: F401  (the fixtures are used by name)
@@ -18,7 +18,6 @@ from imap_fixtures import (  # noqa: F401  (the fixtures are used by name)
 )
 
 from kepmta.imap.index import JOURNAL
-from kepmta.syncer import Syncer
 
 
 async def test_a_change_is_reported_only_once_its_journal_line_is_on_disk(
@@ -28,16 +27,17 @@ async def test_a_change_is_reported_only_once_its_journal_line_is_on_disk(
     a, b = await imap.raw(), await imap.raw()
     await a.ok("SELECT INBOX")
     await b.ok("SELECT INBOX")
-    synced: list[bytes] = []  # each journal's content when its sync was asked for
-    real = Syncer.sync
+    synced: list[bytes] = []
+    real = os.fsync
 
-    async def sync(self: Syncer, paths: Sequence[Path]) -> None:
-        synced.extend(p.read_bytes() for p in paths if p.name == JOURNAL)
-        await real(self, paths)
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(JOURNAL):
+            synced.append(os.pread(fd, 1 << 20, 0))
+        real(fd)
 
-    monkeypatch.setattr(Syncer, "sync", sync)
+    monkeypatch.setattr(os, "fsync", fsync)
     await a.ok("UID STORE 1 +FLAGS.SILENT (\\Flagged)")
-    # The line naming the renamed file (":2,F") was in the journal when its sync was asked for.
+    # The line naming the renamed file (":2,F") was in the journal when it was synced.
     assert any(b":2,F\t" in content for content in synced)
     synced.clear()
     seen = untagged(await b.ok("NOOP"))
@@ -56,20 +56,20 @@ async def test_a_session_waits_only_for_the_folders_it_reports_on(
     a, b = await imap.raw(), await imap.raw()
     await a.ok("SELECT INBOX")
     await b.ok('SELECT "Ar&AV8-iv"')
-    entered, gate = asyncio.Event(), asyncio.Event()
-    inbox = imap.store().folder_dir("INBOX") / JOURNAL
-    real = Syncer.sync
+    entered, gate = threading.Event(), threading.Event()
+    inbox = str(imap.store().folder_dir("INBOX") / JOURNAL)
+    real = os.fsync
 
-    async def sync(self: Syncer, paths: Sequence[Path]) -> None:
-        if inbox in paths:
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == inbox:
             entered.set()
-            await gate.wait()
-        await real(self, paths)
+            gate.wait()
+        real(fd)
 
-    monkeypatch.setattr(Syncer, "sync", sync)
+    monkeypatch.setattr(os, "fsync", fsync)
     store = asyncio.ensure_future(a.ok("UID STORE 1 +FLAGS.SILENT (\\Flagged)"))
     try:
-        await entered.wait()  # INBOX's line is being synced, and held there
+        await asyncio.to_thread(entered.wait)  # INBOX's line is being synced, and held there
         # The other folder's session is answered meanwhile: nothing it reports waits on INBOX.
         # (Had it written, its line would wait for the next round, behind the one held here.)
         await b.ok("UID FETCH 1 (FLAGS)")

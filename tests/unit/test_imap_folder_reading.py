@@ -58,7 +58,7 @@ async def registry() -> AsyncIterator[StoreRegistry]:
     made.close()
     if inotify is not None:
         inotify.close()
-    await made.journals.close()
+    await made.journals.all_settled()
 
 
 def _fill(md: Maildir, n: int, folder: str = "INBOX") -> None:

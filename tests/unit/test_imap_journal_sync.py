@@ -1,57 +1,48 @@
-"""Folder journals synced in groups: lines are written at once and synced together by the sync
-process (`kepmta.syncer`), and `settled` returns only once what was written to the journals asked
-about is on disk. Work is counted, not timed."""
+"""Folder journals synced in groups: lines are written at once and synced together on a thread,
+and `settled` returns only once what was written to the journals asked about is on disk. Work is
+counted, not timed."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
-import signal
-from collections.abc import AsyncIterator, Sequence
+import threading
 from pathlib import Path
 
 import pytest
 
-from kepmta.imap.index import Entry, Header, IndexFile, JournalSync, State, entry_line
-from kepmta.syncer import Syncer
-
-
-class Rounds:
-    """Each round asked of the sync process: the journals' content when it was asked for (None for
-    one that cannot be read). A test
-    may hold the next round (`hold`) until it is let go (`gate`)."""
-
-    def __init__(self) -> None:
-        self.asked: list[dict[Path, str | None]] = []
-        self.hold = False
-        self.entered, self.gate = asyncio.Event(), asyncio.Event()
-
-    def sizes(self) -> list[int]:
-        return [len(round_) for round_ in self.asked]
+from kepmta.imap import index as index_module
+from kepmta.imap.index import JOURNAL, Entry, Header, IndexFile, JournalSync, State, entry_line
 
 
 @pytest.fixture
-async def rounds(monkeypatch: pytest.MonkeyPatch) -> Rounds:
-    seen = Rounds()
-    real = Syncer.sync
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The journal content each fsync of a journal found on disk, in order."""
+    seen: list[str] = []
+    real = os.fsync
 
-    async def sync(self: Syncer, paths: Sequence[Path]) -> None:
-        seen.asked.append({p: p.read_text() if p.is_file() else None for p in paths})
-        if seen.hold:
-            seen.entered.set()
-            await seen.gate.wait()
-        await real(self, paths)
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(JOURNAL):
+            seen.append(os.pread(fd, 1 << 20, 0).decode())
+        real(fd)
 
-    monkeypatch.setattr(Syncer, "sync", sync)
+    monkeypatch.setattr(os, "fsync", fsync)
     return seen
 
 
 @pytest.fixture
-async def journals() -> AsyncIterator[JournalSync]:
-    made = JournalSync()
-    yield made
-    await made.close()
+def rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many journals each hop to the syncing thread took."""
+    counted: list[int] = []
+    real = index_module._sync_journals
+
+    def counting(journals: list[IndexFile]) -> None:
+        counted.append(len(journals))
+        real(journals)
+
+    monkeypatch.setattr(index_module, "_sync_journals", counting)
+    return counted
 
 
 def _line(uid: int) -> str:
@@ -71,122 +62,92 @@ def _folders(tmp_path: Path, journals: JournalSync, n: int) -> list[IndexFile]:
 
 
 async def test_journals_written_together_are_synced_in_one_round(
-    tmp_path: Path, journals: JournalSync, rounds: Rounds
+    tmp_path: Path, synced: list[str], rounds: list[int]
 ) -> None:
+    journals = JournalSync()
     a, b = _folders(tmp_path, journals, 2)
     a.append([_line(1)])
     b.append([_line(2)])
     a.append([_line(3)])
-    assert rounds.asked == []  # written, not yet synced
+    assert synced == []  # written, not yet synced
     await journals.settled([a])
-    assert rounds.sizes() == [2]  # b's lines went with a's
-    assert rounds.asked[0] == {
-        a.journal_path: a.journal_path.read_text(),
-        b.journal_path: b.journal_path.read_text(),
-    }
+    assert rounds == [2]  # b's lines went with a's
+    assert sorted(synced) == sorted([a.journal_path.read_text(), b.journal_path.read_text()])
     assert _line(3) in a.journal_path.read_text()
     await journals.settled([a, b])  # nothing new: no round
-    assert rounds.sizes() == [2]
+    assert rounds == [2]
 
 
 async def test_waiters_share_a_round_and_later_lines_get_the_next(
-    tmp_path: Path, journals: JournalSync, rounds: Rounds
+    tmp_path: Path, synced: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    journals = JournalSync()
     (a,) = _folders(tmp_path, journals, 1)
-    rounds.hold = True
+    entered, gate = threading.Event(), threading.Event()
+    rounds: list[int] = []
+    real = index_module._sync_journals
+
+    def held(batch: list[IndexFile]) -> None:
+        rounds.append(len(batch))
+        entered.set()
+        gate.wait()
+        real(batch)
+
+    monkeypatch.setattr(index_module, "_sync_journals", held)
     a.append([_line(1)])
     first = asyncio.ensure_future(journals.settled([a]))
     second = asyncio.ensure_future(journals.settled([a]))
-    await rounds.entered.wait()  # the first round is asked for, and held
+    await asyncio.to_thread(entered.wait)  # the first round is on its thread
     a.append([_line(2)])  # written during that round
     third = asyncio.ensure_future(journals.settled([a]))
-    rounds.gate.set()
+    gate.set()
     await asyncio.gather(first, second, third)
-    assert rounds.sizes() == [1, 1]  # first and second shared one; third needed the next
-    assert _line(2) not in rounds.asked[0][a.journal_path]
-    assert _line(2) in rounds.asked[1][a.journal_path]
+    assert rounds == [1, 1]  # first and second shared one; third needed the next
+    assert len(synced) == 2 and _line(2) in synced[1]
 
 
 async def test_a_failed_sync_is_raised_and_tried_again(
-    tmp_path: Path, journals: JournalSync, rounds: Rounds
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: list[int]
 ) -> None:
+    journals = JournalSync()
     (a,) = _folders(tmp_path, journals, 1)
+    real = os.fsync
+    failures = [OSError(errno.EIO, "I/O error")]
+
+    def failing(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
     a.append([_line(1)])
-    # The sync process cannot open the journal: its folder's path names a file for a moment.
-    a.directory.rename(tmp_path / "away")
-    a.directory.write_bytes(b"")
-    with pytest.raises(OSError, match="Not a directory") as failed:
+    with pytest.raises(OSError, match="I/O error"):
         await journals.settled([a])
-    assert failed.value.errno == errno.ENOTDIR and failed.value.filename == str(a.journal_path)
-    a.directory.unlink()
-    (tmp_path / "away").rename(a.directory)
     await journals.settled([a])
-    assert rounds.sizes() == [1, 1]
-    assert a.synced == a.appends
+    assert rounds == [1, 1]
 
 
-async def test_a_deleted_folder_is_no_error(tmp_path: Path, journals: JournalSync, rounds: Rounds) -> None:
+async def test_a_deleted_folder_is_no_error(tmp_path: Path, rounds: list[int]) -> None:
+    journals = JournalSync()
     a, b = _folders(tmp_path, journals, 2)
     a.append([_line(1)])
     b.append([_line(2)])
     os.unlink(a.journal_path)
-    await journals.close()  # syncs what is left, as at shutdown
-    assert rounds.sizes() == [2]
-    assert a.synced == a.appends and b.synced == b.appends
+    await journals.all_settled()
+    assert rounds == [2]
 
 
-async def test_a_journal_with_nothing_new_is_not_waited_for(
-    tmp_path: Path, journals: JournalSync, rounds: Rounds
-) -> None:
+async def test_a_journal_with_nothing_new_is_not_waited_for(tmp_path: Path, rounds: list[int]) -> None:
+    journals = JournalSync()
     a, b = _folders(tmp_path, journals, 2)
     a.append([_line(1)])
     await journals.settled([b])  # b has nothing to sync: no round, a's lines wait
-    assert rounds.sizes() == []
+    assert rounds == []
     await journals.settled([a, b])
-    assert rounds.sizes() == [1]
+    assert rounds == [1]
     b.write_snapshot(_empty())  # a synced snapshot: nothing of b is left to wait for
     b.append([_line(2)])
     a.append([_line(3)])
     await journals.settled([a])
-    assert rounds.sizes() == [1, 2]
+    assert rounds == [1, 2]
     assert b.synced == b.appends
-
-
-def _child(journals: JournalSync) -> asyncio.subprocess.Process:
-    proc = journals._syncer._proc
-    assert proc is not None
-    return proc
-
-
-async def test_a_sync_process_that_dies_in_a_round_fails_it_and_is_replaced(
-    tmp_path: Path, journals: JournalSync, rounds: Rounds
-) -> None:
-    (a,) = _folders(tmp_path, journals, 1)
-    await journals.start()
-    first = _child(journals)
-    os.kill(first.pid, signal.SIGSTOP)  # it cannot answer the round before it is killed
-    rounds.hold = True
-    rounds.gate.set()
-    a.append([_line(1)])
-    waiting = asyncio.ensure_future(journals.settled([a]))
-    await rounds.entered.wait()
-    await asyncio.sleep(0)  # the round's request is written; it waits for the answer
-    os.kill(first.pid, signal.SIGKILL)
-    with pytest.raises(OSError, match="sync process stopped"):
-        await waiting
-    assert a.synced < a.appends  # nothing counts as synced that was not
-    await journals.settled([a])  # a new process syncs it
-    assert _child(journals).pid != first.pid and a.synced == a.appends
-
-
-async def test_a_sync_process_gone_between_rounds_is_started_again(
-    tmp_path: Path, journals: JournalSync, rounds: Rounds
-) -> None:
-    (a,) = _folders(tmp_path, journals, 1)
-    await journals.start()
-    first = _child(journals)
-    first.kill()
-    await first.wait()
-    a.append([_line(1)])
-    await journals.settled([a])
-    assert _child(journals).pid != first.pid and a.synced == a.appends
