@@ -69,6 +69,14 @@ def _fill(md: Maildir, n: int, folder: str = "INBOX") -> None:
         md.deliver(folder, f"{1_700_000_000 + i}.M{i}P1.kepmta", write)
 
 
+def _inbox(root: Path, n: int) -> Maildir:
+    """An account at `root` whose INBOX holds `n` messages."""
+    md = Maildir(root)
+    md.create("INBOX")
+    _fill(md, n)
+    return md
+
+
 def test_heavy_is_judged_by_the_index_or_else_the_directories(tmp_path: Path) -> None:
     md = Maildir(tmp_path)
     md.create("INBOX")
@@ -86,9 +94,7 @@ def test_heavy_is_judged_by_the_index_or_else_the_directories(tmp_path: Path) ->
 async def test_a_large_folder_is_read_once_on_a_thread_for_every_session_waiting(
     tmp_path: Path, registry: StoreRegistry, reads: Reads
 ) -> None:
-    md = Maildir(tmp_path)
-    md.create("INBOX")
-    _fill(md, 300)
+    _inbox(tmp_path, 300)
     first, second = await asyncio.gather(
         registry.acquire("INBOX", tmp_path), registry.acquire("INBOX", tmp_path)
     )
@@ -104,9 +110,7 @@ async def test_a_large_folder_is_read_once_on_a_thread_for_every_session_waiting
 async def test_a_small_folder_is_read_on_the_spot(
     tmp_path: Path, registry: StoreRegistry, reads: Reads
 ) -> None:
-    md = Maildir(tmp_path)
-    md.create("INBOX")
-    _fill(md, 3)
+    _inbox(tmp_path, 3)
     store = await registry.acquire("INBOX", tmp_path)
     assert reads.on_loop == [True] and len(store.messages) == 3
 
@@ -114,9 +118,7 @@ async def test_a_small_folder_is_read_on_the_spot(
 async def test_mail_arriving_while_the_folder_is_read_is_not_lost(
     tmp_path: Path, registry: StoreRegistry, reads: Reads
 ) -> None:
-    md = Maildir(tmp_path)
-    md.create("INBOX")
-    _fill(md, 300)
+    md = _inbox(tmp_path, 300)
     reads.hold = True
     opening = asyncio.ensure_future(registry.acquire("INBOX", tmp_path))
     await asyncio.to_thread(reads.entered.wait)
@@ -156,9 +158,7 @@ async def test_a_folder_renamed_away_while_it_is_read_is_not_kept(
 async def test_a_failed_read_reaches_every_waiter_and_the_next_acquire_reads_again(
     tmp_path: Path, registry: StoreRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    md = Maildir(tmp_path)
-    md.create("INBOX")
-    _fill(md, 300)
+    _inbox(tmp_path, 300)
     real = FolderStore.read
     failures = [PermissionError(13, "Permission denied")]
 
