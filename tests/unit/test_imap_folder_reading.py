@@ -22,12 +22,18 @@ from kepmta.maildir import Maildir
 
 class Reads:
     """Each FolderStore.read: whether it ran on the event loop's thread. A test may hold the next
-    read until it lets it go."""
+    read until it lets it go, before it looks at the folder or, with `after`, once it has."""
 
     def __init__(self) -> None:
         self.on_loop: list[bool] = []
         self.hold = False
+        self.after = False
         self.entered, self.gate = threading.Event(), threading.Event()
+
+    def held(self) -> None:
+        if self.hold:
+            self.entered.set()
+            self.gate.wait(60)  # only a guard against a hang: the tests assert order, not time
 
 
 @pytest.fixture
@@ -38,10 +44,11 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
 
     def read(self: FolderStore) -> None:
         seen.on_loop.append(threading.current_thread() is loop_thread)
-        if seen.hold:
-            seen.entered.set()
-            seen.gate.wait(60)  # only a guard against a hang: the tests assert order, not time
+        if not seen.after:
+            seen.held()
         real(self)
+        if seen.after:
+            seen.held()
 
     monkeypatch.setattr(FolderStore, "read", read)
     return seen
@@ -119,12 +126,13 @@ async def test_mail_arriving_while_the_folder_is_read_is_not_lost(
     tmp_path: Path, registry: StoreRegistry, reads: Reads
 ) -> None:
     md = _inbox(tmp_path, 300)
-    reads.hold = True
+    reads.hold = reads.after = True
     opening = asyncio.ensure_future(registry.acquire("INBOX", tmp_path))
     await asyncio.to_thread(reads.entered.wait)
-    # Delivered while the read is held, and its inotify event handled by the loop meanwhile.
+    # Delivered after the read looked at the folder, before it is done: only its inotify event,
+    # taken by the loop meanwhile (held for the store), tells of it.
     path = md.deliver("INBOX", "1800000000.late.kepmta", lambda f: f.write(b"Subject: late\r\n\r\n"))
-    await asyncio.sleep(0.05)  # lets the loop take the event; the assertions hold either way
+    await asyncio.sleep(0.05)  # lets the loop take the event
     assert not opening.done()
     reads.gate.set()
     store = await opening
