@@ -12,6 +12,12 @@ journal is longer than the snapshot both are folded into a new snapshot. Lines a
 and nothing that rests on a line is reported before it is on disk. The snapshot names a
 generation and so does the journal, so a journal left behind by a crash during that fold is
 recognised as already folded in and ignored.
+
+The snapshot keeps its messages column by column (`Table`): UIDs, modification sequences, sizes and
+dates as arrays of 64-bit integers, file names and keywords as lines, and a CRC-32 of the whole
+file. Reading it is a few calls into C however many messages the folder holds; the line per
+message of version 2 took 2 µs each to read and check, 6 ms of a cold SELECT of 3000 messages.
+Version 2 snapshots are still read, and replaced by version 3 on first use.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ import asyncio
 import functools
 import logging
 import os
+import sys
+import zlib
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 
 log = logging.getLogger("kepmta.imap")
@@ -30,8 +40,12 @@ INDEX = "kepmta-index"
 JOURNAL = "kepmta-index.log"
 _SNAPSHOT_MAGIC = "kepmta-index"
 _JOURNAL_MAGIC = "kepmta-journal"
-_VERSION = "2"
+_SNAPSHOT_VERSION = "3"
+_TEXT_SNAPSHOT_VERSION = "2"
+_JOURNAL_VERSION = "2"
 _MIN_JOURNAL = 1024
+# The table's integers are stored little-endian whatever the machine.
+_SWAP = sys.byteorder != "little"
 
 
 class IndexCorrupt(ValueError):
@@ -71,19 +85,96 @@ class Vanished:
     uids: tuple[tuple[int, int], ...]
 
 
-# A message line's fields as read and checked ("M", uid, modseq, size, internal_ns, sub, name,
-# keywords), never changed. They are converted only when the message is used: a cold SELECT reads
-# every line of a large folder and looks at few of its messages.
+# A journal message line's fields as read and checked ("M", uid, modseq, size, internal_ns, sub,
+# name, keywords), never changed. They are converted only when the message is used: a cold SELECT
+# reads the whole index of a large folder and looks at few of its messages.
 Fields = list[str]
+# A message as the index holds it before it is used: a row of the snapshot's `Table`, or the
+# fields of a journal line that changed it since.
+Item = int | Fields
+
+
+def _column(data: bytes) -> array[int]:
+    a = array("q")
+    a.frombytes(data)
+    if _SWAP:
+        a.byteswap()
+    return a
+
+
+def _column_bytes(a: array[int]) -> bytes:
+    if _SWAP:
+        a = array("q", a)
+        a.byteswap()
+    return a.tobytes()
+
+
+@dataclass(frozen=True)
+class Table:
+    """A snapshot's messages, column by column in UID order."""
+
+    uids: array[int] = field(default_factory=lambda: array("q"))
+    modseqs: array[int] = field(default_factory=lambda: array("q"))
+    sizes: array[int] = field(default_factory=lambda: array("q"))
+    internal_ns: array[int] = field(default_factory=lambda: array("q"))
+    in_new: bytes = b""  # 1 for a file in new/, 0 for cur/
+    names: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)  # each message's, space-separated
+
+    def entry(self, item: Item) -> Entry:
+        if isinstance(item, list):
+            return entry_of(item)
+        return Entry(
+            self.uids[item],
+            self.modseqs[item],
+            self.sizes[item],
+            self.internal_ns[item],
+            "new" if self.in_new[item] else "cur",
+            self.names[item],
+            keywords_of(self.keywords[item]),
+        )
+
+    def file(self, item: Item) -> tuple[str, str]:
+        """Where the message is, as (sub-directory, file name)."""
+        if isinstance(item, list):
+            return item[5], item[6]
+        return "new" if self.in_new[item] else "cur", self.names[item]
+
+    def keyword_field(self, item: Item) -> str:
+        return item[7] if isinstance(item, list) else self.keywords[item]
 
 
 @dataclass
 class State:
     header: Header
-    entries: dict[int, Fields] = field(default_factory=dict)
+    entries: dict[int, Item] = field(default_factory=dict)
     vanished: list[Vanished] = field(default_factory=list)
+    table: Table = field(default_factory=Table)
     # The highest modification sequence of any message line read, even of a message expunged since.
     top_modseq: int = 0
+    # UIDs whose entry was set by a line: of the journal, or of a version 2 snapshot.
+    from_lines: set[int] = field(default_factory=set)
+    # Whether `entries` is in UID order: a table is, and the journal hands out UIDs in order.
+    in_order: bool = True
+
+    def entry(self, uid: int) -> Entry:
+        return self.table.entry(self.entries[uid])
+
+    def in_new(self) -> set[int]:
+        """The UIDs of messages whose file is in new/."""
+        entries, t = self.entries, self.table
+        out = {uid for uid in compress(t.uids, t.in_new) if isinstance(entries.get(uid), int)}
+        out.update(
+            uid for uid in self.from_lines if isinstance(item := entries.get(uid), list) and item[5] == "new"
+        )
+        return out
+
+    def keyword_fields(self) -> set[str]:
+        """The keyword fields of the messages. A table's are all taken, even of a message the journal
+        changed since: keywords are never withdrawn from a folder while it is open either."""
+        fields = set(self.table.keywords)
+        fields.update(item[7] for uid in self.from_lines if isinstance(item := self.entries.get(uid), list))
+        return fields
 
 
 # --- line format ------------------------------------------------------------------------------------
@@ -184,7 +275,10 @@ def _apply(state: State, line: str) -> None:
         uid, modseq, size, _internal = int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4])
         if parts[5] not in ("new", "cur") or not parts[6] or uid <= 0 or modseq <= 0 or size < 0:
             raise ValueError(f"bad message line {line!r}")
+        if uid not in state.entries and state.entries and uid < next(reversed(state.entries)):
+            state.in_order = False
         state.entries[uid] = parts
+        state.from_lines.add(uid)
         if modseq > state.top_modseq:
             state.top_modseq = modseq
     elif kind == "X" and len(parts) == 3:
@@ -221,6 +315,91 @@ def _settle_counters(state: State) -> None:
         h.stamp,
         h.settled,
     )
+
+
+# --- the snapshot ----------------------------------------------------------------------------------
+
+
+def _snapshot_state(lines: list[str]) -> State:
+    """The state the text lines of a snapshot hold: its header, expunge history and, in version 2,
+    its messages."""
+    if not lines or not lines[0].startswith("H\t"):
+        raise ValueError("snapshot lacks its folder header")
+    state = State(Header(int(lines[0].split("\t")[1]), 1, 1, 0, (-1, -1), False))
+    for line in lines:
+        if line:
+            _apply(state, line)
+    return state
+
+
+def _read_table_snapshot(data: bytes) -> State:
+    """A version 3 snapshot after its first line and before its checksum."""
+    lines: list[str] = []
+    pos = 0
+    while True:
+        end = data.index(b"\n", pos)
+        line = data[pos:end].decode("utf-8")
+        pos = end + 1
+        if line.startswith("T\t"):
+            break
+        lines.append(line)
+    state = _snapshot_state(lines)
+    _, *counts = line.split("\t")
+    n, names_len, keywords_len = (int(c) for c in counts)
+    columns = [_column(data[pos + 8 * n * k : pos + 8 * n * (k + 1)]) for k in range(4)]
+    pos += 32 * n
+    in_new = data[pos : pos + n]
+    pos += n
+    names = data[pos : pos + names_len].decode("utf-8").split("\n") if n else []
+    pos += names_len
+    keywords = data[pos : pos + keywords_len].decode("utf-8").split("\n") if n else []
+    pos += keywords_len
+    uids, modseqs, sizes, internal = columns
+    if pos != len(data) or any(len(c) != n for c in (*columns, in_new, names, keywords)):
+        raise ValueError("the table's columns do not match its message count")
+    # What version 2 checked line by line, each in one pass in C.
+    order = uids.tolist()
+    if n and (order[0] <= 0 or min(modseqs) <= 0 or min(sizes) < 0 or "" in names):
+        raise ValueError("a message of the table has a bad UID, modification sequence, size or name")
+    if order != sorted(set(order)) or in_new.translate(None, b"\0\1"):
+        raise ValueError("the table's UIDs are out of order or its folders unknown")
+    state.table = Table(uids, modseqs, sizes, internal, in_new, names, keywords)
+    state.entries = dict(zip(order, range(n), strict=True))
+    state.top_modseq = max(modseqs, default=0)
+    return state
+
+
+def _table_snapshot(first: str, state: State) -> bytes:
+    """A version 3 snapshot of `state`, without its checksum."""
+    t = state.table
+    uids, modseqs, sizes, internal = (array("q") for _ in range(4))
+    in_new = bytearray()
+    names: list[str] = []
+    keywords: list[str] = []
+    for uid, item in sorted(state.entries.items()):
+        uids.append(uid)
+        if isinstance(item, int):
+            modseqs.append(t.modseqs[item])
+            sizes.append(t.sizes[item])
+            internal.append(t.internal_ns[item])
+            in_new.append(t.in_new[item])
+            names.append(t.names[item])
+            keywords.append(t.keywords[item])
+        else:
+            modseqs.append(int(item[2]))
+            sizes.append(int(item[3]))
+            internal.append(int(item[4]))
+            in_new.append(item[5] == "new")
+            names.append(item[6])
+            keywords.append(item[7])
+    name_bytes = "\n".join(names).encode("utf-8")
+    keyword_bytes = "\n".join(keywords).encode("utf-8")
+    text = [first, header_line(state.header), *(vanished_line(v) for v in state.vanished)]
+    text.append(f"T\t{len(uids)}\t{len(name_bytes)}\t{len(keyword_bytes)}")
+    parts = ["\n".join(text).encode("utf-8"), b"\n"]
+    parts.extend(_column_bytes(c) for c in (uids, modseqs, sizes, internal))
+    parts.extend((bytes(in_new), name_bytes, keyword_bytes))
+    return b"".join(parts)
 
 
 # --- the files --------------------------------------------------------------------------------------
@@ -300,6 +479,8 @@ class IndexFile:
         self.journal_lines = 0
         self.appends = 0
         self.snapshots = 0
+        # The snapshot read is of an older version, to be replaced.
+        self.outdated = False
 
     @property
     def snapshot_path(self) -> Path:
@@ -312,25 +493,28 @@ class IndexFile:
     def load(self) -> State | None:
         """The index as last written, or None when there is none; raises IndexCorrupt."""
         try:
-            text = self.snapshot_path.read_text("utf-8")
+            data = self.snapshot_path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             raise IndexCorrupt(str(e)) from e
-        lines = text.split("\n")
-        head = lines[0].split(" ")
         try:
-            if len(head) != 3 or head[0] != _SNAPSHOT_MAGIC or head[1] != _VERSION:
+            first = data[: data.index(b"\n")]
+            head = first.decode("ascii").split(" ")
+            if len(head) != 3 or head[0] != _SNAPSHOT_MAGIC:
                 raise ValueError("bad snapshot header")
             generation = int(head[2])
-            if not lines[1].startswith("H\t"):
-                raise ValueError("snapshot lacks its folder header")
-            first = lines[1].split("\t")
-            state = State(Header(int(first[1]), 1, 1, 0, (-1, -1), False))
-            for line in lines[1:]:
-                if line:
-                    _apply(state, line)
-        except (ValueError, IndexError) as e:
+            if head[1] == _SNAPSHOT_VERSION:
+                end = data.rindex(b"C\t")
+                if zlib.crc32(data[:end]) != int(data[end + 2 :], 16):
+                    raise ValueError("checksum mismatch")
+                state = _read_table_snapshot(data[len(first) + 1 : end])
+            elif head[1] == _TEXT_SNAPSHOT_VERSION:
+                state = _snapshot_state(data[len(first) + 1 :].decode("utf-8").split("\n"))
+                self.outdated = True
+            else:
+                raise ValueError(f"snapshot version {head[1]!r} unknown")
+        except (ValueError, IndexError, UnicodeDecodeError) as e:
             raise IndexCorrupt(f"{self.snapshot_path}: {e}") from e
         self.generation = generation
         self.journal_lines = self._replay(state)
@@ -343,7 +527,7 @@ class IndexFile:
         except FileNotFoundError:
             return 0
         lines = text.split("\n")
-        if lines[0] != f"{_JOURNAL_MAGIC} {_VERSION} {self.generation}":
+        if lines[0] != f"{_JOURNAL_MAGIC} {_JOURNAL_VERSION} {self.generation}":
             # A journal of another generation was already folded into this snapshot.
             return 0
         # The last element is whatever followed the final newline: a line torn by a crash, never
@@ -366,7 +550,7 @@ class IndexFile:
             return
         data = "".join(line + "\n" for line in lines).encode("utf-8")
         if self.journal_lines == 0:
-            data = f"{_JOURNAL_MAGIC} {_VERSION} {self.generation}\n".encode() + data
+            data = f"{_JOURNAL_MAGIC} {_JOURNAL_VERSION} {self.generation}\n".encode() + data
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -380,18 +564,19 @@ class IndexFile:
         self.journals.wrote(self)
 
     def wants_snapshot(self, entries: int) -> bool:
-        return self.journal_lines > max(_MIN_JOURNAL, entries)
+        # A journal line costs a reader several times what a message of the snapshot does (µs: 2
+        # against 0.3 to read, 0.6 to write), so the journal is folded at a quarter of the folder.
+        return self.journal_lines > max(_MIN_JOURNAL, entries // 4)
 
     def write_snapshot(self, state: State) -> None:
         """Replace snapshot and journal with one snapshot of `state` (atomic rename)."""
         generation = self.generation + 1
-        lines = [f"{_SNAPSHOT_MAGIC} {_VERSION} {generation}", header_line(state.header)]
-        lines.extend("\t".join(f) for f in state.entries.values())
-        lines.extend(vanished_line(v) for v in state.vanished)
+        body = _table_snapshot(f"{_SNAPSHOT_MAGIC} {_SNAPSHOT_VERSION} {generation}", state)
+        body += b"C\t%08x\n" % zlib.crc32(body)
         tmp = self.directory / f"{INDEX}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all(fd, ("\n".join(lines) + "\n").encode("utf-8"))
+            _write_all(fd, body)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -399,4 +584,5 @@ class IndexFile:
         self.generation = generation
         self.journal_lines = 0
         self.snapshots += 1
+        self.outdated = False
         self.synced = self.appends  # every line so far is folded into the synced snapshot

@@ -35,12 +35,13 @@ from kepmta.imap.index import (
     Header,
     IndexCorrupt,
     IndexFile,
+    Item,
     JournalSync,
     State,
+    Table,
     Vanished,
     entry_fields,
     entry_line,
-    entry_of,
     fold_vanished,
     header_line,
     keywords_of,
@@ -64,10 +65,13 @@ _FLAG_OF = {v: k for k, v in _LETTER_OF.items()}
 _MTIME_SETTLE_NS = 2_000_000_000
 # Expunge records kept for VANISHED (EARLIER) before the oldest are merged.
 _VANISHED_KEEP = 256
-# A folder whose index is larger, or which has none and a directory grown past its first block
-# (about 64 entries on ext4), is read on a thread (`heavy`): bench/imap.py --cold's 3000 messages,
-# a 300 KB index, held the event loop for 6 to 17 ms, and a scan of them without one for 130 ms.
-_HEAVY_INDEX = 64 * 1024
+# A folder whose index weighs more (its journal counting `_JOURNAL_WEIGHT` times, text read line by
+# line), or which has none and a directory grown past its first block (about 64 entries on ext4),
+# is read on a thread (`heavy`): about a millisecond of the event loop at most. In process, the
+# 210 KB snapshot of bench/imap.py --cold's 3000 messages read in 0.9 ms, a journal line in 2 µs,
+# and a scan of the folder without an index took 130 ms.
+_HEAVY_INDEX = 256 * 1024
+_JOURNAL_WEIGHT = 4
 _HEAVY_DIRECTORY = 4096
 # Keywords clients may make in one folder, and their length: every FLAGS response lists them all
 # (RFC 3501 §7.2.6), so they bound its size. Past the count, PERMANENTFLAGS loses "\\*".
@@ -151,28 +155,31 @@ def _mtime_ns(path: Path) -> int:
 
 
 class Messages:
-    """A folder's messages by UID, in UID order, each built from its index line when first used.
+    """A folder's messages by UID, in UID order, each built from the index when first used.
 
     A cold SELECT of a large folder must read its whole index, but a client looks at few of its
     messages; building all of them there was nine tenths of that SELECT's time (3000 messages:
-    17 ms, measured in process). An entry holds either the built `MessageFile` or the line's
-    checked fields.
+    17 ms, measured in process). An entry holds either the built `MessageFile` or the index's
+    `Item`, resolved through the table of the snapshot it was read with.
     """
 
-    __slots__ = ("_build", "_items")
+    __slots__ = ("_build", "_items", "table")
 
-    def __init__(self, build: Callable[[Fields], MessageFile]) -> None:
-        self._items: dict[int, MessageFile | Fields] = {}
+    def __init__(self, build: Callable[[Entry], MessageFile]) -> None:
+        self._items: dict[int, MessageFile | Item] = {}
         self._build = build
+        self.table = Table()
 
-    def load(self, entries: dict[int, Fields]) -> None:
-        self._items = dict(sorted(entries.items()))
+    def load(self, state: State) -> None:
+        self.table = state.table
+        self._items = dict(state.entries) if state.in_order else dict(sorted(state.entries.items()))
 
     def get(self, uid: int) -> MessageFile | None:
         item = self._items.get(uid)
-        if isinstance(item, list):
-            item = self._items[uid] = self._build(item)
-        return item
+        if item is None or isinstance(item, MessageFile):
+            return item
+        msg = self._items[uid] = self._build(self.table.entry(item))
+        return msg
 
     def __getitem__(self, uid: int) -> MessageFile:
         msg = self.get(uid)
@@ -206,20 +213,23 @@ class Messages:
     def file(self, uid: int) -> tuple[str, str]:
         """Where message `uid`'s file is, as (sub-directory, file name), without building it."""
         item = self._items[uid]
-        if isinstance(item, list):
-            return item[5], item[6]
-        return item.path.parent.name, item.path.name
+        if isinstance(item, MessageFile):
+            return item.path.parent.name, item.path.name
+        return self.table.file(item)
 
     def bases(self) -> dict[str, int]:
         """Maildir base name → UID of every message, without building any."""
         out: dict[str, int] = {}
         for uid, item in self._items.items():
-            out[item[6].partition(":")[0] if isinstance(item, list) else item.base] = uid
+            base = item.base if isinstance(item, MessageFile) else self.table.file(item)[1].partition(":")[0]
+            out[base] = uid
         return out
 
-    def fields(self, convert: Callable[[MessageFile], Fields]) -> dict[int, Fields]:
-        """Every message's index fields: as read for those never built."""
-        return {uid: item if isinstance(item, list) else convert(item) for uid, item in self._items.items()}
+    def items(self, convert: Callable[[MessageFile], Fields]) -> dict[int, Item]:
+        """Every message as the index holds it: as read for those never built."""
+        return {
+            uid: convert(item) if isinstance(item, MessageFile) else item for uid, item in self._items.items()
+        }
 
 
 class StoreObserver(Protocol):
@@ -278,9 +288,9 @@ class FolderStore:
         self.held: list[dict[str, list[DirEvent]] | None] | None = None
 
     def read(self) -> None:
-        """Load the folder, and write its first snapshot if it has none."""
+        """Load the folder, and write its first snapshot if it has none or one of an older version."""
         self.load()
-        if not self.index.snapshot_path.exists():
+        if self.index.outdated or not self.index.snapshot_path.exists():
             self.save_index()
 
     def load(self) -> None:
@@ -304,17 +314,16 @@ class FolderStore:
         self.uidvalidity, self.uidnext, self.first_recent = h.uidvalidity, h.uidnext, h.first_recent
         self.highestmodseq = h.highestmodseq
         self.vanished = state.vanished
-        self.messages.load(state.entries)
+        self.messages.load(state)
         self._uid_of = None
-        self._in_new = {uid for uid, f in state.entries.items() if f[5] == "new"}
+        self._in_new = state.in_new()
         # A folder's messages repeat a few keyword fields: each is read once.
-        for field in {f[7] for f in state.entries.values()}:
+        for field in state.keyword_fields():
             self.keywords.update(keywords_of(field))
         self._stamp, self._settled = h.stamp, h.settled
         return h.settled and self._current_stamp() == h.stamp
 
-    def _build(self, fields: Fields) -> MessageFile:
-        e = entry_of(fields)
+    def _build(self, e: Entry) -> MessageFile:
         base, flags, other = split_name(e.name)
         # The index holds only new/ and cur/, whose paths are made once: a join costs a microsecond.
         path = self._subs[e.sub] / e.name
@@ -324,7 +333,10 @@ class FolderStore:
 
     def _state(self) -> State:
         return State(
-            self._header(), self.messages.fields(lambda m: entry_fields(self._entry(m))), list(self.vanished)
+            self._header(),
+            self.messages.items(lambda m: entry_fields(self._entry(m))),
+            list(self.vanished),
+            self.messages.table,
         )
 
     def _header(self) -> Header:
@@ -847,9 +859,9 @@ def heavy(directory: Path) -> bool:
     """Whether reading the folder at `directory` would hold the event loop noticeably, judged by
     the size of its index or, without one, of its directories (a few stat calls)."""
     index = 0
-    for name in (INDEX, JOURNAL):
+    for name, weight in ((INDEX, 1), (JOURNAL, _JOURNAL_WEIGHT)):
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            index += os.stat(directory / name).st_size
+            index += weight * os.stat(directory / name).st_size
     if index:
         return index > _HEAVY_INDEX
     for sub in ("cur", "new"):

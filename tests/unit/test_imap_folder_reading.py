@@ -93,7 +93,11 @@ def test_heavy_is_judged_by_the_index_or_else_the_directories(tmp_path: Path) ->
     assert heavy(tmp_path)
     (tmp_path / INDEX).write_bytes(b"x" * 1000)  # an index says more than the directories
     assert not heavy(tmp_path)
-    (tmp_path / JOURNAL).write_bytes(b"x" * mailbox._HEAVY_INDEX)
+    (tmp_path / INDEX).write_bytes(b"x" * (1000 + mailbox._HEAVY_INDEX // mailbox._JOURNAL_WEIGHT))
+    assert not heavy(tmp_path)
+    # The journal's lines cost more to read than the snapshot's table, byte for byte.
+    (tmp_path / INDEX).write_bytes(b"x" * 1000)
+    (tmp_path / JOURNAL).write_bytes(b"x" * (mailbox._HEAVY_INDEX // mailbox._JOURNAL_WEIGHT))
     assert heavy(tmp_path)
     assert not heavy(tmp_path / "missing")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import pytest
 
@@ -23,12 +25,11 @@ from kepmta.imap.index import (
     Vanished,
     entry_fields,
     entry_line,
-    entry_of,
     fold_vanished,
     header_line,
     vanished_line,
 )
-from kepmta.imap.mailbox import FolderStore, MailboxView, StoreRegistry
+from kepmta.imap.mailbox import FolderStore, MailboxView, MessageFile, Messages, StoreRegistry
 from kepmta.maildir import Maildir
 
 
@@ -50,8 +51,8 @@ def test_snapshot_and_journal_round_trip(tmp_path: Path) -> None:
     loaded = IndexFile(tmp_path, JournalSync()).load()
     assert loaded is not None
     assert sorted(loaded.entries) == [2, 3]
-    assert entry_of(loaded.entries[2]) == Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset())
-    assert entry_of(loaded.entries[3]) == Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset())
+    assert loaded.entry(2) == Entry(2, 2, 200, 6_000_000_000, "new", "b", frozenset())
+    assert loaded.entry(3) == Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset())
     assert loaded.vanished == [Vanished(5, ((1, 1),))]
     assert loaded.header == Header(77, 4, 3, 5, (11, 21), False)
 
@@ -89,17 +90,109 @@ def test_corrupt_snapshot(tmp_path: Path) -> None:
         IndexFile(tmp_path, JournalSync()).load()
 
 
+# Version 2, the text snapshot an older kepmta wrote: one line per message.
+_TEXT_SNAPSHOT = (
+    "kepmta-index 2 4\n"
+    "H\t77\t4\t1\t3\t10\t20\t1\n"
+    "M\t1\t1\t100\t5000000000\tcur\ta:2,S\t$Label\n"
+    "M\t3\t3\t300\t7000000000\tnew\tc\t\n"
+    "X\t2\t2:2\n"
+)
+
+
 @pytest.mark.parametrize("field", [2, 3, 4])
-def test_a_bad_number_in_a_message_line_is_found_when_the_index_is_read(tmp_path: Path, field: int) -> None:
+def test_a_bad_number_in_a_version_2_line_is_found_when_the_index_is_read(tmp_path: Path, field: int) -> None:
     # Messages are built from their lines only when used; their lines are checked at once.
-    IndexFile(tmp_path, JournalSync()).write_snapshot(_state())
-    text = (tmp_path / INDEX).read_text()
-    line = next(x for x in text.split("\n") if x.startswith("M\t2\t"))
+    line = _TEXT_SNAPSHOT.split("\n")[3]
     parts = line.split("\t")
     parts[field] = "12x"
-    (tmp_path / INDEX).write_text(text.replace(line, "\t".join(parts)))
+    (tmp_path / INDEX).write_text(_TEXT_SNAPSHOT.replace(line, "\t".join(parts)))
     with pytest.raises(IndexCorrupt, match="12x"):
         IndexFile(tmp_path, JournalSync()).load()
+
+
+def test_a_folder_indexed_by_version_2_keeps_its_uids_and_is_rewritten_as_version_3(tmp_path: Path) -> None:
+    Maildir(tmp_path).create("INBOX")
+    (tmp_path / "cur" / "a:2,S").write_bytes(b"Subject: a\r\n\r\n")
+    (tmp_path / "new" / "c").write_bytes(b"Subject: c\r\n\r\n")
+    (tmp_path / INDEX).write_text(_TEXT_SNAPSHOT)
+    store = StoreRegistry().open("INBOX", tmp_path)
+    assert (store.uidvalidity, store.uidnext, store.highestmodseq) == (77, 4, 3)
+    assert [(m.uid, m.base) for m in store.messages.values()] == [(1, "a"), (3, "c")]
+    assert store.messages[1].flags == frozenset({"\\Seen", "$Label"}) and store.vanished_since(0) == [2]
+    assert (tmp_path / INDEX).read_bytes().startswith(b"kepmta-index 3 5\n")
+    again = StoreRegistry().open("INBOX", tmp_path)
+    assert [(m.uid, m.base, m.flags) for m in again.messages.values()] == [
+        (m.uid, m.base, m.flags) for m in store.messages.values()
+    ]
+    assert again.uidvalidity == 77 and not again.index.outdated
+
+
+def _resealed(path: Path, change: Callable[[bytes], bytes]) -> None:
+    """Apply `change` to a version 3 snapshot's body and give it a matching checksum, as a bug
+    writing it would."""
+    data = path.read_bytes()
+    body = change(data[: data.rindex(b"C\t")])
+    path.write_bytes(body + b"C\t%08x\n" % zlib.crc32(body))
+
+
+def test_a_damaged_table_is_found_by_its_checksum(tmp_path: Path) -> None:
+    IndexFile(tmp_path, JournalSync()).write_snapshot(_state())
+    data = (tmp_path / INDEX).read_bytes()
+    (tmp_path / INDEX).write_bytes(data.replace(b"a:2,S", b"a:2,T"))
+    with pytest.raises(IndexCorrupt, match="checksum"):
+        IndexFile(tmp_path, JournalSync()).load()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda b: b.replace(b"T\t2\t", b"T\t3\t"), "columns"),  # a count that is not the columns'
+        (
+            lambda b: b.replace((100).to_bytes(8, "little"), (-1).to_bytes(8, "little", signed=True), 1),
+            "bad UID, modification sequence, size or name",
+        ),
+        # UIDs 1 and 2 (little-endian) swapped: out of order.
+        (
+            lambda b: b.replace(
+                (1).to_bytes(8, "little") + (2).to_bytes(8, "little"),
+                (2).to_bytes(8, "little") + (1).to_bytes(8, "little"),
+                1,
+            ),
+            "out of order",
+        ),
+    ],
+)
+def test_a_table_that_breaks_a_rule_is_refused_even_with_a_good_checksum(
+    tmp_path: Path, change: Callable[[bytes], bytes], error: str
+) -> None:
+    IndexFile(tmp_path, JournalSync()).write_snapshot(_state())
+    _resealed(tmp_path / INDEX, change)
+    with pytest.raises(IndexCorrupt, match=error):
+        IndexFile(tmp_path, JournalSync()).load()
+
+
+def test_journal_lines_over_the_table_decide_new_keywords_and_order(tmp_path: Path) -> None:
+    index = IndexFile(tmp_path, JournalSync())
+    index.write_snapshot(_state())  # 1 in cur/ with $Label, 2 in new/
+    index.append(
+        [
+            entry_line(Entry(2, 3, 200, 6_000_000_000, "cur", "b:2,S", frozenset({"$Done"}))),
+            entry_line(Entry(5, 4, 10, 1, "new", "e", frozenset())),
+            entry_line(Entry(4, 5, 10, 1, "new", "d", frozenset())),  # handed out after 5, written before
+            vanished_line(Vanished(6, ((1, 1),))),
+        ]
+    )
+    loaded = IndexFile(tmp_path, JournalSync()).load()
+    assert loaded is not None
+    assert loaded.in_new() == {4, 5}
+    # The table's keywords stay even where the journal changed the message since.
+    assert loaded.keyword_fields() == {"$Label", "", "$Done"}
+    assert not loaded.in_order
+    messages = Messages(lambda e: cast(MessageFile, e))
+    messages.load(loaded)
+    assert list(messages) == [2, 4, 5]
+    assert messages.file(2) == ("cur", "b:2,S") and messages.file(5) == ("new", "e")
 
 
 def test_fold_vanished_keeps_a_superset() -> None:
@@ -158,14 +251,15 @@ def test_reopening_a_quiet_folder_reads_only_its_index(
 def test_messages_never_used_are_written_back_as_they_were_read(tmp_path: Path) -> None:
     _, first, view = _inbox_of(tmp_path, 20)
     first.set_flags(5, frozenset({"\\Flagged", "$Work"}), view)
-    before = {uid: entry_of(f) for uid, f in first._state().entries.items()}
+    state = first._state()
+    before = {uid: state.entry(uid) for uid in state.entries}
     again = StoreRegistry().open("INBOX", tmp_path)
     # One message used (and so built), the others only read; a new snapshot holds all of them.
     assert again.messages[7].base == first.messages[7].base
     again.save_index()
     loaded = IndexFile(tmp_path, JournalSync()).load()
     assert loaded is not None
-    assert {uid: entry_of(f) for uid, f in loaded.entries.items()} == before
+    assert {uid: loaded.entry(uid) for uid in loaded.entries} == before
     assert again.keywords == {"$Work"} and again.messages[5].flags == frozenset({"\\Flagged", "$Work"})
 
 

@@ -44,7 +44,7 @@ def test_uids_persist_and_uidvalidity_is_stable(tmp_path: Path) -> None:
     assert again.uidvalidity == validity
     assert {m.base: m.uid for m in again.messages.values()} == {**uids, "three": 3}
     assert again.uidnext == 4
-    assert (tmp_path / INDEX).read_text().split("\n")[1].startswith(f"H\t{validity}\t")
+    assert (tmp_path / INDEX).read_bytes().split(b"\n")[1].startswith(b"H\t%d\t" % validity)
     assert not (tmp_path / "dovecot-uidlist").exists()
 
 
