@@ -45,7 +45,7 @@ from kepmta.reload import Reloader, server_tls
 from kepmta.smtp.relay import relay_tls, start_relay
 from kepmta.smtp.submission import start_submission
 from kepmta.submission import SubmissionService, originals_dir
-from kepmta.workers import WorkerPool
+from kepmta.workers import Forker, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class App:
         self.servers: list[asyncio.Server] = []
         self.imap: ImapServer | None = None
         self.pools: list[WorkerPool] = []
+        self.forker: Forker | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
         self.registry: PeerRegistry | None = None
@@ -177,7 +178,8 @@ class App:
             evidence_folder=p.evidence_folder,
         )
         warner = QuotaWarner(accounts, p.quota_warnings, s.service_address)
-        checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES) for _ in range(2))
+        self.forker = Forker()
+        checking, filing = (WorkerPool(s, workers=_WORKER_PROCESSES, forker=self.forker) for _ in range(2))
         self.pools = [checking, filing]
         for pool in self.pools:
             await pool.start()
@@ -293,6 +295,8 @@ class App:
             await srv.wait_closed()
         for pool in self.pools:
             await pool.close()
+        if self.forker is not None:
+            await self.forker.close()
         if self.engine:
             await close(self.engine)
 

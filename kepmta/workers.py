@@ -8,7 +8,11 @@ write a finished REM message into the folder's tmp/. The server moves that into 
 (`Maildir.publish`), so that its folder-size bookkeeping sees every change it makes.
 
 Workers load, once at start and the way the server would, the provider's signing key (PEM or
-PKCS#11) and the qualified trust store with its CRLs.
+PKCS#11) and the qualified trust store with its CRLs. They are forked from one process that has
+imported this module (`python -m kepmta.workers FD`, the forker): a worker started on its own
+spent most of a second of a core importing kepmta, and a server starts four before it listens, so
+its (re)start took 3.5 s on two cores, 2 s of it for the workers. The key and the trust store are
+loaded after the fork, in the worker, as a PKCS#11 session does not survive one.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import pickle
+import signal
+import socket
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -149,9 +157,8 @@ def _frame(value: object) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
-def _serve() -> None:
+def _serve(source: BinaryIO, sink: BinaryIO) -> None:
     """A worker process: the settings, then (task, args) requests answered one at a time."""
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
 
     def receive() -> Any:
         head = source.read(4)
@@ -160,7 +167,7 @@ def _serve() -> None:
         return pickle.loads(source.read(int.from_bytes(head, "big")))
 
     _start(receive())
-    sink.write(_frame((True, None)))  # ready: imports done, keys and trust loaded
+    sink.write(_frame((True, None)))  # ready: keys and trust loaded
     sink.flush()
     while (request := receive()) is not None:
         name, args = request
@@ -172,12 +179,145 @@ def _serve() -> None:
         sink.flush()
 
 
+def _reap(*_: object) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _fork_workers(control: socket.socket) -> None:
+    """The forker: for each request on `control` (the two pipe ends of a new worker), fork a worker
+    serving on them, and answer with a pidfd of it. Ends when the server closes `control`.
+
+    A pidfd, not a PID, because the forker reaps its children: once one is reaped its PID may be
+    another process's, and the server must never signal that one.
+    """
+    signal.signal(signal.SIGCHLD, _reap)
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 1, 2)
+        if not message:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                control.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _serve(os.fdopen(fds[0], "rb"), os.fdopen(fds[1], "wb"))
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)  # never back into the forker's loop
+        for fd in fds:
+            os.close(fd)
+        # Not yet reaped (the SIGCHLD handler runs between bytecodes, after this line at the
+        # earliest only if the child already exited, and then the pidfd still names it).
+        pidfd = os.pidfd_open(pid)
+        try:
+            socket.send_fds(control, [pid.to_bytes(4, "big")], [pidfd])
+        finally:
+            os.close(pidfd)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), ready.set_result, None)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+class Forker:
+    """The server's side of the forker process (`_fork_workers`): started when first needed, and
+    again if it died. The pools of one server share one."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._lock = asyncio.Lock()
+
+    async def fork(self) -> tuple[int, int, int, int]:
+        """A new worker: (pid, pidfd, the write end of its input, the read end of its output)."""
+        async with self._lock:
+            try:
+                return await self._fork()
+            except OSError:
+                await self.close()  # the forker died: start another, once
+                return await self._fork()
+
+    async def _fork(self) -> tuple[int, int, int, int]:
+        if self._control is None:
+            await self._start()
+        assert self._control is not None
+        to_worker, its_input = os.pipe()[::-1]
+        its_output, from_worker = os.pipe()[::-1]
+        try:
+            socket.send_fds(self._control, [b"F"], [its_input, its_output])
+        except OSError:
+            os.close(to_worker)
+            os.close(from_worker)
+            raise
+        finally:
+            os.close(its_input)
+            os.close(its_output)
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self._control, 4, 1)
+                break
+            except BlockingIOError:
+                await _readable(self._control)
+        if len(message) < 4 or not fds:
+            os.close(to_worker)
+            os.close(from_worker)
+            raise ConnectionResetError("the worker forker stopped")
+        return int.from_bytes(message, "big"), fds[0], to_worker, from_worker
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "kepmta.workers",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+
+    async def close(self) -> None:
+        """End the forker (its workers go on until their input closes)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 10)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+            self._proc = None
+
+
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process, generation: int) -> None:
-        self.proc = proc
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        streams: tuple[asyncio.StreamWriter, asyncio.StreamReader],
+        generation: int,
+    ) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
         self.generation = generation  # of the pool's settings it was started with
-        assert proc.stdin is not None and proc.stdout is not None
-        self.input, self.output = proc.stdin, proc.stdout
+        self.input, self.output = streams
+        self.started = False  # it answered that its keys and trust store are loaded
 
     async def call(self, name: str, args: tuple[Any, ...]) -> Any:
         self.input.write(_frame((name, args)))
@@ -189,6 +329,7 @@ class _Worker:
         is left for its first request to fail, which replaces it (`WorkerPool._run`)."""
         with contextlib.suppress(OSError, EOFError, asyncio.IncompleteReadError):
             await self._answer()
+            self.started = True
 
     async def _answer(self) -> Any:
         size = int.from_bytes(await self.output.readexactly(4), "big")
@@ -198,14 +339,45 @@ class _Worker:
             raise WorkerError(message, errno)
         return value
 
+    def kill(self) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    async def exited(self) -> None:
+        """Returns once the worker is gone: its output closes only when it exits."""
+        with contextlib.suppress(OSError):
+            while await self.output.read(1 << 16):
+                pass
+        self.input.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+async def _streams(to_worker: int, from_worker: int) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_worker, "rb", 0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(to_worker, "wb", 0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop), reader
+
 
 class WorkerPool:
     """Worker processes, each answering one request at a time over its standard input and output:
     no threads in the server, so a call costs two pipe writes and no lock hand-offs."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, forker: Forker | None = None) -> None:
         self.settings = settings
         self.workers = workers
+        # The pools of one server share one forker: one import of kepmta for all their workers. A
+        # pool made without one has its own.
+        self._forker = forker or Forker()
+        self._own_forker = forker is None
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
         self._generation = 0
@@ -297,14 +469,8 @@ class WorkerPool:
         return result
 
     async def _spawn(self) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "kepmta.workers",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        worker = _Worker(proc, self._generation)
+        pid, pidfd, to_worker, from_worker = await self._forker.fork()
+        worker = _Worker(pid, pidfd, await _streams(to_worker, from_worker), self._generation)
         worker.input.write(_frame(self.settings))
         self._all.add(worker)
         await worker.ready()
@@ -312,19 +478,20 @@ class WorkerPool:
 
     async def _retire(self, worker: _Worker) -> None:
         self._all.discard(worker)
-        if worker.proc.returncode is None:
-            worker.proc.kill()
-        await worker.proc.wait()
+        worker.kill()
+        await worker.exited()
 
     async def close(self) -> None:
         for worker in list(self._all):
             worker.input.close()  # end of input: the worker finishes its request and exits
             try:
-                await asyncio.wait_for(worker.proc.wait(), 10)
+                await asyncio.wait_for(worker.exited(), 10)
             except TimeoutError:
                 await self._retire(worker)
         self._all.clear()
+        if self._own_forker:
+            await self._forker.close()
 
 
 if __name__ == "__main__":
-    _serve()
+    _fork_workers(socket.socket(fileno=int(sys.argv[1])))

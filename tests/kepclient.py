@@ -4,12 +4,12 @@ builder, never kepmta's code."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email
 import email.policy
 import email.utils
 import imaplib
-import json
 import os
 import re
 import signal
@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kepmta import devinit
+from kepmta import config, devinit
+from kepmta.cli.serve import dev_info
 
 KEPMTA = [sys.executable, "-m", "kepmta"]
 T = TypeVar("T")
@@ -104,17 +105,23 @@ class DevServer:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
+        # What `kepmta dev-info` prints, read here once the folder is set up: running the command
+        # at every poll cost a second of CPU each (importing kepmta), which the server starting
+        # on two cores then lacked. Until then `info` stays the last start's: clients of a
+        # restarted server keep its ports.
+        fresh: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"kepmta exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
                 )
-            r = kepmta("dev-info", "--data", str(self.data), "--json")
-            if r.returncode == 0:
-                self.info = json.loads(r.stdout)
-                if all(port_open(p) for p in self.info["ports"].values()):
-                    return self
-            time.sleep(0.2)
+            if fresh is None and devinit.is_initialised(self.data):
+                with contextlib.suppress(config.ConfigError, OSError, ValueError):
+                    fresh = dev_info(self.data)
+            if fresh is not None and all(port_open(p) for p in fresh["ports"].values()):
+                self.info = fresh
+                return self
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError("kepmta serve --dev did not come up")
 
@@ -143,6 +150,20 @@ class DevServer:
         ctx = ssl.create_default_context(cafile=self.info["provider_ca"])
         ctx.check_hostname = False  # the dev certificate names localhost; we dial 127.0.0.1
         return ctx
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def worker_processes(srv: DevServer) -> list[int]:
+    """The server's worker processes: the children of its forker, its child running `-m
+    kepmta.workers`."""
+    assert srv.proc is not None
+    forkers = [
+        c for c in _children(srv.proc.pid) if b"kepmta.workers" in Path(f"/proc/{c}/cmdline").read_bytes()
+    ]
+    return [w for f in forkers for w in _children(f)]
 
 
 def kepmta(*args: str) -> subprocess.CompletedProcess[str]:

@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_info(data: Path) -> dict[str, object]:
+def dev_info(data: Path) -> dict[str, object]:
     settings = config.load(data / devinit.CONFIG_NAME)
     demo = devinit.load_demo(data)
     return {
@@ -84,7 +84,7 @@ def cmd_dev_info(args: argparse.Namespace) -> int:
             f"{args.data} is not an initialised development folder (run `kepmta serve --dev` first)", 1
         )
     try:
-        info = _dev_info(args.data)
+        info = dev_info(args.data)
     except config.ConfigError as e:
         return die(str(e))
     if args.json:

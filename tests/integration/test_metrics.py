@@ -9,9 +9,8 @@ import smtplib
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
-from kepclient import DevServer, imap, plain_message, signed_by, smtp, submit, wait_for
+from kepclient import DevServer, imap, plain_message, signed_by, smtp, submit, wait_for, worker_processes
 from kepclient import folder_messages as messages
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,22 +115,6 @@ def test_queue_depth_is_read_from_the_database(srv: DevServer) -> None:
     assert value(after, "kepmta_queue_oldest_job_age_seconds", kind="relay") >= 0
     assert ("kepmta_queue_oldest_job_age_seconds", (("kind", "relay"),)) in after
     assert value(after, "kepmta_ledger_head_seq") > value(before, "kepmta_ledger_head_seq")
-
-
-def worker_processes(srv: DevServer) -> list[int]:
-    """The server's worker processes (kepmta.workers), found in /proc by parent and command line."""
-    assert srv.proc is not None
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == srv.proc.pid and b"kepmta.workers" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def test_a_dead_worker_process_is_replaced_and_counted(srv: DevServer) -> None:

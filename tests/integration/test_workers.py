@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kepclient import DevServer, send_as, signed_by, wait_for
+from kepclient import DevServer, send_as, signed_by, wait_for, worker_processes
 
 from kepmta import config, devinit
 from kepmta.rem.receipt import ReceiptInfo
-from kepmta.workers import WorkerError, WorkerPool
+from kepmta.workers import Forker, WorkerError, WorkerPool
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def _info(subject: str) -> ReceiptInfo:
 
 
 def _workers(pool: WorkerPool) -> set[int]:
-    return {w.proc.pid for w in pool._all}
+    return {w.pid for w in pool._all}
 
 
 async def test_a_receipt_is_written_and_synced_by_a_worker(pool: WorkerPool, tmp_path: Path) -> None:
@@ -107,11 +107,10 @@ def test_dead_workers_mean_try_again_later_not_a_lost_message(srv: DevServer) ->
     assert send_as(srv, ali, ali["address"], [ayse["address"]], first)[:2] == ("done", 250)
     inbox = Path(srv.info["data"]) / "mail" / "kep.test" / "ayse.kaya" / "new"  # type: ignore[index]
     wait_for(lambda: len(list(inbox.iterdir())) == 1)  # delivered: the filing workers run too
-    assert srv.proc is not None
-    children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    children = worker_processes(srv)
     assert len(children) == 4  # two pools of two
     for pid in children:
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     answers = []
     while True:  # each dead worker fails the one request it is given, then is replaced
         msg = signed_by(srv, 0, [ayse["address"]], f"after the workers died {len(answers)}")
@@ -126,31 +125,64 @@ def test_dead_workers_mean_try_again_later_not_a_lost_message(srv: DevServer) ->
     wait_for(lambda: len(list(inbox.iterdir())) >= 2, timeout=60)
 
 
-def _has_started(pid: int) -> bool:
-    """Whether worker `pid` is past its imports: cryptography's compiled part is mapped."""
-    return "_rust.abi3.so" in Path(f"/proc/{pid}/maps").read_text()
-
-
 async def test_a_started_pool_has_its_workers_ready(settings: config.Settings) -> None:
     pool = WorkerPool(settings, workers=2)
     try:
         await pool.start()
         assert len(_workers(pool)) == 2
-        assert all(_has_started(pid) for pid in _workers(pool))
+        assert all(w.started for w in pool._all)
     finally:
         await pool.close()
 
 
 def test_a_server_has_its_workers_ready_before_the_first_message(tmp_path: Path) -> None:
-    # Started, and waited for, before the listeners open: a worker's imports and key loading
-    # (most of a second of a core each) are not taken from the first sessions.
+    # Started, and waited for (test_a_started_pool_has_its_workers_ready), before the listeners
+    # open: a worker's key loading is not taken from the first sessions.
     srv = DevServer(tmp_path / "data").start()
     try:
-        assert srv.proc is not None
-        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-        commands = {int(c): Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children}
-        workers = [pid for pid, command in commands.items() if b"kepmta.workers" in command]
-        assert len(workers) == 4, commands
-        assert all(_has_started(pid) for pid in workers)
+        assert len(worker_processes(srv)) == 4
     finally:
         srv.stop()
+
+
+async def test_workers_are_forked_from_one_process_that_imported_kepmta_once(
+    settings: config.Settings,
+) -> None:
+    forker = Forker()
+    pools = [WorkerPool(settings, workers=2, forker=forker) for _ in range(2)]
+    try:
+        for pool in pools:
+            await pool.start()
+        parents = {
+            int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            for pid in (*_workers(pools[0]), *_workers(pools[1]))
+        }
+        assert len(parents) == 1 and parents != {os.getpid()}
+        [parent] = parents
+        assert b"kepmta.workers" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        # The forker reaps its children: a worker killed leaves no zombie behind.
+        [victim, *_] = _workers(pools[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{victim}").exists())
+    finally:
+        for pool in pools:
+            await pool.close()
+        await forker.close()
+    # With its input closed the forker ends, and each worker with its own.
+    assert not Path(f"/proc/{parent}").exists()
+
+
+async def test_a_dead_forker_is_started_again(settings: config.Settings) -> None:
+    pool = WorkerPool(settings, workers=1)
+    try:
+        await pool.start()
+        [first] = _workers(pool)
+        forker = int(Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(forker, signal.SIGKILL)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(WorkerError):
+            await pool.receipt(Path("/nonexistent/tmp/x"), _info("x"), b"<x/>", b"")
+        [second] = _workers(pool)
+        assert second != first and b"kepmta.workers" in Path(f"/proc/{second}/cmdline").read_bytes()
+    finally:
+        await pool.close()
