@@ -3,6 +3,7 @@ resident memory of a server and its worker processes, read from /proc (Linux).""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -41,9 +42,13 @@ def rss_mib(pid: int, field: str) -> float:
 
 
 def family(pid: int) -> list[int]:
-    """`pid` and its child processes (the server and its workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(c) for c in children)]
+    """`pid` and its descendants: the server, the forker of its workers, and the workers."""
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        with contextlib.suppress(FileNotFoundError):
+            todo += [int(c) for c in Path(f"/proc/{out[-1]}/task/{out[-1]}/children").read_text().split()]
+    return out
 
 
 def reset_peak(pid: int) -> None:

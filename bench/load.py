@@ -15,8 +15,8 @@ kepmta: `kepmta serve --dev` in a fresh folder, the demo quotas raised. For --se
   folder stays the same size (--keep 0 keeps every message).
 
 Every client is a thread of this process, connected and logged in before the clock starts. Once a
-second the RSS of the server and of each of its worker processes (its children in /proc) is sampled
-beside the count of messages submitted so far. Past --warmup the least-squares slope of RSS against
+second the RSS of the server and of its descendants in /proc (the forker and the worker processes)
+is sampled beside the count of messages submitted so far. Past --warmup the least-squares slope of RSS against
 that count is printed, in KiB per 1000 messages, with its standard error, for the whole window and
 for its second half: memory that grows with the messages handled shows as a slope well above its
 error, while bounded caches that are still filling show as a slope that falls in longer runs.
