@@ -310,7 +310,8 @@ def report(args: argparse.Namespace, tally: Tally, samples: list[Sample], peaks:
         return "   ".join(out)
 
     for i, pid in enumerate(last):
-        label = "server" if i == 0 else f"worker {i}"
+        # common.family lists the server, then its one child, the forker, then the workers.
+        label = "server" if i == 0 else "forker" if i == 1 else f"worker {i - 1}"
         print(
             f"  {label:9s} pid {pid:7d}  peak {peaks[pid]:7.1f}  final {last[pid] / 1024:7.1f}  "
             f"slope {slopes(functools.partial(rss_of, pid))}"
