@@ -3,12 +3,11 @@ resident memory of a server and its worker processes, read from /proc (Linux).""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from kepclient import DevServer, accounts_cli, signed_message
+from kepclient import DevServer, accounts_cli, children, signed_message
 
 
 def bench_body(size: int) -> str:
@@ -46,8 +45,7 @@ def family(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
         out.append(todo.pop())
-        with contextlib.suppress(FileNotFoundError):
-            todo += [int(c) for c in Path(f"/proc/{out[-1]}/task/{out[-1]}/children").read_text().split()]
+        todo += children(out[-1])
     return out
 
 

@@ -152,8 +152,17 @@ class DevServer:
         return ctx
 
 
-def _children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (proc(5)); none once it is gone."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def parent(pid: int) -> int:
+    """The parent process of `pid` (proc(5) stat: the field after the state)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def worker_processes(srv: DevServer) -> list[int]:
@@ -161,9 +170,9 @@ def worker_processes(srv: DevServer) -> list[int]:
     kepmta.workers`."""
     assert srv.proc is not None
     forkers = [
-        c for c in _children(srv.proc.pid) if b"kepmta.workers" in Path(f"/proc/{c}/cmdline").read_bytes()
+        c for c in children(srv.proc.pid) if b"kepmta.workers" in Path(f"/proc/{c}/cmdline").read_bytes()
     ]
-    return [w for f in forkers for w in _children(f)]
+    return [w for f in forkers for w in children(f)]
 
 
 def kepmta(*args: str) -> subprocess.CompletedProcess[str]:

@@ -140,9 +140,6 @@ class Table:
             return item[5], item[6]
         return "new" if self.in_new[item] else "cur", self.names[item]
 
-    def keyword_field(self, item: Item) -> str:
-        return item[7] if isinstance(item, list) else self.keywords[item]
-
 
 @dataclass
 class State:

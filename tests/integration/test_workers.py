@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kepclient import DevServer, send_as, signed_by, wait_for, worker_processes
+from kepclient import DevServer, parent, send_as, signed_by, wait_for, worker_processes
 
 from kepmta import config, devinit
 from kepmta.rem.receipt import ReceiptInfo
@@ -136,11 +136,19 @@ async def test_a_started_pool_has_its_workers_ready(settings: config.Settings) -
 
 
 def test_a_server_has_its_workers_ready_before_the_first_message(tmp_path: Path) -> None:
-    # Started, and waited for (test_a_started_pool_has_its_workers_ready), before the listeners
-    # open: a worker's key loading is not taken from the first sessions.
+    # Started before the listeners open, so a worker's key loading is not taken from the first
+    # sessions: when the ports answer, every worker has answered that it is ready (it writes nothing
+    # before that, and a forked child's I/O counts start at zero: proc(5) /proc/PID/io). That
+    # `start` waits for the answers is test_a_started_pool_has_its_workers_ready's to show: here
+    # the rest of the server's start-up takes long enough for them anyway (checked with the wait
+    # taken out).
     srv = DevServer(tmp_path / "data").start()
     try:
-        assert len(worker_processes(srv)) == 4
+        workers = worker_processes(srv)
+        assert len(workers) == 4
+        for pid in workers:
+            written = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            assert int(written["wchar"]) > 0, f"worker {pid} had not answered when the server listened"
     finally:
         srv.stop()
 
@@ -153,13 +161,10 @@ async def test_workers_are_forked_from_one_process_that_imported_kepmta_once(
     try:
         for pool in pools:
             await pool.start()
-        parents = {
-            int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            for pid in (*_workers(pools[0]), *_workers(pools[1]))
-        }
+        parents = {parent(pid) for pid in (*_workers(pools[0]), *_workers(pools[1]))}
         assert len(parents) == 1 and parents != {os.getpid()}
-        [parent] = parents
-        assert b"kepmta.workers" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        [forker_pid] = parents
+        assert b"kepmta.workers" in Path(f"/proc/{forker_pid}/cmdline").read_bytes()
         # The forker reaps its children: a worker killed leaves no zombie behind.
         [victim, *_] = _workers(pools[0])
         os.kill(victim, signal.SIGKILL)
@@ -169,7 +174,7 @@ async def test_workers_are_forked_from_one_process_that_imported_kepmta_once(
             await pool.close()
         await forker.close()
     # With its input closed the forker ends, and each worker with its own.
-    assert not Path(f"/proc/{parent}").exists()
+    assert not Path(f"/proc/{forker_pid}").exists()
 
 
 async def test_a_dead_forker_is_started_again(settings: config.Settings) -> None:
@@ -177,8 +182,7 @@ async def test_a_dead_forker_is_started_again(settings: config.Settings) -> None
     try:
         await pool.start()
         [first] = _workers(pool)
-        forker = int(Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        os.kill(forker, signal.SIGKILL)
+        os.kill(parent(first), signal.SIGKILL)
         os.kill(first, signal.SIGKILL)
         with pytest.raises(WorkerError):
             await pool.receipt(Path("/nonexistent/tmp/x"), _info("x"), b"<x/>", b"")
