@@ -149,6 +149,21 @@ async def test_append_cut_off_mid_literal_leaves_no_file(imap: Running) -> None:
     assert not any((imap.store().root / "cur").iterdir())
 
 
+async def test_append_left_at_its_continuation_leaves_no_file(imap: Running) -> None:
+    """The literal's file is created on a thread while the continuation goes out
+    (kepmta.newfile): a client that leaves then, before its first octet, must not leave it."""
+    for _ in range(5):
+        c = await imap.raw()
+        await c.send(b"a1 APPEND INBOX {1000}\r\n")
+        assert (await c.response()).startswith(b"+ ")
+        c.writer.transport.abort()
+        await _eventually("the file is removed", lambda: not any(_tmp(imap).iterdir()))
+    c = await imap.raw()
+    msg = b"Subject: x\r\n\r\nbody\r\n"
+    assert tagged(await c.command(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)).startswith(b"OK ")
+    await c.close()
+
+
 async def test_failed_append_leaves_no_file(imap: Running) -> None:
     c = await imap.raw()
     msg = b"Subject: x\r\n\r\nbody\r\n"

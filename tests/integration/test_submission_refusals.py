@@ -7,6 +7,7 @@ import datetime as dt
 import smtplib
 import socket
 import ssl
+import time
 import uuid
 from pathlib import Path
 
@@ -260,6 +261,31 @@ def test_bare_line_ending_is_refused(srv: DevServer, tmp_path: Path, bad: bytes)
         assert reply.startswith(b"554-5.6.0") and b"bare CR or LF" in reply and b"[RA02]" in reply
         assert _cmd(s, b"QUIT").startswith(b"221")
     assert_rejected_with_evidence(srv, subj, "bare CR or LF", tmp_path)
+
+
+@pytest.mark.parametrize("sent", [b"", b"Subject: cut off\r\n\r\nhalf a bo"])
+def test_a_client_gone_during_data_leaves_no_spool_file(srv: DevServer, sent: bytes) -> None:
+    """The spool file is created on a thread while the 354 goes out (kepmta.newfile): a client
+    that leaves at once, or part-way through its data, must not leave it behind."""
+    import base64
+
+    ali, ayse = srv.account(0), srv.account(1)
+    incoming = srv.data / "spool" / "incoming"
+    with _raw_session(srv) as s:
+        assert _cmd(s, b"").startswith(b"220")
+        _cmd(s, b"EHLO client.test")
+        cred = base64.b64encode(f"\0{ali['address']}\0{ali['password']}".encode())
+        assert _cmd(s, b"AUTH PLAIN " + cred).startswith(b"235")
+        assert _cmd(s, f"MAIL FROM:<{ali['address']}>".encode()).startswith(b"250")
+        assert _cmd(s, f"RCPT TO:<{ayse['address']}>".encode()).startswith(b"250")
+        assert _cmd(s, b"DATA").startswith(b"354")
+        s.sendall(sent)
+    deadline = time.monotonic() + 30
+    while any(incoming.iterdir()):
+        assert time.monotonic() < deadline, f"left in the spool: {list(incoming.iterdir())}"
+        time.sleep(0.05)
+    with smtp(srv, ali) as s:  # and the next message goes through
+        s.sendmail(ali["address"], [ayse["address"]], signed_by(srv, 0, [ayse["address"]], subject()))
 
 
 def test_declared_size_over_the_limit(srv: DevServer, tmp_path: Path) -> None:
