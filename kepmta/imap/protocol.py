@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from kepmta.newfile import NewFile
 from kepmta.outage import outage
 
 # Octets of a streamed literal written at once: what one read from the connection brings.
@@ -598,14 +597,14 @@ class CommandReader:
             del self._buf[:taken]
             n -= taken
 
-    async def _stream(self, file: NewFile, n: int, synced: asyncio.Future[OSError | None]) -> OSError | None:
-        """Write the next `n` octets to the new `file`, a chunk at a time as they arrive, and start
-        syncing it (`synced`). Returns the error that stopped the writing (a full disk), once all
-        `n` are read past: the client sends them whatever happens here, and they are not the next
-        command."""
+    async def _stream(self, path: Path, n: int, synced: asyncio.Future[OSError | None]) -> OSError | None:
+        """Write the next `n` octets to a new file at `path`, a chunk at a time as they arrive, and
+        start syncing it (`synced`). Returns the error that stopped the writing (a full disk), once
+        all `n` are read past: the client sends them whatever happens here, and they are not the
+        next command."""
         error: OSError | None = None
         try:
-            fd = await file.fd()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
             synced.set_result(e)
             await self._skip(n)
@@ -688,24 +687,17 @@ class CommandReader:
                         f"[TOOBIG] literals are limited to {limits.literal} octets each, "
                         f"{limits.command} octets per command",
                     )
-                # Created while the continuation goes out and the literal comes in (kepmta.newfile).
-                new = NewFile(path) if path is not None else None
                 if not non_sync:
-                    try:
-                        await send_continuation()
-                    except BaseException:
-                        if new is not None:
-                            new.abandon()
-                        raise
-                if new is None:
+                    await send_continuation()
+                if path is None:
                     parts.append(await self.exactly(size))
                     held += size
                     offset += len(line) + size
                 else:
                     # Registered before the first octet, so a failure part-way removes the file.
                     synced: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
-                    files[offset + m.start()] = LiteralFile(new.path, size, synced)
-                    failed = await self._stream(new, size, synced)
+                    files[offset + m.start()] = LiteralFile(path, size, synced)
+                    failed = await self._stream(path, size, synced)
                     if failed is not None:
                         await self._skip_command(limits)
                         found = outage(failed)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from aiosmtpd.smtp import TLSSetupException
 
-from kepmta.newfile import NewFile
 from kepmta.outage import outage
 from kepmta.smtp.starttls import LoopTLS
 
@@ -144,14 +142,8 @@ class SpoolingSMTP(LoopTLS):
         """Send 354 and write the data to `path`, at most `limit` bytes of it; None (and no file)
         when there is nothing left to do: the client went away before the end, or the spool could
         not be written and the client has been answered."""
-        # Created while the 354 goes out and the data comes in (kepmta.newfile).
-        new = NewFile(path)
-        try:
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
-            spool = await _Spool.create(new)
-        except BaseException:
-            new.abandon()
-            raise
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool = _Spool(path)
         try:
             reader = DataReader(spool, limit)
             while True:
@@ -190,17 +182,14 @@ class _Spool:
     """The spool file as DataReader's sink. A write that fails (a full disk) is kept, not raised, so
     the rest of the message is still read to its end; nothing more is written after it."""
 
-    def __init__(self, path: Path, file: BinaryIO | None, error: OSError | None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.error = error
-        self._file = file
-
-    @classmethod
-    async def create(cls, new: NewFile) -> _Spool:
+        self.error: OSError | None = None
+        self._file: BinaryIO | None = None
         try:
-            return cls(new.path, os.fdopen(await new.fd(), "wb"), None)
+            self._file = path.open("wb")
         except OSError as e:  # no inode left: the client is still told after its data
-            return cls(new.path, None, e)
+            self.error = e
 
     def write(self, data: bytes, /) -> None:
         if self.error is not None or self._file is None:

@@ -150,8 +150,8 @@ async def test_append_cut_off_mid_literal_leaves_no_file(imap: Running) -> None:
 
 
 async def test_append_left_at_its_continuation_leaves_no_file(imap: Running) -> None:
-    """The literal's file is created on a thread while the continuation goes out
-    (kepmta.newfile): a client that leaves then, before its first octet, must not leave it."""
+    """A client that leaves after the continuation, before the literal's first octet, leaves no
+    file in tmp/."""
     for _ in range(5):
         c = await imap.raw()
         await c.send(b"a1 APPEND INBOX {1000}\r\n")

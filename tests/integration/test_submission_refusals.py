@@ -265,8 +265,8 @@ def test_bare_line_ending_is_refused(srv: DevServer, tmp_path: Path, bad: bytes)
 
 @pytest.mark.parametrize("sent", [b"", b"Subject: cut off\r\n\r\nhalf a bo"])
 def test_a_client_gone_during_data_leaves_no_spool_file(srv: DevServer, sent: bytes) -> None:
-    """The spool file is created on a thread while the 354 goes out (kepmta.newfile): a client
-    that leaves at once, or part-way through its data, must not leave it behind."""
+    """A client that leaves at once after the 354, or part-way through its data, leaves no spool
+    file behind."""
     import base64
 
     ali, ayse = srv.account(0), srv.account(1)
