@@ -1,0 +1,126 @@
+"""The IMAP lexer reads atoms and plain quoted strings with regular expressions. This checks that
+it reads every command exactly as it did a character at a time: the same tokens, or the same
+BAD with the same words."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kepmta.imap import protocol
+from kepmta.imap.protocol import Atom, BadCommand, Command, String, parse_command
+
+
+class _OctetLexer(protocol._Lexer):
+    """The lexer's atom and quoted string as they were read before, one octet at a time."""
+
+    def atom(self, closer: int | None) -> Atom:
+        data = self.data
+        start = self.pos
+        i = start
+        while i < len(data):
+            c = data[i]
+            if c <= 0x20 or c in b'(){"\x7f' or c == closer:
+                break
+            if c == ord("[") and data[start:i].decode("ascii", "replace").upper() in protocol._SECTION_ATOMS:
+                self.pos = i
+                return self.section_atom(data[start:i].decode("ascii").upper())
+            i += 1
+        self.pos = i
+        try:
+            return Atom(data[start:i].decode("ascii"))
+        except UnicodeDecodeError:
+            raise BadCommand("8-bit characters are not allowed in an atom") from None
+
+    def quoted(self) -> String:
+        data = self.data
+        out = bytearray()
+        i = self.pos + 1
+        while i < len(data):
+            c = data[i]
+            if c == ord('"'):
+                self.pos = i + 1
+                return String(bytes(out))
+            if c in b"\r\n":
+                break
+            if c == ord("\\"):
+                i += 1
+                if i >= len(data) or data[i] not in b'"\\':
+                    raise BadCommand("invalid escape in quoted string")
+                c = data[i]
+            out.append(c)
+            i += 1
+        raise BadCommand("unterminated quoted string")
+
+
+def _outcome(data: bytes, lexer: type[protocol._Lexer]) -> Command | str:
+    saved = protocol._Lexer
+    protocol._Lexer = lexer  # type: ignore[misc]
+    try:
+        return parse_command(data)
+    except BadCommand as e:
+        return f"BAD {e}"
+    finally:
+        protocol._Lexer = saved  # type: ignore[misc]
+
+
+_PIECES = st.sampled_from(
+    [
+        b" ",
+        b"(",
+        b")",
+        b"[",
+        b"]",
+        b'"',
+        b"\\",
+        b"\r\n",
+        b"\n",
+        b"\x00",
+        b"\x7f",
+        b"\xc3\xa7",
+        b"<",
+        b">",
+        b".",
+        b"*",
+        b"%",
+        b"+",
+        b"~",
+        b"{",
+        b"}",
+        b"{3}\r\nabc",
+        b"a",
+        b"Z",
+        b"1",
+        b"0.5",
+        b"BODY",
+        b"body.peek",
+        b"BINARY",
+        b"BINARY.SIZE",
+        b"HEADER.FIELDS",
+        b"\\Seen",
+        b"$Label",
+        b"<0.10>",
+        b"INBOX",
+        b"ali@kep.test",
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_PIECES, max_size=24))
+def test_commands_read_as_they_were_read_an_octet_at_a_time(pieces: list[bytes]) -> None:
+    data = b"a1 " + b"".join(pieces)
+    assert _outcome(data, protocol._Lexer) == _outcome(data, _OctetLexer)
+
+
+def test_the_common_shapes_read_the_same() -> None:
+    for data in (
+        b"a UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (From Subject)]<0.100>)\r\n",
+        b"a STORE 1 +FLAGS (\\Seen $Work)\r\n",
+        b'a SELECT "K&AOc-t \\"x\\""\r\n',
+        b'a LOGIN "ali@kep.test" "p\\\\w"\r\n',
+        b'a SEARCH OR (FROM "x" SUBJECT y) BODY[TEXT]\r\n',
+        b"a FETCH 1 BODY[1.2.MIME]\r\n",
+        b"a FETCH 1 ab[c]d[BODY[\r\n",
+    ):
+        assert _outcome(data, protocol._Lexer) == _outcome(data, _OctetLexer)
