@@ -42,10 +42,11 @@ Both servers get the same seeded sequence of commands per client, for --seconds 
 For each client count, each mix runs on kepmta, then on Dovecot; each measured run follows a 1 s
 warm-up with the same clients and other seeds. Printed per mix, client count and server:
 commands/s, latency p50 and p99, the longest single command of any client ("stall") and how many
-waited over 1 s, errors, the CPU used by the server's processes and by this client (in cores), per
-command kind n and mean latency, and kepmta's commands/s and p99 as a share of Dovecot's; then a
-summary against issue 11's goals (≥ 1.0× the commands/s, p99 ≤ 2× Dovecot's, no command over
-1 s). The clients are one Python process on the same machine.
+waited over 1 s, errors, the CPU used by the server's processes and by this client (in cores), the
+server's CPU per command (ms), per command kind n and mean latency, and kepmta's commands/s, p99
+and CPU per command as a share of Dovecot's; then a summary against issue 11's goals (≥ 1.0× the
+commands/s, p99 ≤ 2× Dovecot's, no command over 1 s). The clients are one Python process on the
+same machine.
 
 --cold, after the mixes: each server CREATEs folder Cold, 3000 messages of 2–20 KB are written as
 files straight into both Maildir copies of it, and each server SELECTs it once (building its index,
@@ -507,22 +508,29 @@ def rate(r: Result) -> float:
     return len(r.latencies) / r.elapsed
 
 
+def cpu_per_command(r: Result) -> float:
+    """Milliseconds of the server's CPU per command: steadier than commands/s from run to run on a
+    shared machine, and what one core's worth of commands/s comes down to."""
+    return r.server_cpu * 1000 / rate(r)
+
+
 def describe_run(title: str, results: dict[str, Result]) -> tuple[float, float, float]:
     print(f"\n== {title} ==")
     print(
         f"{'':16s}{'commands/s':>11s}{'p50 ms':>9s}{'p99 ms':>9s}{'stall ms':>10s}{'>1 s':>6s}"
-        f"{'errors':>8s}{'server cores':>14s}{'client cores':>14s}"
+        f"{'errors':>8s}{'server cores':>14s}{'client cores':>14s}{'CPU ms/cmd':>12s}"
     )
     for name, r in results.items():
         over = sum(1 for x in r.latencies if x > STALL)
         print(
             f"{name:16s}{rate(r):11.1f}{pct(r.latencies, 50):9.2f}{pct(r.latencies, 99):9.2f}"
             f"{max(r.latencies) * 1000:10.1f}{over:6d}{len(r.errors):8d}"
-            f"{r.server_cpu:14.2f}{r.client_cpu:14.2f}"
+            f"{r.server_cpu:14.2f}{r.client_cpu:14.2f}{cpu_per_command(r):12.3f}"
         )
     kep, dov = results["kepmta"], results["dovecot"]
     speed, p99 = rate(kep) / rate(dov), pct(kep.latencies, 99) / pct(dov.latencies, 99)
-    print(f"{'kepmta/dovecot':16s}{speed:11.2f}{'':9s}{p99:9.2f}")
+    cpu = cpu_per_command(kep) / cpu_per_command(dov)
+    print(f"{'kepmta/dovecot':16s}{speed:11.2f}{'':9s}{p99:9.2f}{'':52s}{cpu:12.2f}")
     print(f"  {'mean ms (n)':22s}{'kepmta':>18s}{'dovecot':>18s}{'ratio':>8s}")
     for kind in sorted(set(kep.by_kind) | set(dov.by_kind)):
         k, d = kep.by_kind.get(kind, []), dov.by_kind.get(kind, [])

@@ -3,6 +3,7 @@ known) SubmissionRejection evidence that openssl verifies."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import smtplib
 import socket
@@ -240,23 +241,26 @@ def _cmd(sock: ssl.SSLSocket, line: bytes) -> bytes:
     return smtp_reply(sock)
 
 
+def _up_to_data(sock: ssl.SSLSocket, sender: dict[str, str], rcpt: dict[str, str]) -> None:
+    """Greeting, EHLO, AUTH PLAIN as `sender`, MAIL, RCPT to `rcpt`, and DATA's 354."""
+    assert _cmd(sock, b"").startswith(b"220")
+    _cmd(sock, b"EHLO client.test")
+    cred = base64.b64encode(f"\0{sender['address']}\0{sender['password']}".encode())
+    assert _cmd(sock, b"AUTH PLAIN " + cred).startswith(b"235")
+    assert _cmd(sock, f"MAIL FROM:<{sender['address']}>".encode()).startswith(b"250")
+    assert _cmd(sock, f"RCPT TO:<{rcpt['address']}>".encode()).startswith(b"250")
+    assert _cmd(sock, b"DATA").startswith(b"354")
+
+
 @pytest.mark.parametrize("bad", [b"line one\nline two\r\n", b"cr\ralone\r\n"])
 def test_bare_line_ending_is_refused(srv: DevServer, tmp_path: Path, bad: bytes) -> None:
-    import base64
-
     ali, ayse = srv.account(0), srv.account(1)
     subj = subject()
     msg = signed_by(srv, 0, [ayse["address"]], subj)
     head, body = msg.split(b"\r\n\r\n", 1)
     msg = head + b"\r\n\r\n" + bad + body
     with _raw_session(srv) as s:
-        assert _cmd(s, b"").startswith(b"220")
-        _cmd(s, b"EHLO client.test")
-        cred = base64.b64encode(f"\0{ali['address']}\0{ali['password']}".encode())
-        assert _cmd(s, b"AUTH PLAIN " + cred).startswith(b"235")
-        assert _cmd(s, f"MAIL FROM:<{ali['address']}>".encode()).startswith(b"250")
-        assert _cmd(s, f"RCPT TO:<{ayse['address']}>".encode()).startswith(b"250")
-        assert _cmd(s, b"DATA").startswith(b"354")
+        _up_to_data(s, ali, ayse)
         reply = _cmd(s, msg + b".")
         assert reply.startswith(b"554-5.6.0") and b"bare CR or LF" in reply and b"[RA02]" in reply
         assert _cmd(s, b"QUIT").startswith(b"221")
@@ -267,18 +271,10 @@ def test_bare_line_ending_is_refused(srv: DevServer, tmp_path: Path, bad: bytes)
 def test_a_client_gone_during_data_leaves_no_spool_file(srv: DevServer, sent: bytes) -> None:
     """A client that leaves at once after the 354, or part-way through its data, leaves no spool
     file behind."""
-    import base64
-
     ali, ayse = srv.account(0), srv.account(1)
     incoming = srv.data / "spool" / "incoming"
     with _raw_session(srv) as s:
-        assert _cmd(s, b"").startswith(b"220")
-        _cmd(s, b"EHLO client.test")
-        cred = base64.b64encode(f"\0{ali['address']}\0{ali['password']}".encode())
-        assert _cmd(s, b"AUTH PLAIN " + cred).startswith(b"235")
-        assert _cmd(s, f"MAIL FROM:<{ali['address']}>".encode()).startswith(b"250")
-        assert _cmd(s, f"RCPT TO:<{ayse['address']}>".encode()).startswith(b"250")
-        assert _cmd(s, b"DATA").startswith(b"354")
+        _up_to_data(s, ali, ayse)
         s.sendall(sent)
     deadline = time.monotonic() + 30
     while any(incoming.iterdir()):
