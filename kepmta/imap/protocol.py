@@ -36,8 +36,8 @@ _SECTION_ATOMS = frozenset({"BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINAR
 # took typical commands from 11 to 9.5 µs to tokenise.
 _ATOM_RUN = re.compile(rb'[^\x00-\x20(){"\x7f\[]*')
 _ATOM_RUN_IN_SECTION = re.compile(rb'[^\x00-\x20(){"\x7f\[\]]*')
-# A quoted string without escapes (RFC 3501 §9 quoted), the common case; the rest is read a
-# character at a time.
+# A quoted string without escapes (RFC 3501 §9 quoted), the common case; one with escapes is
+# read an octet at a time.
 _PLAIN_QUOTED = re.compile(rb'"([^"\\\r\n]*)"')
 # Levels of parentheses and section brackets one command may open. The grammar sets no bound, but
 # the lexer and everything that walks its tokens recurse once per level; no client needs more than a

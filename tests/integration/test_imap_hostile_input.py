@@ -152,12 +152,11 @@ async def test_append_cut_off_mid_literal_leaves_no_file(imap: Running) -> None:
 async def test_append_left_at_its_continuation_leaves_no_file(imap: Running) -> None:
     """A client that leaves after the continuation, before the literal's first octet, leaves no
     file in tmp/."""
-    for _ in range(5):
-        c = await imap.raw()
-        await c.send(b"a1 APPEND INBOX {1000}\r\n")
-        assert (await c.response()).startswith(b"+ ")
-        c.writer.transport.abort()
-        await _eventually("the file is removed", lambda: not any(_tmp(imap).iterdir()))
+    c = await imap.raw()
+    await c.send(b"a1 APPEND INBOX {1000}\r\n")
+    assert (await c.response()).startswith(b"+ ")
+    c.writer.transport.abort()
+    await _eventually("the file is removed", lambda: not any(_tmp(imap).iterdir()))
     c = await imap.raw()
     msg = b"Subject: x\r\n\r\nbody\r\n"
     assert tagged(await c.command(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)).startswith(b"OK ")

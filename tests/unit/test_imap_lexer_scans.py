@@ -95,7 +95,7 @@ _PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(_PIECES, max_size=24))
 def test_commands_read_as_they_were_read_an_octet_at_a_time(pieces: list[bytes]) -> None:
     data = b"a1 " + b"".join(pieces)
