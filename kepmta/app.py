@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import signal
 import ssl
@@ -309,6 +310,12 @@ async def serve(settings: Settings, demo: devinit.Demo | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start(demo)
+    # What start-up made (modules, schema, keys, certificates: some 150,000 objects) lives as long
+    # as the process. Out of the collector's reach, a full collection under load took 13 to 15 ms
+    # instead of 85 to 122, the event loop standing still meanwhile.
+    frozen = len(gc.get_objects())
+    gc.freeze()
+    log.info("%d objects made at start-up left out of garbage collection", frozen)
     assert app.reloader is not None
     # SIGHUP: certificates, policy, peers and trust anchors again, open sessions kept (kepmta.reload).
     loop.add_signal_handler(signal.SIGHUP, app.reloader.reload)

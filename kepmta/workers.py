@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import pickle
@@ -193,6 +194,9 @@ def _fork_workers(control: socket.socket) -> None:
     another process's, and the server must never signal that one.
     """
     signal.signal(signal.SIGCHLD, _reap)
+    # Every worker shares the forker's modules: frozen, its collections never write to their pages
+    # (which would copy them) nor spend time on them.
+    gc.freeze()
     while True:
         message, fds, _, _ = socket.recv_fds(control, 1, 2)
         if not message:

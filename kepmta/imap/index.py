@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from itertools import compress
 from pathlib import Path
 
+from kepmta.maildir import fsync_dir
+
 log = logging.getLogger("kepmta.imap")
 
 INDEX = "kepmta-index"
@@ -583,3 +585,12 @@ class IndexFile:
         self.snapshots += 1
         self.outdated = False
         self.synced = self.appends  # every line so far is folded into the synced snapshot
+
+    def fold(self, state: State) -> None:
+        """`write_snapshot`, then the journal it replaces removed: the next process to open the
+        folder reads one file, on the event loop (`heavy` counts a journal's bytes four times, even
+        one of an older generation, which is ignored)."""
+        self.write_snapshot(state)
+        # The rename first on disk: a crash must not leave the old snapshot without its journal.
+        fsync_dir(self.directory)
+        self.journal_path.unlink(missing_ok=True)

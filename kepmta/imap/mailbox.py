@@ -365,6 +365,13 @@ class FolderStore:
             return
         self.index.write_snapshot(self._state())
 
+    def fold_journal(self) -> None:
+        """At shutdown, once nothing changes the folder in this process: the journal, if there is
+        one, folded into a new snapshot (`IndexFile.fold`)."""
+        if self.dead or not self.directory.is_dir() or not self.index.journal_path.exists():
+            return
+        self.index.fold(self._state())
+
     # --- bookkeeping -----------------------------------------------------------------------------
 
     def _put(self, msg: MessageFile) -> None:
@@ -1018,6 +1025,9 @@ class StoreRegistry:
             for store in [*self._stores.values(), *(store for store, _ in self._reading.values())]:
                 store.lost_events()
 
-    def close(self) -> None:
+    def close(self) -> list[FolderStore]:
+        """Stop watching every folder; returns the stores that were open."""
+        stores = list(self._stores.values())
         for directory in list(self._stores):
             self._discard(directory)
+        return stores

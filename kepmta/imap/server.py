@@ -12,7 +12,7 @@ from typing import Protocol
 from kepmta import logs, metrics
 from kepmta.imap.cache import SummaryCache
 from kepmta.imap.folders import FolderLimits
-from kepmta.imap.mailbox import StoreRegistry
+from kepmta.imap.mailbox import FolderStore, StoreRegistry
 from kepmta.imap.notifications import Hub
 from kepmta.imap.notify import Inotify
 from kepmta.imap.session import Session
@@ -189,10 +189,22 @@ class ImapServer:
             await self.stores.journals.all_settled()
         except OSError as e:
             log.error("IMAP folder journals could not be synced at shutdown: %s", e)
-        self.stores.close()
+        stores = self.stores.close()
         self.summaries.clear()
         if self.inotify is not None:
             self.inotify.close()
+        # Nothing changes those stores now: no session is left and inotify is closed. A journal
+        # holds up to a quarter of its folder's messages, and replaying one that long made the first
+        # SELECT of a 3000-message folder after a restart 10 ms, on a thread; from one snapshot, 4.
+        await asyncio.to_thread(_fold_journals, stores)
+
+
+def _fold_journals(stores: list[FolderStore]) -> None:
+    for store in stores:
+        try:
+            store.fold_journal()
+        except OSError as e:  # the snapshot and journal as they were are still whole
+            log.warning("%s: journal not folded at shutdown: %s", store.directory, e)
 
 
 async def _refuse(writer: asyncio.StreamWriter, address: str) -> None:

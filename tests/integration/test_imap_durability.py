@@ -1,6 +1,6 @@
 """What a session reports rests on disk: a change's journal line is synced (with the other
 folders' lines of the moment, on a thread) before the tagged OK and before any other session hears
-of the change."""
+of the change. At shutdown each journal is folded into its folder's snapshot."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import threading
 
 import pytest
 from imap_fixtures import (  # noqa: F401  (the fixtures are used by name)
+    SPECIAL,
     Running,
+    Tls,
     imap_fixture,
     simple_message,
     tls_fixture,
     untagged,
 )
 
-from kepmta.imap.index import JOURNAL
+from kepmta.imap.index import INDEX, JOURNAL
+from kepmta.imap.mailbox import heavy
+from kepmta.imap.server import ImapServer
 
 
 async def test_a_change_is_reported_only_once_its_journal_line_is_on_disk(
@@ -80,3 +84,80 @@ async def test_a_session_waits_only_for_the_folders_it_reports_on(
     await store
     await a.close()
     await b.close()
+
+
+async def _state_of(imap: Running) -> list[bytes]:
+    c = await imap.raw()
+    lines = untagged(await c.ok("SELECT INBOX"))
+    lines += untagged(await c.ok("UID FETCH 1:* (FLAGS MODSEQ)"))
+    await c.close()
+    kept = (b"UIDVALIDITY", b"UIDNEXT", b"HIGHESTMODSEQ", b"FETCH")
+    return [line for line in lines if any(word in line for word in kept)]
+
+
+async def _restarted(imap: Running) -> Running:
+    await imap.server.close()
+    server = ImapServer(imap.backend, imap.tls.server, special_folders=dict(SPECIAL))
+    await server.start("127.0.0.1", None, 0)
+    return Running(server, imap.backend, imap.tls)
+
+
+async def _changed_inbox(imap: Running) -> list[bytes]:
+    for subject in ("bir", "iki", "üç"):
+        imap.deliver(simple_message(subject))
+    c = await imap.raw()
+    await c.ok("SELECT INBOX")
+    await c.ok("UID STORE 1 +FLAGS.SILENT (\\Flagged $Etiket)")
+    await c.ok("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+    await c.ok("EXPUNGE")
+    await c.close()
+    return await _state_of(imap)
+
+
+async def test_a_journal_is_folded_into_the_snapshot_at_shutdown(imap: Running, tls: Tls) -> None:
+    before = await _changed_inbox(imap)
+    folder = imap.store().folder_dir("INBOX")
+    assert (folder / JOURNAL).stat().st_size > 0
+    again = await _restarted(imap)
+    try:
+        # One file to read, so the folder is read on the event loop, not on a thread.
+        assert not (folder / JOURNAL).exists()
+        assert (folder / INDEX).exists() and not heavy(folder)
+        after = await _state_of(again)
+        assert after == before
+        assert any(b"$Etiket" in line and b"\\Flagged" in line for line in after)
+        # Modification sequences go on from where they were.
+        (highest,) = (int(line.split()[3].rstrip(b"]")) for line in before if b"HIGHESTMODSEQ" in line)
+        c = await again.raw()
+        await c.ok("SELECT INBOX")
+        await c.ok("UID STORE 3 +FLAGS.SILENT (\\Seen)")
+        (fetched,) = untagged(await c.ok("UID FETCH 3 (MODSEQ)"))
+        assert int(fetched.split(b"MODSEQ (")[1].split(b")")[0]) == highest + 1
+        await c.close()
+    finally:
+        await again.server.close()
+
+
+async def test_a_journal_that_cannot_be_folded_stays_whole(
+    imap: Running, tls: Tls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = await _changed_inbox(imap)
+    folder = imap.store().folder_dir("INBOX")
+    journal = (folder / JOURNAL).read_bytes()
+    real = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if str(dst).endswith(INDEX):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    await imap.server.close()
+    monkeypatch.setattr(os, "replace", real)
+    assert (folder / JOURNAL).read_bytes() == journal
+    server = ImapServer(imap.backend, imap.tls.server, special_folders=dict(SPECIAL))
+    await server.start("127.0.0.1", None, 0)
+    try:
+        assert await _state_of(Running(server, imap.backend, imap.tls)) == before
+    finally:
+        await server.close()

@@ -84,6 +84,23 @@ def test_journal_of_an_older_generation_is_ignored(tmp_path: Path) -> None:
     assert again is not None and sorted(again.entries) == [1, 2]
 
 
+def test_fold_leaves_one_snapshot_holding_the_journal(tmp_path: Path) -> None:
+    index = IndexFile(tmp_path, JournalSync())
+    index.write_snapshot(_state())
+    index.append([entry_line(Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset()))])
+    state = IndexFile(tmp_path, JournalSync()).load()
+    assert state is not None
+    index.fold(state)
+    assert not (tmp_path / JOURNAL).exists()
+    folded = IndexFile(tmp_path, JournalSync()).load()
+    assert folded is not None and sorted(folded.entries) == [1, 2, 3]
+    assert folded.entry(3) == Entry(3, 4, 300, 7_000_000_000, "cur", "c:2,", frozenset())
+    # The journal starts again with the next change, of the new generation.
+    index.append([vanished_line(Vanished(5, ((1, 1),)))])
+    again = IndexFile(tmp_path, JournalSync()).load()
+    assert again is not None and sorted(again.entries) == [2, 3]
+
+
 def test_corrupt_snapshot(tmp_path: Path) -> None:
     (tmp_path / INDEX).write_text("kepmta-index 2 1\nH\t1\tx\n")
     with pytest.raises(IndexCorrupt):
