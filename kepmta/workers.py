@@ -196,6 +196,7 @@ def _fork_workers(control: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, _reap)
     # Every worker shares the forker's modules: frozen, its collections never write to their pages
     # (which would copy them) nor spend time on them.
+    gc.collect()
     gc.freeze()
     while True:
         message, fds, _, _ = socket.recv_fds(control, 1, 2)
