@@ -311,7 +311,7 @@ async def serve(settings: Settings, demo: devinit.Demo | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.start(demo)
     # What start-up made (modules, schema, keys, certificates: some 150,000 objects) lives as long
-    # as the process. Out of the collector's reach, a full collection under load took 13 to 15 ms
+    # as the process. Out of the collector's reach, a full collection under load took 6 to 15 ms
     # instead of 85 to 122, the event loop standing still meanwhile.
     gc.collect()  # start-up's garbage first: frozen, it would never be freed
     frozen = len(gc.get_objects())
