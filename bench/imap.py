@@ -530,7 +530,8 @@ def describe_run(title: str, results: dict[str, Result]) -> tuple[float, float, 
     kep, dov = results["kepmta"], results["dovecot"]
     speed, p99 = rate(kep) / rate(dov), pct(kep.latencies, 99) / pct(dov.latencies, 99)
     cpu = cpu_per_command(kep) / cpu_per_command(dov)
-    print(f"{'kepmta/dovecot':16s}{speed:11.2f}{'':9s}{p99:9.2f}{'':52s}{cpu:12.2f}")
+    between = 10 + 6 + 8 + 14 + 14  # the columns from "stall ms" to "client cores"
+    print(f"{'kepmta/dovecot':16s}{speed:11.2f}{'':9s}{p99:9.2f}{'':{between}s}{cpu:12.2f}")
     print(f"  {'mean ms (n)':22s}{'kepmta':>18s}{'dovecot':>18s}{'ratio':>8s}")
     for kind in sorted(set(kep.by_kind) | set(dov.by_kind)):
         k, d = kep.by_kind.get(kind, []), dov.by_kind.get(kind, [])

@@ -373,11 +373,10 @@ class FolderStore:
         """At shutdown, once nothing changes the folder in this process: a long journal folded into
         a new snapshot (`IndexFile.fold`), and so is one of an older generation (no lines of this
         one), which `heavy` would still count."""
-        if self.dead or not self.directory.is_dir() or not self.index.journal_path.exists():
+        if 0 < self.index.journal_lines < _FOLD_AT_SHUTDOWN or self.dead:
             return
-        if 0 < self.index.journal_lines < _FOLD_AT_SHUTDOWN:
-            return
-        self.index.fold(self._state())
+        if self.directory.is_dir() and self.index.journal_path.exists():
+            self.index.fold(self._state())
 
     # --- bookkeeping -----------------------------------------------------------------------------
 

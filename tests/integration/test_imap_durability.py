@@ -12,7 +12,6 @@ import pytest
 from imap_fixtures import (  # noqa: F401  (the fixtures are used by name)
     SPECIAL,
     Running,
-    Tls,
     imap_fixture,
     simple_message,
     tls_fixture,
@@ -95,11 +94,16 @@ async def _state_of(imap: Running) -> list[bytes]:
     return [line for line in lines if any(word in line for word in kept)]
 
 
-async def _restarted(imap: Running) -> Running:
-    await imap.server.close()
+async def _started(imap: Running) -> Running:
+    """A new server on the same mail, as after a restart (the fixture's own is closed)."""
     server = ImapServer(imap.backend, imap.tls.server, special_folders=dict(SPECIAL))
     await server.start("127.0.0.1", None, 0)
     return Running(server, imap.backend, imap.tls)
+
+
+async def _restarted(imap: Running) -> Running:
+    await imap.server.close()
+    return await _started(imap)
 
 
 async def _changed_inbox(imap: Running, *, churn: int) -> list[bytes]:
@@ -119,7 +123,7 @@ async def _changed_inbox(imap: Running, *, churn: int) -> list[bytes]:
     return await _state_of(imap)
 
 
-async def test_a_long_journal_is_folded_into_the_snapshot_at_shutdown(imap: Running, tls: Tls) -> None:
+async def test_a_long_journal_is_folded_into_the_snapshot_at_shutdown(imap: Running) -> None:
     before = await _changed_inbox(imap, churn=45)
     folder = imap.store().folder_dir("INBOX")
     assert (folder / JOURNAL).read_bytes().count(b"\n") > 256
@@ -144,7 +148,7 @@ async def test_a_long_journal_is_folded_into_the_snapshot_at_shutdown(imap: Runn
 
 
 async def test_a_journal_that_cannot_be_folded_stays_whole(
-    imap: Running, tls: Tls, monkeypatch: pytest.MonkeyPatch
+    imap: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = await _changed_inbox(imap, churn=45)
     folder = imap.store().folder_dir("INBOX")
@@ -160,15 +164,14 @@ async def test_a_journal_that_cannot_be_folded_stays_whole(
     await imap.server.close()
     monkeypatch.setattr(os, "replace", real)
     assert (folder / JOURNAL).read_bytes() == journal
-    server = ImapServer(imap.backend, imap.tls.server, special_folders=dict(SPECIAL))
-    await server.start("127.0.0.1", None, 0)
+    again = await _started(imap)
     try:
-        assert await _state_of(Running(server, imap.backend, imap.tls)) == before
+        assert await _state_of(again) == before
     finally:
-        await server.close()
+        await again.server.close()
 
 
-async def test_a_short_journal_is_left_at_shutdown(imap: Running, tls: Tls) -> None:
+async def test_a_short_journal_is_left_at_shutdown(imap: Running) -> None:
     # Replayed in well under a millisecond, where a fold would add two fsyncs to the shutdown.
     before = await _changed_inbox(imap, churn=0)
     folder = imap.store().folder_dir("INBOX")
